@@ -1,0 +1,1 @@
+"""palisade.common: the shared library every Palisade service is built on."""

@@ -1,0 +1,34 @@
+"""Verifies the signed caller assertion on every RPC except health and reflection."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+
+from palisade.common.caller import CALLER_METADATA_KEY, AssertionVerifier, current_caller
+from palisade.common.interceptors.base import AroundInterceptor, RpcInfo, metadata_value
+from palisade.common.logs import request_id_var
+
+
+class CallerAssertionInterceptor(AroundInterceptor):
+    def __init__(self, verifier: AssertionVerifier) -> None:
+        self._verifier = verifier
+
+    @asynccontextmanager
+    async def around(
+        self, info: RpcInfo, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[None]:
+        if info.exempt_from_assertion:
+            yield
+            return
+        caller = self._verifier.verify(metadata_value(context, CALLER_METADATA_KEY))
+        caller_token = current_caller.set(caller)
+        request_token = request_id_var.set(caller.request_id)
+        try:
+            yield
+        finally:
+            request_id_var.reset(request_token)
+            current_caller.reset(caller_token)

@@ -1,0 +1,57 @@
+"""Typed settings read once from the environment: the base every service's config extends.
+
+Only config modules read the environment. Every field has a default that works in the embedded
+single-machine mode, so a service starts with no configuration at all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path.cwd() / "var"
+
+
+class CommonSettings(BaseSettings):
+    """Fields shared by every service; subclasses set env_prefix (e.g. PALISADE_CRYPTO_)."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    # Where the embedded default keeps SQLite files, keys and mail. Shared by all services.
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        validation_alias=AliasChoices("PALISADE_DATA_DIR", "data_dir"),
+    )
+    # Internal request-signing keys (caller assertions): a file shared by all services; a
+    # mounted Kubernetes Secret in production. Default: <data_dir>/keys/internal.json.
+    internal_keys_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PALISADE_INTERNAL_KEYS_FILE", "internal_keys_file"),
+    )
+    # Create missing key files on start (embedded default). Production sets false and mounts them.
+    create_missing_keys: bool = Field(
+        default=True,
+        validation_alias=AliasChoices("PALISADE_CREATE_MISSING_KEYS", "create_missing_keys"),
+    )
+    # How long a signed caller assertion lives; short, because it is minted per call.
+    assertion_ttl_seconds: int = Field(default=60, ge=5, le=300)
+    # Interface and port of the gRPC server; port 0 picks a free one (tests).
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(default=0, ge=0, le=65535)
+    # Prometheus /metrics HTTP endpoint; port 0 picks a free one.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    # SQLAlchemy URL (postgresql+psycopg://... in production); unset: a SQLite file in data_dir.
+    database_url: str | None = None
+    # Apply this service's migrations at start-up (otherwise run the `migrate` command).
+    migrate_on_start: bool = True
+    # Seconds in-flight RPCs get to finish after SIGTERM.
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    log_level: str = "INFO"
+
+    def resolved_internal_keys_file(self) -> Path:
+        return self.internal_keys_file or self.data_dir / "keys" / "internal.json"

@@ -1,0 +1,1 @@
+"""The crypto service: versioned keys outside any database, AES-256-GCM envelopes, blind indexes."""

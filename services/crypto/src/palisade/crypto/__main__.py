@@ -1,0 +1,5 @@
+import sys
+
+from palisade.crypto.cli import main
+
+sys.exit(main())

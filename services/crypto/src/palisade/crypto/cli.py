@@ -1,0 +1,153 @@
+"""palisade-crypto: run the service, migrate its database, and operate the keyring.
+
+    palisade-crypto serve                 run the gRPC service (default)
+    palisade-crypto migrate               apply database migrations and exit
+    palisade-crypto keys init             create the keyring file (0600) if there is none
+    palisade-crypto keys rotate [--index] add a key version and make it primary
+    palisade-crypto keys status           versions, primary, retired, encryption counts
+    palisade-crypto keys retire --below N [--index]
+                                          refuse versions below N (rewrap old data first)
+
+Running servers pick up keyring changes within keyring_reload_seconds; no restart needed.
+No command ever prints key material.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from dataclasses import replace
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from palisade.common.clock import SystemClock
+from palisade.common.db import create_engine, resolve_database_url
+from palisade.common.errors import PalisadeError
+from palisade.common.grpc_server import wait_for_termination
+from palisade.common.logs import configure_logging
+from palisade.common.migrations import upgrade
+from palisade.crypto.config import SERVICE_NAME, CryptoSettings
+from palisade.crypto.keyring import Keyring, VersionedKeys
+from palisade.crypto.keyring_file import create_keyring, read_keyring, update_keyring
+from palisade.crypto.server import MIGRATIONS_PACKAGE, serve_crypto
+from palisade.crypto.store import DatabaseUsageStore
+
+
+async def _serve(settings: CryptoSettings) -> None:
+    async with serve_crypto(settings):
+        await wait_for_termination()
+
+
+async def _migrate(settings: CryptoSettings) -> None:
+    engine = _engine(settings)
+    try:
+        await upgrade(engine, MIGRATIONS_PACKAGE)
+    finally:
+        await engine.dispose()
+
+
+def _engine(settings: CryptoSettings) -> AsyncEngine:
+    return create_engine(
+        resolve_database_url(
+            settings.database_url, data_dir=settings.data_dir, service=SERVICE_NAME
+        )
+    )
+
+
+async def _usage_totals(settings: CryptoSettings) -> dict[int, int] | None:
+    engine = _engine(settings)
+    try:
+        return await DatabaseUsageStore(engine=engine).totals()
+    except Exception:
+        return None  # status still shows versions when the database is unreachable
+    finally:
+        await engine.dispose()
+
+
+def _print_keys(title: str, keys: VersionedKeys, totals: dict[int, int] | None) -> None:
+    print(f"{title}: primary v{keys.primary}, versions below v{keys.min_version} retired")
+    for version, key in sorted(keys.keys.items()):
+        flags = []
+        if version == keys.primary:
+            flags.append("primary")
+        if version < keys.min_version:
+            flags.append("retired")
+        count = "" if totals is None else f"  encryptions={totals.get(version, 0)}"
+        print(f"  v{version}  created {key.created_at.isoformat()}{count}  {' '.join(flags)}")
+
+
+def _keys_command(args: argparse.Namespace, settings: CryptoSettings) -> int:
+    path = settings.resolved_keyring_file()
+    clock = SystemClock()
+    if args.keys_command == "init":
+        created = create_keyring(path, clock)
+        print(f"{'created' if created else 'kept the existing'} keyring at {path}")
+        return 0
+    if args.keys_command == "rotate":
+
+        def rotate(keyring: Keyring) -> Keyring:
+            if args.index:
+                return replace(keyring, index=keyring.index.rotated(clock.now()))
+            return replace(keyring, data=keyring.data.rotated(clock.now()))
+
+        keyring = update_keyring(path, rotate)
+        kind, keys = ("index", keyring.index) if args.index else ("data", keyring.data)
+        print(f"rotated: {kind} key v{keys.primary} is now primary")
+        return 0
+    if args.keys_command == "retire":
+
+        def retire(keyring: Keyring) -> Keyring:
+            if args.index:
+                return replace(keyring, index=keyring.index.retired_below(args.below))
+            return replace(keyring, data=keyring.data.retired_below(args.below))
+
+        update_keyring(path, retire)
+        print(f"retired {'index' if args.index else 'data'} key versions below v{args.below}")
+        return 0
+    keyring = read_keyring(path)
+    totals = asyncio.run(_usage_totals(settings))
+    _print_keys("data keys", keyring.data, totals)
+    _print_keys("index keys", keyring.index, None)
+    if totals is None:
+        print("(encryption counts unavailable: database unreachable)")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="palisade-crypto", description="Palisade crypto service")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="run the gRPC service")
+    commands.add_parser("migrate", help="apply database migrations")
+    keys = commands.add_parser("keys", help="operate the keyring").add_subparsers(
+        dest="keys_command", required=True
+    )
+    keys.add_parser("init", help="create the keyring if missing")
+    rotate = keys.add_parser("rotate", help="add a key version and make it primary")
+    rotate.add_argument("--index", action="store_true", help="rotate the blind-index key")
+    keys.add_parser("status", help="show versions and encryption counts")
+    retire = keys.add_parser("retire", help="refuse key versions below a version")
+    retire.add_argument("--below", type=int, required=True)
+    retire.add_argument("--index", action="store_true", help="retire blind-index key versions")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = CryptoSettings()
+    configure_logging(SERVICE_NAME, settings.log_level)
+    try:
+        if args.command == "keys":
+            return _keys_command(args, settings)
+        if args.command == "migrate":
+            asyncio.run(_migrate(settings))
+            return 0
+        asyncio.run(_serve(settings))
+        return 0
+    except PalisadeError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The crypto service's exceptions; each has its own status code and a message without secrets."""
+
+from __future__ import annotations
+
+import grpc
+
+from palisade.common.errors import InvalidArgument, NotFound, PalisadeError
+
+
+class UnknownKeyVersion(NotFound):
+    code = "unknown_key_version"
+    default_message = "ciphertext names a key version this keyring does not have"
+
+
+class RetiredKeyVersion(PalisadeError):
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    code = "retired_key_version"
+    default_message = "ciphertext was made under a retired key version"
+
+
+class MalformedCiphertext(InvalidArgument):
+    code = "malformed_ciphertext"
+    default_message = "not a Palisade ciphertext envelope"
+
+
+class TamperedCiphertext(PalisadeError):
+    status = grpc.StatusCode.DATA_LOSS
+    code = "ciphertext_tampered"
+    default_message = "ciphertext failed authentication (tampered, or wrong associated data)"
+
+
+class MissingAssociatedData(InvalidArgument):
+    code = "missing_associated_data"
+    default_message = "every item needs associated data binding it to its record and field"
+
+
+class BatchTooLarge(PalisadeError):
+    status = grpc.StatusCode.OUT_OF_RANGE
+    code = "batch_too_large"
+    default_message = "batch exceeds the item or byte limit"
+
+
+class InvalidValue(InvalidArgument):
+    code = "invalid_value"
+    default_message = "value cannot be normalized"
+
+
+class KeyUsageExhausted(PalisadeError):
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = "key_usage_exhausted"
+    default_message = "the primary key reached its encryption limit and could not be rotated"
+
+
+class KeyringInvalid(PalisadeError):
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    code = "keyring_invalid"
+    default_message = "the keyring file is missing or invalid"
+
+
+def at_item(error: PalisadeError, index: int) -> PalisadeError:
+    """The same error, naming which item of a batch failed (an index, never its content)."""
+    return type(error)(f"item {index}: {error.message}")

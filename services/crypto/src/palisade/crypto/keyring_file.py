@@ -1,0 +1,99 @@
+"""The keyring on disk: created 0600 on first embedded run, updated under a lock, hot-reloaded.
+
+In Kubernetes the file is a mounted Secret: the kubelet swaps it atomically through a symlink,
+which changes the inode we watch, so a rotation applied to the Secret reaches every replica
+without a restart. The keyring never goes to a database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from palisade.common.clock import Clock
+from palisade.common.secret_files import create_exclusive, locked, replace_atomically
+from palisade.crypto.errors import KeyringInvalid
+from palisade.crypto.keyring import Keyring
+
+log = logging.getLogger("palisade.crypto.keyring")
+
+FileSignature = tuple[int, int, int, int]
+
+
+def read_keyring(path: Path) -> Keyring:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise KeyringInvalid(f"no keyring file at {path}") from None
+    return Keyring.from_json(raw)
+
+
+def create_keyring(path: Path, clock: Clock) -> bool:
+    """Creates a new keyring (mode 0600) unless one exists; returns whether it created it."""
+    return create_exclusive(path, Keyring.generate(clock.now()).to_json())
+
+
+def update_keyring(path: Path, change: Callable[[Keyring], Keyring]) -> Keyring:
+    """Read-modify-write under an exclusive lock, so the CLI and a server never lose an update."""
+    with locked(path):
+        keyring = read_keyring(path)
+        updated = change(keyring)
+        if updated is not keyring:
+            replace_atomically(path, updated.to_json())
+    return updated
+
+
+def _signature(path: Path) -> FileSignature | None:
+    try:
+        st = os.stat(path)  # follows the Secret's symlink to the real file
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class KeyringHolder:
+    """The keyring in use, replaced whole on reload (readers take one snapshot per batch)."""
+
+    def __init__(self, path: Path, *, on_reload: Callable[[Keyring, bool], None]) -> None:
+        self.path = path
+        self._on_reload = on_reload
+        self._signature = _signature(path)
+        self.current = read_keyring(path)
+
+    def reload_if_changed(self) -> bool:
+        """Loads the file if it changed; keeps the old keyring if the new file is invalid."""
+        signature = _signature(self.path)
+        if signature == self._signature:
+            return False
+        self._signature = signature
+        try:
+            keyring = read_keyring(self.path)
+        except KeyringInvalid:
+            log.error("keyring file changed but is invalid; keeping the loaded keyring")
+            self._on_reload(self.current, False)
+            return False
+        self.current = keyring
+        log.info(
+            "keyring reloaded",
+            extra={
+                "primary_data_version": keyring.data.primary,
+                "min_data_version": keyring.data.min_version,
+            },
+        )
+        self._on_reload(keyring, True)
+        return True
+
+    def update(self, change: Callable[[Keyring], Keyring]) -> Keyring:
+        """Changes the file under its lock, then loads the result at once."""
+        update_keyring(self.path, change)
+        self.reload_if_changed()
+        return self.current
+
+    async def watch(self, interval_seconds: float) -> None:
+        """Polls the file until cancelled."""
+        while True:
+            await asyncio.sleep(interval_seconds)
+            self.reload_if_changed()

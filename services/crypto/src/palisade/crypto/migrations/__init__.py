@@ -1,0 +1,1 @@
+"""Alembic revisions of the crypto service's database (encryption counts only; never keys)."""

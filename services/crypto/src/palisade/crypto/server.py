@@ -1,0 +1,135 @@
+"""Composition root: builds the crypto service from settings and runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from palisade.common.caller import AssertionVerifier, load_keyset
+from palisade.common.clock import Clock, SystemClock
+from palisade.common.db import create_engine, resolve_database_url
+from palisade.common.grpc_server import RunningServer, run_server
+from palisade.common.migrations import upgrade
+from palisade.crypto.config import SERVICE_NAME, CryptoSettings
+from palisade.crypto.keyring import Keyring
+from palisade.crypto.keyring_file import KeyringHolder, create_keyring
+from palisade.crypto.metrics import CryptoMetrics
+from palisade.crypto.service import CryptoService, Limits
+from palisade.crypto.servicer import CryptoServicer
+from palisade.crypto.store import DatabaseUsageStore
+from palisade.crypto.usage import UsageTracker
+from palisade_api.crypto.v1 import crypto_pb2, crypto_pb2_grpc
+
+log = logging.getLogger("palisade.crypto.server")
+MIGRATIONS_PACKAGE = "palisade.crypto.migrations"
+
+
+@dataclass
+class CryptoServer:
+    """A running crypto service: its server handle and its domain object (for tests)."""
+
+    running: RunningServer
+    service: CryptoService
+    keyring: KeyringHolder
+    registry: CollectorRegistry
+
+
+async def _periodically(interval: float, action: str, step: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await step()
+        except Exception:
+            # e.g. the database is briefly down: counts stay pending and are retried.
+            log.exception("periodic task failed", extra={"task": action})
+
+
+@asynccontextmanager
+async def serve_crypto(
+    settings: CryptoSettings, *, clock: Clock | None = None
+) -> AsyncIterator[CryptoServer]:
+    """Starts the crypto service; flushes usage and stops gracefully on exit."""
+    clock = clock or SystemClock()
+    keyring_path = settings.resolved_keyring_file()
+    if settings.create_missing_keys and create_keyring(keyring_path, clock):
+        log.info("created a new keyring", extra={"path": str(keyring_path)})
+    registry = CollectorRegistry()
+    metrics = CryptoMetrics(registry)
+
+    def on_reload(keyring: Keyring, ok: bool) -> None:
+        metrics.keyring_reloads.labels("ok" if ok else "invalid").inc()
+        metrics.primary_version.set(keyring.data.primary)
+
+    holder = KeyringHolder(keyring_path, on_reload=on_reload)
+    metrics.primary_version.set(holder.current.data.primary)
+    keyset = load_keyset(
+        settings.resolved_internal_keys_file(), create_if_missing=settings.create_missing_keys
+    )
+    engine = create_engine(
+        resolve_database_url(
+            settings.database_url, data_dir=settings.data_dir, service=SERVICE_NAME
+        )
+    )
+    try:
+        if settings.migrate_on_start:
+            await upgrade(engine, MIGRATIONS_PACKAGE)
+        usage = UsageTracker(
+            store=DatabaseUsageStore(engine=engine),
+            warn_threshold=settings.usage_warn_threshold,
+            rotate_threshold=settings.usage_rotate_threshold,
+            hard_limit=settings.usage_hard_limit,
+        )
+        service = CryptoService(
+            keyring=holder,
+            usage=usage,
+            limits=Limits(settings.max_batch_items, settings.max_item_bytes),
+            metrics=metrics,
+            clock=clock,
+            auto_rotate=settings.auto_rotate,
+        )
+        await service.flush_usage()  # load totals before the first encryption is counted
+
+        def add_servicers(server: grpc.aio.Server) -> list[str]:
+            crypto_pb2_grpc.add_CryptoServiceServicer_to_server(CryptoServicer(service), server)
+            return [crypto_pb2.DESCRIPTOR.services_by_name["CryptoService"].full_name]
+
+        verifier = AssertionVerifier(keyset=keyset, audience=SERVICE_NAME, clock=clock)
+        try:
+            async with run_server(
+                name=SERVICE_NAME,
+                settings=settings,
+                verifier=verifier,
+                registry=registry,
+                add_servicers=add_servicers,
+            ) as running:
+                tasks = [
+                    asyncio.create_task(holder.watch(settings.keyring_reload_seconds)),
+                    asyncio.create_task(
+                        _periodically(
+                            settings.usage_flush_seconds, "usage_flush", service.flush_usage
+                        )
+                    ),
+                ]
+                try:
+                    yield CryptoServer(running, service, holder, registry)
+                finally:
+                    for task in tasks:
+                        task.cancel()
+                    for task in tasks:
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
+        finally:
+            try:
+                await service.flush_usage()
+            except Exception:
+                # The hard limit leaves room for counts lost this way.
+                log.exception("final usage flush failed; counts since the last flush are lost")
+    finally:
+        await engine.dispose()

@@ -1,0 +1,249 @@
+"""The crypto domain: batched encrypt/decrypt/rewrap/blind-index over the current keyring.
+
+No gRPC or SQL types here. Batches are all-or-nothing: the first failing item fails the call,
+named by its index (never its content), and nothing is returned for the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from palisade.common.clock import Clock
+from palisade.common.errors import PalisadeError
+from palisade.crypto.blind_index import index_token
+from palisade.crypto.envelope import key_version_of, open_envelope, seal
+from palisade.crypto.errors import BatchTooLarge, MissingAssociatedData, at_item
+from palisade.crypto.keyring import Keyring, VersionedKeys
+from palisade.crypto.keyring_file import KeyringHolder
+from palisade.crypto.metrics import CryptoMetrics
+from palisade.crypto.normalize import Normalization, normalize
+from palisade.crypto.usage import UsageTracker
+
+log = logging.getLogger("palisade.crypto")
+
+
+@dataclass(frozen=True)
+class Item:
+    """Plaintext (to encrypt) or an envelope (to decrypt or rewrap), with its associated data."""
+
+    data: bytes
+    associated_data: bytes
+
+
+@dataclass(frozen=True)
+class IndexRequest:
+    value: str
+    normalization: Normalization
+    context: bytes
+
+
+@dataclass(frozen=True)
+class IndexToken:
+    key_version: int
+    token: str
+
+
+@dataclass(frozen=True)
+class KeyVersionInfo:
+    version: int
+    primary: bool
+    retired: bool
+    encryptions: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class KeyringStatus:
+    data_keys: list[KeyVersionInfo]
+    index_keys: list[KeyVersionInfo]
+    min_data_version: int
+    min_index_version: int
+    warn_threshold: int
+    rotate_threshold: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_items: int
+    max_item_bytes: int
+
+
+class CryptoService:
+    def __init__(
+        self,
+        *,
+        keyring: KeyringHolder,
+        usage: UsageTracker,
+        limits: Limits,
+        metrics: CryptoMetrics,
+        clock: Clock,
+        auto_rotate: bool,
+    ) -> None:
+        self._keyring = keyring
+        self._usage = usage
+        self._limits = limits
+        self._metrics = metrics
+        self._clock = clock
+        self._auto_rotate = auto_rotate
+
+    # -- operations --------------------------------------------------------------------------
+
+    def encrypt(self, items: Sequence[Item]) -> tuple[list[bytes], int]:
+        self._check_batch("encrypt", items)
+        key = self._keyring.current.data.primary_key
+        self._usage.reserve(key.version, len(items))
+        ciphertexts = [seal(key, item.data, item.associated_data) for item in items]
+        self._metrics.items.labels("encrypt", "ok").inc(len(items))
+        return ciphertexts, key.version
+
+    def decrypt(self, items: Sequence[Item]) -> list[bytes]:
+        self._check_batch("decrypt", items)
+        keyring = self._keyring.current
+        plaintexts = [self._open("decrypt", keyring, i, item) for i, item in enumerate(items)]
+        self._metrics.items.labels("decrypt", "ok").inc(len(items))
+        return plaintexts
+
+    def rewrap(self, items: Sequence[Item]) -> tuple[list[bytes], list[bool], int]:
+        """Moves envelopes under the primary key; the plaintext never leaves this method."""
+        self._check_batch("rewrap", items)
+        keyring = self._keyring.current
+        primary = keyring.data.primary_key
+        # Every envelope is authenticated first, so a bad item fails the batch before any
+        # encryption is counted, and an already-current envelope is not passed through blind.
+        plaintexts = [self._open("rewrap", keyring, i, item) for i, item in enumerate(items)]
+        stale = [key_version_of(item.data) != primary.version for item in items]
+        self._usage.reserve(primary.version, sum(stale))
+        out = [
+            seal(primary, plaintext, item.associated_data) if moved else item.data
+            for plaintext, item, moved in zip(plaintexts, items, stale, strict=True)
+        ]
+        self._metrics.items.labels("rewrap", "ok").inc(len(items))
+        return out, stale, primary.version
+
+    def blind_index(
+        self, requests: Sequence[IndexRequest], *, all_versions: bool
+    ) -> list[list[IndexToken]]:
+        self._check_count("blind_index", len(requests))
+        index_keys = self._keyring.current.index
+        versions = index_keys.usable_versions() if all_versions else [index_keys.primary]
+        results: list[list[IndexToken]] = []
+        for i, request in enumerate(requests):
+            try:
+                if not request.context:
+                    raise MissingAssociatedData("a blind index needs a context")
+                value = normalize(request.value, request.normalization)
+            except PalisadeError as exc:
+                self._metrics.items.labels("blind_index", exc.code).inc()
+                raise at_item(exc, i) from None
+            results.append(
+                [
+                    IndexToken(v, index_token(index_keys.keys[v], value, request.context))
+                    for v in versions
+                ]
+            )
+        self._metrics.items.labels("blind_index", "ok").inc(len(requests))
+        return results
+
+    def status(self) -> KeyringStatus:
+        keyring = self._keyring.current
+        totals = self._usage.totals()
+        return KeyringStatus(
+            data_keys=_describe(keyring.data, totals),
+            index_keys=_describe(keyring.index, {}),
+            min_data_version=keyring.data.min_version,
+            min_index_version=keyring.index.min_version,
+            warn_threshold=self._usage.warn_threshold,
+            rotate_threshold=self._usage.rotate_threshold,
+        )
+
+    # -- usage upkeep (called periodically by the server) -----------------------------------
+
+    async def flush_usage(self) -> None:
+        """Persists encryption counts, publishes them, and rotates a key that reached its limit."""
+        await self._usage.flush()
+        primary = self._keyring.current.data.primary
+        for version, count in self._usage.totals().items():
+            self._metrics.key_encryptions.labels(str(version)).set(count)
+        self._metrics.primary_version.set(primary)
+        warn = self._usage.needs_warning(primary)
+        self._metrics.key_usage_warning.set(1 if warn else 0)
+        if self._usage.needs_rotation(primary):
+            self._rotate_exhausted(primary)
+        elif warn:
+            log.warning(
+                "primary data key is past its usage warning threshold",
+                extra={"key_version": primary},
+            )
+
+    def _rotate_exhausted(self, exhausted: int) -> None:
+        if not self._auto_rotate:
+            log.error(
+                "primary data key needs rotation; auto-rotation is off",
+                extra={"key_version": exhausted},
+            )
+            return
+
+        def rotate_if_still_primary(keyring: Keyring) -> Keyring:
+            if keyring.data.primary != exhausted:  # another replica or the operator was first
+                return keyring
+            return replace(keyring, data=keyring.data.rotated(self._clock.now()))
+
+        try:
+            keyring = self._keyring.update(rotate_if_still_primary)
+        except OSError:
+            log.error(
+                "primary data key needs rotation but the keyring is read-only; "
+                "rotate it with `palisade-crypto keys rotate`",
+                extra={"key_version": exhausted},
+            )
+            return
+        self._metrics.auto_rotations.inc()
+        log.warning(
+            "rotated the primary data key on reaching its usage threshold",
+            extra={"old_version": exhausted, "new_version": keyring.data.primary},
+        )
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _check_count(self, operation: str, count: int) -> None:
+        if count > self._limits.max_items:
+            self._metrics.items.labels(operation, BatchTooLarge.code).inc()
+            raise BatchTooLarge(
+                f"batch of {count} items exceeds the limit of {self._limits.max_items}"
+            )
+
+    def _check_batch(self, operation: str, items: Sequence[Item]) -> None:
+        self._check_count(operation, len(items))
+        for i, item in enumerate(items):
+            error: PalisadeError | None = None
+            if not item.associated_data:
+                error = MissingAssociatedData()
+            elif len(item.data) + len(item.associated_data) > self._limits.max_item_bytes:
+                error = BatchTooLarge(f"item exceeds {self._limits.max_item_bytes} bytes")
+            if error is not None:
+                self._metrics.items.labels(operation, error.code).inc()
+                raise at_item(error, i)
+
+    def _open(self, operation: str, keyring: Keyring, index: int, item: Item) -> bytes:
+        try:
+            key = keyring.data.usable(key_version_of(item.data))
+            return open_envelope(key, item.data, item.associated_data)
+        except PalisadeError as exc:
+            self._metrics.items.labels(operation, exc.code).inc()
+            raise at_item(exc, index) from None
+
+
+def _describe(keys: VersionedKeys, totals: dict[int, int]) -> list[KeyVersionInfo]:
+    return [
+        KeyVersionInfo(
+            version=v,
+            primary=v == keys.primary,
+            retired=v < keys.min_version,
+            encryptions=totals.get(v, 0),
+            created_at=k.created_at,
+        )
+        for v, k in sorted(keys.keys.items())
+    ]

@@ -1,0 +1,92 @@
+"""Thin gRPC adapter: proto messages in and out of CryptoService. Only services may call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from palisade.common.caller import require_service_caller
+from palisade.common.errors import InvalidArgument
+from palisade.crypto.normalize import Normalization
+from palisade.crypto.service import CryptoService, IndexRequest, Item, KeyVersionInfo
+from palisade_api.crypto.v1 import crypto_pb2 as pb
+from palisade_api.crypto.v1 import crypto_pb2_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_NORMALIZATIONS = {
+    pb.NORMALIZATION_EXACT: Normalization.EXACT,
+    pb.NORMALIZATION_EMAIL: Normalization.EMAIL,
+    pb.NORMALIZATION_PHONE: Normalization.PHONE,
+    pb.NORMALIZATION_CASEFOLD: Normalization.CASEFOLD,
+}
+
+
+class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
+    def __init__(self, service: CryptoService) -> None:
+        self._service = service
+
+    async def Encrypt(self, request: pb.EncryptRequest, context: Context) -> pb.EncryptResponse:
+        require_service_caller()
+        items = [Item(i.plaintext, i.associated_data) for i in request.items]
+        ciphertexts, version = self._service.encrypt(items)
+        return pb.EncryptResponse(ciphertexts=ciphertexts, key_version=version)
+
+    async def Decrypt(self, request: pb.DecryptRequest, context: Context) -> pb.DecryptResponse:
+        require_service_caller()
+        items = [Item(i.ciphertext, i.associated_data) for i in request.items]
+        return pb.DecryptResponse(plaintexts=self._service.decrypt(items))
+
+    async def Rewrap(self, request: pb.RewrapRequest, context: Context) -> pb.RewrapResponse:
+        require_service_caller()
+        items = [Item(i.ciphertext, i.associated_data) for i in request.items]
+        ciphertexts, rewrapped, version = self._service.rewrap(items)
+        return pb.RewrapResponse(ciphertexts=ciphertexts, rewrapped=rewrapped, key_version=version)
+
+    async def BlindIndex(
+        self, request: pb.BlindIndexRequest, context: Context
+    ) -> pb.BlindIndexResponse:
+        require_service_caller()
+        requests = []
+        for index, item in enumerate(request.items):
+            normalization = _NORMALIZATIONS.get(item.normalization)
+            if normalization is None:
+                raise InvalidArgument(f"item {index}: normalization is required")
+            requests.append(IndexRequest(item.value, normalization, item.context))
+        results = self._service.blind_index(requests, all_versions=request.all_versions)
+        return pb.BlindIndexResponse(
+            results=[
+                pb.BlindIndexResult(
+                    tokens=[pb.IndexToken(key_version=t.key_version, token=t.token) for t in r]
+                )
+                for r in results
+            ]
+        )
+
+    async def KeyStatus(
+        self, request: pb.KeyStatusRequest, context: Context
+    ) -> pb.KeyStatusResponse:
+        require_service_caller()
+        status = self._service.status()
+        return pb.KeyStatusResponse(
+            data_keys=[_version_status(k) for k in status.data_keys],
+            index_keys=[_version_status(k) for k in status.index_keys],
+            min_data_version=status.min_data_version,
+            min_index_version=status.min_index_version,
+            warn_threshold=status.warn_threshold,
+            rotate_threshold=status.rotate_threshold,
+        )
+
+
+def _version_status(info: KeyVersionInfo) -> pb.KeyVersionStatus:
+    created = Timestamp()
+    created.FromDatetime(info.created_at)
+    return pb.KeyVersionStatus(
+        version=info.version,
+        primary=info.primary,
+        retired=info.retired,
+        encryptions=info.encryptions,
+        created_at=created,
+    )
