@@ -182,7 +182,7 @@ class AssertionVerifier:
                 issued_at=_int(claims["iat"]),
                 expires_at=_int(claims["exp"]),
                 workspace_id=_str(claims["ws"]) if "ws" in claims else None,
-                scopes=tuple(_str(s) for s in claims.get("scp", [])),
+                scopes=tuple(_str(s) for s in _list(claims.get("scp", []))),
             )
         except (KeyError, TypeError):
             raise Unauthenticated("malformed caller assertion") from None
@@ -201,6 +201,12 @@ class AssertionVerifier:
 def _str(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError("expected a string claim")
+    return value
+
+
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError("expected a list claim")
     return value
 
 

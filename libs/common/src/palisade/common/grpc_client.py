@@ -7,7 +7,7 @@ import uuid
 import grpc
 
 from palisade.common.caller import CALLER_METADATA_KEY, REQUEST_ID_METADATA_KEY, AssertionSigner
-from palisade.common.grpc_server import MAX_MESSAGE_BYTES
+from palisade.common.grpc_server import CHANNEL_OPTIONS
 from palisade.common.logs import request_id_var
 
 Metadata = tuple[tuple[str, str], ...]
@@ -15,13 +15,7 @@ Metadata = tuple[tuple[str, str], ...]
 
 def insecure_channel(target: str) -> grpc.aio.Channel:
     """A channel inside the cluster (mTLS, where used, is the mesh's job, not ours)."""
-    return grpc.aio.insecure_channel(
-        target,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ],
-    )
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
 
 
 class ServiceIdentity:

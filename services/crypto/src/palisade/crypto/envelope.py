@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 
@@ -28,9 +29,19 @@ MIN_ENVELOPE_BYTES = _HEADER.size + IV_BYTES + TAG_BYTES
 
 
 def seal(key: KeyVersion, plaintext: bytes, associated_data: bytes) -> bytes:
+    return seal_many(key, [(plaintext, associated_data)])[0]
+
+
+def seal_many(key: KeyVersion, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+    """Seals (plaintext, associated data) pairs; one CSPRNG read supplies every IV."""
     header = _HEADER.pack(FORMAT_V1, key.version)
-    iv = os.urandom(IV_BYTES)
-    return header + iv + key.aead.encrypt(iv, plaintext, header + associated_data)
+    ivs = os.urandom(IV_BYTES * len(items))
+    encrypt = key.aead.encrypt
+    sealed = []
+    for i, (plaintext, associated_data) in enumerate(items):
+        iv = ivs[i * IV_BYTES : (i + 1) * IV_BYTES]
+        sealed.append(header + iv + encrypt(iv, plaintext, header + associated_data))
+    return sealed
 
 
 def key_version_of(envelope: bytes) -> int:

@@ -14,7 +14,7 @@ from datetime import datetime
 from palisade.common.clock import Clock
 from palisade.common.errors import PalisadeError
 from palisade.crypto.blind_index import index_token
-from palisade.crypto.envelope import key_version_of, open_envelope, seal
+from palisade.crypto.envelope import key_version_of, open_envelope, seal_many
 from palisade.crypto.errors import BatchTooLarge, MissingAssociatedData, at_item
 from palisade.crypto.keyring import Keyring, VersionedKeys
 from palisade.crypto.keyring_file import KeyringHolder
@@ -25,12 +25,9 @@ from palisade.crypto.usage import UsageTracker
 log = logging.getLogger("palisade.crypto")
 
 
-@dataclass(frozen=True)
-class Item:
-    """Plaintext (to encrypt) or an envelope (to decrypt or rewrap), with its associated data."""
-
-    data: bytes
-    associated_data: bytes
+# (plaintext or envelope, associated data). A plain tuple, not a class: a batch holds a
+# thousand of them, and building tuples from protos costs a quarter of building objects.
+Item = tuple[bytes, bytes]
 
 
 @dataclass(frozen=True)
@@ -95,7 +92,7 @@ class CryptoService:
         self._check_batch("encrypt", items)
         key = self._keyring.current.data.primary_key
         self._usage.reserve(key.version, len(items))
-        ciphertexts = [seal(key, item.data, item.associated_data) for item in items]
+        ciphertexts = seal_many(key, items)
         self._metrics.items.labels("encrypt", "ok").inc(len(items))
         return ciphertexts, key.version
 
@@ -114,12 +111,11 @@ class CryptoService:
         # Every envelope is authenticated first, so a bad item fails the batch before any
         # encryption is counted, and an already-current envelope is not passed through blind.
         plaintexts = [self._open("rewrap", keyring, i, item) for i, item in enumerate(items)]
-        stale = [key_version_of(item.data) != primary.version for item in items]
+        stale = [key_version_of(data) != primary.version for data, _ in items]
         self._usage.reserve(primary.version, sum(stale))
-        out = [
-            seal(primary, plaintext, item.associated_data) if moved else item.data
-            for plaintext, item, moved in zip(plaintexts, items, stale, strict=True)
-        ]
+        moving = [(p, aad) for p, (_, aad), m in zip(plaintexts, items, stale, strict=True) if m]
+        resealed = iter(seal_many(primary, moving))
+        out = [next(resealed) if m else data for (data, _), m in zip(items, stale, strict=True)]
         self._metrics.items.labels("rewrap", "ok").inc(len(items))
         return out, stale, primary.version
 
@@ -217,20 +213,24 @@ class CryptoService:
 
     def _check_batch(self, operation: str, items: Sequence[Item]) -> None:
         self._check_count(operation, len(items))
-        for i, item in enumerate(items):
+        limit = self._limits.max_item_bytes
+        if all(aad and len(data) + len(aad) <= limit for data, aad in items):
+            return  # the common case, checked in one cheap pass
+        for i, (data, aad) in enumerate(items):
             error: PalisadeError | None = None
-            if not item.associated_data:
+            if not aad:
                 error = MissingAssociatedData()
-            elif len(item.data) + len(item.associated_data) > self._limits.max_item_bytes:
+            elif len(data) + len(aad) > limit:
                 error = BatchTooLarge(f"item exceeds {self._limits.max_item_bytes} bytes")
             if error is not None:
                 self._metrics.items.labels(operation, error.code).inc()
                 raise at_item(error, i)
 
     def _open(self, operation: str, keyring: Keyring, index: int, item: Item) -> bytes:
+        envelope, aad = item
         try:
-            key = keyring.data.usable(key_version_of(item.data))
-            return open_envelope(key, item.data, item.associated_data)
+            key = keyring.data.usable(key_version_of(envelope))
+            return open_envelope(key, envelope, aad)
         except PalisadeError as exc:
             self._metrics.items.labels(operation, exc.code).inc()
             raise at_item(exc, index) from None

@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from palisade.common.caller import require_service_caller
 from palisade.common.errors import InvalidArgument
 from palisade.crypto.normalize import Normalization
-from palisade.crypto.service import CryptoService, IndexRequest, Item, KeyVersionInfo
+from palisade.crypto.service import CryptoService, IndexRequest, KeyVersionInfo
 from palisade_api.crypto.v1 import crypto_pb2 as pb
 from palisade_api.crypto.v1 import crypto_pb2_grpc
 
@@ -30,18 +30,18 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
 
     async def Encrypt(self, request: pb.EncryptRequest, context: Context) -> pb.EncryptResponse:
         require_service_caller()
-        items = [Item(i.plaintext, i.associated_data) for i in request.items]
+        items = [(i.plaintext, i.associated_data) for i in request.items]
         ciphertexts, version = self._service.encrypt(items)
         return pb.EncryptResponse(ciphertexts=ciphertexts, key_version=version)
 
     async def Decrypt(self, request: pb.DecryptRequest, context: Context) -> pb.DecryptResponse:
         require_service_caller()
-        items = [Item(i.ciphertext, i.associated_data) for i in request.items]
+        items = [(i.ciphertext, i.associated_data) for i in request.items]
         return pb.DecryptResponse(plaintexts=self._service.decrypt(items))
 
     async def Rewrap(self, request: pb.RewrapRequest, context: Context) -> pb.RewrapResponse:
         require_service_caller()
-        items = [Item(i.ciphertext, i.associated_data) for i in request.items]
+        items = [(i.ciphertext, i.associated_data) for i in request.items]
         ciphertexts, rewrapped, version = self._service.rewrap(items)
         return pb.RewrapResponse(ciphertexts=ciphertexts, rewrapped=rewrapped, key_version=version)
 

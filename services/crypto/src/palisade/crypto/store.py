@@ -62,6 +62,8 @@ class MemoryUsageStore:
 
     async def add(self, deltas: Mapping[int, int]) -> None:
         for version, n in deltas.items():
+            if not n:
+                continue
             self._counts[version] = self._counts.get(version, 0) + n
 
     async def totals(self) -> dict[int, int]:

@@ -10,7 +10,7 @@ import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -92,7 +92,13 @@ def wrap_handler(handler: grpc.RpcMethodHandler[Any, Any], full_method: str, aro
     return factory(stream_response, **serializers)
 
 
-class AroundInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+if TYPE_CHECKING:  # the stubs make it generic; the runtime class is not subscriptable
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+class AroundInterceptor(_ServerInterceptor):
     """Base class: subclasses implement `around(info, context)` as an async context manager."""
 
     def around(

@@ -1,0 +1,68 @@
+"""Helpers shared by the benchmarks: free ports, starting a service process, timing, tables."""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def service_process(module: str, env_prefix: str, data_dir: Path) -> Iterator[int]:
+    """Runs `python -m module serve` on free ports; yields its gRPC port once it is SERVING."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PALISADE_DATA_DIR": str(data_dir),
+        f"{env_prefix}GRPC_PORT": str(port),
+        f"{env_prefix}METRICS_PORT": str(free_port()),
+        f"{env_prefix}LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen([sys.executable, "-m", module, "serve"], env=env, cwd=ROOT)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                        break
+                except grpc.RpcError:
+                    if time.monotonic() > deadline or process.poll() is not None:
+                        raise
+                time.sleep(0.1)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def best_rate(run_once: Callable[[], float], repeats: int = 5) -> tuple[float, float]:
+    """Runs a timed trial several times; returns (best, median) of its per-second rate."""
+    rates = [run_once() for _ in range(repeats)]
+    return max(rates), statistics.median(rates)
+
+
+def print_table(title: str, rows: list[tuple[str, str]]) -> None:
+    width = max(len(name) for name, _ in rows)
+    print(f"\n{title}")
+    print("-" * (width + 24))
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")

@@ -1,0 +1,72 @@
+"""Fixtures shared by every test in the repository: real backends, created fresh per test.
+
+Postgres and Redis are real servers. Where they are unreachable, tests that need them skip,
+unless PALISADE_REQUIRE_BACKENDS=1 (set by .ci/run), which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+DEFAULT_POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _backends_required() -> bool:
+    return os.environ.get("PALISADE_REQUIRE_BACKENDS") == "1"
+
+
+def _unavailable(what: str, error: Exception) -> None:
+    message = f"{what} is unreachable: {type(error).__name__}"
+    if _backends_required():
+        pytest.fail(f"{message} (PALISADE_REQUIRE_BACKENDS=1)", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    """A libpq URL of a role that may create databases."""
+    url = os.environ.get("PALISADE_TEST_POSTGRES_URL", DEFAULT_POSTGRES_ADMIN_URL)
+    try:
+        with psycopg.connect(url, connect_timeout=3):
+            pass
+    except psycopg.Error as exc:
+        _unavailable("PostgreSQL", exc)
+    return url
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A SQLAlchemy URL of a brand-new, empty Postgres database, dropped after the test."""
+    name = f"palisade_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_url(postgres_admin_url).set(drivername="postgresql+psycopg", database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Every store contract test runs once per backend."""
+    if request.param == "postgres":
+        request.applymarker(pytest.mark.postgres)
+        return str(request.getfixturevalue("postgres_url"))
+    return str(request.getfixturevalue("sqlite_url"))

@@ -1,0 +1,103 @@
+"""Every RPC needs a valid signed caller assertion; health and reflection do not."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from palisade.common.caller import CALLER_METADATA_KEY, AssertionSigner, Keyset
+from palisade.common.grpc_client import insecure_channel
+from palisade_api.crypto.v1 import crypto_pb2 as pb
+
+pytestmark = pytest.mark.postgres
+
+REQUEST = pb.EncryptRequest(items=[pb.EncryptItem(plaintext=b"x", associated_data=b"a")])
+
+
+async def _status_of(crypto, metadata) -> grpc.StatusCode:
+    try:
+        await crypto.stub.Encrypt(REQUEST, metadata=metadata)
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+async def test_valid_assertion_is_accepted(crypto) -> None:
+    assert await _status_of(crypto, crypto.metadata()) == grpc.StatusCode.OK
+
+
+async def test_missing_assertion_is_unauthenticated(crypto) -> None:
+    assert await _status_of(crypto, ()) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_spoofed_identity_metadata_is_ignored(crypto) -> None:
+    spoofed = (
+        ("x-palisade-principal", "service:auth"),
+        ("x-user-id", "u_1"),
+        (CALLER_METADATA_KEY, "service:auth"),
+    )
+    assert await _status_of(crypto, spoofed) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_assertion_signed_with_another_key_is_refused(crypto) -> None:
+    forger = AssertionSigner(
+        keyset=Keyset.generate(), issuer="auth", clock=crypto.clock, ttl_seconds=60
+    )
+    token = forger.sign(audience="crypto", principal="service:auth", request_id="r1")
+    assert await _status_of(crypto, ((CALLER_METADATA_KEY, token),)) == (
+        grpc.StatusCode.UNAUTHENTICATED
+    )
+
+
+@pytest.mark.parametrize("part", [1, 2, 3])
+async def test_assertion_with_an_edited_part_is_refused(crypto, part) -> None:
+    token = crypto.signer().sign(audience="crypto", principal="service:auth", request_id="r1")
+    pieces = token.split(".")
+    pieces[part] = pieces[part][:-2] + ("AA" if not pieces[part].endswith("AA") else "BB")
+    forged = ".".join(pieces)
+    assert await _status_of(crypto, ((CALLER_METADATA_KEY, forged),)) == (
+        grpc.StatusCode.UNAUTHENTICATED
+    )
+
+
+async def test_expired_assertion_is_refused(crypto) -> None:
+    metadata = crypto.metadata()
+    crypto.clock.advance(61)  # the server's clock moves past the 60 s lifetime
+    assert await _status_of(crypto, metadata) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_assertion_for_another_service_is_refused(crypto) -> None:
+    token = crypto.signer().sign(audience="auth", principal="service:visitors", request_id="r")
+    assert await _status_of(crypto, ((CALLER_METADATA_KEY, token),)) == (
+        grpc.StatusCode.UNAUTHENTICATED
+    )
+
+
+async def test_users_cannot_call_crypto_directly(crypto) -> None:
+    token = crypto.signer("gateway").sign(
+        audience="crypto", principal="user:u_1", request_id="r", workspace_id="ws_1"
+    )
+    assert await _status_of(crypto, ((CALLER_METADATA_KEY, token),)) == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+
+
+async def test_health_answers_without_assertion(crypto) -> None:
+    async with insecure_channel(crypto.server.running.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        overall = await stub.Check(health_pb2.HealthCheckRequest(service=""))
+        named = await stub.Check(
+            health_pb2.HealthCheckRequest(service="palisade.crypto.v1.CryptoService")
+        )
+    assert overall.status == named.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_reflection_lists_services_without_assertion(crypto) -> None:
+    async with insecure_channel(crypto.server.running.target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        replies = [r async for r in stub.ServerReflectionInfo(iter([request]))]
+    names = {s.name for s in replies[0].list_services_response.service}
+    assert {"palisade.crypto.v1.CryptoService", "grpc.health.v1.Health"} <= names
