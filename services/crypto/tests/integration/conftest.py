@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,9 +48,9 @@ def crypto_settings(data_dir: Path, database_url: str, **overrides: object) -> C
     return CryptoSettings(**values)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-async def crypto(tmp_path: Path, postgres_url: str) -> AsyncIterator[CryptoHarness]:
-    settings = crypto_settings(tmp_path, postgres_url)
+@asynccontextmanager
+async def running_crypto(settings: CryptoSettings) -> AsyncIterator[CryptoHarness]:
+    """A real crypto server on free ports, with a channel to it and a controllable clock."""
     clock = ManualClock(datetime.now(UTC))
     async with serve_crypto(settings, clock=clock) as server:
         keyset = load_keyset(settings.resolved_internal_keys_file(), create_if_missing=False)
@@ -61,3 +62,19 @@ async def crypto(tmp_path: Path, postgres_url: str) -> AsyncIterator[CryptoHarne
                 clock=clock,
                 keyset=keyset,
             )
+
+
+@pytest.fixture
+def crypto_factory(tmp_path: Path, postgres_url: str):
+    """Starts a crypto server with settings overridden per test."""
+
+    def start(**overrides: object) -> AbstractAsyncContextManager[CryptoHarness]:
+        return running_crypto(crypto_settings(tmp_path, postgres_url, **overrides))
+
+    return start
+
+
+@pytest.fixture
+async def crypto(crypto_factory) -> AsyncIterator[CryptoHarness]:
+    async with crypto_factory() as harness:
+        yield harness

@@ -135,3 +135,51 @@ async def test_retiring_the_primary_is_refused(crypto) -> None:
         await asyncio.to_thread(_cli, crypto, "keys", "retire", "--below", "5")
     assert "cannot retire the primary" in caught.value.stderr
     assert await _primary(crypto) == 1
+
+
+async def test_kubernetes_secret_update_is_picked_up(crypto_factory, tmp_path) -> None:
+    """The kubelet updates a mounted Secret by swapping a `..data` symlink to a new directory."""
+    from palisade.common.clock import SystemClock
+    from palisade.crypto.keyring_file import create_keyring, update_keyring
+
+    mount = tmp_path / "secret-mount"
+    first = mount / "..2026_01_01_00_00_00.000000001"
+    first.mkdir(parents=True)
+    create_keyring(first / "keyring.json", SystemClock())
+    (mount / "..data").symlink_to(first.name)
+    (mount / "keyring.json").symlink_to("..data/keyring.json")
+
+    async with crypto_factory(keyring_file=mount / "keyring.json") as crypto:
+        assert await _primary(crypto) == 1
+        # The operator rotates a copy and applies it; the kubelet writes a new timestamped
+        # directory and atomically repoints ..data at it.
+        second = mount / "..2026_01_02_00_00_00.000000002"
+        second.mkdir()
+        (second / "keyring.json").write_bytes((first / "keyring.json").read_bytes())
+        update_keyring(
+            second / "keyring.json",
+            lambda k: type(k)(data=k.data.rotated(SystemClock().now()), index=k.index),
+        )
+        (mount / "..data_tmp").symlink_to(second.name)
+        os.replace(mount / "..data_tmp", mount / "..data")
+
+        async def rotated() -> bool:
+            return await _primary(crypto) == 2
+
+        await _wait_for(rotated)
+
+
+async def test_invalid_keyring_update_keeps_serving_with_the_old_keys(crypto) -> None:
+    path = crypto.settings.resolved_keyring_file()
+    good = path.read_bytes()
+    path.write_bytes(b'{"format": 1, "data": "oops"}')
+    # Reload now instead of waiting for the watcher (which may also get there first: either
+    # way the bad file must be ignored).
+    assert crypto.server.keyring.reload_if_changed() is False
+    assert crypto.server.keyring.current.data.primary == 1
+    reply = await crypto.stub.Encrypt(
+        pb.EncryptRequest(items=[pb.EncryptItem(plaintext=b"x", associated_data=AAD)]),
+        metadata=crypto.metadata(),
+    )
+    assert reply.key_version == 1
+    path.write_bytes(good)

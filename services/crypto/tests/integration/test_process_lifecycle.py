@@ -34,11 +34,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def _wait_serving(port: int, process: subprocess.Popen[bytes]) -> None:
+async def _wait_serving(port: int, process: asyncio.subprocess.Process) -> None:
     async with insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for _ in range(300):
-            assert process.poll() is None, "the service exited while starting"
+            assert process.returncode is None, "the service exited while starting"
             try:
                 reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -61,23 +61,31 @@ async def test_sigterm_drains_flushes_counts_and_exits_cleanly(
         "PALISADE_CRYPTO_METRICS_PORT": "0",
         "PALISADE_CRYPTO_USAGE_FLUSH_SECONDS": "3600",  # only the shutdown flush can save them
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "palisade.crypto", "serve"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "palisade.crypto",
+        "serve",
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         await _wait_serving(port, process)
         keyset = load_keyset(tmp_path / "keys" / "internal.json", create_if_missing=False)
         identity = ServiceIdentity(
             name="auth",
-            signer=AssertionSigner(keyset=keyset, issuer="auth", clock=SystemClock(),
-                                   ttl_seconds=60),
+            signer=AssertionSigner(
+                keyset=keyset, issuer="auth", clock=SystemClock(), ttl_seconds=60
+            ),
         )
         secret = b"very-private-value@example.com"
         async with insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = crypto_pb2_grpc.CryptoServiceStub(channel)
-            request = pb.EncryptRequest(items=[pb.EncryptItem(
-                plaintext=secret, associated_data=associated_data("t", "1"))] * 7)
+            request = pb.EncryptRequest(
+                items=[pb.EncryptItem(plaintext=secret, associated_data=associated_data("t", "1"))]
+                * 7
+            )
             # As inside a service handling a request: the request id follows the call.
             token = request_id_var.set("req-lifecycle-1")
             try:
@@ -86,14 +94,18 @@ async def test_sigterm_drains_flushes_counts_and_exits_cleanly(
                 request_id_var.reset(token)
             await stub.Encrypt(request, metadata=metadata)
             with pytest.raises(grpc.aio.AioRpcError):
-                await stub.Decrypt(pb.DecryptRequest(items=[pb.DecryptItem(
-                    ciphertext=b"x" * 40, associated_data=b"a")]), metadata=metadata)
+                await stub.Decrypt(
+                    pb.DecryptRequest(
+                        items=[pb.DecryptItem(ciphertext=b"x" * 40, associated_data=b"a")]
+                    ),
+                    metadata=metadata,
+                )
         process.send_signal(signal.SIGTERM)
-        _, stderr = await asyncio.to_thread(process.communicate, timeout=30)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
     finally:
-        if process.poll() is None:
+        if process.returncode is None:
             process.kill()
-            process.communicate()
+            await process.communicate()
     assert process.returncode == 0
 
     # Counts made since the last periodic flush were written on the way out.
