@@ -8,8 +8,7 @@ import pytest
 
 from palisade.common.db import create_engine
 from palisade.common.migrations import upgrade
-from palisade.crypto.server import MIGRATIONS_PACKAGE
-from palisade.crypto.store import DatabaseUsageStore, MemoryUsageStore
+from palisade.crypto.store import MIGRATIONS_PACKAGE, DatabaseUsageStore, MemoryUsageStore
 
 
 @pytest.fixture

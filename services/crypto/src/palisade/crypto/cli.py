@@ -18,28 +18,34 @@ import argparse
 import asyncio
 import sys
 from dataclasses import replace
-
-from sqlalchemy.ext.asyncio import AsyncEngine
+from typing import TYPE_CHECKING
 
 from palisade.common.clock import SystemClock
-from palisade.common.db import create_engine, resolve_database_url
 from palisade.common.errors import PalisadeError
-from palisade.common.grpc_server import wait_for_termination
 from palisade.common.logs import configure_logging
-from palisade.common.migrations import upgrade
 from palisade.crypto.config import SERVICE_NAME, CryptoSettings
 from palisade.crypto.keyring import Keyring, VersionedKeys
 from palisade.crypto.keyring_file import create_keyring, read_keyring, update_keyring
-from palisade.crypto.server import MIGRATIONS_PACKAGE, serve_crypto
-from palisade.crypto.store import DatabaseUsageStore
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+# The server, database and migration stacks are imported where they are used: operators run
+# the keyring commands by hand, and those should answer at once.
 
 
 async def _serve(settings: CryptoSettings) -> None:
+    from palisade.common.grpc_server import wait_for_termination
+    from palisade.crypto.server import serve_crypto
+
     async with serve_crypto(settings):
         await wait_for_termination()
 
 
 async def _migrate(settings: CryptoSettings) -> None:
+    from palisade.common.migrations import upgrade
+    from palisade.crypto.store import MIGRATIONS_PACKAGE
+
     engine = _engine(settings)
     try:
         await upgrade(engine, MIGRATIONS_PACKAGE)
@@ -48,6 +54,8 @@ async def _migrate(settings: CryptoSettings) -> None:
 
 
 def _engine(settings: CryptoSettings) -> AsyncEngine:
+    from palisade.common.db import create_engine, resolve_database_url
+
     return create_engine(
         resolve_database_url(
             settings.database_url, data_dir=settings.data_dir, service=SERVICE_NAME
@@ -56,6 +64,8 @@ def _engine(settings: CryptoSettings) -> AsyncEngine:
 
 
 async def _usage_totals(settings: CryptoSettings) -> dict[int, int] | None:
+    from palisade.crypto.store import DatabaseUsageStore
+
     engine = _engine(settings)
     try:
         return await DatabaseUsageStore(engine=engine).totals()

@@ -23,12 +23,11 @@ from palisade.crypto.keyring_file import KeyringHolder, create_keyring
 from palisade.crypto.metrics import CryptoMetrics
 from palisade.crypto.service import CryptoService, Limits
 from palisade.crypto.servicer import CryptoServicer
-from palisade.crypto.store import DatabaseUsageStore
+from palisade.crypto.store import MIGRATIONS_PACKAGE, DatabaseUsageStore
 from palisade.crypto.usage import UsageTracker
 from palisade_api.crypto.v1 import crypto_pb2, crypto_pb2_grpc
 
 log = logging.getLogger("palisade.crypto.server")
-MIGRATIONS_PACKAGE = "palisade.crypto.migrations"
 
 
 @dataclass

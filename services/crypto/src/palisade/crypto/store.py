@@ -9,6 +9,9 @@ from sqlalchemy import BigInteger, Column, Integer, MetaData, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+# Alembic revisions of this database (see palisade.common.migrations).
+MIGRATIONS_PACKAGE = "palisade.crypto.migrations"
+
 metadata = MetaData()
 
 key_usage = Table(
