@@ -163,13 +163,14 @@ class AssertionVerifier:
         if key is None:
             raise Unauthenticated("caller assertion signed with an unknown key")
         expected = hmac.new(key, f"{version}.{kid}.{payload}".encode("ascii"), hashlib.sha256)
+        # Compare the canonical encoding, not decoded bytes: base64's last character has
+        # unused bits, and accepting their variants would make assertions malleable.
+        if not hmac.compare_digest(_b64(expected.digest()), signature):
+            raise Unauthenticated("caller assertion signature is invalid")
         try:
-            given = _unb64(signature)
             claims = json.loads(_unb64(payload))
         except (binascii.Error, ValueError, UnicodeDecodeError):
             raise Unauthenticated("malformed caller assertion") from None
-        if not hmac.compare_digest(expected.digest(), given):
-            raise Unauthenticated("caller assertion signature is invalid")
         return self._check_claims(claims)
 
     def _check_claims(self, claims: Any) -> Caller:
