@@ -7,7 +7,6 @@ retires them (sets a minimum version). Nothing here ever appears in a repr or a 
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import secrets
 from collections.abc import Mapping
@@ -112,8 +111,8 @@ class Keyring:
             return cls(data=_load(doc["data"]), index=_load(doc["index"]))
         except KeyringInvalid:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError, binascii.Error):
-            # The message never quotes the file: it holds keys.
+        except Exception:  # any defect at all (incl. RecursionError on absurd nesting)
+            # The message never quotes the file, and the cause is dropped: it holds keys.
             raise KeyringInvalid("the keyring file is not valid keyring JSON") from None
 
 

@@ -28,6 +28,8 @@ def read_keyring(path: Path) -> Keyring:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise KeyringInvalid(f"no keyring file at {path}") from None
+    except OSError as exc:  # unreadable: wrong mode, a directory, an I/O error
+        raise KeyringInvalid(f"cannot read the keyring file at {path}: {exc.strerror}") from None
     return Keyring.from_json(raw)
 
 
@@ -93,7 +95,10 @@ class KeyringHolder:
         return self.current
 
     async def watch(self, interval_seconds: float) -> None:
-        """Polls the file until cancelled."""
+        """Polls the file until cancelled; no error ever stops the watching."""
         while True:
             await asyncio.sleep(interval_seconds)
-            self.reload_if_changed()
+            try:
+                self.reload_if_changed()
+            except Exception:
+                log.exception("keyring reload check failed; will retry")

@@ -14,8 +14,13 @@ from datetime import datetime
 from palisade.common.clock import Clock
 from palisade.common.errors import PalisadeError
 from palisade.crypto.blind_index import index_token
-from palisade.crypto.envelope import key_version_of, open_envelope, seal_many
-from palisade.crypto.errors import BatchTooLarge, MissingAssociatedData, at_item
+from palisade.crypto.envelope import (
+    MIN_ENVELOPE_BYTES,
+    key_version_of,
+    open_envelope,
+    seal_many,
+)
+from palisade.crypto.errors import BatchTooLarge, InvalidValue, MissingAssociatedData, at_item
 from palisade.crypto.keyring import Keyring, VersionedKeys
 from palisade.crypto.keyring_file import KeyringHolder
 from palisade.crypto.metrics import CryptoMetrics
@@ -23,6 +28,8 @@ from palisade.crypto.normalize import Normalization, normalize
 from palisade.crypto.usage import UsageTracker
 
 log = logging.getLogger("palisade.crypto")
+
+MAX_CONTEXT_BYTES = 1024
 
 
 # (plaintext or envelope, associated data). A plain tuple, not a class: a batch holds a
@@ -97,7 +104,7 @@ class CryptoService:
         return ciphertexts, key.version
 
     def decrypt(self, items: Sequence[Item]) -> list[bytes]:
-        self._check_batch("decrypt", items)
+        self._check_batch("decrypt", items, overhead=MIN_ENVELOPE_BYTES)
         keyring = self._keyring.current
         plaintexts = [self._open("decrypt", keyring, i, item) for i, item in enumerate(items)]
         self._metrics.items.labels("decrypt", "ok").inc(len(items))
@@ -105,7 +112,7 @@ class CryptoService:
 
     def rewrap(self, items: Sequence[Item]) -> tuple[list[bytes], list[bool], int]:
         """Moves envelopes under the primary key; the plaintext never leaves this method."""
-        self._check_batch("rewrap", items)
+        self._check_batch("rewrap", items, overhead=MIN_ENVELOPE_BYTES)
         keyring = self._keyring.current
         primary = keyring.data.primary_key
         # Every envelope is authenticated first, so a bad item fails the batch before any
@@ -130,6 +137,10 @@ class CryptoService:
             try:
                 if not request.context:
                     raise MissingAssociatedData("a blind index needs a context")
+                if len(request.context) > MAX_CONTEXT_BYTES:
+                    raise InvalidValue(
+                        f"a blind index context is limited to {MAX_CONTEXT_BYTES} bytes"
+                    )
                 value = normalize(request.value, request.normalization)
             except PalisadeError as exc:
                 self._metrics.items.labels("blind_index", exc.code).inc()
@@ -182,9 +193,13 @@ class CryptoService:
             )
             return
 
+        rotated = False
+
         def rotate_if_still_primary(keyring: Keyring) -> Keyring:
+            nonlocal rotated
             if keyring.data.primary != exhausted:  # another replica or the operator was first
                 return keyring
+            rotated = True
             return replace(keyring, data=keyring.data.rotated(self._clock.now()))
 
         try:
@@ -195,6 +210,8 @@ class CryptoService:
                 "rotate it with `palisade-crypto keys rotate`",
                 extra={"key_version": exhausted},
             )
+            return
+        if not rotated:
             return
         self._metrics.auto_rotations.inc()
         log.warning(
@@ -211,9 +228,10 @@ class CryptoService:
                 f"batch of {count} items exceeds the limit of {self._limits.max_items}"
             )
 
-    def _check_batch(self, operation: str, items: Sequence[Item]) -> None:
+    def _check_batch(self, operation: str, items: Sequence[Item], *, overhead: int = 0) -> None:
+        """Checks counts and sizes; envelopes (overhead > 0) may exceed plaintext by the header."""
         self._check_count(operation, len(items))
-        limit = self._limits.max_item_bytes
+        limit = self._limits.max_item_bytes + overhead
         if all(aad and len(data) + len(aad) <= limit for data, aad in items):
             return  # the common case, checked in one cheap pass
         for i, (data, aad) in enumerate(items):
@@ -221,7 +239,7 @@ class CryptoService:
             if not aad:
                 error = MissingAssociatedData()
             elif len(data) + len(aad) > limit:
-                error = BatchTooLarge(f"item exceeds {self._limits.max_item_bytes} bytes")
+                error = BatchTooLarge(f"item exceeds {limit} bytes")
             if error is not None:
                 self._metrics.items.labels(operation, error.code).inc()
                 raise at_item(error, i)

@@ -8,6 +8,7 @@ unflushed count lands at once.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 from palisade.crypto.errors import KeyUsageExhausted
@@ -26,14 +27,22 @@ class UsageTracker:
         self.warn_threshold = warn_threshold
         self.rotate_threshold = rotate_threshold
         self.hard_limit = hard_limit
+        # Every count is in exactly one of these at any await point, so total() never drops
+        # counts that are on their way to the store (which would let the hard limit be passed).
         self._persisted: dict[int, int] = {}
+        self._inflight: dict[int, int] = {}
         self._pending: dict[int, int] = {}
+        self._flush_lock = asyncio.Lock()
 
     def total(self, version: int) -> int:
-        return self._persisted.get(version, 0) + self._pending.get(version, 0)
+        return (
+            self._persisted.get(version, 0)
+            + self._inflight.get(version, 0)
+            + self._pending.get(version, 0)
+        )
 
     def totals(self) -> dict[int, int]:
-        versions = self._persisted.keys() | self._pending.keys()
+        versions = self._persisted.keys() | self._inflight.keys() | self._pending.keys()
         return {v: self.total(v) for v in versions}
 
     def reserve(self, version: int, count: int) -> None:
@@ -50,17 +59,22 @@ class UsageTracker:
 
     async def flush(self) -> None:
         """Adds pending counts to the store and refreshes totals; keeps them if the store fails."""
-        pending, self._pending = self._pending, {}
-        try:
-            await self._store.add(pending)
-        except BaseException:
-            self._merge_back(pending)
-            raise
-        # Counted locally at once, so a failing totals() below never under-counts.
-        for version, n in pending.items():
-            self._persisted[version] = self._persisted.get(version, 0) + n
-        self._persisted = await self._store.totals()
+        async with self._flush_lock:
+            self._inflight, self._pending = self._pending, {}
+            try:
+                await self._store.add(self._inflight)
+            except BaseException:
+                _add_into(self._pending, self._inflight)
+                self._inflight = {}
+                raise
+            _add_into(self._persisted, self._inflight)
+            self._inflight = {}
+            stored = await self._store.totals()
+            # Other replicas' counts arrive through the store; never let a total go down.
+            for version, count in stored.items():
+                self._persisted[version] = max(count, self._persisted.get(version, 0))
 
-    def _merge_back(self, pending: Mapping[int, int]) -> None:
-        for version, n in pending.items():
-            self._pending[version] = self._pending.get(version, 0) + n
+
+def _add_into(target: dict[int, int], counts: Mapping[int, int]) -> None:
+    for version, n in counts.items():
+        target[version] = target.get(version, 0) + n
