@@ -70,3 +70,21 @@ def database_url(request: pytest.FixtureRequest) -> str:
         request.applymarker(pytest.mark.postgres)
         return str(request.getfixturevalue("postgres_url"))
     return str(request.getfixturevalue("sqlite_url"))
+
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A real Redis database, emptied for this test (tests own the whole database number)."""
+    import redis
+
+    url = os.environ.get("PALISADE_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=3)
+        client.flushdb()
+        client.close()
+    except redis.RedisError as exc:
+        _unavailable("Redis", exc)
+    return url

@@ -38,6 +38,7 @@ class ServiceSpec:
 # Start order matters: services that others call come first. Later issues add theirs here.
 SERVICES = [
     ServiceSpec("crypto", "palisade.crypto", 50051, 9101),
+    ServiceSpec("auth", "palisade.auth", 50052, 9102),
 ]
 
 

@@ -50,6 +50,10 @@ class Caller:
     expires_at: int
     workspace_id: str | None = None
     scopes: tuple[str, ...] = ()
+    # Set by the gateway from the connection (never from client headers it does not trust).
+    session_id: str | None = None
+    client_ip: str | None = None
+    user_agent: str | None = None
 
     @property
     def is_service(self) -> bool:
@@ -122,6 +126,9 @@ class AssertionSigner:
         request_id: str,
         workspace_id: str | None = None,
         scopes: Sequence[str] = (),
+        session_id: str | None = None,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
     ) -> str:
         now = int(self._clock.timestamp())
         claims: dict[str, Any] = {
@@ -136,6 +143,8 @@ class AssertionSigner:
             claims["ws"] = workspace_id
         if scopes:
             claims["scp"] = list(scopes)
+        optional = {"sid": session_id, "ip": client_ip, "ua": user_agent}
+        claims.update({k: v for k, v in optional.items() if v is not None})
         kid = self._keyset.active_kid
         signing_input = (
             f"{_VERSION}.{kid}.{_b64(json.dumps(claims, separators=(',', ':')).encode())}"
@@ -174,6 +183,8 @@ class AssertionVerifier:
         return self._check_claims(claims)
 
     def _check_claims(self, claims: Any) -> Caller:
+        if not isinstance(claims, dict):
+            raise Unauthenticated("malformed caller assertion")
         try:
             caller = Caller(
                 issuer=_str(claims["iss"]),
@@ -182,8 +193,11 @@ class AssertionVerifier:
                 request_id=_str(claims["rid"]),
                 issued_at=_int(claims["iat"]),
                 expires_at=_int(claims["exp"]),
-                workspace_id=_str(claims["ws"]) if "ws" in claims else None,
+                workspace_id=_optional_str(claims, "ws"),
                 scopes=tuple(_str(s) for s in _list(claims.get("scp", []))),
+                session_id=_optional_str(claims, "sid"),
+                client_ip=_optional_str(claims, "ip"),
+                user_agent=_optional_str(claims, "ua"),
             )
         except (KeyError, TypeError):
             raise Unauthenticated("malformed caller assertion") from None
@@ -205,6 +219,10 @@ def _str(value: Any) -> str:
     return value
 
 
+def _optional_str(claims: dict[str, Any], name: str) -> str | None:
+    return _str(claims[name]) if name in claims else None
+
+
 def _list(value: Any) -> list[Any]:
     if not isinstance(value, list):
         raise TypeError("expected a list claim")
@@ -217,13 +235,19 @@ def _int(value: Any) -> int:
     return value
 
 
+def require_caller() -> Caller:
+    """The verified caller of this RPC (the interceptor guarantees one outside health)."""
+    caller = current_caller.get()
+    if caller is None:
+        raise Unauthenticated()
+    return caller
+
+
 def require_service_caller() -> Caller:
     """The verified caller of this RPC, which must be a Palisade service (not a user or key)."""
     from palisade.common.errors import PermissionDenied  # local: errors imports nothing back
 
-    caller = current_caller.get()
-    if caller is None:
-        raise Unauthenticated()
+    caller = require_caller()
     if not caller.is_service:
         raise PermissionDenied("only Palisade services may call this method")
     return caller

@@ -26,6 +26,10 @@ class PalisadeError(Exception):
         self.message = message or self.default_message
         super().__init__(self.message)
 
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Extra safe facts for the caller (e.g. retry-after); the code is always sent."""
+        return ()
+
 
 class InvalidArgument(PalisadeError):
     status = grpc.StatusCode.INVALID_ARGUMENT

@@ -26,7 +26,9 @@ class ErrorMappingInterceptor(AroundInterceptor):
             raise
         except PalisadeError as exc:
             await context.abort(
-                exc.status, exc.message, trailing_metadata=((ERROR_CODE_METADATA_KEY, exc.code),)
+                exc.status,
+                exc.message,
+                trailing_metadata=((ERROR_CODE_METADATA_KEY, exc.code), *exc.trailing_metadata()),
             )
         except Exception:
             # The traceback stays in the server log; the caller learns only that it failed.

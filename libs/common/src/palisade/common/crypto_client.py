@@ -1,0 +1,113 @@
+"""The typed client every service uses to reach the crypto service.
+
+Transport failures become Unavailable (the gateway answers 503), so a caller that cannot
+encrypt never falls back to writing plaintext.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import IntEnum
+from typing import cast
+
+import grpc
+
+from palisade.common.errors import InvalidArgument, PalisadeError, Unavailable
+from palisade.common.grpc_client import ServiceIdentity
+from palisade_api.crypto.v1 import crypto_pb2 as pb
+from palisade_api.crypto.v1 import crypto_pb2_grpc
+
+_UNAVAILABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+class Normalization(IntEnum):
+    EXACT = pb.NORMALIZATION_EXACT
+    EMAIL = pb.NORMALIZATION_EMAIL
+    PHONE = pb.NORMALIZATION_PHONE
+    CASEFOLD = pb.NORMALIZATION_CASEFOLD
+
+
+class CryptoFailure(PalisadeError):
+    """The crypto service refused stored data (e.g. tampered ciphertext): an integrity fault."""
+
+    code = "internal"
+    default_message = "stored data failed an integrity check"
+
+
+def _translate(error: grpc.aio.AioRpcError) -> PalisadeError:
+    if error.code() in _UNAVAILABLE:
+        return Unavailable("the crypto service is unavailable")
+    if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(error.details() or "invalid value")
+    return CryptoFailure()
+
+
+class CryptoClient:
+    def __init__(
+        self, *, channel: grpc.aio.Channel, identity: ServiceIdentity, timeout: float = 5.0
+    ) -> None:
+        self._stub = crypto_pb2_grpc.CryptoServiceStub(channel)
+        self._identity = identity
+        self._timeout = timeout
+
+    async def encrypt(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+        """Envelopes for (plaintext, associated data) pairs, in order."""
+        if not items:
+            return []
+        request = pb.EncryptRequest(
+            items=[pb.EncryptItem(plaintext=p, associated_data=a) for p, a in items]
+        )
+        try:
+            reply = await self._stub.Encrypt(
+                request, metadata=self._identity.metadata("crypto"), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _translate(error) from None
+        return list(reply.ciphertexts)
+
+    async def decrypt(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+        """Plaintexts for (envelope, associated data) pairs, in order."""
+        if not items:
+            return []
+        request = pb.DecryptRequest(
+            items=[pb.DecryptItem(ciphertext=c, associated_data=a) for c, a in items]
+        )
+        try:
+            reply = await self._stub.Decrypt(
+                request, metadata=self._identity.metadata("crypto"), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _translate(error) from None
+        return list(reply.plaintexts)
+
+    async def blind_index(
+        self,
+        value: str,
+        normalization: Normalization,
+        context: bytes,
+        *,
+        all_versions: bool = False,
+    ) -> list[str]:
+        """Index tokens for one value: [primary] or every usable version, primary first."""
+        request = pb.BlindIndexRequest(
+            items=[
+                pb.BlindIndexItem(
+                    value=value,
+                    normalization=cast("pb.Normalization.ValueType", int(normalization)),
+                    context=context,
+                )
+            ],
+            all_versions=all_versions,
+        )
+        try:
+            reply = await self._stub.BlindIndex(
+                request, metadata=self._identity.metadata("crypto"), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _translate(error) from None
+        return [t.token for t in reply.results[0].tokens]

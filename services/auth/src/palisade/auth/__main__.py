@@ -1,0 +1,5 @@
+import sys
+
+from palisade.auth.cli import main
+
+sys.exit(main())

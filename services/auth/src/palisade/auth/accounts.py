@@ -1,0 +1,289 @@
+"""Sign-up, password login, password change and the caller's profile.
+
+Enumeration: for a known and an unknown email, sign-up and login do the same work (a
+blind-index lookup, one Argon2id computation) and give the same answer. The reason a login
+failed is recorded only in the security log.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import uuid
+from dataclasses import dataclass
+from typing import NoReturn
+
+from palisade.auth.errors import InvalidCredentials, InvalidEmail, InvalidName
+from palisade.auth.password_policy import check_length, check_new_password
+from palisade.auth.passwords import PasswordHasher
+from palisade.auth.sessions import ClientInfo, IssuedTokens, SessionManager
+from palisade.auth.store import AuthStore, UserRow
+from palisade.auth.throttle import LoginThrottle
+from palisade.common.aad import associated_data
+from palisade.common.clock import Clock
+from palisade.common.crypto_client import CryptoClient, Normalization
+from palisade.common.outbox import SecurityEvent
+
+EMAIL_INDEX_CONTEXT = b"auth/user.email"
+_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
+MAX_EMAIL_LENGTH = 254
+MAX_NAME_LENGTH = 200
+
+
+def normalize_email(email: str) -> str:
+    normalized = unicodedata.normalize("NFKC", email).strip().lower()
+    if len(normalized) > MAX_EMAIL_LENGTH or not _EMAIL.fullmatch(normalized):
+        raise InvalidEmail()
+    return normalized
+
+
+def _clean_name(name: str) -> str:
+    cleaned = unicodedata.normalize("NFC", name).strip()
+    if not 1 <= len(cleaned) <= MAX_NAME_LENGTH or not cleaned.isprintable():
+        raise InvalidName()
+    return cleaned
+
+
+def _pii_aad(user_id: str, field: str) -> bytes:
+    return associated_data("auth", "user", user_id, field)
+
+
+@dataclass(frozen=True)
+class SignUpResult:
+    user_id: str
+    workspace_id: str
+
+
+@dataclass(frozen=True)
+class Profile:
+    user_id: str
+    email: str
+    name: str
+    workspace_id: str
+    role: str
+
+
+class Accounts:
+    def __init__(
+        self,
+        *,
+        store: AuthStore,
+        crypto: CryptoClient,
+        hasher: PasswordHasher,
+        sessions: SessionManager,
+        throttle: LoginThrottle,
+        clock: Clock,
+    ) -> None:
+        self._store = store
+        self._crypto = crypto
+        self._hasher = hasher
+        self._sessions = sessions
+        self._throttle = throttle
+        self._clock = clock
+
+    async def _email_tokens(self, email: str) -> list[str]:
+        """Blind-index tokens of email under every usable index key, primary first."""
+        return await self._crypto.blind_index(
+            email, Normalization.EMAIL, EMAIL_INDEX_CONTEXT, all_versions=True
+        )
+
+    async def sign_up(
+        self, *, email: str, password: str, name: str, workspace_name: str, client: ClientInfo
+    ) -> SignUpResult:
+        email = normalize_email(email)
+        name = _clean_name(name)
+        # Never derived from the user's name: workspace names are stored in plaintext.
+        workspace_name = _clean_name(workspace_name or "My workspace")
+        check_new_password(password, email=email)
+        user_id, workspace_id = f"usr_{uuid.uuid4().hex}", f"ws_{uuid.uuid4().hex}"
+        tokens = await self._email_tokens(email)
+        password_hash = await self._hasher.hash(password)  # also for a known email: same cost
+        email_ct, name_ct = await self._crypto.encrypt(
+            [
+                (email.encode(), _pii_aad(user_id, "email")),
+                (name.encode(), _pii_aad(user_id, "name")),
+            ]
+        )
+        async with self._store.transaction() as tx:
+            now = self._clock.now()
+            existing = await tx.user_by_email_index(tokens)
+            if existing is not None:
+                # Same answer as a new account; the owner hears of it, the caller learns nothing.
+                await tx.emit(
+                    SecurityEvent(
+                        type="user.signup_existing_email",
+                        occurred_at=now,
+                        actor="anonymous",
+                        subject=existing.id,
+                        ip=client.ip,
+                        device=client.device,
+                        outcome="failure",
+                        reason="email_in_use",
+                    )
+                )
+                return SignUpResult(user_id, workspace_id)
+            await tx.insert_user(
+                user_id=user_id,
+                email_index=tokens[0],
+                email_ct=email_ct,
+                name_ct=name_ct,
+                password_hash=password_hash,
+                now=now,
+            )
+            await tx.insert_workspace(workspace_id=workspace_id, name=workspace_name, now=now)
+            await tx.insert_membership(
+                workspace_id=workspace_id, user_id=user_id, role="owner", now=now
+            )
+            await tx.emit(
+                SecurityEvent(
+                    type="user.signed_up",
+                    occurred_at=now,
+                    actor=f"user:{user_id}",
+                    subject=user_id,
+                    workspace_id=workspace_id,
+                    ip=client.ip,
+                    device=client.device,
+                )
+            )
+        return SignUpResult(user_id, workspace_id)
+
+    async def login(
+        self, *, email: str, password: str, remember_me: bool, client: ClientInfo
+    ) -> IssuedTokens:
+        # Malformed input gets its own code: that says nothing about any account.
+        email = normalize_email(email)
+        check_length(password)
+        tokens = await self._email_tokens(email)
+        account_key = tokens[0]  # keyed: Redis never sees the email
+        await self._throttle.check(account_key, client.ip)
+        async with self._store.transaction() as tx:
+            user = await tx.user_by_email_index(tokens)
+        if user is None or user.disabled:
+            await self._hasher.burn(password)
+            await self._fail(
+                account_key, client, user, "unknown_user" if user is None else "disabled"
+            )
+        verification = await self._hasher.verify(user.password_hash, password)
+        if not verification.ok:
+            await self._fail(account_key, client, user, "bad_password")
+        new_hash = await self._hasher.hash(password) if verification.needs_rehash else None
+        async with self._store.transaction() as tx:
+            now = self._clock.now()
+            membership = await tx.primary_membership(user.id)
+            if membership is None:
+                raise InvalidCredentials()
+            if new_hash is not None:
+                await tx.set_password_hash(user.id, new_hash, now, changed=False)
+            issued = await self._sessions.start(
+                tx,
+                user_id=user.id,
+                workspace_id=membership[0],
+                remember_me=remember_me,
+                client=client,
+            )
+            await tx.emit(
+                SecurityEvent(
+                    type="session.login_succeeded",
+                    occurred_at=now,
+                    actor=f"user:{user.id}",
+                    subject=user.id,
+                    workspace_id=membership[0],
+                    ip=client.ip,
+                    device=client.device,
+                    details={
+                        "session_id": issued.session_id,
+                        "method": "password",
+                        "rehashed": new_hash is not None,
+                    },
+                )
+            )
+        await self._throttle.record_success(account_key, client.ip)
+        return issued
+
+    async def _fail(
+        self, account_key: str, client: ClientInfo, user: UserRow | None, reason: str
+    ) -> NoReturn:
+        await self._throttle.record_failure(account_key, client.ip)
+        async with self._store.transaction() as tx:
+            await tx.emit(
+                SecurityEvent(
+                    type="session.login_failed",
+                    occurred_at=self._clock.now(),
+                    actor="anonymous",
+                    subject=user.id if user else None,
+                    ip=client.ip,
+                    device=client.device,
+                    outcome="failure",
+                    reason=reason,
+                )
+            )
+        raise InvalidCredentials()
+
+    async def change_password(
+        self,
+        *,
+        user_id: str,
+        session_id: str | None,
+        current: str,
+        new: str,
+        client: ClientInfo,
+    ) -> None:
+        async with self._store.transaction() as tx:
+            user = await tx.user(user_id)
+        if user is None:
+            raise InvalidCredentials()
+        check_length(current)
+        if not (await self._hasher.verify(user.password_hash, current)).ok:
+            async with self._store.transaction() as tx:
+                await tx.emit(
+                    SecurityEvent(
+                        type="user.password_change_failed",
+                        occurred_at=self._clock.now(),
+                        actor=f"user:{user_id}",
+                        subject=user_id,
+                        ip=client.ip,
+                        device=client.device,
+                        outcome="failure",
+                        reason="bad_password",
+                    )
+                )
+            raise InvalidCredentials("current password is incorrect")
+        [email] = await self._crypto.decrypt([(user.email_ct, _pii_aad(user_id, "email"))])
+        check_new_password(new, email=email.decode())
+        new_hash = await self._hasher.hash(new)
+        async with self._store.transaction() as tx:
+            now = self._clock.now()
+            await tx.set_password_hash(user_id, new_hash, now, changed=True)
+            await tx.emit(
+                SecurityEvent(
+                    type="user.password_changed",
+                    occurred_at=now,
+                    actor=f"user:{user_id}",
+                    subject=user_id,
+                    ip=client.ip,
+                    device=client.device,
+                )
+            )
+        await self._sessions.revoke(
+            user_id=user_id,
+            session_ids=None,
+            keep=session_id,
+            reason="password_changed",
+            actor=f"user:{user_id}",
+            client=client,
+            event_type="session.revoked",
+        )
+
+    async def profile(self, *, user_id: str, workspace_id: str) -> Profile:
+        async with self._store.transaction() as tx:
+            user = await tx.user(user_id)
+            role = await tx.role_in(user_id, workspace_id)
+        if user is None or role is None:
+            raise InvalidCredentials()
+        email, name = await self._crypto.decrypt(
+            [
+                (user.email_ct, _pii_aad(user_id, "email")),
+                (user.name_ct, _pii_aad(user_id, "name")),
+            ]
+        )
+        return Profile(user_id, email.decode(), name.decode(), workspace_id, role)

@@ -1,0 +1,48 @@
+"""palisade-auth: run the auth service (`serve`, the default) or apply its migrations."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from palisade.auth.config import SERVICE_NAME, AuthSettings
+from palisade.common.logs import configure_logging
+
+
+async def _serve(settings: AuthSettings) -> None:
+    from palisade.auth.server import serve_auth
+    from palisade.common.grpc_server import wait_for_termination
+
+    async with serve_auth(settings):
+        await wait_for_termination()
+
+
+async def _migrate(settings: AuthSettings) -> None:
+    from palisade.auth.store import MIGRATIONS_PACKAGE
+    from palisade.common.db import create_engine, resolve_database_url
+    from palisade.common.migrations import upgrade
+
+    engine = create_engine(
+        resolve_database_url(
+            settings.database_url, data_dir=settings.data_dir, service=SERVICE_NAME
+        )
+    )
+    try:
+        await upgrade(engine, MIGRATIONS_PACKAGE)
+    finally:
+        await engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="palisade-auth", description="Palisade auth service")
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
+    args = parser.parse_args(argv)
+    settings = AuthSettings()
+    configure_logging(SERVICE_NAME, settings.log_level)
+    asyncio.run(_migrate(settings) if args.command == "migrate" else _serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The auth service's exceptions: each has a status, a stable code and a safe message.
+
+Messages never say whether an account exists.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from palisade.common.errors import InvalidArgument, NotFound, PalisadeError, Unauthenticated
+
+
+class InvalidCredentials(Unauthenticated):
+    code = "invalid_credentials"
+    default_message = "email or password is incorrect"
+
+
+class InvalidEmail(InvalidArgument):
+    code = "invalid_email"
+    default_message = "not a valid email address"
+
+
+class WeakPassword(InvalidArgument):
+    """A new password breaks the policy; `code` says which rule."""
+
+    code = "weak_password"
+    default_message = "password does not meet the policy"
+
+
+class PasswordTooShort(WeakPassword):
+    code = "password_too_short"
+
+
+class PasswordTooLong(WeakPassword):
+    code = "password_too_long"
+
+
+class PasswordTooCommon(WeakPassword):
+    code = "password_too_common"
+    default_message = "this password is too common or has appeared in breaches"
+
+
+class InvalidName(InvalidArgument):
+    code = "invalid_name"
+    default_message = "name must be 1 to 200 characters"
+
+
+class InvalidToken(Unauthenticated):
+    code = "invalid_token"
+    default_message = "token is invalid"
+
+
+class WrongTokenType(Unauthenticated):
+    code = "wrong_token_type"
+    default_message = "token is of the wrong kind for this request"
+
+
+class TokenExpired(Unauthenticated):
+    code = "token_expired"
+    default_message = "token has expired"
+
+
+class SessionRevoked(Unauthenticated):
+    code = "session_revoked"
+    default_message = "session has ended"
+
+
+class TokenReused(Unauthenticated):
+    code = "token_reused"
+    default_message = "refresh token was already used; the session has been ended"
+
+
+class Throttled(PalisadeError):
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = "rate_limited"
+    default_message = "too many attempts; try again later"
+
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__()
+        self.retry_after_seconds = max(1, retry_after_seconds)
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("retry-after", str(self.retry_after_seconds)),)
+
+
+class SessionNotFound(NotFound):
+    code = "not_found"
+    default_message = "session not found"
+
+
+class NotSignedIn(Unauthenticated):
+    code = "unauthenticated"
+    default_message = "this request needs a signed-in user"

@@ -1,0 +1,76 @@
+"""Password hashing: Argon2id (PHC strings), legacy bcrypt verified and upgraded.
+
+Hashing runs on a dedicated thread pool (argon2-cffi releases the GIL), never on the event
+loop, so logins saturate the cores while token validation keeps answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import unicodedata
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import bcrypt
+from argon2 import PasswordHasher as Argon2Hasher
+from argon2 import Type
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+_BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
+_BCRYPT_MAX_BYTES = 72
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    # The stored hash should be replaced (legacy bcrypt, or outdated Argon2 parameters).
+    needs_rehash: bool = False
+
+
+def prepare(password: str) -> bytes:
+    """NFKC, as NIST SP 800-63B asks for Unicode passwords; no case folding, no truncation."""
+    return unicodedata.normalize("NFKC", password).encode("utf-8")
+
+
+class PasswordHasher:
+    def __init__(self, *, memory_kib: int, time_cost: int, parallelism: int, threads: int) -> None:
+        self._argon2 = Argon2Hasher(
+            time_cost=time_cost,
+            memory_cost=memory_kib,
+            parallelism=parallelism,
+            hash_len=32,
+            salt_len=16,
+            type=Type.ID,
+        )
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="argon2")
+        # Unknown users are checked against this, so they cost what real users cost.
+        self._dummy_hash = self._argon2.hash(secrets.token_urlsafe(16))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def hash(self, password: str) -> str:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._argon2.hash, prepare(password))
+
+    async def verify(self, stored_hash: str, password: str) -> Verification:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._verify, stored_hash, password)
+
+    async def burn(self, password: str) -> None:
+        """Spends one verification's worth of time, for a user that does not exist."""
+        await self.verify(self._dummy_hash, password)
+
+    def _verify(self, stored_hash: str, password: str) -> Verification:
+        secret = prepare(password)
+        if stored_hash.startswith(_BCRYPT_PREFIXES):
+            # Legacy systems truncated at 72 bytes; so must the check of their hashes. The
+            # Argon2id hash that replaces it on success covers the whole password.
+            ok = bcrypt.checkpw(secret[:_BCRYPT_MAX_BYTES], stored_hash.encode("ascii"))
+            return Verification(ok=ok, needs_rehash=ok)
+        try:
+            self._argon2.verify(stored_hash, secret)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return Verification(ok=False)
+        return Verification(ok=True, needs_rehash=self._argon2.check_needs_rehash(stored_hash))

@@ -1,0 +1,151 @@
+"""Composition root: builds the auth service from settings and runs it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import grpc
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from palisade.auth.accounts import Accounts
+from palisade.auth.config import SERVICE_NAME, AuthSettings
+from palisade.auth.passwords import PasswordHasher
+from palisade.auth.revocation import LocalRevocationFeed, RedisRevocationFeed, RevocationFeed
+from palisade.auth.servicer import AuthServicer
+from palisade.auth.sessions import SessionManager, SessionPolicy
+from palisade.auth.store import MIGRATIONS_PACKAGE, AuthStore
+from palisade.auth.throttle import (
+    FailureCounts,
+    LoginThrottle,
+    MemoryFailureCounts,
+    RedisFailureCounts,
+    ThrottleLimits,
+)
+from palisade.common.caller import AssertionSigner, AssertionVerifier, load_keyset
+from palisade.common.clock import Clock, SystemClock
+from palisade.common.crypto_client import CryptoClient
+from palisade.common.db import create_engine, resolve_database_url
+from palisade.common.grpc_client import ServiceIdentity, insecure_channel
+from palisade.common.grpc_server import RunningServer, run_server
+from palisade.common.migrations import upgrade
+from palisade_api.auth.v1 import auth_pb2, auth_pb2_grpc
+
+log = logging.getLogger("palisade.auth.server")
+
+
+@dataclass
+class AuthServer:
+    running: RunningServer
+    accounts: Accounts
+    sessions: SessionManager
+    revocations: RevocationFeed
+    registry: CollectorRegistry
+
+
+def session_policy(settings: AuthSettings) -> SessionPolicy:
+    return SessionPolicy(
+        access_seconds=settings.access_token_seconds,
+        refresh_seconds=settings.refresh_token_seconds,
+        remember_me_refresh_seconds=settings.remember_me_refresh_token_seconds,
+        grace_seconds=settings.refresh_grace_seconds,
+        absolute_seconds=settings.session_absolute_seconds,
+        remember_me_absolute_seconds=settings.remember_me_session_absolute_seconds,
+    )
+
+
+def throttle_limits(settings: AuthSettings) -> ThrottleLimits:
+    return ThrottleLimits(
+        ip_failures=settings.throttle_ip_failures,
+        account_ip_failures=settings.throttle_account_ip_failures,
+        account_failures=settings.throttle_account_failures,
+        window_seconds=settings.throttle_window_seconds,
+        account_window_seconds=settings.throttle_account_window_seconds,
+    )
+
+
+@asynccontextmanager
+async def serve_auth(
+    settings: AuthSettings, *, clock: Clock | None = None
+) -> AsyncIterator[AuthServer]:
+    """Starts the auth service; stops it gracefully on exit."""
+    clock = clock or SystemClock()
+    keyset = load_keyset(
+        settings.resolved_internal_keys_file(), create_if_missing=settings.create_missing_keys
+    )
+    async with AsyncExitStack() as stack:
+        engine = create_engine(
+            resolve_database_url(
+                settings.database_url, data_dir=settings.data_dir, service=SERVICE_NAME
+            )
+        )
+        stack.push_async_callback(engine.dispose)
+        if settings.migrate_on_start:
+            await upgrade(engine, MIGRATIONS_PACKAGE)
+
+        counts: FailureCounts
+        revocations: RevocationFeed
+        if settings.redis_url:
+            redis = Redis.from_url(settings.redis_url)
+            stack.push_async_callback(redis.aclose)
+            counts, revocations = RedisFailureCounts(redis), RedisRevocationFeed(redis)
+        else:
+            counts, revocations = MemoryFailureCounts(), LocalRevocationFeed()
+
+        channel = insecure_channel(settings.crypto_target)
+        stack.push_async_callback(channel.close, None)
+        signer = AssertionSigner(
+            keyset=keyset,
+            issuer=SERVICE_NAME,
+            clock=clock,
+            ttl_seconds=settings.assertion_ttl_seconds,
+        )
+        crypto = CryptoClient(
+            channel=channel, identity=ServiceIdentity(name=SERVICE_NAME, signer=signer)
+        )
+        hasher = PasswordHasher(
+            memory_kib=settings.argon2_memory_kib,
+            time_cost=settings.argon2_time_cost,
+            parallelism=settings.argon2_parallelism,
+            threads=settings.hashing_threads or os.cpu_count() or 1,
+        )
+        stack.callback(hasher.close)
+        store = AuthStore(engine=engine)
+        sessions = SessionManager(
+            store=store,
+            crypto=crypto,
+            revocations=revocations,
+            policy=session_policy(settings),
+            clock=clock,
+        )
+        throttle = LoginThrottle(counts=counts, limits=throttle_limits(settings), clock=clock)
+        accounts = Accounts(
+            store=store,
+            crypto=crypto,
+            hasher=hasher,
+            sessions=sessions,
+            throttle=throttle,
+            clock=clock,
+        )
+        registry = CollectorRegistry()
+
+        def add_servicers(server: grpc.aio.Server) -> list[str]:
+            auth_pb2_grpc.add_AuthServiceServicer_to_server(
+                AuthServicer(accounts=accounts, sessions=sessions, revocations=revocations),
+                server,
+            )
+            return [auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name]
+
+        verifier = AssertionVerifier(keyset=keyset, audience=SERVICE_NAME, clock=clock)
+        async with run_server(
+            name=SERVICE_NAME,
+            settings=settings,
+            verifier=verifier,
+            registry=registry,
+            add_servicers=add_servicers,
+        ) as running:
+            yield AuthServer(running, accounts, sessions, revocations, registry)

@@ -1,0 +1,312 @@
+"""The two-token session: issue, validate, rotate (with grace and replay detection), revoke.
+
+Access token: 1 h, opaque, stored as SHA-256. Refresh token: 24 h (30 d with remember-me),
+rotated on every use, never beyond the session's absolute expiry; a session whose refresh
+token is not used within its lifetime ends (idle expiry).
+
+Rotation table (decided under a row lock, so replicas agree):
+  unused token                 -> rotate: successor refresh + new access token
+  used <= grace seconds ago    -> the same successor again + a new access token (concurrency)
+  used > grace seconds ago     -> replay: the whole family (session) is revoked, token_reused
+Deliberate deviation from RFC 9700 4.14.2: the grace window, documented in SECURITY.md 25.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from palisade.auth.errors import (
+    InvalidToken,
+    SessionNotFound,
+    SessionRevoked,
+    TokenExpired,
+    TokenReused,
+)
+from palisade.auth.revocation import RevocationFeed, RevocationNotice
+from palisade.auth.store import AccessGrant, AuthStore, AuthTransaction, SessionRow
+from palisade.auth.tokens import TokenKind, check_token, new_token, token_hash
+from palisade.common.aad import associated_data
+from palisade.common.clock import Clock
+from palisade.common.crypto_client import CryptoClient
+from palisade.common.outbox import SecurityEvent
+
+log = logging.getLogger("palisade.auth.sessions")
+# last_seen_at is written at most this often by validations, not on every request.
+_TOUCH_INTERVAL = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class SessionPolicy:
+    access_seconds: int
+    refresh_seconds: int
+    remember_me_refresh_seconds: int
+    grace_seconds: int
+    absolute_seconds: int
+    remember_me_absolute_seconds: int
+
+
+@dataclass(frozen=True)
+class IssuedTokens:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    session_id: str
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    ip: str | None
+    device: str | None
+
+
+def _successor_aad(parent_hash: bytes) -> bytes:
+    return associated_data("auth", "refresh_successor", parent_hash.hex())
+
+
+class SessionManager:
+    def __init__(
+        self,
+        *,
+        store: AuthStore,
+        crypto: CryptoClient,
+        revocations: RevocationFeed,
+        policy: SessionPolicy,
+        clock: Clock,
+    ) -> None:
+        self._store = store
+        self._crypto = crypto
+        self._revocations = revocations
+        self._policy = policy
+        self._clock = clock
+
+    # -- issuing ------------------------------------------------------------------------------
+
+    async def start(
+        self,
+        tx: AuthTransaction,
+        *,
+        user_id: str,
+        workspace_id: str,
+        remember_me: bool,
+        client: ClientInfo,
+    ) -> IssuedTokens:
+        """Creates a session (a token family) inside the caller's transaction."""
+        now = self._clock.now()
+        policy = self._policy
+        absolute = now + timedelta(
+            seconds=policy.remember_me_absolute_seconds if remember_me else policy.absolute_seconds
+        )
+        session_id = f"ses_{uuid.uuid4().hex}"
+        await tx.insert_session(
+            SessionRow(
+                id=session_id,
+                user_id=user_id,
+                workspace_id=workspace_id,
+                created_at=now,
+                last_seen_at=now,
+                absolute_expires_at=absolute,
+                remember_me=remember_me,
+                ip=client.ip,
+                device=client.device,
+                revoked_at=None,
+            )
+        )
+        access, refresh = new_token(TokenKind.ACCESS), new_token(TokenKind.REFRESH)
+        access_expiry = await self._add_access_token(tx, access, session_id, now, absolute)
+        await tx.insert_refresh_token(
+            token_hash=token_hash(refresh),
+            session_id=session_id,
+            now=now,
+            expires_at=min(now + self._refresh_lifetime(remember_me), absolute),
+        )
+        return IssuedTokens(access, refresh, int((access_expiry - now).total_seconds()), session_id)
+
+    def _refresh_lifetime(self, remember_me: bool) -> timedelta:
+        p = self._policy
+        return timedelta(
+            seconds=p.remember_me_refresh_seconds if remember_me else p.refresh_seconds
+        )
+
+    async def _add_access_token(
+        self,
+        tx: AuthTransaction,
+        access: str,
+        session_id: str,
+        now: datetime,
+        absolute: datetime,
+    ) -> datetime:
+        expiry = min(now + timedelta(seconds=self._policy.access_seconds), absolute)
+        await tx.insert_access_token(
+            token_hash=token_hash(access), session_id=session_id, now=now, expires_at=expiry
+        )
+        return expiry
+
+    # -- rotation -----------------------------------------------------------------------------
+
+    async def refresh(self, refresh_token: str, client: ClientInfo) -> IssuedTokens:
+        presented = check_token(refresh_token, TokenKind.REFRESH)
+        # Made before the transaction, so no network call happens while the row is locked;
+        # wasted only when the token turns out to be a grace re-presentation or a replay.
+        successor = new_token(TokenKind.REFRESH)
+        [successor_ct] = await self._crypto.encrypt(
+            [(successor.encode(), _successor_aad(presented))]
+        )
+        access = new_token(TokenKind.ACCESS)
+        replay: RevocationNotice | None = None
+        async with self._store.transaction() as tx:
+            now = self._clock.now()
+            found = await tx.lock_refresh_token(presented)
+            if found is None:
+                raise InvalidToken()
+            token, session = found
+            if session.revoked_at is not None:
+                raise SessionRevoked()
+            if now >= session.absolute_expires_at or now >= token.expires_at:
+                raise TokenExpired()
+            grace = timedelta(seconds=self._policy.grace_seconds)
+            if token.rotated_at is not None and now - token.rotated_at > grace:
+                replay = await self._revoke_in(
+                    tx,
+                    [session],
+                    now,
+                    "refresh_reuse",
+                    actor=f"user:{session.user_id}",
+                    client=client,
+                    event_type="session.refresh_reuse_detected",
+                )
+            else:
+                access_expiry = await self._add_access_token(
+                    tx, access, session.id, now, session.absolute_expires_at
+                )
+                if token.rotated_at is None:
+                    await tx.mark_rotated(presented, now, successor_ct)
+                    await tx.insert_refresh_token(
+                        token_hash=token_hash(successor),
+                        session_id=session.id,
+                        now=now,
+                        expires_at=min(
+                            now + self._refresh_lifetime(session.remember_me),
+                            session.absolute_expires_at,
+                        ),
+                    )
+                    stored_successor_ct = None
+                else:
+                    stored_successor_ct = token.successor_ct
+                await tx.touch_session(session.id, now, client.ip)
+                await tx.emit(
+                    SecurityEvent(
+                        type="session.refreshed",
+                        occurred_at=now,
+                        actor=f"user:{session.user_id}",
+                        subject=session.user_id,
+                        workspace_id=session.workspace_id,
+                        ip=client.ip,
+                        device=client.device,
+                        details={
+                            "session_id": session.id,
+                            "grace": stored_successor_ct is not None,
+                        },
+                    )
+                )
+        if replay is not None:  # committed: the family is gone on every replica
+            await self._announce(replay)
+            raise TokenReused()
+        if stored_successor_ct is not None:
+            [plain] = await self._crypto.decrypt([(stored_successor_ct, _successor_aad(presented))])
+            successor = plain.decode()
+        return IssuedTokens(
+            access, successor, int((access_expiry - now).total_seconds()), session.id
+        )
+
+    # -- validation ---------------------------------------------------------------------------
+
+    async def validate(self, access_token: str) -> AccessGrant:
+        presented = check_token(access_token, TokenKind.ACCESS)
+        async with self._store.transaction() as tx:
+            grant = await tx.access_grant(presented)
+            if grant is None:
+                raise InvalidToken()
+            now = self._clock.now()
+            if grant.session_revoked or grant.user_disabled:
+                raise SessionRevoked()
+            if now >= grant.expires_at or now >= grant.session_expires_at:
+                raise TokenExpired()
+            session = await tx.session(grant.session_id)
+            if session is not None and now - session.last_seen_at >= _TOUCH_INTERVAL:
+                await tx.touch_session(grant.session_id, now, None)
+        return grant
+
+    # -- revocation ---------------------------------------------------------------------------
+
+    async def revoke(
+        self,
+        *,
+        user_id: str,
+        session_ids: list[str] | None,
+        keep: str | None,
+        reason: str,
+        actor: str,
+        client: ClientInfo,
+        event_type: str,
+    ) -> int:
+        """Ends the user's given sessions (or all, None), except `keep`; returns how many."""
+        async with self._store.transaction() as tx:
+            now = self._clock.now()
+            live = await tx.sessions_of(user_id, now)
+            if session_ids is not None:
+                wanted = set(session_ids)
+                if not wanted <= {s.id for s in live}:
+                    raise SessionNotFound()  # someone else's or already ended: same answer
+                live = [s for s in live if s.id in wanted]
+            targets = [s for s in live if s.id != keep]
+            notice = await self._revoke_in(
+                tx, targets, now, reason, actor=actor, client=client, event_type=event_type
+            )
+        await self._announce(notice)
+        return len(targets)
+
+    async def _revoke_in(
+        self,
+        tx: AuthTransaction,
+        targets: list[SessionRow],
+        now: datetime,
+        reason: str,
+        *,
+        actor: str,
+        client: ClientInfo,
+        event_type: str,
+    ) -> RevocationNotice:
+        ids = [s.id for s in targets]
+        hashes = await tx.revoke_sessions(ids, now, reason)
+        for session in targets:
+            await tx.emit(
+                SecurityEvent(
+                    type=event_type,
+                    occurred_at=now,
+                    actor=actor,
+                    subject=session.user_id,
+                    workspace_id=session.workspace_id,
+                    ip=client.ip,
+                    device=client.device,
+                    reason=reason,
+                    details={"session_id": session.id},
+                )
+            )
+        user_id = targets[0].user_id if targets else ""
+        return RevocationNotice(tuple(hashes), tuple(ids), user_id, reason, now)
+
+    async def _announce(self, notice: RevocationNotice) -> None:
+        if not notice.session_ids:
+            return
+        try:
+            await self._revocations.publish(notice)
+        except Exception:
+            # The database already refuses these tokens; caches forget them at their max age.
+            log.exception("could not announce a revocation", extra={"reason": notice.reason})
+
+    async def list(self, user_id: str) -> list[SessionRow]:
+        async with self._store.transaction() as tx:
+            return await tx.sessions_of(user_id, self._clock.now())

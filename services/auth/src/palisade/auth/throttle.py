@@ -1,0 +1,155 @@
+"""Login throttling: failures counted per client IP, per (account, IP) and per account.
+
+An attacker's IP runs out of attempts long before the account does, so the real user, from
+elsewhere, is not locked out (SECURITY.md 7); the account as a whole still never sees more than
+`account_failures` consecutive failures (ASVS 6.3.1). A count decays once its window passes
+with no new failure; a success resets the account's counts (not the IP's).
+
+Times come from the injectable clock, not Redis TTLs, so tests move time instead of sleeping;
+Redis TTLs only garbage-collect. Both stores implement the same contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from redis.asyncio import Redis
+
+from palisade.auth.errors import Throttled
+from palisade.common.clock import Clock
+
+
+@dataclass(frozen=True)
+class ThrottleLimits:
+    ip_failures: int
+    account_ip_failures: int
+    account_failures: int
+    window_seconds: int
+    account_window_seconds: int
+
+
+@dataclass(frozen=True)
+class _Counter:
+    key: str
+    limit: int
+    window: int
+
+
+class FailureCounts(Protocol):
+    """Decaying failure counters keyed by strings."""
+
+    async def read(self, keys: list[str]) -> list[tuple[int, float]]:
+        """(failures, last failure time) per key; (0, 0) for unknown keys."""
+        ...
+
+    async def add_failure(self, keys: list[tuple[str, int]], now: float) -> None:
+        """Adds one failure to each (key, window): a count older than its window restarts."""
+        ...
+
+    async def clear(self, keys: list[str]) -> None: ...
+
+
+class LoginThrottle:
+    def __init__(self, *, counts: FailureCounts, limits: ThrottleLimits, clock: Clock) -> None:
+        self._counts = counts
+        self._limits = limits
+        self._clock = clock
+
+    def _counters(self, account_key: str, ip: str | None) -> list[_Counter]:
+        limits = self._limits
+        counters = [
+            _Counter(
+                f"thr:acct:{account_key}", limits.account_failures, limits.account_window_seconds
+            )
+        ]
+        if ip:
+            counters += [
+                _Counter(f"thr:ip:{ip}", limits.ip_failures, limits.window_seconds),
+                _Counter(
+                    f"thr:acct-ip:{account_key}:{ip}",
+                    limits.account_ip_failures,
+                    limits.window_seconds,
+                ),
+            ]
+        return counters
+
+    async def check(self, account_key: str, ip: str | None) -> None:
+        """Raises Throttled (with Retry-After) if any counter is at its limit. One round trip."""
+        counters = self._counters(account_key, ip)
+        now = self._clock.timestamp()
+        retry_after = 0.0
+        for counter, (failures, last) in zip(
+            counters, await self._counts.read([c.key for c in counters]), strict=True
+        ):
+            remaining = counter.window - (now - last)
+            if failures >= counter.limit and remaining > 0:
+                retry_after = max(retry_after, remaining)
+        if retry_after > 0:
+            raise Throttled(int(retry_after + 0.999))
+
+    async def record_failure(self, account_key: str, ip: str | None) -> None:
+        counters = self._counters(account_key, ip)
+        await self._counts.add_failure(
+            [(c.key, c.window) for c in counters], self._clock.timestamp()
+        )
+
+    async def record_success(self, account_key: str, ip: str | None) -> None:
+        await self._counts.clear(
+            [c.key for c in self._counters(account_key, ip) if not c.key.startswith("thr:ip:")]
+        )
+
+
+class MemoryFailureCounts:
+    """The embedded stand-in: correct for the one auth process of the embedded default."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, tuple[int, float]] = {}
+
+    async def read(self, keys: list[str]) -> list[tuple[int, float]]:
+        return [self._counts.get(k, (0, 0.0)) for k in keys]
+
+    async def add_failure(self, keys: list[tuple[str, int]], now: float) -> None:
+        for key, window in keys:
+            failures, last = self._counts.get(key, (0, 0.0))
+            self._counts[key] = (1 if now - last > window else failures + 1, now)
+
+    async def clear(self, keys: list[str]) -> None:
+        for key in keys:
+            self._counts.pop(key, None)
+
+
+# Atomic per key: restart the count if the last failure is older than the window.
+_ADD_FAILURE = """
+for i, key in ipairs(KEYS) do
+  local window = tonumber(ARGV[i + 1])
+  local now = tonumber(ARGV[1])
+  local last = tonumber(redis.call('HGET', key, 't') or '0')
+  local failures = tonumber(redis.call('HGET', key, 'f') or '0')
+  if now - last > window then failures = 0 end
+  redis.call('HSET', key, 'f', failures + 1, 't', ARGV[1])
+  redis.call('EXPIRE', key, window * 2)
+end
+return 1
+"""
+
+
+class RedisFailureCounts:
+    def __init__(self, redis: Redis, *, prefix: str = "palisade:auth:") -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._add = redis.register_script(_ADD_FAILURE)
+
+    async def read(self, keys: list[str]) -> list[tuple[int, float]]:
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(self._prefix + key, "f", "t")
+        rows = await pipe.execute()
+        return [(int(f or 0), float(t or 0)) for f, t in rows]
+
+    async def add_failure(self, keys: list[tuple[str, int]], now: float) -> None:
+        await self._add(keys=[self._prefix + k for k, _ in keys], args=[now, *(w for _, w in keys)])
+
+    async def clear(self, keys: list[str]) -> None:
+        if keys:
+            await self._redis.delete(*(self._prefix + k for k in keys))
