@@ -25,7 +25,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def service_process(module: str, env_prefix: str, data_dir: Path) -> Iterator[int]:
+def service_process(
+    module: str, env_prefix: str, data_dir: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[int]:
     """Runs `python -m module serve` on free ports; yields its gRPC port once it is SERVING."""
     port = free_port()
     env = {
@@ -34,6 +36,7 @@ def service_process(module: str, env_prefix: str, data_dir: Path) -> Iterator[in
         f"{env_prefix}GRPC_PORT": str(port),
         f"{env_prefix}METRICS_PORT": str(free_port()),
         f"{env_prefix}LOG_LEVEL": "WARNING",
+        **(extra_env or {}),
     }
     process = subprocess.Popen([sys.executable, "-m", module, "serve"], env=env, cwd=ROOT)
     try:
@@ -66,3 +69,36 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
     print("-" * (width + 24))
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "PALISADE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("PALISADE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new Postgres database for one benchmark run (SQLAlchemy URL), dropped afterwards."""
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+    from sqlalchemy.engine import make_url
+
+    name = f"palisade_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        url = make_url(POSTGRES_ADMIN_URL).set(drivername="postgresql+psycopg", database=name)
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def percentile(samples: list[float], pct: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]

@@ -7,7 +7,10 @@ loop, so logins saturate the cores while token validation keeps answering.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import secrets
+import threading
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +22,17 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 _BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
 _BCRYPT_MAX_BYTES = 72
+
+
+# Hashing threads run at a lower scheduling priority: they still use every idle cycle, but the
+# event loop (token validation, refreshes) and other processes preempt them, so a login storm
+# saturating the cores does not turn into latency for everything else.
+HASHING_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    with contextlib.suppress(OSError, AttributeError):  # not everywhere; a nicety, not safety
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICENESS)
 
 
 @dataclass(frozen=True)
@@ -43,7 +57,9 @@ class PasswordHasher:
             salt_len=16,
             type=Type.ID,
         )
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="argon2")
+        self._pool = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="argon2", initializer=_lower_priority
+        )
         # Unknown users are checked against this, so they cost what real users cost.
         self._dummy_hash = self._argon2.hash(secrets.token_urlsafe(16))
 
