@@ -143,3 +143,29 @@ async def test_signed_in_routes_refuse_anonymous_callers(auth) -> None:
         )
     )
     assert code == "permission_denied"
+
+
+async def test_sessions_show_location_from_a_configured_geoip_database(auth_factory, tmp_path):
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoLite2-City")
+    writer.insert_network(
+        IPSet(["198.51.100.0/24"]),
+        {"city": {"names": {"en": "Zurich"}}, "country": {"names": {"en": "Switzerland"}}},
+    )
+    writer.insert_network(IPSet(["203.0.113.0/24"]), {"country": {"names": {"en": "Japan"}}})
+    database = tmp_path / "geo.mmdb"
+    writer.to_db_file(str(database))
+    async with auth_factory(geoip_database=database) as auth:
+        await auth.sign_up("geo@example.com")
+        here = await auth.login("geo@example.com", ip="198.51.100.9")
+        await auth.login("geo@example.com", ip="203.0.113.5")
+        await auth.login("geo@example.com", ip="192.0.2.1")
+        me = await auth.validate(here.access_token)
+        listed = await auth.stub.ListSessions(pb.ListSessionsRequest(), metadata=auth.as_user(me))
+    assert {s.ip: s.location for s in listed.sessions} == {
+        "198.51.100.9": "Zurich, Switzerland",
+        "203.0.113.5": "Japan",
+        "192.0.2.1": "",
+    }

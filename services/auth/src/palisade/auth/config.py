@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -20,6 +22,8 @@ class AuthSettings(CommonSettings):
     # Redis for login throttling and the revocation channel; unset: in-process stand-ins
     # (correct for the single auth process of the embedded default).
     redis_url: str | None = None
+    # A MaxMind DB file (e.g. GeoLite2-City.mmdb) to show where sessions are; unset: no location.
+    geoip_database: Path | None = None
 
     # Argon2id parameters (RFC 9106 / OWASP minimum: m=19456 KiB, t=2, p=1). Hashes made with
     # other parameters are re-hashed at the next successful login.

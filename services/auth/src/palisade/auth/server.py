@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from palisade.auth.accounts import Accounts
 from palisade.auth.config import SERVICE_NAME, AuthSettings
+from palisade.auth.geo import Locator, MaxMindLocator, NullLocator
 from palisade.auth.passwords import PasswordHasher
 from palisade.auth.revocation import LocalRevocationFeed, RedisRevocationFeed, RevocationFeed
 from palisade.auth.servicer import AuthServicer
@@ -132,10 +133,17 @@ async def serve_auth(
             clock=clock,
         )
         registry = CollectorRegistry()
+        locator: Locator = NullLocator()
+        if settings.geoip_database:
+            maxmind = MaxMindLocator(settings.geoip_database)
+            stack.callback(maxmind.close)
+            locator = maxmind
 
         def add_servicers(server: grpc.aio.Server) -> list[str]:
             auth_pb2_grpc.add_AuthServiceServicer_to_server(
-                AuthServicer(accounts=accounts, sessions=sessions, revocations=revocations),
+                AuthServicer(
+                    accounts=accounts, sessions=sessions, revocations=revocations, locator=locator
+                ),
                 server,
             )
             return [auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name]

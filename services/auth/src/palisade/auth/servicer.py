@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from palisade.auth.accounts import Accounts
 from palisade.auth.devices import describe_device
 from palisade.auth.errors import NotSignedIn
+from palisade.auth.geo import Locator
 from palisade.auth.revocation import RevocationFeed
 from palisade.auth.sessions import ClientInfo, IssuedTokens, SessionManager
 from palisade.common.caller import Caller, require_caller, require_service_caller
@@ -50,11 +51,17 @@ def _tokens(issued: IssuedTokens) -> pb.TokenResponse:
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(
-        self, *, accounts: Accounts, sessions: SessionManager, revocations: RevocationFeed
+        self,
+        *,
+        accounts: Accounts,
+        sessions: SessionManager,
+        revocations: RevocationFeed,
+        locator: Locator,
     ) -> None:
         self._accounts = accounts
         self._sessions = sessions
         self._revocations = revocations
+        self._locator = locator
 
     async def SignUp(self, request: pb.SignUpRequest, context: Context) -> pb.SignUpResponse:
         caller = require_caller()
@@ -120,7 +127,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                     current=row.id == current,
                     device=row.device or "",
                     ip=row.ip or "",
-                    location="",
+                    location=self._locator.locate(row.ip),
                     created_at=_timestamp(row.created_at),
                     last_seen_at=_timestamp(row.last_seen_at),
                 )
