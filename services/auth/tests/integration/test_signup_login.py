@@ -135,3 +135,34 @@ async def test_login_input_errors_do_not_reveal_accounts(auth) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await auth.login("someone@example.com", "x" * 1_000_000)
     assert _code(caught.value) == "password_too_long"
+
+
+async def test_known_and_unknown_emails_cost_the_same_hashing_work(auth, monkeypatch) -> None:
+    """Timing parity without timing: both paths run exactly one Argon2 computation."""
+    from palisade.auth.passwords import PasswordHasher
+
+    calls: list[str] = []
+    real_verify, real_hash = PasswordHasher._verify, PasswordHasher.hash
+
+    def counting_verify(self, stored, password):
+        calls.append("verify")
+        return real_verify(self, stored, password)
+
+    async def counting_hash(self, password):
+        calls.append("hash")
+        return await real_hash(self, password)
+
+    monkeypatch.setattr(PasswordHasher, "_verify", counting_verify)
+    monkeypatch.setattr(PasswordHasher, "hash", counting_hash)
+    await auth.sign_up("exists@example.com")
+    work = {}
+    for label, email in [("known", "exists@example.com"), ("unknown", "absent@example.com")]:
+        calls.clear()
+        with pytest.raises(grpc.aio.AioRpcError):
+            await auth.login(email, "wrong password here")
+        work[f"login {label}"] = list(calls)
+        calls.clear()
+        await auth.sign_up(email, password="a different passphrase")
+        work[f"signup {label}"] = list(calls)
+    assert work["login known"] == work["login unknown"] == ["verify"]
+    assert work["signup known"] == work["signup unknown"] == ["hash"]
