@@ -156,3 +156,26 @@ def test_keyset_file_is_created_private_and_reloads_identically(tmp_path) -> Non
 def test_short_keys_are_rejected() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         Keyset(active_kid="k", keys={"k": b"short"})
+
+
+@pytest.mark.parametrize("where", [1, 2, 3])
+def test_non_ascii_assertions_are_unauthenticated(keyset, clock, where) -> None:
+    # A raw HTTP/2 client can send them; they must not surface as TypeError/UnicodeError.
+    signer, verifier = _pair(keyset, clock)
+    pieces = signer.sign(audience="crypto", principal="service:a", request_id="r").split(".")
+    pieces[where] = pieces[where][:-1] + "é"
+    with pytest.raises(Unauthenticated, match="malformed"):
+        verifier.verify(".".join(pieces))
+
+
+def test_long_user_agents_are_capped_so_assertions_stay_valid(keyset, clock) -> None:
+    signer, verifier = _pair(keyset, clock)
+    token = signer.sign(
+        audience="crypto",
+        principal="anonymous",
+        request_id="r",
+        user_agent="Mozilla/5.0 " + "x" * 10_000,
+    )
+    caller = verifier.verify(token)
+    assert caller.user_agent is not None
+    assert len(caller.user_agent) == 512

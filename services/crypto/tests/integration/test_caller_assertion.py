@@ -101,3 +101,24 @@ async def test_reflection_lists_services_without_assertion(crypto) -> None:
         replies = [r async for r in stub.ServerReflectionInfo(iter([request]))]
     names = {s.name for s in replies[0].list_services_response.service}
     assert {"palisade.crypto.v1.CryptoService", "grpc.health.v1.Health"} <= names
+
+
+async def _raw_call(crypto, body: bytes, metadata) -> grpc.aio.AioRpcError:
+    async with insecure_channel(crypto.server.running.target) as channel:
+        call = channel.unary_unary("/palisade.crypto.v1.CryptoService/Encrypt")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(body, metadata=metadata)
+    return caught.value
+
+
+@pytest.mark.parametrize("body", [b"\xff\xfe\xfd garbage", b"\x0a\xff\xff\xff\xff\x0f"])
+async def test_unparsable_bodies_are_refused_after_authentication(crypto, body) -> None:
+    anonymous = await _raw_call(crypto, body, ())
+    assert anonymous.code() == grpc.StatusCode.UNAUTHENTICATED  # the body is not looked at
+    signed = await _raw_call(crypto, body, crypto.metadata())
+    assert signed.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for error in (anonymous, signed):
+        details = error.details() or ""
+        assert "DecodeError" not in details
+        assert "EncryptRequest" not in details
+        assert "palisade.crypto" not in details

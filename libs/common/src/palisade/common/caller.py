@@ -36,6 +36,7 @@ _MAX_SKEW_SECONDS = 5
 # No assertion may claim to live longer than this, whatever its signer asked for.
 _MAX_LIFETIME_SECONDS = 300
 _MAX_ASSERTION_LENGTH = 4096
+_MAX_USER_AGENT_CLAIM = 512
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,9 @@ class AssertionSigner:
             claims["ws"] = workspace_id
         if scopes:
             claims["scp"] = list(scopes)
-        optional = {"sid": session_id, "ip": client_ip, "ua": user_agent}
+        # A client-chosen User-Agent must not push the assertion past the verifier's limit.
+        agent = user_agent[:_MAX_USER_AGENT_CLAIM] if user_agent is not None else None
+        optional = {"sid": session_id, "ip": client_ip, "ua": agent}
         claims.update({k: v for k, v in optional.items() if v is not None})
         kid = self._keyset.active_kid
         signing_input = (
@@ -164,6 +167,8 @@ class AssertionVerifier:
     def verify(self, assertion: str | None) -> Caller:
         if not assertion or len(assertion) > _MAX_ASSERTION_LENGTH:
             raise Unauthenticated("missing caller assertion")
+        if not assertion.isascii():  # what follows encodes and compares as ASCII
+            raise Unauthenticated("malformed caller assertion")
         parts = assertion.split(".")
         if len(parts) != 4 or parts[0] != _VERSION:
             raise Unauthenticated("malformed caller assertion")

@@ -14,6 +14,10 @@ from palisade.common.logs import request_id_var
 
 
 class CallerAssertionInterceptor(AroundInterceptor):
+    """Innermost: verifies the caller, and only then lets a request body be looked at."""
+
+    validates_requests = True
+
     def __init__(self, verifier: AssertionVerifier) -> None:
         self._verifier = verifier
 
@@ -26,9 +30,11 @@ class CallerAssertionInterceptor(AroundInterceptor):
             return
         caller = self._verifier.verify(metadata_value(context, CALLER_METADATA_KEY))
         caller_token = current_caller.set(caller)
-        request_token = request_id_var.set(caller.request_id)
+        # From here on the signed request id is the one logged, not the unsigned header's. It
+        # is not reset here: the logging interceptor (outermost) resets it when the RPC ends,
+        # after it has logged the outcome under the verified id.
+        request_id_var.set(caller.request_id)
         try:
             yield
         finally:
-            request_id_var.reset(request_token)
             current_caller.reset(caller_token)

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from palisade.common.errors import InvalidArgument
+
 # Infrastructure RPCs that need no caller assertion (they are served on the gRPC port for
 # probes and tooling, and reveal nothing).
 EXEMPT_SERVICE_PREFIXES = (
@@ -45,13 +47,65 @@ def _split(full_method: str) -> tuple[str, str]:
 Around = Callable[[RpcInfo, grpc.aio.ServicerContext[Any, Any]], AbstractAsyncContextManager[None]]
 
 
-def wrap_handler(handler: grpc.RpcMethodHandler[Any, Any], full_method: str, around: Around) -> Any:
-    """Returns a handler that runs the original inside `around`, preserving its kind."""
+class _Undecodable:
+    """Stands for a request body that did not parse, until the caller has been verified."""
+
+
+UNDECODABLE = _Undecodable()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    # grpc parses the body before any interceptor runs and answers a parse error with UNKNOWN
+    # and the exception's text (class and message names). We parse to a sentinel instead and
+    # refuse it with INVALID_ARGUMENT after authentication, like any other bad request.
+    if deserializer is None:
+        return None
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception:
+            return UNDECODABLE
+
+    return parse
+
+
+def _checked(request: Any) -> Any:
+    if request is UNDECODABLE:
+        raise InvalidArgument("request body is not a valid message")
+    return request
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _checked(request)
+
+
+def wrap_handler(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    full_method: str,
+    around: Around,
+    *,
+    validates_requests: bool = False,
+) -> Any:
+    """Returns a handler that runs the original inside `around`, preserving its kind.
+
+    With validates_requests (the innermost interceptor only), request bodies that do not parse
+    are refused inside `around`, i.e. after the caller assertion was checked.
+    """
     service, method = _split(full_method)
+    deserializer = handler.request_deserializer
     serializers = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": _tolerant(deserializer) if validates_requests else deserializer,
         "response_serializer": handler.response_serializer,
     }
+    streaming_request = bool(handler.stream_unary or handler.stream_stream)
+
+    def check(request: Any) -> Any:
+        if not validates_requests:
+            return request
+        return _checked_stream(request) if streaming_request else _checked(request)
+
     if handler.unary_unary or handler.stream_unary:
         kind = "unary_unary" if handler.unary_unary else "stream_unary"
         inner_unary: Any = handler.unary_unary or handler.stream_unary
@@ -59,7 +113,7 @@ def wrap_handler(handler: grpc.RpcMethodHandler[Any, Any], full_method: str, aro
 
         async def unary_response(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             async with around(info, context):
-                result = inner_unary(request, context)
+                result = inner_unary(check(request), context)
                 return await result if inspect.isawaitable(result) else result
 
         factory = (
@@ -77,7 +131,7 @@ def wrap_handler(handler: grpc.RpcMethodHandler[Any, Any], full_method: str, aro
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         async with around(info, context):
-            result = inner_stream(request, context)
+            result = inner_stream(check(request), context)
             if inspect.isawaitable(result):  # a handler that writes with context.write()
                 await result
             else:
@@ -101,6 +155,8 @@ else:
 class AroundInterceptor(_ServerInterceptor):
     """Base class: subclasses implement `around(info, context)` as an async context manager."""
 
+    validates_requests = False
+
     def around(
         self, info: RpcInfo, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AbstractAsyncContextManager[None]:
@@ -116,7 +172,12 @@ class AroundInterceptor(_ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return wrap_handler(handler, handler_call_details.method, self.around)  # type: ignore[no-any-return]
+        return wrap_handler(  # type: ignore[no-any-return]
+            handler,
+            handler_call_details.method,
+            self.around,
+            validates_requests=self.validates_requests,
+        )
 
 
 def metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | None:
