@@ -78,7 +78,7 @@ def _stop_all(processes: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
 def main() -> int:
     env = dict(os.environ)
     data_dir = Path(env.setdefault("PALISADE_DATA_DIR", str(ROOT / "var")))
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     processes: list[tuple[str, subprocess.Popen[bytes]]] = []
     stopping = False
 

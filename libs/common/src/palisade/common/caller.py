@@ -26,7 +26,7 @@ from typing import Any
 
 from palisade.common.clock import Clock
 from palisade.common.errors import Unauthenticated
-from palisade.common.secret_files import create_exclusive
+from palisade.common.secret_files import check_secret_file, create_exclusive
 
 CALLER_METADATA_KEY = "x-palisade-caller"
 REQUEST_ID_METADATA_KEY = "x-request-id"
@@ -99,6 +99,7 @@ def load_keyset(path: Path, *, create_if_missing: bool) -> Keyset:
     """Reads the internal keyset; in the embedded default, creates it (0600) on first run."""
     if create_if_missing and not path.exists():
         create_exclusive(path, Keyset.generate().to_json())
+    check_secret_file(path)
     return Keyset.from_json(path.read_bytes())
 
 

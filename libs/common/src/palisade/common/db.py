@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
 
+from palisade.common.secret_files import ensure_private_dir
+
 
 def resolve_database_url(database_url: str | None, *, data_dir: Path, service: str) -> str:
     """The configured URL, or a SQLite file <data_dir>/<service>.db for the embedded default.
@@ -24,7 +26,7 @@ def resolve_database_url(database_url: str | None, *, data_dir: Path, service: s
         elif url.drivername == "sqlite":
             url = url.set(drivername="sqlite+aiosqlite")
         return url.render_as_string(hide_password=False)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(data_dir)  # password hashes and sessions live in these files
     return f"sqlite+aiosqlite:///{(data_dir / f'{service}.db').resolve()}"
 
 

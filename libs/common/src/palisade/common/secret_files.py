@@ -5,36 +5,86 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 SECRET_FILE_MODE = 0o600
 SECRET_DIR_MODE = 0o700
+_WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
+
+
+class InsecureSecretPath(Exception):
+    """A key file or its folder could be replaced by someone else: refuse to use it."""
+
+
+def _trusted_owner(uid: int) -> bool:
+    # Our own files, or root's (a Kubernetes Secret mount belongs to root).
+    return uid in (os.geteuid(), 0)
+
+
+def _check_folder(folder: Path) -> None:
+    st = os.stat(folder)
+    sticky = bool(st.st_mode & stat.S_ISVTX)  # others may not rename our files in it
+    if not _trusted_owner(st.st_uid) or (st.st_mode & _WRITABLE_BY_OTHERS and not sticky):
+        raise InsecureSecretPath(
+            f"{folder} must belong to this user (or root) and not be writable by others"
+        )
+
+
+def check_secret_file(path: Path) -> None:
+    """Refuses a secret file (or its folder) that another user could write or replace."""
+    _check_folder(path.parent)
+    st = os.stat(path)  # follows a Secret mount's symlink to the real file
+    if not _trusted_owner(st.st_uid) or st.st_mode & _WRITABLE_BY_OTHERS:
+        raise InsecureSecretPath(
+            f"{path} must belong to this user (or root) and not be writable by others"
+        )
 
 
 def ensure_private_dir(directory: Path) -> None:
-    """Creates directory (and parents) readable by the owner only, if it does not exist."""
+    """Creates directory (and parents) owner-only if missing; refuses one others can write."""
     directory.mkdir(mode=SECRET_DIR_MODE, parents=True, exist_ok=True)
+    _check_folder(directory)
 
 
-def create_exclusive(path: Path, content: bytes) -> bool:
-    """Writes content to a new file with mode 0600; returns False if the file already existed.
+def harden_process() -> None:
+    """Files this process creates (SQLite databases, journals, keys) are owner-only."""
+    os.umask(0o077)
 
-    O_EXCL makes concurrent first runs safe: exactly one process creates the file, and the
-    mode is set at creation, so there is no moment when the secret is world-readable.
-    """
-    ensure_private_dir(path.parent)
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_FILE_MODE)
-    except FileExistsError:
-        return False
-    try:
-        os.write(fd, content)
         os.fsync(fd)
     finally:
         os.close(fd)
-    return True
+
+
+def create_exclusive(path: Path, content: bytes) -> bool:
+    """Creates path (mode 0600) holding content; returns False if it already existed.
+
+    The content is written and synced under a temporary name first and then linked into
+    place, which fails if the file exists: concurrent first runs are safe, and no reader ever
+    sees a half-written file.
+    """
+    ensure_private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
+    try:
+        try:
+            os.write(fd, content)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        _fsync_folder(path.parent)
+        return True
+    finally:
+        os.unlink(tmp)
 
 
 def replace_atomically(path: Path, content: bytes) -> None:
@@ -50,6 +100,7 @@ def replace_atomically(path: Path, content: bytes) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

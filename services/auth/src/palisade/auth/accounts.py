@@ -27,13 +27,19 @@ from palisade.common.outbox import SecurityEvent
 EMAIL_INDEX_CONTEXT = b"auth/user.email"
 _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
 MAX_EMAIL_LENGTH = 254
+# Control, format, surrogate and line/paragraph-separator characters.
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 MAX_NAME_LENGTH = 200
 
 
 def normalize_email(email: str) -> str:
+    if len(email) > 4 * MAX_EMAIL_LENGTH:  # before NFKC, which can expand text
+        raise InvalidEmail()
     normalized = unicodedata.normalize("NFKC", email).strip().lower()
     if len(normalized) > MAX_EMAIL_LENGTH or not _EMAIL.fullmatch(normalized):
         raise InvalidEmail()
+    if any(unicodedata.category(c) in _INVISIBLE for c in normalized):
+        raise InvalidEmail()  # NUL, escapes, bidi overrides: malformed, and unsafe to show
     return normalized
 
 

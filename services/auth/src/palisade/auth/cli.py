@@ -8,6 +8,7 @@ import sys
 
 from palisade.auth.config import SERVICE_NAME, AuthSettings
 from palisade.common.logs import configure_logging
+from palisade.common.secret_files import harden_process
 
 
 async def _serve(settings: AuthSettings) -> None:
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="palisade-auth", description="Palisade auth service")
     parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
     args = parser.parse_args(argv)
+    harden_process()
     settings = AuthSettings()
     configure_logging(SERVICE_NAME, settings.log_level)
     asyncio.run(_migrate(settings) if args.command == "migrate" else _serve(settings))

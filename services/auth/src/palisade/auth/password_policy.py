@@ -23,8 +23,15 @@ def _common_passwords() -> frozenset[str]:
     return frozenset(FREQUENCY_LISTS["passwords"])
 
 
+# NFKC can expand a character up to 18-fold (U+FDFA) but shrinks text at most about 3-fold,
+# so anything longer than this cannot be a valid password, and is refused before NFKC runs.
+_MAX_RAW_LENGTH = 4 * MAX_LENGTH
+
+
 def check_length(password: str) -> str:
     """The NFKC form of password, or the length rule it breaks (also used at login)."""
+    if len(password) > _MAX_RAW_LENGTH:
+        raise PasswordTooLong(f"password must be at most {MAX_LENGTH} characters")
     normalized = unicodedata.normalize("NFKC", password)
     if len(normalized) > MAX_LENGTH:
         raise PasswordTooLong(f"password must be at most {MAX_LENGTH} characters")
@@ -39,5 +46,5 @@ def check_new_password(password: str, *, email: str = "") -> None:
     if lowered in _common_passwords():
         raise PasswordTooCommon()
     local_part = email.split("@", 1)[0].lower()
-    if len(local_part) >= 4 and lowered in (local_part, email.lower()):
+    if lowered == email.lower() or (len(local_part) >= 4 and lowered == local_part):
         raise PasswordTooCommon("password must not be your email address")

@@ -80,13 +80,18 @@ class PasswordHasher:
 
     def _verify(self, stored_hash: str, password: str) -> Verification:
         secret = prepare(password)
+        if not stored_hash.isascii():  # a corrupt hash fails the login, it does not crash it
+            return Verification(ok=False)
         if stored_hash.startswith(_BCRYPT_PREFIXES):
             # Legacy systems truncated at 72 bytes; so must the check of their hashes. The
             # Argon2id hash that replaces it on success covers the whole password.
-            ok = bcrypt.checkpw(secret[:_BCRYPT_MAX_BYTES], stored_hash.encode("ascii"))
+            try:
+                ok = bcrypt.checkpw(secret[:_BCRYPT_MAX_BYTES], stored_hash.encode("ascii"))
+            except ValueError:  # malformed salt or cost
+                return Verification(ok=False)
             return Verification(ok=ok, needs_rehash=ok)
         try:
             self._argon2.verify(stored_hash, secret)
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
+        except (VerifyMismatchError, VerificationError, InvalidHashError, ValueError):
             return Verification(ok=False)
         return Verification(ok=True, needs_rehash=self._argon2.check_needs_rehash(stored_hash))

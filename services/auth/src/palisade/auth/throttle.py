@@ -112,7 +112,8 @@ class MemoryFailureCounts:
     async def add_failure(self, keys: list[tuple[str, int]], now: float) -> None:
         for key, window in keys:
             failures, last = self._counts.get(key, (0, 0.0))
-            self._counts[key] = (1 if now - last > window else failures + 1, now)
+            # At exactly `window` seconds check() already lets the key go: so must this.
+            self._counts[key] = (1 if now - last >= window else failures + 1, now)
 
     async def clear(self, keys: list[str]) -> None:
         for key in keys:
@@ -126,7 +127,7 @@ for i, key in ipairs(KEYS) do
   local now = tonumber(ARGV[1])
   local last = tonumber(redis.call('HGET', key, 't') or '0')
   local failures = tonumber(redis.call('HGET', key, 'f') or '0')
-  if now - last > window then failures = 0 end
+  if now - last >= window then failures = 0 end
   redis.call('HSET', key, 'f', failures + 1, 't', ARGV[1])
   redis.call('EXPIRE', key, window * 2)
 end

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from palisade.common.clock import SystemClock
 from palisade.common.errors import PalisadeError
 from palisade.common.logs import configure_logging
+from palisade.common.secret_files import harden_process
 from palisade.crypto.config import SERVICE_NAME, CryptoSettings
 from palisade.crypto.keyring import Keyring, VersionedKeys
 from palisade.crypto.keyring_file import create_keyring, read_keyring, update_keyring
@@ -144,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    harden_process()
     settings = CryptoSettings()
     configure_logging(SERVICE_NAME, settings.log_level)
     try:

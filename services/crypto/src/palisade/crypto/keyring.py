@@ -7,6 +7,7 @@ retires them (sets a minimum version). Nothing here ever appears in a repr or a 
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import secrets
 from collections.abc import Mapping
@@ -82,6 +83,18 @@ class VersionedKeys:
             raise KeyringInvalid("cannot retire the primary key version")
         return replace(self, min_version=max(self.min_version, version))
 
+    def check_successor(self, new: VersionedKeys, kind: str) -> None:
+        """Refuses a replacement that would silently lose data or move backwards."""
+        for version, key in self.keys.items():
+            replacement = new.keys.get(version)
+            if replacement is None:
+                if version >= self.min_version:
+                    raise KeyringInvalid(f"{kind} key version {version} is in use but missing")
+            elif not hmac.compare_digest(replacement.key, key.key):
+                raise KeyringInvalid(f"{kind} key version {version} has different key bytes")
+        if new.primary < self.primary:
+            raise KeyringInvalid(f"the primary {kind} key version cannot go backwards")
+
     @classmethod
     def generate(cls, now: datetime) -> VersionedKeys:
         return cls(1, 1, {1: KeyVersion(1, secrets.token_bytes(KEY_BYTES), now)})
@@ -95,6 +108,12 @@ class Keyring:
     @classmethod
     def generate(cls, now: datetime) -> Keyring:
         return cls(data=VersionedKeys.generate(now), index=VersionedKeys.generate(now))
+
+    def check_successor(self, new: Keyring) -> None:
+        """A reloaded keyring must keep every usable key as it was (e.g. not a keyring made by
+        `keys init` elsewhere): data written meanwhile would be unreadable afterwards."""
+        self.data.check_successor(new.data, "data")
+        self.index.check_successor(new.index, "index")
 
     def to_json(self) -> bytes:
         return json.dumps(

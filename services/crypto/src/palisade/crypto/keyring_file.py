@@ -14,7 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from palisade.common.clock import Clock
-from palisade.common.secret_files import create_exclusive, locked, replace_atomically
+from palisade.common.secret_files import (
+    InsecureSecretPath,
+    check_secret_file,
+    create_exclusive,
+    locked,
+    replace_atomically,
+)
 from palisade.crypto.errors import KeyringInvalid
 from palisade.crypto.keyring import Keyring
 
@@ -25,11 +31,14 @@ FileSignature = tuple[int, int, int, int]
 
 def read_keyring(path: Path) -> Keyring:
     try:
+        check_secret_file(path)
         raw = path.read_bytes()
     except FileNotFoundError:
         raise KeyringInvalid(f"no keyring file at {path}") from None
     except OSError as exc:  # unreadable: wrong mode, a directory, an I/O error
         raise KeyringInvalid(f"cannot read the keyring file at {path}: {exc.strerror}") from None
+    except InsecureSecretPath as exc:
+        raise KeyringInvalid(str(exc)) from None
     return Keyring.from_json(raw)
 
 
@@ -73,8 +82,12 @@ class KeyringHolder:
         self._signature = signature
         try:
             keyring = read_keyring(self.path)
-        except KeyringInvalid:
-            log.error("keyring file changed but is invalid; keeping the loaded keyring")
+            self.current.check_successor(keyring)
+        except KeyringInvalid as exc:
+            log.error(
+                "keyring file changed but cannot be used; keeping the loaded keyring",
+                extra={"reason": exc.message},
+            )
             self._on_reload(self.current, False)
             return False
         self.current = keyring

@@ -6,6 +6,7 @@ named by its index (never its content), and nothing is returned for the others.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -118,7 +119,8 @@ class CryptoService:
         # Every envelope is authenticated first, so a bad item fails the batch before any
         # encryption is counted, and an already-current envelope is not passed through blind.
         plaintexts = [self._open("rewrap", keyring, i, item) for i, item in enumerate(items)]
-        stale = [key_version_of(data) != primary.version for data, _ in items]
+        # Only forward: after an operator rolled the primary back, newer data stays put.
+        stale = [key_version_of(data) < primary.version for data, _ in items]
         self._usage.reserve(primary.version, sum(stale))
         moving = [(p, aad) for p, (_, aad), m in zip(plaintexts, items, stale, strict=True) if m]
         resealed = iter(seal_many(primary, moving))
@@ -178,14 +180,14 @@ class CryptoService:
         warn = self._usage.needs_warning(primary)
         self._metrics.key_usage_warning.set(1 if warn else 0)
         if self._usage.needs_rotation(primary):
-            self._rotate_exhausted(primary)
+            await self._rotate_exhausted(primary)
         elif warn:
             log.warning(
                 "primary data key is past its usage warning threshold",
                 extra={"key_version": primary},
             )
 
-    def _rotate_exhausted(self, exhausted: int) -> None:
+    async def _rotate_exhausted(self, exhausted: int) -> None:
         if not self._auto_rotate:
             log.error(
                 "primary data key needs rotation; auto-rotation is off",
@@ -203,7 +205,8 @@ class CryptoService:
             return replace(keyring, data=keyring.data.rotated(self._clock.now()))
 
         try:
-            keyring = self._keyring.update(rotate_if_still_primary)
+            # In a thread: the file lock may wait on the CLI or another replica.
+            keyring = await asyncio.to_thread(self._keyring.update, rotate_if_still_primary)
         except OSError:
             log.error(
                 "primary data key needs rotation but the keyring is read-only; "
