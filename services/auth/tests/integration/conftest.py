@@ -169,7 +169,7 @@ def auth_factory(tmp_path: Path, postgres_admin_url: str, postgres_url: str, red
                 database_url=_extra_database(postgres_admin_url),
                 grpc_port=0,
                 metrics_port=0,
-                usage_flush_seconds=3600,
+                usage_sync_seconds=3600,
                 shutdown_grace_seconds=1,
             )
             async with AsyncExitStack() as stack:

@@ -41,7 +41,8 @@ def crypto_settings(data_dir: Path, database_url: str, **overrides: object) -> C
         "grpc_port": 0,
         "metrics_port": 0,
         "keyring_reload_seconds": 0.05,
-        "usage_flush_seconds": 3600,
+        "usage_sync_seconds": 3600,
+        "usage_lease_size": 1,  # exact counts in assertions
         "shutdown_grace_seconds": 1,
     }
     values.update(overrides)

@@ -195,7 +195,7 @@ async def test_blind_index_over_grpc(crypto) -> None:
 
 async def test_key_status_counts_encryptions(crypto) -> None:
     await crypto.stub.Encrypt(_encrypt_request(PII), metadata=crypto.metadata())
-    await crypto.server.service.flush_usage()
+    await crypto.server.service.sync_usage()
     status = await crypto.stub.KeyStatus(pb.KeyStatusRequest(), metadata=crypto.metadata())
     assert [(k.version, k.primary, k.encryptions) for k in status.data_keys] == [(1, True, 3)]
     assert status.min_data_version == 1

@@ -94,7 +94,7 @@ async def test_cli_status_shows_counts_and_no_key_material(crypto) -> None:
         pb.EncryptRequest(items=[pb.EncryptItem(plaintext=b"x", associated_data=AAD)] * 4),
         metadata=crypto.metadata(),
     )
-    await crypto.server.service.flush_usage()
+    await crypto.server.service.sync_usage()
     out = (await asyncio.to_thread(_cli, crypto, "keys", "status")).stdout
     assert "v1" in out
     assert "encryptions=4" in out

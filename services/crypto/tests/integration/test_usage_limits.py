@@ -23,12 +23,12 @@ def _sample(crypto, name: str, labels: dict[str, str] | None = None) -> float | 
 async def test_primary_rotates_automatically_at_the_threshold(crypto_factory) -> None:
     async with crypto_factory(**THRESHOLDS) as crypto:
         first = await crypto.stub.Encrypt(_request(3), metadata=crypto.metadata())
-        await crypto.server.service.flush_usage()
+        await crypto.server.service.sync_usage()
         assert _sample(crypto, "palisade_crypto_key_usage_warning") == 1
         assert _sample(crypto, "palisade_crypto_auto_rotations_total") == 0
 
         await crypto.stub.Encrypt(_request(2), metadata=crypto.metadata())
-        await crypto.server.service.flush_usage()
+        await crypto.server.service.sync_usage()
         assert _sample(crypto, "palisade_crypto_auto_rotations_total") == 1
         assert _sample(crypto, "palisade_crypto_primary_key_version") == 2
 
@@ -52,7 +52,7 @@ async def test_primary_rotates_automatically_at_the_threshold(crypto_factory) ->
 async def test_encryption_fails_closed_past_the_hard_limit(crypto_factory) -> None:
     async with crypto_factory(**THRESHOLDS, auto_rotate=False) as crypto:
         await crypto.stub.Encrypt(_request(8), metadata=crypto.metadata())
-        await crypto.server.service.flush_usage()  # no rotation: auto_rotate is off
+        await crypto.server.service.sync_usage()  # no rotation: auto_rotate is off
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await crypto.stub.Encrypt(_request(1), metadata=crypto.metadata())
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -62,3 +62,34 @@ async def test_encryption_fails_closed_past_the_hard_limit(crypto_factory) -> No
         )
         reply = await crypto.stub.Encrypt(_request(1), metadata=crypto.metadata())
         assert reply.key_version == 2
+
+
+async def test_ledger_outage_fails_closed_once_the_lease_is_spent(crypto_factory) -> None:
+    """With the database gone, a replica spends what it leased, then refuses (503-style)."""
+    async with crypto_factory(usage_lease_size=4) as crypto:
+        await crypto.stub.Encrypt(_request(1), metadata=crypto.metadata())  # leases 4
+        await crypto.server.service.sync_usage()
+
+        class DownStore:
+            async def lease(self, version, count):
+                raise ConnectionError("database is down")
+
+            async def totals(self):
+                raise ConnectionError("database is down")
+
+        crypto.server.service._usage._store = DownStore()  # the ledger becomes unreachable
+        await crypto.stub.Encrypt(_request(3), metadata=crypto.metadata())  # already leased
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await crypto.stub.Encrypt(_request(1), metadata=crypto.metadata())
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_restarts_cannot_pass_the_hard_limit(crypto_factory) -> None:
+    """Leases already count what a replica had not spent yet when it stopped."""
+    for _ in range(2):
+        async with crypto_factory(**THRESHOLDS, auto_rotate=False, usage_lease_size=6) as crypto:
+            await crypto.stub.Encrypt(_request(1), metadata=crypto.metadata())
+    async with crypto_factory(**THRESHOLDS, auto_rotate=False, usage_lease_size=6) as crypto:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await crypto.stub.Encrypt(_request(1), metadata=crypto.metadata())
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

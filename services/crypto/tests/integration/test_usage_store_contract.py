@@ -31,26 +31,26 @@ async def test_empty_store_has_no_totals(store) -> None:
     assert await store.totals() == {}
 
 
-async def test_adds_accumulate_per_version(store) -> None:
-    await store.add({1: 5, 2: 1})
-    await store.add({1: 3})
-    await store.add({})
-    await store.add({3: 0})
+async def test_leases_accumulate_per_version_and_return_the_new_total(store) -> None:
+    assert await store.lease(1, 5) == 5
+    assert await store.lease(2, 1) == 1
+    assert await store.lease(1, 3) == 8
     assert await store.totals() == {1: 8, 2: 1}
 
 
 async def test_large_counts_fit(store) -> None:
-    await store.add({1: 3 * 2**30})
-    await store.add({1: 3 * 2**30})
+    await store.lease(1, 3 * 2**30)
+    assert await store.lease(1, 3 * 2**30) == 6 * 2**30
     assert await store.totals() == {1: 6 * 2**30}
 
 
-async def test_concurrent_replicas_never_lose_an_add(database_url: str, engine) -> None:
-    # Two engines stand for two replicas adding to one database at the same time.
+async def test_concurrent_replicas_never_lose_a_lease(database_url: str, engine) -> None:
+    # Two engines stand for two replicas leasing from one database at the same time.
     other = create_engine(database_url)
     try:
         stores = [DatabaseUsageStore(engine=engine), DatabaseUsageStore(engine=other)]
-        await asyncio.gather(*(stores[i % 2].add({1: 1, 2: 2}) for i in range(40)))
-        assert await stores[0].totals() == {1: 40, 2: 80}
+        returned = await asyncio.gather(*(stores[i % 2].lease(1, 1) for i in range(40)))
+        assert sorted(returned) == list(range(1, 41))  # every lease saw a distinct total
+        assert await stores[0].totals() == {1: 40}
     finally:
         await other.dispose()

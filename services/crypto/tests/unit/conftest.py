@@ -94,6 +94,7 @@ def make_crypto(tmp_path, clock):
         max_item_bytes: int = 4096,
         auto_rotate: bool = True,
         store: MemoryUsageStore | None = None,
+        lease_size: int = 1,
     ) -> Crypto:
         path = tmp_path / f"svc{next(counter)}" / "keys" / "keyring.json"
         assert create_keyring(path, clock) is True
@@ -101,7 +102,11 @@ def make_crypto(tmp_path, clock):
         holder = KeyringHolder(path, on_reload=lambda k, ok: reloads.append((k, ok)))
         store = store if store is not None else MemoryUsageStore()
         usage = UsageTracker(
-            store=store, warn_threshold=warn, rotate_threshold=rotate, hard_limit=hard
+            store=store,
+            warn_threshold=warn,
+            rotate_threshold=rotate,
+            hard_limit=hard,
+            lease_size=lease_size,
         )
         registry = CollectorRegistry()
         metrics = CryptoMetrics(registry)

@@ -162,32 +162,32 @@ def test_wrong_key_same_version_is_tampering(aad):
 # -- failing closed, through the service ----------------------------------------------------------
 
 
-def test_service_round_trip_and_header(crypto, aad):
-    (sealed,), version = crypto.service.encrypt([(PLAINTEXT, aad)])
+async def test_service_round_trip_and_header(crypto, aad):
+    (sealed,), version = await crypto.service.encrypt([(PLAINTEXT, aad)])
     assert version == crypto.keyring.data.primary == 1
     assert sealed[0] == 1
     assert sealed[1:5] == struct.pack(">I", 1)
     assert crypto.service.decrypt([(sealed, aad)]) == [PLAINTEXT]
 
 
-def test_service_same_plaintext_twice_differs(crypto, aad):
-    (a, b), _ = crypto.service.encrypt([(PLAINTEXT, aad), (PLAINTEXT, aad)])
-    (c,), _ = crypto.service.encrypt([(PLAINTEXT, aad)])
+async def test_service_same_plaintext_twice_differs(crypto, aad):
+    (a, b), _ = await crypto.service.encrypt([(PLAINTEXT, aad), (PLAINTEXT, aad)])
+    (c,), _ = await crypto.service.encrypt([(PLAINTEXT, aad)])
     assert len({a, b, c}) == 3
     assert len({x[HEADER : HEADER + IV_BYTES] for x in (a, b, c)}) == 3
 
 
-def test_service_empty_plaintext(crypto, aad):
-    (sealed,), _ = crypto.service.encrypt([(b"", aad)])
+async def test_service_empty_plaintext(crypto, aad):
+    (sealed,), _ = await crypto.service.encrypt([(b"", aad)])
     assert len(sealed) == MIN_ENVELOPE_BYTES
     assert crypto.service.decrypt([(sealed, aad)]) == [b""]
 
 
-def test_service_every_single_bit_flip_fails_with_the_right_error(crypto, aad):
+async def test_service_every_single_bit_flip_fails_with_the_right_error(crypto, aad):
     crypto.rotate_data()
     crypto.rotate_data()  # versions 1, 2, 3: some header flips land on a real version
     existing = set(crypto.keyring.data.keys)
-    (sealed,), version = crypto.service.encrypt([(b"abcd", aad)])
+    (sealed,), version = await crypto.service.encrypt([(b"abcd", aad)])
     assert version == 3
     seen: set[type] = set()
     for bit in range(len(sealed) * 8):
@@ -210,8 +210,8 @@ def test_service_every_single_bit_flip_fails_with_the_right_error(crypto, aad):
     assert seen == {MalformedCiphertext, TamperedCiphertext, UnknownKeyVersion}
 
 
-def test_service_truncation_at_every_length_fails(crypto, aad):
-    (sealed,), _ = crypto.service.encrypt([(b"some value", aad)])
+async def test_service_truncation_at_every_length_fails(crypto, aad):
+    (sealed,), _ = await crypto.service.encrypt([(b"some value", aad)])
     for n in range(len(sealed)):
         expected = MalformedCiphertext if n < MIN_ENVELOPE_BYTES else TamperedCiphertext
         with pytest.raises(expected) as info:
@@ -219,8 +219,8 @@ def test_service_truncation_at_every_length_fails(crypto, aad):
         assert info.value.message.startswith("item 0: "), n
 
 
-def test_service_extension_fails(crypto, aad):
-    (sealed,), _ = crypto.service.encrypt([(b"some value", aad)])
+async def test_service_extension_fails(crypto, aad):
+    (sealed,), _ = await crypto.service.encrypt([(b"some value", aad)])
     with pytest.raises(TamperedCiphertext):
         crypto.service.decrypt([(sealed + b"\x00", aad)])
 
@@ -237,26 +237,26 @@ def test_service_extension_fails(crypto, aad):
         ("visitors", "ws_1v", "_1", "email"),  # same characters, other split
     ],
 )
-def test_service_wrong_associated_data_is_tampering(crypto, aad, other):
-    (sealed,), _ = crypto.service.encrypt([(PLAINTEXT, aad)])
+async def test_service_wrong_associated_data_is_tampering(crypto, aad, other):
+    (sealed,), _ = await crypto.service.encrypt([(PLAINTEXT, aad)])
     with pytest.raises(TamperedCiphertext) as info:
         crypto.service.decrypt([(sealed, associated_data(*other))])
     assert info.value.status == grpc.StatusCode.DATA_LOSS
     assert info.value.code == "ciphertext_tampered"
 
 
-def test_service_ciphertexts_swapped_between_records_fail(crypto):
+async def test_service_ciphertexts_swapped_between_records_fail(crypto):
     aad_a = associated_data("visitors", "ws_1", "v_1", "email")
     aad_b = associated_data("visitors", "ws_1", "v_2", "email")
-    (a, b), _ = crypto.service.encrypt([(b"a@example.com", aad_a), (b"b@example.com", aad_b)])
+    (a, b), _ = await crypto.service.encrypt([(b"a@example.com", aad_a), (b"b@example.com", aad_b)])
     assert crypto.service.decrypt([(a, aad_a), (b, aad_b)]) == [b"a@example.com", b"b@example.com"]
     with pytest.raises(TamperedCiphertext) as info:
         crypto.service.decrypt([(b, aad_a), (a, aad_b)])
     assert info.value.message.startswith("item 0: ")
 
 
-def test_service_unknown_key_version_is_not_found(crypto, aad):
-    (sealed,), _ = crypto.service.encrypt([(PLAINTEXT, aad)])
+async def test_service_unknown_key_version_is_not_found(crypto, aad):
+    (sealed,), _ = await crypto.service.encrypt([(PLAINTEXT, aad)])
     with pytest.raises(UnknownKeyVersion) as info:
         crypto.service.decrypt([(_with_version(sealed, 99), aad)])
     assert info.value.status == grpc.StatusCode.NOT_FOUND
@@ -264,10 +264,10 @@ def test_service_unknown_key_version_is_not_found(crypto, aad):
     assert info.value.message == "item 0: key version 99 is unknown"
 
 
-def test_service_header_moved_to_another_existing_version_is_tampering(crypto, aad):
-    (old,), _ = crypto.service.encrypt([(PLAINTEXT, aad)])
+async def test_service_header_moved_to_another_existing_version_is_tampering(crypto, aad):
+    (old,), _ = await crypto.service.encrypt([(PLAINTEXT, aad)])
     crypto.rotate_data()
-    (new,), version = crypto.service.encrypt([(PLAINTEXT, aad)])
+    (new,), version = await crypto.service.encrypt([(PLAINTEXT, aad)])
     assert version == 2
     for sealed, other in ((old, 2), (new, 1)):
         with pytest.raises(TamperedCiphertext) as info:
@@ -275,8 +275,8 @@ def test_service_header_moved_to_another_existing_version_is_tampering(crypto, a
         assert info.value.status == grpc.StatusCode.DATA_LOSS
 
 
-def test_service_unknown_format_version_is_malformed(crypto, aad):
-    (sealed,), _ = crypto.service.encrypt([(PLAINTEXT, aad)])
+async def test_service_unknown_format_version_is_malformed(crypto, aad):
+    (sealed,), _ = await crypto.service.encrypt([(PLAINTEXT, aad)])
     for fmt in (0, 2, 255):
         with pytest.raises(MalformedCiphertext) as info:
             crypto.service.decrypt([(bytes([fmt]) + sealed[1:], aad)])

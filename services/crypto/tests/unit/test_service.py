@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import struct
 from dataclasses import replace
 
@@ -38,9 +39,9 @@ def _header_version(envelope: bytes) -> int:
 # -- encrypt / decrypt ----------------------------------------------------------------------------
 
 
-def test_batch_round_trip_in_order(crypto):
+async def test_batch_round_trip_in_order(crypto):
     items = [(f"value {i}".encode(), _aad(f"v_{i}")) for i in range(10)]
-    ciphertexts, version = crypto.service.encrypt(items)
+    ciphertexts, version = await crypto.service.encrypt(items)
     assert version == 1
     assert len(ciphertexts) == 10
     assert all(_header_version(c) == 1 for c in ciphertexts)
@@ -53,16 +54,16 @@ def test_batch_round_trip_in_order(crypto):
     assert crypto.usage.total(1) == 10
 
 
-def test_empty_batches(crypto):
-    assert crypto.service.encrypt([]) == ([], 1)
+async def test_empty_batches(crypto):
+    assert await crypto.service.encrypt([]) == ([], 1)
     assert crypto.service.decrypt([]) == []
-    assert crypto.service.rewrap([]) == ([], [], 1)
+    assert await crypto.service.rewrap([]) == ([], [], 1)
     assert crypto.service.blind_index([], all_versions=True) == []
     assert crypto.usage.total(1) == 0
 
 
-def test_decrypt_batch_is_all_or_nothing(crypto):
-    (good, other), _ = crypto.service.encrypt([(b"one", _aad("v_1")), (b"two", _aad("v_2"))])
+async def test_decrypt_batch_is_all_or_nothing(crypto):
+    (good, other), _ = await crypto.service.encrypt([(b"one", _aad("v_1")), (b"two", _aad("v_2"))])
     result = None
     with pytest.raises(TamperedCiphertext) as info:
         result = crypto.service.decrypt([(good, _aad("v_1")), (other, _aad("v_1"))])
@@ -75,13 +76,13 @@ def test_decrypt_batch_is_all_or_nothing(crypto):
 # -- rotation -------------------------------------------------------------------------------------
 
 
-def test_rotation_old_ciphertexts_still_decrypt_and_new_ones_use_the_new_version(crypto):
-    (old,), v1 = crypto.service.encrypt([(SECRET, _aad())])
+async def test_rotation_old_ciphertexts_still_decrypt_and_new_ones_use_the_new_version(crypto):
+    (old,), v1 = await crypto.service.encrypt([(SECRET, _aad())])
     keyring = crypto.rotate_data()
     assert keyring.data.primary == 2
     assert crypto.keyring.data.primary == 2
 
-    (new,), v2 = crypto.service.encrypt([(SECRET, _aad())])
+    (new,), v2 = await crypto.service.encrypt([(SECRET, _aad())])
     assert (v1, v2) == (1, 2)
     assert _header_version(old) == 1
     assert _header_version(new) == 2
@@ -90,11 +91,11 @@ def test_rotation_old_ciphertexts_still_decrypt_and_new_ones_use_the_new_version
     assert crypto.usage.totals() == {1: 1, 2: 1}
 
 
-def test_rotation_by_another_process_is_seen_on_reload(crypto):
-    (old,), _ = crypto.service.encrypt([(SECRET, _aad())])
+async def test_rotation_by_another_process_is_seen_on_reload(crypto):
+    (old,), _ = await crypto.service.encrypt([(SECRET, _aad())])
     update_keyring(crypto.path, lambda k: replace(k, data=k.data.rotated(crypto.clock.now())))
     assert crypto.holder.reload_if_changed() is True
-    (new,), version = crypto.service.encrypt([(SECRET, _aad())])
+    (new,), version = await crypto.service.encrypt([(SECRET, _aad())])
     assert version == 2
     assert _header_version(new) == 2
     assert crypto.service.decrypt([(old, _aad())]) == [SECRET]
@@ -107,10 +108,10 @@ def test_version_rotated_model_used_directly(crypto):
     assert data.usable(2) is data.primary_key
 
 
-def test_retired_versions_are_refused_with_a_clear_error(crypto):
-    (old,), _ = crypto.service.encrypt([(SECRET, _aad())])
+async def test_retired_versions_are_refused_with_a_clear_error(crypto):
+    (old,), _ = await crypto.service.encrypt([(SECRET, _aad())])
     crypto.rotate_data()
-    (new,), _ = crypto.service.encrypt([(SECRET, _aad())])
+    (new,), _ = await crypto.service.encrypt([(SECRET, _aad())])
     crypto.retire_data_below(2)
     assert crypto.keyring.data.min_version == 2
 
@@ -134,10 +135,10 @@ def test_cannot_retire_above_the_primary(crypto):
     assert crypto.keyring.data.min_version == 1
 
 
-def test_retiring_the_primary_itself_keeps_it_usable(crypto):
+async def test_retiring_the_primary_itself_keeps_it_usable(crypto):
     crypto.rotate_data()
     crypto.retire_data_below(2)
-    (c,), version = crypto.service.encrypt([(SECRET, _aad())])
+    (c,), version = await crypto.service.encrypt([(SECRET, _aad())])
     assert version == 2
     assert crypto.service.decrypt([(c, _aad())]) == [SECRET]
 
@@ -145,13 +146,15 @@ def test_retiring_the_primary_itself_keeps_it_usable(crypto):
 # -- rewrap ---------------------------------------------------------------------------------------
 
 
-def test_rewrap_moves_old_ciphertexts_forward_and_leaves_current_ones(crypto):
-    (old,), _ = crypto.service.encrypt([(b"old secret", _aad("v_1"))])
+async def test_rewrap_moves_old_ciphertexts_forward_and_leaves_current_ones(crypto):
+    (old,), _ = await crypto.service.encrypt([(b"old secret", _aad("v_1"))])
     crypto.rotate_data()
-    (current,), _ = crypto.service.encrypt([(b"new secret", _aad("v_2"))])
+    (current,), _ = await crypto.service.encrypt([(b"new secret", _aad("v_2"))])
     used_before = crypto.usage.total(2)
 
-    out, rewrapped, version = crypto.service.rewrap([(old, _aad("v_1")), (current, _aad("v_2"))])
+    out, rewrapped, version = await crypto.service.rewrap(
+        [(old, _aad("v_1")), (current, _aad("v_2"))]
+    )
     assert version == 2
     assert rewrapped == [True, False]
     moved, unchanged = out
@@ -167,17 +170,17 @@ def test_rewrap_moves_old_ciphertexts_forward_and_leaves_current_ones(crypto):
     assert crypto.outcome("rewrap", "ok") == 2
 
 
-def test_rewrap_of_current_ciphertexts_changes_nothing(crypto):
-    (a, b), _ = crypto.service.encrypt([(b"a", _aad("v_1")), (b"b", _aad("v_2"))])
-    out, rewrapped, version = crypto.service.rewrap([(a, _aad("v_1")), (b, _aad("v_2"))])
+async def test_rewrap_of_current_ciphertexts_changes_nothing(crypto):
+    (a, b), _ = await crypto.service.encrypt([(b"a", _aad("v_1")), (b"b", _aad("v_2"))])
+    out, rewrapped, version = await crypto.service.rewrap([(a, _aad("v_1")), (b, _aad("v_2"))])
     assert (out, rewrapped, version) == ([a, b], [False, False], 1)
     assert crypto.usage.total(1) == 2
 
 
-def test_rewrap_then_retire_old_version(crypto):
-    (old,), _ = crypto.service.encrypt([(SECRET, _aad())])
+async def test_rewrap_then_retire_old_version(crypto):
+    (old,), _ = await crypto.service.encrypt([(SECRET, _aad())])
     crypto.rotate_data()
-    (moved,), _, _ = crypto.service.rewrap([(old, _aad())])
+    (moved,), _, _ = await crypto.service.rewrap([(old, _aad())])
     crypto.retire_data_below(2)
     assert crypto.service.decrypt([(moved, _aad())]) == [SECRET]
     with pytest.raises(RetiredKeyVersion):
@@ -192,13 +195,13 @@ def test_rewrap_then_retire_old_version(crypto):
         (lambda c: c[:1] + b"\x00\x00\x00\x63" + c[5:], UnknownKeyVersion),
     ],
 )
-def test_rewrap_with_a_bad_item_fails_and_counts_nothing(crypto, mangle, error):
-    (old, other), _ = crypto.service.encrypt([(b"x", _aad("v_1")), (b"y", _aad("v_2"))])
+async def test_rewrap_with_a_bad_item_fails_and_counts_nothing(crypto, mangle, error):
+    (old, other), _ = await crypto.service.encrypt([(b"x", _aad("v_1")), (b"y", _aad("v_2"))])
     crypto.rotate_data()
     totals_before = crypto.usage.totals()
     result = None
     with pytest.raises(error) as info:
-        result = crypto.service.rewrap([(old, _aad("v_1")), (mangle(other), _aad("v_9"))])
+        result = await crypto.service.rewrap([(old, _aad("v_1")), (mangle(other), _aad("v_9"))])
     assert result is None
     assert info.value.message.startswith("item 1: ")
     assert crypto.usage.totals() == totals_before
@@ -207,24 +210,24 @@ def test_rewrap_with_a_bad_item_fails_and_counts_nothing(crypto, mangle, error):
     assert crypto.outcome("rewrap", error.code) == 1
 
 
-def test_rewrap_past_the_hard_limit_is_refused_whole(make_crypto):
+async def test_rewrap_past_the_hard_limit_is_refused_whole(make_crypto):
     crypto = make_crypto(warn=1, rotate=1, hard=2)
-    (a, b), _ = crypto.service.encrypt([(b"a", _aad("v_1")), (b"b", _aad("v_2"))])
+    (a, b), _ = await crypto.service.encrypt([(b"a", _aad("v_1")), (b"b", _aad("v_2"))])
     crypto.rotate_data()
-    crypto.service.encrypt([(b"c", _aad("v_3"))])
+    await crypto.service.encrypt([(b"c", _aad("v_3"))])
     with pytest.raises(KeyUsageExhausted):
-        crypto.service.rewrap([(a, _aad("v_1")), (b, _aad("v_2"))])
+        await crypto.service.rewrap([(a, _aad("v_1")), (b, _aad("v_2"))])
     assert crypto.usage.total(2) == 1
-    assert crypto.service.rewrap([(a, _aad("v_1"))])[1] == [True]
+    assert (await crypto.service.rewrap([(a, _aad("v_1"))]))[1] == [True]
     assert crypto.usage.total(2) == 2
 
 
 # -- limits ---------------------------------------------------------------------------------------
 
 
-def test_batch_item_limit_is_inclusive(make_crypto):
+async def test_batch_item_limit_is_inclusive(make_crypto):
     crypto = make_crypto(max_items=4)
-    ciphertexts, _ = crypto.service.encrypt([(b"x", _aad())] * 4)
+    ciphertexts, _ = await crypto.service.encrypt([(b"x", _aad())] * 4)
     assert len(ciphertexts) == 4
     for op, items in (
         ("encrypt", [(b"x", _aad())] * 5),
@@ -232,7 +235,7 @@ def test_batch_item_limit_is_inclusive(make_crypto):
         ("rewrap", [(ciphertexts[0], _aad())] * 5),
     ):
         with pytest.raises(BatchTooLarge) as info:
-            getattr(crypto.service, op)(items)
+            await _call(crypto.service, op, items)
         assert info.value.status == grpc.StatusCode.OUT_OF_RANGE
         assert info.value.code == "batch_too_large"
         assert info.value.message == "batch of 5 items exceeds the limit of 4"
@@ -240,30 +243,30 @@ def test_batch_item_limit_is_inclusive(make_crypto):
     assert crypto.usage.total(1) == 4
 
 
-def test_item_byte_limit(make_crypto):
+async def test_item_byte_limit(make_crypto):
     crypto = make_crypto(max_item_bytes=200)
     aad = _aad()
     fits = b"p" * (200 - len(aad))
-    (c,), _ = crypto.service.encrypt([(fits, aad)])
+    (c,), _ = await crypto.service.encrypt([(fits, aad)])
     assert len(c) == len(fits) + MIN_ENVELOPE_BYTES
     with pytest.raises(BatchTooLarge) as info:
-        crypto.service.encrypt([(b"ok", aad), (b"ok", aad), (fits + b"p", aad)])
+        await crypto.service.encrypt([(b"ok", aad), (b"ok", aad), (fits + b"p", aad)])
     assert info.value.status == grpc.StatusCode.OUT_OF_RANGE
     assert info.value.code == "batch_too_large"
     assert info.value.message == "item 2: item exceeds 200 bytes"
     assert crypto.usage.total(1) == 1
 
 
-def test_an_item_encrypted_at_the_size_limit_can_be_decrypted_and_rewrapped(make_crypto):
+async def test_an_item_encrypted_at_the_size_limit_can_be_decrypted_and_rewrapped(make_crypto):
     # Whatever Encrypt accepts, Decrypt and Rewrap must accept back: the envelope adds
     # MIN_ENVELOPE_BYTES (37) to the plaintext, so the limit cannot be applied unchanged.
     crypto = make_crypto(max_item_bytes=200)
     aad = _aad()
     plaintext = b"p" * (200 - len(aad))
-    (c,), _ = crypto.service.encrypt([(plaintext, aad)])
+    (c,), _ = await crypto.service.encrypt([(plaintext, aad)])
     assert crypto.service.decrypt([(c, aad)]) == [plaintext]
     crypto.rotate_data()
-    (moved,), rewrapped, _ = crypto.service.rewrap([(c, aad)])
+    (moved,), rewrapped, _ = await crypto.service.rewrap([(c, aad)])
     assert rewrapped == [True]
     assert crypto.service.decrypt([(moved, aad)]) == [plaintext]
 
@@ -290,14 +293,20 @@ def test_error_classes_are_distinct():
     assert len({cls.default_message for cls in expected}) == len(expected)
 
 
-def _scenarios(crypto):
+async def _call(service, operation, items):
+    """Runs a batch operation, sync (decrypt) or async (encrypt, rewrap: they may lease)."""
+    result = getattr(service, operation)(items)
+    return await result if inspect.isawaitable(result) else result
+
+
+async def _scenarios(crypto):
     """(operation, items, expected error), the failing item always at index 2 of 3."""
     good = [(SECRET, _aad("v_0")), (SECRET, _aad("v_1"))]
-    ciphertexts, _ = crypto.service.encrypt([*good, (SECRET, _aad("v_2"))])
+    ciphertexts, _ = await crypto.service.encrypt([*good, (SECRET, _aad("v_2"))])
     ok = [(c, a) for c, (_, a) in zip(ciphertexts[:2], good, strict=True)]
     bad = ciphertexts[2]  # under version 1
     crypto.rotate_data()
-    current, _ = crypto.service.encrypt(good)  # under version 2
+    current, _ = await crypto.service.encrypt(good)  # under version 2
     ok_current = [(c, a) for c, (_, a) in zip(current, good, strict=True)]
     unknown = bad[:1] + b"\x00\x00\x00\x63" + bad[5:]
     return [
@@ -314,14 +323,14 @@ def _scenarios(crypto):
     ]
 
 
-def test_errors_name_the_item_and_never_show_plaintext_or_keys(crypto, assert_no_keys):
-    for operation, items, error in _scenarios(crypto):
+async def test_errors_name_the_item_and_never_show_plaintext_or_keys(crypto, assert_no_keys):
+    for operation, items, error in await _scenarios(crypto):
         if operation == "retire":
             crypto.retire_data_below(2)
             operation = "decrypt"
         result = None
         with pytest.raises(PalisadeError) as info:
-            result = getattr(crypto.service, operation)(items)
+            result = await _call(crypto.service, operation, items)
         exc = info.value
         assert result is None
         assert type(exc) is error, (operation, error)
@@ -336,11 +345,11 @@ def test_errors_name_the_item_and_never_show_plaintext_or_keys(crypto, assert_no
         assert crypto.outcome(operation, exc.code) >= 1
 
 
-def test_key_usage_exhausted_leaks_nothing(make_crypto, assert_no_keys):
+async def test_key_usage_exhausted_leaks_nothing(make_crypto, assert_no_keys):
     crypto = make_crypto(warn=1, rotate=1, hard=2)
-    crypto.service.encrypt([(SECRET, _aad())] * 2)
+    await crypto.service.encrypt([(SECRET, _aad())] * 2)
     with pytest.raises(KeyUsageExhausted) as info:
-        crypto.service.encrypt([(SECRET, _aad())])
+        await crypto.service.encrypt([(SECRET, _aad())])
     assert info.value.status == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "SECRET" not in repr(info.value)
     assert_no_keys(repr(info.value), crypto.keyring)
@@ -349,11 +358,11 @@ def test_key_usage_exhausted_leaks_nothing(make_crypto, assert_no_keys):
 # -- status ---------------------------------------------------------------------------------------
 
 
-def test_status_reports_versions_usage_and_thresholds(make_crypto):
+async def test_status_reports_versions_usage_and_thresholds(make_crypto):
     crypto = make_crypto(warn=10, rotate=20, hard=30)
-    crypto.service.encrypt([(b"x", _aad())] * 3)
+    await crypto.service.encrypt([(b"x", _aad())] * 3)
     crypto.rotate_data()
-    crypto.service.encrypt([(b"x", _aad())] * 2)
+    await crypto.service.encrypt([(b"x", _aad())] * 2)
     crypto.retire_data_below(2)
     crypto.rotate_index()
     status = crypto.service.status()

@@ -22,13 +22,16 @@ class CryptoSettings(CommonSettings):
     keyring_file: Path | None = None
     # How often the keyring file is checked for changes (hot reload).
     keyring_reload_seconds: float = Field(default=1.0, gt=0)
-    # How often per-version encryption counts are written to the database.
-    usage_flush_seconds: float = Field(default=5.0, gt=0)
+    # How often the other replicas' encryption counts are read (for warnings and rotation).
+    usage_sync_seconds: float = Field(default=5.0, gt=0)
+    # Encryptions leased from the database at a time (a restart wastes at most one lease).
+    usage_lease_size: int = Field(default=16384, ge=1)
     # 2^32 random-IV encryptions per key is the AES-GCM bound; stay far below it.
     usage_warn_threshold: int = Field(default=2**30, ge=1)
     # Rotate the primary data key automatically at this count (when the keyring is writable).
     usage_rotate_threshold: int = Field(default=2**31, ge=1)
     # Refuse to encrypt under one version past this count (fail closed rather than risk reuse).
+    # Leases make the count an upper bound across replicas, restarts and database outages.
     usage_hard_limit: int = Field(default=3 * 2**30, ge=1, lt=2**32)
     # Rotate automatically (needs a writable keyring file; a read-only Secret only warns).
     auto_rotate: bool = True

@@ -54,7 +54,7 @@ async def _periodically(interval: float, action: str, step: Callable[[], Awaitab
 async def serve_crypto(
     settings: CryptoSettings, *, clock: Clock | None = None
 ) -> AsyncIterator[CryptoServer]:
-    """Starts the crypto service; flushes usage and stops gracefully on exit."""
+    """Starts the crypto service; stops it gracefully on exit."""
     clock = clock or SystemClock()
     keyring_path = settings.resolved_keyring_file()
     if settings.create_missing_keys and create_keyring(keyring_path, clock):
@@ -84,6 +84,7 @@ async def serve_crypto(
             warn_threshold=settings.usage_warn_threshold,
             rotate_threshold=settings.usage_rotate_threshold,
             hard_limit=settings.usage_hard_limit,
+            lease_size=settings.usage_lease_size,
         )
         service = CryptoService(
             keyring=holder,
@@ -93,42 +94,33 @@ async def serve_crypto(
             clock=clock,
             auto_rotate=settings.auto_rotate,
         )
-        await service.flush_usage()  # load totals before the first encryption is counted
+        await service.sync_usage()  # know every replica's totals before the first encryption
 
         def add_servicers(server: grpc.aio.Server) -> list[str]:
             crypto_pb2_grpc.add_CryptoServiceServicer_to_server(CryptoServicer(service), server)
             return [crypto_pb2.DESCRIPTOR.services_by_name["CryptoService"].full_name]
 
         verifier = AssertionVerifier(keyset=keyset, audience=SERVICE_NAME, clock=clock)
-        try:
-            async with run_server(
-                name=SERVICE_NAME,
-                settings=settings,
-                verifier=verifier,
-                registry=registry,
-                add_servicers=add_servicers,
-            ) as running:
-                tasks = [
-                    asyncio.create_task(holder.watch(settings.keyring_reload_seconds)),
-                    asyncio.create_task(
-                        _periodically(
-                            settings.usage_flush_seconds, "usage_flush", service.flush_usage
-                        )
-                    ),
-                ]
-                try:
-                    yield CryptoServer(running, service, holder, registry)
-                finally:
-                    for task in tasks:
-                        task.cancel()
-                    for task in tasks:
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await task
-        finally:
+        async with run_server(
+            name=SERVICE_NAME,
+            settings=settings,
+            verifier=verifier,
+            registry=registry,
+            add_servicers=add_servicers,
+        ) as running:
+            tasks = [
+                asyncio.create_task(holder.watch(settings.keyring_reload_seconds)),
+                asyncio.create_task(
+                    _periodically(settings.usage_sync_seconds, "usage_sync", service.sync_usage)
+                ),
+            ]
             try:
-                await service.flush_usage()
-            except Exception:
-                # The hard limit leaves room for counts lost this way.
-                log.exception("final usage flush failed; counts since the last flush are lost")
+                yield CryptoServer(running, service, holder, registry)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
     finally:
         await engine.dispose()

@@ -96,10 +96,10 @@ class CryptoService:
 
     # -- operations --------------------------------------------------------------------------
 
-    def encrypt(self, items: Sequence[Item]) -> tuple[list[bytes], int]:
+    async def encrypt(self, items: Sequence[Item]) -> tuple[list[bytes], int]:
         self._check_batch("encrypt", items)
         key = self._keyring.current.data.primary_key
-        self._usage.reserve(key.version, len(items))
+        await self._usage.reserve(key.version, len(items))
         ciphertexts = seal_many(key, items)
         self._metrics.items.labels("encrypt", "ok").inc(len(items))
         return ciphertexts, key.version
@@ -111,7 +111,7 @@ class CryptoService:
         self._metrics.items.labels("decrypt", "ok").inc(len(items))
         return plaintexts
 
-    def rewrap(self, items: Sequence[Item]) -> tuple[list[bytes], list[bool], int]:
+    async def rewrap(self, items: Sequence[Item]) -> tuple[list[bytes], list[bool], int]:
         """Moves envelopes under the primary key; the plaintext never leaves this method."""
         self._check_batch("rewrap", items, overhead=MIN_ENVELOPE_BYTES)
         keyring = self._keyring.current
@@ -121,7 +121,7 @@ class CryptoService:
         plaintexts = [self._open("rewrap", keyring, i, item) for i, item in enumerate(items)]
         # Only forward: after an operator rolled the primary back, newer data stays put.
         stale = [key_version_of(data) < primary.version for data, _ in items]
-        self._usage.reserve(primary.version, sum(stale))
+        await self._usage.reserve(primary.version, sum(stale))
         moving = [(p, aad) for p, (_, aad), m in zip(plaintexts, items, stale, strict=True) if m]
         resealed = iter(seal_many(primary, moving))
         out = [next(resealed) if m else data for (data, _), m in zip(items, stale, strict=True)]
@@ -170,9 +170,9 @@ class CryptoService:
 
     # -- usage upkeep (called periodically by the server) -----------------------------------
 
-    async def flush_usage(self) -> None:
-        """Persists encryption counts, publishes them, and rotates a key that reached its limit."""
-        await self._usage.flush()
+    async def sync_usage(self) -> None:
+        """Learns all replicas' counts, publishes them, and rotates a key at its threshold."""
+        await self._usage.refresh()
         primary = self._keyring.current.data.primary
         for version, count in self._usage.totals().items():
             self._metrics.key_encryptions.labels(str(version)).set(count)

@@ -31,7 +31,7 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
     async def Encrypt(self, request: pb.EncryptRequest, context: Context) -> pb.EncryptResponse:
         require_service_caller()
         items = [(i.plaintext, i.associated_data) for i in request.items]
-        ciphertexts, version = self._service.encrypt(items)
+        ciphertexts, version = await self._service.encrypt(items)
         return pb.EncryptResponse(ciphertexts=ciphertexts, key_version=version)
 
     async def Decrypt(self, request: pb.DecryptRequest, context: Context) -> pb.DecryptResponse:
@@ -42,7 +42,7 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
     async def Rewrap(self, request: pb.RewrapRequest, context: Context) -> pb.RewrapResponse:
         require_service_caller()
         items = [(i.ciphertext, i.associated_data) for i in request.items]
-        ciphertexts, rewrapped, version = self._service.rewrap(items)
+        ciphertexts, rewrapped, version = await self._service.rewrap(items)
         return pb.RewrapResponse(ciphertexts=ciphertexts, rewrapped=rewrapped, key_version=version)
 
     async def BlindIndex(

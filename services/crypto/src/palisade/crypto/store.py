@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Protocol
 
 from sqlalchemy import BigInteger, Column, Integer, MetaData, Table, select
@@ -23,14 +22,14 @@ key_usage = Table(
 
 
 class UsageStore(Protocol):
-    """Counts of encryptions per data-key version, summed over every replica."""
+    """The ledger of encryptions per data-key version, shared by every replica."""
 
-    async def add(self, deltas: Mapping[int, int]) -> None:
-        """Adds each delta to its version's count atomically (replicas add concurrently)."""
+    async def lease(self, version: int, count: int) -> int:
+        """Atomically adds count to version's total; returns the new total."""
         ...
 
     async def totals(self) -> dict[int, int]:
-        """The count of every version seen so far."""
+        """The total of every version leased so far."""
         ...
 
 
@@ -39,17 +38,14 @@ class DatabaseUsageStore:
         self._engine = engine
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
-    async def add(self, deltas: Mapping[int, int]) -> None:
-        rows = [{"key_version": v, "encryptions": n} for v, n in sorted(deltas.items()) if n]
-        if not rows:
-            return
-        stmt = self._insert(key_usage).values(rows)
-        stmt = stmt.on_conflict_do_update(
+    async def lease(self, version: int, count: int) -> int:
+        insert = self._insert(key_usage).values(key_version=version, encryptions=count)
+        upsert = insert.on_conflict_do_update(
             index_elements=[key_usage.c.key_version],
-            set_={"encryptions": key_usage.c.encryptions + stmt.excluded.encryptions},
-        )
+            set_={"encryptions": key_usage.c.encryptions + insert.excluded.encryptions},
+        ).returning(key_usage.c.encryptions)
         async with self._engine.begin() as conn:
-            await conn.execute(stmt)
+            return int((await conn.execute(upsert)).scalar_one())
 
     async def totals(self) -> dict[int, int]:
         async with self._engine.connect() as conn:
@@ -58,16 +54,14 @@ class DatabaseUsageStore:
 
 
 class MemoryUsageStore:
-    """In-process store for unit tests."""
+    """In-process ledger for unit tests."""
 
     def __init__(self) -> None:
         self._counts: dict[int, int] = {}
 
-    async def add(self, deltas: Mapping[int, int]) -> None:
-        for version, n in deltas.items():
-            if not n:
-                continue
-            self._counts[version] = self._counts.get(version, 0) + n
+    async def lease(self, version: int, count: int) -> int:
+        self._counts[version] = self._counts.get(version, 0) + count
+        return self._counts[version]
 
     async def totals(self) -> dict[int, int]:
         return dict(self._counts)
