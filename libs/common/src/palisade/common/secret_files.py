@@ -62,6 +62,25 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def _synced_temp_file(path: Path, content: bytes, suffix: str) -> str:
+    """A new file beside path holding content, synced to disk; returns its name.
+
+    mkstemp creates a fresh, unpredictable name with O_EXCL and mode 0600, so a leftover or
+    planted temp file can neither be reused nor lend the secret its wider mode.
+    """
+    ensure_private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        os.write(fd, content)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
 def create_exclusive(path: Path, content: bytes) -> bool:
     """Creates path (mode 0600) holding content; returns False if it already existed.
 
@@ -69,42 +88,27 @@ def create_exclusive(path: Path, content: bytes) -> bool:
     place, which fails if the file exists: concurrent first runs are safe, and no reader ever
     sees a half-written file.
     """
-    ensure_private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
+    tmp = _synced_temp_file(path, content, ".new")
     try:
-        try:
-            os.write(fd, content)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        _fsync_folder(path.parent)
-        return True
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
     finally:
         os.unlink(tmp)
+    _fsync_folder(path.parent)
+    return True
 
 
 def replace_atomically(path: Path, content: bytes) -> None:
     """Replaces path with content so readers see either the old or the new file, never half."""
-    ensure_private_dir(path.parent)
-    # mkstemp creates a fresh, unpredictable name with O_EXCL and mode 0600, so a leftover or
-    # planted temp file can neither be reused nor lend the secret its wider mode.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _synced_temp_file(path, content, ".tmp")
     try:
-        try:
-            os.write(fd, content)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         os.replace(tmp, path)
-        _fsync_folder(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _fsync_folder(path.parent)
 
 
 @contextlib.contextmanager
