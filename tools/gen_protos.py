@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from google.api import annotations_pb2
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,10 +51,13 @@ def generate(out_dir: Path) -> None:
         staging = Path(tmp)
         rel_paths = _stage(staging)
         well_known = Path(protoc.__file__).parent / "_proto"
+        # google/api/{annotations,http}.proto; their Python modules ship in the same package.
+        googleapis = Path(annotations_pb2.__file__).parents[2]
         args = [
             "grpc_tools.protoc",
             f"-I{staging}",
             f"-I{well_known}",
+            f"-I{googleapis}",
             f"--python_out={out_dir}",
             f"--grpc_python_out={out_dir}",
             f"--mypy_out={out_dir}",

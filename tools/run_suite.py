@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -27,18 +28,24 @@ START_TIMEOUT_SECONDS = 60
 class ServiceSpec:
     name: str
     module: str
-    grpc_port: int
+    port: int
     metrics_port: int
+    protocol: str = "grpc"  # "grpc": health checked over gRPC; "http": GET /readyz
 
     @property
     def env_prefix(self) -> str:
         return f"PALISADE_{self.name.upper()}_"
+
+    @property
+    def port_variable(self) -> str:
+        return "GRPC_PORT" if self.protocol == "grpc" else "HTTP_PORT"
 
 
 # Start order matters: services that others call come first. Later issues add theirs here.
 SERVICES = [
     ServiceSpec("crypto", "palisade.crypto", 50051, 9101),
     ServiceSpec("auth", "palisade.auth", 50052, 9102),
+    ServiceSpec("gateway", "palisade.gateway", 8080, 9100, protocol="http"),
 ]
 
 
@@ -46,8 +53,25 @@ def _port(env: dict[str, str], spec: ServiceSpec, field: str, default: int) -> i
     return int(env.get(f"{spec.env_prefix}{field}", default))
 
 
-def _wait_healthy(name: str, port: int, process: subprocess.Popen[bytes]) -> None:
+def _http_ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
+
+
+def _wait_healthy(spec: ServiceSpec, port: int, process: subprocess.Popen[bytes]) -> None:
+    name = spec.name
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    if spec.protocol == "http":
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {process.returncode} while starting")
+            if _http_ready(port):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{name} did not become ready within {START_TIMEOUT_SECONDS}s")
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
@@ -90,21 +114,25 @@ def main() -> int:
     signal.signal(signal.SIGTERM, request_stop)
     try:
         for spec in SERVICES:
-            grpc_port = _port(env, spec, "GRPC_PORT", spec.grpc_port)
+            port = _port(env, spec, spec.port_variable, spec.port)
             metrics_port = _port(env, spec, "METRICS_PORT", spec.metrics_port)
             child_env = {
                 **env,
-                f"{spec.env_prefix}GRPC_PORT": str(grpc_port),
+                f"{spec.env_prefix}{spec.port_variable}": str(port),
                 f"{spec.env_prefix}METRICS_PORT": str(metrics_port),
             }
             process = subprocess.Popen(
                 [sys.executable, "-m", spec.module, "serve"], env=child_env, cwd=ROOT
             )
             processes.append((spec.name, process))
-            _wait_healthy(spec.name, grpc_port, process)
+            _wait_healthy(spec, port, process)
+            where = (
+                f"gRPC 127.0.0.1:{port}"
+                if spec.protocol == "grpc"
+                else f"HTTP http://127.0.0.1:{port}"
+            )
             print(
-                f"palisade {spec.name:<8} gRPC 127.0.0.1:{grpc_port}  "
-                f"metrics http://127.0.0.1:{metrics_port}/metrics",
+                f"palisade {spec.name:<8} {where}  metrics http://127.0.0.1:{metrics_port}/metrics",
                 flush=True,
             )
         print(f"all services up; state in {data_dir}. Ctrl-C stops everything.", flush=True)

@@ -1,0 +1,5 @@
+import sys
+
+from palisade.gateway.cli import main
+
+sys.exit(main())

@@ -1,0 +1,221 @@
+"""The HTTP application: one dispatcher for every annotated route, plus health endpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from aiohttp import web
+from google.protobuf.message_factory import GetMessageClass
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from palisade.common.caller import AssertionSigner
+from palisade.common.logs import request_id_var
+from palisade.gateway.client_ip import Network, client_ip
+from palisade.gateway.edge_auth import AuthenticationFailed, EdgeAuthenticator, bearer_token
+from palisade.gateway.metrics import GatewayMetrics
+from palisade.gateway.problems import from_rpc_error, problem
+from palisade.gateway.routes import MethodNotAllowed, Route, RouteNotFound, match
+from palisade.gateway.transcode import BadRequest, build_request, render
+from palisade_api.common.v1 import access_pb2
+
+log = logging.getLogger("palisade.gateway")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_SAFE_REQUEST_ID = 128
+ROUTE_TEMPLATE = web.RequestKey("route_template", str)
+
+
+@dataclass
+class Upstreams:
+    """A channel per backend service, by the audience name routes carry."""
+
+    channels: dict[str, grpc.aio.Channel]
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get("X-Request-Id", "")
+    if given and len(given) <= _SAFE_REQUEST_ID and given.isascii() and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        routes: list[Route],
+        upstreams: Upstreams,
+        signer: AssertionSigner,
+        edge: EdgeAuthenticator,
+        metrics: GatewayMetrics,
+        trusted_proxies: list[Network],
+        timeout: float,
+        max_body_bytes: int,
+        cors_origins: list[str],
+    ) -> None:
+        self._routes = routes
+        self._upstreams = upstreams
+        self._signer = signer
+        self._edge = edge
+        self._metrics = metrics
+        self._trusted = trusted_proxies
+        self._timeout = timeout
+        self._max_body = max_body_bytes
+        self._cors = frozenset(cors_origins)
+        self._calls = {
+            route.full_method: upstreams.channels[route.audience].unary_unary(
+                route.full_method,
+                request_serializer=lambda message: message.SerializeToString(),
+                response_deserializer=GetMessageClass(route.method.output_type).FromString,
+            )
+            for route in routes
+        }
+
+    def application(self) -> web.Application:
+        app = web.Application(client_max_size=self._max_body, middlewares=[self._frame])
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        app.on_response_prepare.append(_hide_server_banner)
+        return app
+
+    # -- every request ------------------------------------------------------------------------
+
+    @web.middleware
+    async def _frame(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        request_id = _request_id(request)
+        token = request_id_var.set(request_id)
+        start = time.perf_counter()
+        try:
+            response = await self._guarded(request, handler)
+        finally:
+            request_id_var.reset(token)
+        response.headers["X-Request-Id"] = request_id
+        response.headers["Cache-Control"] = "no-store"  # every answer is someone's own
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        self._cors_headers(request, response)
+        route = request.get(ROUTE_TEMPLATE, "unmatched")
+        self._metrics.requests.labels(route, request.method, str(response.status)).inc()
+        self._metrics.latency.labels(route, request.method).observe(time.perf_counter() - start)
+        return response
+
+    async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:  # aiohttp's own refusals, e.g. 413 on a large body
+            return problem(exc.status, detail=exc.reason)
+        except BadRequest as exc:
+            return problem(exc.status, code=exc.code, detail=exc.detail)
+        except AuthenticationFailed as exc:
+            return problem(
+                401, code=exc.code, detail=exc.detail, headers={"WWW-Authenticate": "Bearer"}
+            )
+        except grpc.aio.AioRpcError as exc:
+            return from_rpc_error(exc)
+        except Exception:
+            log.exception("unhandled error in the gateway")
+            return problem(500)
+
+    def _cors_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get("Origin")
+        if origin and origin in self._cors:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            response.headers["Access-Control-Expose-Headers"] = "X-Request-Id, Retry-After"
+
+    # -- the API ------------------------------------------------------------------------------
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            return self._preflight(request)
+        try:
+            route, params = match(self._routes, request.method, request.path)
+        except RouteNotFound:
+            return problem(404, detail="no such route")
+        except MethodNotAllowed as exc:
+            return problem(405, headers={"Allow": ", ".join(exc.allowed)})
+        request[ROUTE_TEMPLATE] = route.template
+        raw = await request.read()
+        query = {k: v for k, v in request.query.items()}
+        message = build_request(route, params, query, raw, request.content_type)
+        metadata = await self._caller_metadata(request, route)
+        response = await self._calls[route.full_method](
+            message, metadata=metadata, timeout=self._timeout
+        )
+        status, body = render(route, response)
+        if body is None:
+            return web.Response(status=status)
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    async def _caller_metadata(self, request: web.Request, route: Route) -> Any:
+        peer = request.remote or ""
+        ip = client_ip(peer, request.headers.get("X-Forwarded-For"), self._trusted)
+        agent = request.headers.get("User-Agent")
+        request_id = request_id_var.get() or uuid.uuid4().hex
+        if route.access.access == access_pb2.ACCESS_USER:
+            grant = await self._edge.grant_for(bearer_token(request.headers.get("Authorization")))
+            self._metrics.token_cache.labels("checked").inc()
+            assertion = self._signer.sign(
+                audience=route.audience,
+                principal=f"user:{grant.user_id}",
+                request_id=request_id,
+                workspace_id=grant.workspace_id,
+                session_id=grant.session_id,
+                client_ip=ip,
+                user_agent=agent,
+            )
+        else:
+            assertion = self._signer.sign(
+                audience=route.audience,
+                principal="anonymous",
+                request_id=request_id,
+                client_ip=ip,
+                user_agent=agent,
+            )
+        return (("x-palisade-caller", assertion), ("x-request-id", request_id))
+
+    def _preflight(self, request: web.Request) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if not origin or origin not in self._cors:
+            return problem(403, code="cors_forbidden", detail="origin not allowed")
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Methods": "GET, POST, DELETE",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type, X-Request-Id",
+                "Access-Control-Max-Age": "600",
+            },
+        )
+
+    # -- health -------------------------------------------------------------------------------
+
+    async def _healthz(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.StreamResponse:
+        unavailable = []
+        for name, channel in sorted(self._upstreams.channels.items()):
+            stub = health_pb2_grpc.HealthStub(channel)
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                    unavailable.append(name)
+            except grpc.aio.AioRpcError:
+                unavailable.append(name)
+        if unavailable:
+            body = {"status": "unavailable", "unavailable": unavailable}
+            return web.Response(
+                status=503, body=json.dumps(body).encode(), content_type="application/json"
+            )
+        return web.json_response({"status": "ready"})
+
+
+async def _hide_server_banner(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "palisade"

@@ -1,0 +1,100 @@
+"""The route table, built from the protos: google.api.http annotations plus the access rule.
+
+Adding a public RPC means annotating it in its proto; no handler is written here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from google.api import annotations_pb2, http_pb2
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+
+from palisade_api.common.v1 import access_pb2
+
+_VARIABLE = re.compile(r"\{([a-z_][a-z0-9_]*)(?:=\*)?\}")
+
+
+@dataclass(frozen=True)
+class Route:
+    http_method: str
+    template: str
+    pattern: re.Pattern[str]
+    variables: tuple[str, ...]
+    body: str  # "" (no body), "*" (the whole request message) or one field's name
+    method: MethodDescriptor
+    audience: str  # the service that answers, e.g. "auth"
+    access: access_pb2.AccessRule
+
+    @property
+    def full_method(self) -> str:
+        return f"/{self.method.containing_service.full_name}/{self.method.name}"
+
+
+class RouteNotFound(Exception):
+    pass
+
+
+class MethodNotAllowed(Exception):
+    def __init__(self, allowed: list[str]) -> None:
+        super().__init__("method not allowed")
+        self.allowed = allowed
+
+
+def _verb(rule: http_pb2.HttpRule) -> tuple[str, str]:
+    kind = rule.WhichOneof("pattern")
+    if kind not in ("get", "post", "put", "patch", "delete"):
+        raise ValueError(f"unsupported HTTP rule pattern {kind!r}")
+    return kind.upper(), getattr(rule, kind)
+
+
+def _compile(template: str, method: MethodDescriptor) -> tuple[re.Pattern[str], tuple[str, ...]]:
+    fields = method.input_type.fields_by_name
+    variables: list[str] = []
+    parts: list[str] = []
+    position = 0
+    for match in _VARIABLE.finditer(template):
+        name = match.group(1)
+        if name not in fields:
+            raise ValueError(f"{template}: {name} is not a field of {method.input_type.name}")
+        parts.append(re.escape(template[position : match.start()]))
+        parts.append(f"(?P<{name}>[^/]+)")
+        variables.append(name)
+        position = match.end()
+    parts.append(re.escape(template[position:]))
+    return re.compile("^" + "".join(parts) + "$"), tuple(variables)
+
+
+def build_routes(services: list[tuple[ServiceDescriptor, str]]) -> list[Route]:
+    """Every annotated method of the given (service, audience) pairs; fails on bad annotations."""
+    routes: list[Route] = []
+    for service, audience in services:
+        for method in service.methods:
+            options = method.GetOptions()
+            if not options.HasExtension(annotations_pb2.http):
+                continue  # internal-only RPC
+            rule = options.Extensions[annotations_pb2.http]
+            access = options.Extensions[access_pb2.access]
+            if access.access == access_pb2.ACCESS_UNSPECIFIED:
+                raise ValueError(f"{method.full_name} is public but declares no access rule")
+            verb, template = _verb(rule)
+            pattern, variables = _compile(template, method)
+            routes.append(
+                Route(verb, template, pattern, variables, rule.body, method, audience, access)
+            )
+    return routes
+
+
+def match(routes: list[Route], http_method: str, path: str) -> tuple[Route, dict[str, str]]:
+    allowed: list[str] = []
+    for route in routes:
+        found = route.pattern.match(path)
+        if found is None:
+            continue
+        if route.http_method == http_method:
+            return route, found.groupdict()
+        allowed.append(route.http_method)
+    if allowed:
+        raise MethodNotAllowed(sorted(set(allowed)))
+    raise RouteNotFound()

@@ -1,0 +1,106 @@
+"""Composition root: builds the gateway from settings and serves HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from palisade.common.caller import AssertionSigner, load_keyset
+from palisade.common.clock import Clock, SystemClock
+from palisade.common.grpc_client import insecure_channel
+from palisade.common.metrics import start_metrics_endpoint
+from palisade.gateway.app import Gateway, Upstreams
+from palisade.gateway.client_ip import parse_networks
+from palisade.gateway.config import SERVICE_NAME, GatewaySettings
+from palisade.gateway.edge_auth import EdgeAuthenticator
+from palisade.gateway.metrics import GatewayMetrics
+from palisade.gateway.routes import build_routes
+from palisade.gateway.token_cache import TokenCache
+from palisade_api.auth.v1 import auth_pb2, auth_pb2_grpc
+
+log = logging.getLogger("palisade.gateway.server")
+
+
+@dataclass
+class GatewayServer:
+    http_port: int
+    metrics_port: int
+    cache: TokenCache
+    edge: EdgeAuthenticator
+    registry: CollectorRegistry
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+@asynccontextmanager
+async def serve_gateway(
+    settings: GatewaySettings, *, clock: Clock | None = None
+) -> AsyncIterator[GatewayServer]:
+    clock = clock or SystemClock()
+    keyset = load_keyset(
+        settings.resolved_internal_keys_file(), create_if_missing=settings.create_missing_keys
+    )
+    async with AsyncExitStack() as stack:
+        auth_channel = insecure_channel(settings.auth_target)
+        stack.push_async_callback(auth_channel.close, None)
+        signer = AssertionSigner(
+            keyset=keyset,
+            issuer=SERVICE_NAME,
+            clock=clock,
+            ttl_seconds=settings.assertion_ttl_seconds,
+        )
+        registry = CollectorRegistry()
+        metrics = GatewayMetrics(registry)
+        cache = TokenCache(
+            max_entries=settings.token_cache_entries,
+            max_age_seconds=settings.token_cache_seconds,
+            clock=clock,
+        )
+        edge = EdgeAuthenticator(
+            stub=auth_pb2_grpc.AuthServiceStub(auth_channel),
+            signer=signer,
+            cache=cache,
+            timeout=settings.upstream_timeout_seconds,
+            on_lookup=lambda hit: metrics.token_cache.labels("hit" if hit else "miss").inc(),
+        )
+        routes = build_routes([(auth_pb2.DESCRIPTOR.services_by_name["AuthService"], "auth")])
+        gateway = Gateway(
+            routes=routes,
+            upstreams=Upstreams({"auth": auth_channel}),
+            signer=signer,
+            edge=edge,
+            metrics=metrics,
+            trusted_proxies=parse_networks(settings.trusted_proxies),
+            timeout=settings.upstream_timeout_seconds,
+            max_body_bytes=settings.max_body_bytes,
+            cors_origins=settings.cors_origins,
+        )
+        follower = asyncio.create_task(edge.follow_revocations())
+
+        async def stop_follower() -> None:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+
+        stack.push_async_callback(stop_follower)
+        runner = web.AppRunner(gateway.application(), access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, settings.http_host, settings.http_port)
+        await site.start()
+        # Port 0 picks a free port; aiohttp only tells it through the listening sockets.
+        sockets = getattr(site._server, "sockets", None) or []
+        port = int(sockets[0].getsockname()[1]) if sockets else settings.http_port
+        endpoint = start_metrics_endpoint(settings.metrics_host, settings.metrics_port, registry)
+        stack.callback(endpoint.stop)
+        log.info("serving", extra={"http_port": port, "metrics_port": endpoint.port})
+        yield GatewayServer(port, endpoint.port, cache, edge, registry)
