@@ -20,6 +20,7 @@ from palisade.common.logs import request_id_var
 from palisade.gateway.client_ip import Network, client_ip
 from palisade.gateway.edge_auth import AuthenticationFailed, EdgeAuthenticator, bearer_token
 from palisade.gateway.metrics import GatewayMetrics
+from palisade.gateway.openapi import openapi_document
 from palisade.gateway.problems import from_rpc_error, problem
 from palisade.gateway.routes import MethodNotAllowed, Route, RouteNotFound, match
 from palisade.gateway.transcode import BadRequest, build_request, render
@@ -68,6 +69,7 @@ class Gateway:
         self._timeout = timeout
         self._max_body = max_body_bytes
         self._cors = frozenset(cors_origins)
+        self._openapi_body = json.dumps(openapi_document(routes)).encode()
         self._calls = {
             route.full_method: upstreams.channels[route.audience].unary_unary(
                 route.full_method,
@@ -81,6 +83,7 @@ class Gateway:
         app = web.Application(client_max_size=self._max_body, middlewares=[self._frame])
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/openapi.json", self._openapi)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         app.on_response_prepare.append(_hide_server_banner)
         return app
@@ -193,6 +196,9 @@ class Gateway:
                 "Access-Control-Max-Age": "600",
             },
         )
+
+    async def _openapi(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=self._openapi_body, content_type="application/json")
 
     # -- health -------------------------------------------------------------------------------
 

@@ -1,0 +1,144 @@
+"""The OpenAPI 3.1 document, generated from the same descriptors as the routes.
+
+Schemas follow the proto JSON mapping the gateway speaks: lowerCamelCase properties, enums as
+strings, Timestamps as date-time strings, int64 as strings. Unknown properties are refused,
+so request schemas say additionalProperties: false.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from palisade.gateway.problems import PROBLEM_TYPE
+from palisade.gateway.routes import Route
+from palisade_api.common.v1 import access_pb2
+
+_SCALARS: dict[int, dict[str, Any]] = {
+    FieldDescriptor.TYPE_STRING: {"type": "string"},
+    FieldDescriptor.TYPE_BOOL: {"type": "boolean"},
+    FieldDescriptor.TYPE_INT32: {"type": "integer", "format": "int32"},
+    FieldDescriptor.TYPE_SINT32: {"type": "integer", "format": "int32"},
+    FieldDescriptor.TYPE_UINT32: {"type": "integer", "format": "int64", "minimum": 0},
+    FieldDescriptor.TYPE_INT64: {"type": "string", "format": "int64"},
+    FieldDescriptor.TYPE_UINT64: {"type": "string", "format": "uint64"},
+    FieldDescriptor.TYPE_DOUBLE: {"type": "number"},
+    FieldDescriptor.TYPE_FLOAT: {"type": "number"},
+    FieldDescriptor.TYPE_BYTES: {"type": "string", "contentEncoding": "base64"},
+}
+_ERROR_STATUSES = {
+    "400": "Invalid request",
+    "401": "Not signed in or token invalid",
+    "404": "Not found",
+    "413": "Body too large",
+    "415": "Not JSON",
+    "429": "Rate limited (see Retry-After)",
+    "503": "A dependency is unavailable",
+}
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status", "code"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "code": {"type": "string", "description": "stable machine-readable error code"},
+        "detail": {"type": "string"},
+    },
+}
+
+
+class _Schemas:
+    def __init__(self) -> None:
+        self.components: dict[str, Any] = {"Problem": PROBLEM_SCHEMA}
+
+    def ref(self, message: Descriptor, *, request: bool) -> dict[str, Any]:
+        name = message.name + ("Input" if request else "")
+        if name not in self.components:
+            self.components[name] = {}  # placeholder first: messages may refer to themselves
+            self.components[name] = self._object(message, request)
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def _object(self, message: Descriptor, request: bool) -> dict[str, Any]:
+        properties = {f.json_name: self._field(f, request) for f in message.fields}
+        schema: dict[str, Any] = {"type": "object", "properties": properties}
+        if request:
+            schema["additionalProperties"] = False
+        return schema
+
+    def _field(self, field: FieldDescriptor, request: bool) -> dict[str, Any]:
+        message, enum = field.message_type, field.enum_type
+        if message is not None:
+            if message.full_name == "google.protobuf.Timestamp":
+                item: dict[str, Any] = {"type": "string", "format": "date-time"}
+            else:
+                item = self.ref(message, request=request)
+        elif enum is not None:
+            item = {"type": "string", "enum": [v.name for v in enum.values]}
+        else:
+            item = dict(_SCALARS[field.type])
+        if field.is_repeated:
+            return {"type": "array", "items": item}
+        return item
+
+
+def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
+    method = route.method
+    success = str(route.access.success_status or 200)
+    operation: dict[str, Any] = {
+        "operationId": method.name,
+        "summary": method.name,
+        "responses": {
+            **{
+                code: {
+                    "description": text,
+                    "content": {PROBLEM_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                }
+                for code, text in _ERROR_STATUSES.items()
+            },
+        },
+    }
+    if success == "204":
+        operation["responses"]["204"] = {"description": "Done"}
+    else:
+        operation["responses"][success] = {
+            "description": "Success",
+            "content": {
+                "application/json": {"schema": schemas.ref(method.output_type, request=False)}
+            },
+        }
+    if route.access.access == access_pb2.ACCESS_USER:
+        operation["security"] = [{"bearer": []}]
+    else:
+        operation["security"] = []
+    if route.variables:
+        operation["parameters"] = [
+            {"name": v, "in": "path", "required": True, "schema": {"type": "string"}}
+            for v in route.variables
+        ]
+    if route.body == "*":
+        operation["requestBody"] = {
+            "required": False,
+            "content": {
+                "application/json": {"schema": schemas.ref(method.input_type, request=True)}
+            },
+        }
+    return operation
+
+
+def openapi_document(routes: list[Route]) -> dict[str, Any]:
+    schemas = _Schemas()
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        template = route.template.replace("=*}", "}")
+        paths.setdefault(template, {})[route.http_method.lower()] = _operation(route, schemas)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Palisade API", "version": "1"},
+        "paths": paths,
+        "components": {
+            "schemas": schemas.components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
