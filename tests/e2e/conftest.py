@@ -31,6 +31,7 @@ class Suite:
     gateway: GatewayServer
     http: aiohttp.ClientSession
     clock: ManualClock
+    gateway_settings: GatewaySettings
 
     def url(self, path: str) -> str:
         return self.gateway.base_url + path
@@ -104,20 +105,16 @@ async def suite(tmp_path: Path, postgres_admin_url: str, redis_url: str) -> Asyn
                 clock=clock,
             )
         )
-        gateway = await stack.enter_async_context(
-            serve_gateway(
-                GatewaySettings(
-                    data_dir=tmp_path,
-                    http_port=0,
-                    metrics_port=0,
-                    auth_target=auth.running.target,
-                    max_body_bytes=16 * 1024,
-                ),
-                clock=clock,
-            )
+        gateway_settings = GatewaySettings(
+            data_dir=tmp_path,
+            http_port=0,
+            metrics_port=0,
+            auth_target=auth.running.target,
+            max_body_bytes=16 * 1024,
         )
+        gateway = await stack.enter_async_context(serve_gateway(gateway_settings, clock=clock))
         http = await stack.enter_async_context(aiohttp.ClientSession())
-        suite = Suite(gateway, http, clock)
+        suite = Suite(gateway, http, clock, gateway_settings)
         await _wait_for_revocation_feed(suite)
         yield suite
 

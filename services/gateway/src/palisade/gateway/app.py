@@ -23,6 +23,7 @@ from palisade.gateway.metrics import GatewayMetrics
 from palisade.gateway.openapi import openapi_document
 from palisade.gateway.problems import from_rpc_error, problem
 from palisade.gateway.routes import MethodNotAllowed, Route, RouteNotFound, match
+from palisade.gateway.token_cache import Grant
 from palisade.gateway.transcode import BadRequest, build_request, render
 from palisade_api.common.v1 import access_pb2
 
@@ -148,23 +149,28 @@ class Gateway:
         raw = await request.read()
         query = {k: v for k, v in request.query.items()}
         message = build_request(route, params, query, raw, request.content_type)
-        metadata = await self._caller_metadata(request, route)
+        grant = None
+        if route.access.access == access_pb2.ACCESS_USER:
+            grant = await self._edge.grant_for(bearer_token(request.headers.get("Authorization")))
+        metadata = self._caller_metadata(request, route, grant)
         response = await self._calls[route.full_method](
             message, metadata=metadata, timeout=self._timeout
         )
+        if grant is not None and route.http_method != "GET":
+            # Logout, revocations, password changes: this replica must refuse the affected
+            # tokens on the very next request, before the feed's notice arrives.
+            self._edge.forget_user(grant.user_id)
         status, body = render(route, response)
         if body is None:
             return web.Response(status=status)
         return web.Response(status=status, body=body, content_type="application/json")
 
-    async def _caller_metadata(self, request: web.Request, route: Route) -> Any:
+    def _caller_metadata(self, request: web.Request, route: Route, grant: Grant | None) -> Any:
         peer = request.remote or ""
         ip = client_ip(peer, request.headers.get("X-Forwarded-For"), self._trusted)
         agent = request.headers.get("User-Agent")
         request_id = request_id_var.get() or uuid.uuid4().hex
-        if route.access.access == access_pb2.ACCESS_USER:
-            grant = await self._edge.grant_for(bearer_token(request.headers.get("Authorization")))
-            self._metrics.token_cache.labels("checked").inc()
+        if grant is not None:
             assertion = self._signer.sign(
                 audience=route.audience,
                 principal=f"user:{grant.user_id}",

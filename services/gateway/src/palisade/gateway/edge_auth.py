@@ -106,6 +106,10 @@ class EdgeAuthenticator:
             self._cache.put(token_hash, grant)
         return grant
 
+    def forget_user(self, user_id: str) -> None:
+        """Drops a user's cached tokens now (after they changed their own sessions here)."""
+        self._cache.evict_user(user_id)
+
     async def follow_revocations(self) -> None:
         """Evicts revoked tokens as auth announces them; runs until cancelled."""
         while True:

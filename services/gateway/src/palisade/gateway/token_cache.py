@@ -26,6 +26,7 @@ class TokenCache:
     def __init__(self, *, max_entries: int, max_age_seconds: float, clock: Clock) -> None:
         self._entries: OrderedDict[bytes, tuple[Grant, float]] = OrderedDict()
         self._by_session: dict[str, set[bytes]] = {}
+        self._by_user: dict[str, set[bytes]] = {}
         self._max_entries = max_entries
         self._max_age = max_age_seconds
         self._clock = clock
@@ -48,6 +49,7 @@ class TokenCache:
         self._drop(token_hash)
         self._entries[token_hash] = (grant, self._clock.timestamp() + self._max_age)
         self._by_session.setdefault(grant.session_id, set()).add(token_hash)
+        self._by_user.setdefault(grant.user_id, set()).add(token_hash)
         while len(self._entries) > self._max_entries:
             self._drop(next(iter(self._entries)))
 
@@ -58,16 +60,23 @@ class TokenCache:
             for token_hash in list(self._by_session.get(session_id, ())):
                 self._drop(token_hash)
 
+    def evict_user(self, user_id: str) -> None:
+        for token_hash in list(self._by_user.get(user_id, ())):
+            self._drop(token_hash)
+
     def clear(self) -> None:
         self._entries.clear()
         self._by_session.clear()
+        self._by_user.clear()
 
     def _drop(self, token_hash: bytes) -> None:
         entry = self._entries.pop(token_hash, None)
         if entry is None:
             return
-        hashes = self._by_session.get(entry[0].session_id)
-        if hashes is not None:
-            hashes.discard(token_hash)
-            if not hashes:
-                del self._by_session[entry[0].session_id]
+        grant = entry[0]
+        for index, key in ((self._by_session, grant.session_id), (self._by_user, grant.user_id)):
+            hashes = index.get(key)
+            if hashes is not None:
+                hashes.discard(token_hash)
+                if not hashes:
+                    del index[key]

@@ -1,0 +1,107 @@
+"""The gateway's pure parts: client IP rule, token cache, routes, problem mapping."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import pytest
+
+from palisade.common.clock import ManualClock
+from palisade.gateway.client_ip import client_ip, parse_networks
+from palisade.gateway.problems import HTTP_STATUS, problem
+from palisade.gateway.routes import MethodNotAllowed, RouteNotFound, build_routes, match
+from palisade.gateway.token_cache import Grant, TokenCache
+from palisade_api.auth.v1 import auth_pb2
+
+PROXIES = parse_networks(["10.0.0.0/8", "fd00::/8"])
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "expected"),
+    [
+        ("203.0.113.5", "198.51.100.1", "203.0.113.5"),  # untrusted peer: header ignored
+        ("10.1.1.1", "198.51.100.1", "198.51.100.1"),
+        ("10.1.1.1", "6.6.6.6, 198.51.100.1", "198.51.100.1"),  # spoofed left part ignored
+        ("10.1.1.1", "6.6.6.6, 198.51.100.1, 10.2.2.2", "198.51.100.1"),  # two proxies
+        ("10.1.1.1", "10.3.3.3, 10.2.2.2", "10.3.3.3"),  # all trusted: the leftmost
+        ("10.1.1.1", None, "10.1.1.1"),
+        ("10.1.1.1", "not-an-ip", "10.1.1.1"),
+        ("10.1.1.1", "198.51.100.1, garbage", "10.1.1.1"),
+        ("fd00::1", "2001:db8::7", "2001:db8::7"),
+    ],
+)
+def test_client_ip_trusted_hop_rule(peer, forwarded, expected) -> None:
+    assert client_ip(peer, forwarded, PROXIES) == expected
+
+
+def _grant(session: str = "s1", user: str = "u1", expires: float = 10**10) -> Grant:
+    return Grant(user, "ws", "owner", session, expires)
+
+
+def test_token_cache_bounds_age_expiry_and_size() -> None:
+    clock = ManualClock()
+    cache = TokenCache(max_entries=2, max_age_seconds=60, clock=clock)
+    cache.put(b"a", _grant())
+    assert cache.get(b"a") is not None
+    clock.advance(60)
+    assert cache.get(b"a") is None  # too old: ask auth again
+    cache.put(b"b", _grant(expires=clock.timestamp() + 5))
+    clock.advance(5)
+    assert cache.get(b"b") is None  # the token itself expired
+    cache.put(b"c", _grant())
+    cache.put(b"d", _grant())
+    assert cache.get(b"c") is not None  # c is now most recently used
+    cache.put(b"e", _grant())
+    assert cache.get(b"d") is None  # least recently used went first
+    assert len(cache) == 2
+
+
+def test_token_cache_evicts_by_hash_session_and_user() -> None:
+    cache = TokenCache(max_entries=10, max_age_seconds=60, clock=ManualClock())
+    cache.put(b"1", _grant("s1", "u1"))
+    cache.put(b"2", _grant("s1", "u1"))
+    cache.put(b"3", _grant("s2", "u1"))
+    cache.put(b"4", _grant("s3", "u2"))
+    cache.evict([b"4"], [])
+    assert cache.get(b"4") is None
+    cache.evict([], ["s1"])
+    assert (cache.get(b"1"), cache.get(b"2")) == (None, None)
+    assert cache.get(b"3") is not None
+    cache.put(b"5", _grant("s4", "u2"))
+    cache.evict_user("u1")
+    assert cache.get(b"3") is None
+    assert cache.get(b"5") is not None
+
+
+def test_routes_come_from_the_annotations() -> None:
+    routes = build_routes([(auth_pb2.DESCRIPTOR.services_by_name["AuthService"], "auth")])
+    route, params = match(routes, "DELETE", "/v1/me/sessions/ses_123")
+    assert (route.method.name, params) == ("RevokeSession", {"id": "ses_123"})
+    assert route.full_method == "/palisade.auth.v1.AuthService/RevokeSession"
+    assert match(routes, "POST", "/v1/auth/login")[0].body == "*"
+    with pytest.raises(MethodNotAllowed) as caught:
+        match(routes, "GET", "/v1/auth/login")
+    assert caught.value.allowed == ["POST"]
+    with pytest.raises(RouteNotFound):
+        match(routes, "GET", "/v1/me/sessions/a/b")
+    # Internal RPCs have no HTTP annotation and no route.
+    assert not any(r.method.name in ("ValidateAccessToken", "WatchRevocations") for r in routes)
+
+
+def test_problem_bodies_and_status_mapping() -> None:
+    response = problem(429, code="rate_limited", detail="slow down", headers={"Retry-After": "3"})
+    body = json.loads(response.body)
+    assert response.status == 429
+    assert response.content_type == "application/problem+json"
+    assert body == {
+        "type": "urn:palisade:problem:rate_limited",
+        "title": "Too Many Requests",
+        "status": 429,
+        "code": "rate_limited",
+        "detail": "slow down",
+    }
+    assert response.headers["Retry-After"] == "3"
+    assert HTTP_STATUS[grpc.StatusCode.UNAVAILABLE] == 503
+    assert HTTP_STATUS[grpc.StatusCode.UNAUTHENTICATED] == 401
+    assert grpc.StatusCode.INTERNAL not in HTTP_STATUS  # falls back to a generic 500
