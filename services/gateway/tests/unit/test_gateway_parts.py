@@ -105,3 +105,24 @@ def test_problem_bodies_and_status_mapping() -> None:
     assert HTTP_STATUS[grpc.StatusCode.UNAVAILABLE] == 503
     assert HTTP_STATUS[grpc.StatusCode.UNAUTHENTICATED] == 401
     assert grpc.StatusCode.INTERNAL not in HTTP_STATUS  # falls back to a generic 500
+
+
+def _route(method: str, path: str):
+    routes = build_routes([(auth_pb2.DESCRIPTOR.services_by_name["AuthService"], "auth")])
+    return match(routes, method, path)
+
+
+def test_query_parameters_fill_scalar_fields_but_never_secrets() -> None:
+    from palisade.gateway.transcode import BadRequest, build_request
+
+    route, params = _route("DELETE", "/v1/me/sessions/ses_1")
+    message = build_request(route, params, [], b"", "")
+    assert message.id == "ses_1"
+    route, _ = _route("POST", "/v1/auth/refresh")
+    with pytest.raises(BadRequest, match="in the body"):  # a "*" body route takes no query
+        build_request(route, {}, [("refreshToken", "plsd_rt_x")], b"{}", "application/json")
+    route, _ = _route("GET", "/v1/me")
+    with pytest.raises(BadRequest, match="unknown or unsafe"):
+        build_request(route, {}, [("access_token", "x")], b"", "")
+    with pytest.raises(BadRequest, match="takes no body"):
+        build_request(route, {}, [], b"{}", "application/json")

@@ -147,8 +147,9 @@ class Gateway:
             return problem(405, headers={"Allow": ", ".join(exc.allowed)})
         request[ROUTE_TEMPLATE] = route.template
         raw = await request.read()
-        query = {k: v for k, v in request.query.items()}
-        message = build_request(route, params, query, raw, request.content_type)
+        message = build_request(
+            route, params, list(request.query.items()), raw, request.content_type
+        )
         grant = None
         if route.access.access == access_pb2.ACCESS_USER:
             grant = await self._edge.grant_for(bearer_token(request.headers.get("Authorization")))
