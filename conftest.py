@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -43,19 +43,32 @@ def postgres_admin_url() -> str:
 
 
 @pytest.fixture
-def postgres_url(postgres_admin_url: str) -> Iterator[str]:
-    """A SQLAlchemy URL of a brand-new, empty Postgres database, dropped after the test."""
-    name = f"palisade_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_url(postgres_admin_url).set(drivername="postgresql+psycopg", database=name)
+def postgres_database_factory(postgres_admin_url: str) -> Iterator[Callable[[], str]]:
+    """Creates brand-new, empty Postgres databases (SQLAlchemy URLs); drops them all after."""
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"palisade_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        created.append(name)
+        url = make_url(postgres_admin_url).set(drivername="postgresql+psycopg", database=name)
+        return url.render_as_string(hide_password=False)
+
     try:
-        yield url.render_as_string(hide_password=False)
+        yield create
     finally:
         with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+            for name in created:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+
+
+@pytest.fixture
+def postgres_url(postgres_database_factory: Callable[[], str]) -> str:
+    """A SQLAlchemy URL of a brand-new, empty Postgres database, dropped after the test."""
+    return postgres_database_factory()
 
 
 @pytest.fixture

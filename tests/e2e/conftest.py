@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -10,10 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
-import psycopg
 import pytest
-from psycopg import sql
-from sqlalchemy.engine import make_url
 
 from palisade.auth.config import AuthSettings
 from palisade.auth.server import serve_auth
@@ -69,26 +65,15 @@ class Suite:
         return _json.loads(body)
 
 
-def _database(admin_url: str) -> str:
-    name = f"palisade_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return (
-        make_url(admin_url)
-        .set(drivername="postgresql+psycopg", database=name)
-        .render_as_string(hide_password=False)
-    )
-
-
 @pytest.fixture
-async def suite(tmp_path: Path, postgres_admin_url: str, redis_url: str) -> AsyncIterator[Suite]:
+async def suite(tmp_path: Path, postgres_database_factory, redis_url: str) -> AsyncIterator[Suite]:
     clock = ManualClock(datetime.now(UTC))
     common = {"data_dir": tmp_path, "grpc_port": 0, "metrics_port": 0, "shutdown_grace_seconds": 1}
     async with AsyncExitStack() as stack:
         crypto = await stack.enter_async_context(
             serve_crypto(
                 CryptoSettings(
-                    **common, database_url=_database(postgres_admin_url), usage_sync_seconds=3600
+                    **common, database_url=postgres_database_factory(), usage_sync_seconds=3600
                 ),
                 clock=clock,
             )
@@ -97,7 +82,7 @@ async def suite(tmp_path: Path, postgres_admin_url: str, redis_url: str) -> Asyn
             serve_auth(
                 AuthSettings(
                     **common,
-                    database_url=_database(postgres_admin_url),
+                    database_url=postgres_database_factory(),
                     redis_url=redis_url,
                     crypto_target=crypto.running.target,
                     hashing_threads=2,

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from palisade.auth.config import AuthSettings
@@ -126,17 +125,6 @@ class AuthHarness:
         return [r[0] for r in rows]
 
 
-def _extra_database(admin_url: str) -> str:
-    name = f"palisade_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return (
-        make_url(admin_url)
-        .set(drivername="postgresql+psycopg", database=name)
-        .render_as_string(hide_password=False)
-    )
-
-
 def auth_settings(
     data_dir: Path, database_url: str, redis_url: str | None, crypto_port: int, **overrides: object
 ) -> AuthSettings:
@@ -155,7 +143,7 @@ def auth_settings(
 
 
 @pytest.fixture
-def auth_factory(tmp_path: Path, postgres_admin_url: str, postgres_url: str, redis_url: str):
+def auth_factory(tmp_path: Path, postgres_database_factory, postgres_url: str, redis_url: str):
     """Starts crypto plus `replicas` auth servers sharing one database (and Redis)."""
 
     def start(
@@ -166,7 +154,7 @@ def auth_factory(tmp_path: Path, postgres_admin_url: str, postgres_url: str, red
             clock = ManualClock(datetime.now(UTC))
             crypto_settings = CryptoSettings(
                 data_dir=tmp_path,
-                database_url=_extra_database(postgres_admin_url),
+                database_url=postgres_database_factory(),
                 grpc_port=0,
                 metrics_port=0,
                 usage_sync_seconds=3600,
