@@ -225,3 +225,39 @@ async def test_headers_request_ids_health_and_no_banners(suite) -> None:
     status, headers, _ = await suite.call("GET", "/v1/me")
     assert len(headers["X-Request-Id"]) >= 16
     assert "Access-Control-Allow-Origin" not in headers  # CORS is closed by default
+
+
+async def test_gateway_metrics_by_route_template_and_cache_use(suite) -> None:
+    import asyncio
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    tokens = await suite.sign_up_and_log_in("metrics@example.com")
+    for _ in range(3):
+        await suite.call("GET", "/v1/me/sessions", token=tokens["accessToken"])
+    await suite.call("DELETE", "/v1/me/sessions/ses_doesnotexist", token=tokens["accessToken"])
+
+    def scrape() -> str:
+        url = f"http://127.0.0.1:{suite.gateway.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+
+    text = await asyncio.to_thread(scrape)
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    requests = {
+        (s.labels["route"], s.labels["method"], s.labels["status"]): s.value
+        for s in samples
+        if s.name == "palisade_gateway_requests_total"
+    }
+    assert requests[("/v1/me/sessions", "GET", "200")] == 3
+    assert requests[("/v1/me/sessions/{id}", "DELETE", "404")] == 1  # templates, never ids
+    lookups = {
+        s.labels["result"]: s.value
+        for s in samples
+        if s.name == "palisade_gateway_token_cache_lookups_total"
+    }
+    assert lookups["miss"] >= 1
+    assert lookups["hit"] >= 3
+    assert "ses_doesnotexist" not in text
+    assert tokens["accessToken"] not in text
