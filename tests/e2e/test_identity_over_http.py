@@ -184,8 +184,14 @@ async def test_malformed_and_oversized_bodies_get_a_clean_4xx(
 
 async def test_secrets_in_the_query_string_are_refused(suite) -> None:
     tokens = await suite.sign_up_and_log_in("query@example.com")
+    # A token in the URL is never taken as a credential...
     status, _, body = await suite.call("GET", f"/v1/me?access_token={tokens['accessToken']}")
-    assert status == 400
+    assert (status, _json(body)["code"]) == (401, "unauthenticated")
+    # ...nor accepted as input, even from a signed-in caller.
+    status, _, body = await suite.call(
+        "GET", f"/v1/me?access_token={tokens['accessToken']}", token=tokens["accessToken"]
+    )
+    assert (status, _json(body)["code"]) == (400, "invalid_request")
     status, _, body = await suite.call(
         "POST", f"/v1/auth/refresh?refreshToken={tokens['refreshToken']}", json={}
     )
@@ -261,3 +267,74 @@ async def test_gateway_metrics_by_route_template_and_cache_use(suite) -> None:
     assert lookups["hit"] >= 3
     assert "ses_doesnotexist" not in text
     assert tokens["accessToken"] not in text
+
+
+async def test_review_hardening_over_http(suite) -> None:
+    tokens = await suite.sign_up_and_log_in("hardening@example.com")
+    # Authentication is checked before the input: no token, any input -> 401.
+    status, _, body = await suite.call("GET", "/v1/me?x=1")
+    assert (status, _json(body)["code"]) == (401, "unauthenticated")
+    # Non-ASCII User-Agents do not break requests.
+    for agent in ("Mozilla " + "é" * 504, "🦊" * 511):
+        status, _, _ = await suite.call(
+            "GET", "/v1/me", token=tokens["accessToken"], headers={"User-Agent": agent}
+        )
+        assert status == 200
+    status, _, _ = await suite.call(
+        "GET", "/v1/me", headers={"Authorization": f"bearer {tokens['accessToken']}"}
+    )
+    assert status == 200
+
+
+async def test_malformed_http_gets_problem_json_without_echo_or_banner(suite) -> None:
+    import asyncio
+
+    secret = "plsd_at_" + "S" * 43
+    huge = "Bearer " + secret + "A" * 9000
+    reader, writer = await asyncio.open_connection("127.0.0.1", suite.gateway.http_port)
+    writer.write(f"GET /v1/me HTTP/1.1\r\nHost: x\r\nAuthorization: {huge}\r\n\r\n".encode())
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(65536), 10)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b" 400 " in head.split(b"\r\n")[0]
+    assert b"application/problem+json" in head
+    assert b"aiohttp" not in head
+    assert b"Python" not in head
+    assert secret.encode() not in raw
+    assert json.loads(body)["code"] == "invalid_request"
+
+
+async def test_every_forwarded_for_line_counts_behind_a_trusted_proxy(suite) -> None:
+    from multidict import CIMultiDict
+
+    from palisade.gateway.server import serve_gateway
+
+    settings = suite.gateway_settings.model_copy(update={"trusted_proxies": ["127.0.0.1/32"]})
+    async with serve_gateway(settings, clock=suite.clock) as proxied:
+        headers = CIMultiDict(
+            [
+                ("Content-Type", "application/json"),
+                ("X-Forwarded-For", "6.6.6.6"),  # written by the client
+                ("X-Forwarded-For", "203.0.113.9"),
+            ]
+        )  # added by our proxy
+        await suite.call(
+            "POST",
+            "/v1/auth/signup",
+            json={
+                "email": "proxied@example.com",
+                "password": "correct horse battery staple",
+                "name": "P",
+            },
+        )
+        async with suite.http.post(
+            proxied.base_url + "/v1/auth/login",
+            headers=headers,
+            data=json.dumps(
+                {"email": "proxied@example.com", "password": "correct horse battery staple"}
+            ),
+        ) as response:
+            tokens = await response.json()
+        _, _, body = await suite.call("GET", "/v1/me/sessions", token=tokens["accessToken"])
+    assert {s["ip"] for s in _json(body)["sessions"]} == {"203.0.113.9"}

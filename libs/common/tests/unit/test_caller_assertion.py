@@ -178,4 +178,5 @@ def test_long_user_agents_are_capped_so_assertions_stay_valid(keyset, clock) -> 
     )
     caller = verifier.verify(token)
     assert caller.user_agent is not None
-    assert len(caller.user_agent) == 512
+    assert len(caller.user_agent) == 1024
+    assert caller.user_agent == ("Mozilla/5.0 " + "x" * 10_000)[:1024]

@@ -126,3 +126,73 @@ def test_query_parameters_fill_scalar_fields_but_never_secrets() -> None:
         build_request(route, {}, [("access_token", "x")], b"", "")
     with pytest.raises(BadRequest, match="takes no body"):
         build_request(route, {}, [], b"{}", "application/json")
+
+
+async def test_a_validation_racing_a_revocation_is_not_cached() -> None:
+    """The answer to a check that started before an eviction may be stale: never cache it."""
+    import asyncio
+
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from palisade.common.caller import AssertionSigner, Keyset
+    from palisade.gateway.edge_auth import EdgeAuthenticator
+
+    release = asyncio.Event()
+
+    class SlowAuth:
+        async def ValidateAccessToken(self, request, **_call_options):
+            await release.wait()
+            expires = Timestamp(seconds=int(clock.timestamp()) + 3600)
+            return auth_pb2.ValidateAccessTokenResponse(
+                user_id="u1", workspace_id="ws", role="owner", session_id="s1", expires_at=expires
+            )
+
+    clock = ManualClock()
+    cache = TokenCache(max_entries=10, max_age_seconds=60, clock=clock)
+    signer = AssertionSigner(
+        keyset=Keyset.generate(), issuer="gateway", clock=clock, ttl_seconds=60
+    )
+    edge = EdgeAuthenticator(stub=SlowAuth(), signer=signer, cache=cache, timeout=1)
+    edge._feed_connected = True
+    pending = asyncio.create_task(edge.grant_for("plsd_at_" + "A" * 43))
+    await asyncio.sleep(0)
+    cache.evict([], ["s1"])  # the revocation notice arrives while auth is answering
+    release.set()
+    await pending  # this request still gets its (then valid) answer...
+    assert len(cache) == 0  # ...but the next one must ask auth again
+    await edge.grant_for("plsd_at_" + "A" * 43)
+    assert len(cache) == 1  # with no eviction in between, answers are cached
+
+
+def test_duplicate_keys_and_aliases_are_refused() -> None:
+    from palisade.gateway.transcode import BadRequest, build_request
+
+    route, _ = _route("POST", "/v1/me/sessions/revoke-all")
+    with pytest.raises(BadRequest, match="given twice"):
+        build_request(
+            route, {}, [], b'{"keepCurrent": true, "keep_current": false}', "application/json"
+        )
+    route, _ = _route("POST", "/v1/auth/login")
+    with pytest.raises(BadRequest, match="not valid JSON"):
+        build_request(route, {}, [], b'{"email": "a@b.co", "email": "c@d.co"}', "application/json")
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_bearer_scheme_is_case_insensitive(scheme) -> None:
+    from palisade.gateway.edge_auth import bearer_token
+
+    assert bearer_token(f"{scheme} plsd_at_abc") == "plsd_at_abc"
+
+
+def test_user_agent_claims_stay_small_whatever_the_characters() -> None:
+    from palisade.common.caller import AssertionSigner, AssertionVerifier, Keyset
+
+    keyset, clock = Keyset.generate(), ManualClock()
+    signer = AssertionSigner(keyset=keyset, issuer="gateway", clock=clock, ttl_seconds=60)
+    verifier = AssertionVerifier(keyset=keyset, audience="auth", clock=clock)
+    for agent in ("Mozilla " + "é" * 504, "🦊" * 511, "x" * 5000):
+        token = signer.sign(
+            audience="auth", principal="anonymous", request_id="r", user_agent=agent
+        )
+        assert len(token) <= 4096
+        assert verifier.verify(token).user_agent is not None

@@ -28,6 +28,14 @@ from palisade.common.clock import Clock
 from palisade.common.errors import Unauthenticated
 from palisade.common.secret_files import check_secret_file, create_exclusive
 
+
+class InvalidCallerAssertion(Unauthenticated):
+    """The calling service's assertion is missing or bad: a fault between services (or an
+    attacker inside the network), never the end user's, so the gateway does not pass it on."""
+
+    code = "caller_assertion_invalid"
+
+
 CALLER_METADATA_KEY = "x-palisade-caller"
 REQUEST_ID_METADATA_KEY = "x-request-id"
 _VERSION = "v1"
@@ -36,7 +44,7 @@ _MAX_SKEW_SECONDS = 5
 # No assertion may claim to live longer than this, whatever its signer asked for.
 _MAX_LIFETIME_SECONDS = 300
 _MAX_ASSERTION_LENGTH = 4096
-_MAX_USER_AGENT_CLAIM = 512
+_MAX_USER_AGENT_CLAIM = 1024  # bytes of JSON
 
 
 @dataclass(frozen=True)
@@ -146,7 +154,7 @@ class AssertionSigner:
         if scopes:
             claims["scp"] = list(scopes)
         # A client-chosen User-Agent must not push the assertion past the verifier's limit.
-        agent = user_agent[:_MAX_USER_AGENT_CLAIM] if user_agent is not None else None
+        agent = _bounded(user_agent, _MAX_USER_AGENT_CLAIM) if user_agent is not None else None
         optional = {"sid": session_id, "ip": client_ip, "ua": agent}
         claims.update({k: v for k, v in optional.items() if v is not None})
         kid = self._keyset.active_kid
@@ -167,30 +175,30 @@ class AssertionVerifier:
 
     def verify(self, assertion: str | None) -> Caller:
         if not assertion or len(assertion) > _MAX_ASSERTION_LENGTH:
-            raise Unauthenticated("missing caller assertion")
+            raise InvalidCallerAssertion("missing caller assertion")
         if not assertion.isascii():  # what follows encodes and compares as ASCII
-            raise Unauthenticated("malformed caller assertion")
+            raise InvalidCallerAssertion("malformed caller assertion")
         parts = assertion.split(".")
         if len(parts) != 4 or parts[0] != _VERSION:
-            raise Unauthenticated("malformed caller assertion")
+            raise InvalidCallerAssertion("malformed caller assertion")
         version, kid, payload, signature = parts
         key = self._keyset.keys.get(kid)
         if key is None:
-            raise Unauthenticated("caller assertion signed with an unknown key")
+            raise InvalidCallerAssertion("caller assertion signed with an unknown key")
         expected = hmac.new(key, f"{version}.{kid}.{payload}".encode("ascii"), hashlib.sha256)
         # Compare the canonical encoding, not decoded bytes: base64's last character has
         # unused bits, and accepting their variants would make assertions malleable.
         if not hmac.compare_digest(_b64(expected.digest()), signature):
-            raise Unauthenticated("caller assertion signature is invalid")
+            raise InvalidCallerAssertion("caller assertion signature is invalid")
         try:
             claims = json.loads(_unb64(payload))
         except (binascii.Error, ValueError, UnicodeDecodeError):
-            raise Unauthenticated("malformed caller assertion") from None
+            raise InvalidCallerAssertion("malformed caller assertion") from None
         return self._check_claims(claims)
 
     def _check_claims(self, claims: Any) -> Caller:
         if not isinstance(claims, dict):
-            raise Unauthenticated("malformed caller assertion")
+            raise InvalidCallerAssertion("malformed caller assertion")
         try:
             caller = Caller(
                 issuer=_str(claims["iss"]),
@@ -206,17 +214,31 @@ class AssertionVerifier:
                 user_agent=_optional_str(claims, "ua"),
             )
         except (KeyError, TypeError):
-            raise Unauthenticated("malformed caller assertion") from None
+            raise InvalidCallerAssertion("malformed caller assertion") from None
         if caller.audience != self._audience:
-            raise Unauthenticated("caller assertion is for another service")
+            raise InvalidCallerAssertion("caller assertion is for another service")
         now = self._clock.timestamp()
         if caller.expires_at - caller.issued_at > _MAX_LIFETIME_SECONDS:
-            raise Unauthenticated("caller assertion lifetime is too long")
+            raise InvalidCallerAssertion("caller assertion lifetime is too long")
         if now >= caller.expires_at:
-            raise Unauthenticated("caller assertion has expired")
+            raise InvalidCallerAssertion("caller assertion has expired")
         if now + _MAX_SKEW_SECONDS < caller.issued_at:
-            raise Unauthenticated("caller assertion is not yet valid")
+            raise InvalidCallerAssertion("caller assertion is not yet valid")
         return caller
+
+
+def _bounded(text: str, limit: int) -> str:
+    """The longest prefix of text whose JSON encoding fits in limit bytes.
+
+    Counting encoded bytes, not characters: JSON escapes each non-ASCII character to 6 or 12
+    bytes, and the whole assertion must stay under the verifier's size limit.
+    """
+    used = 0
+    for index, char in enumerate(text):
+        used += len(json.dumps(char)) - 2
+        if used > limit:
+            return text[:index]
+    return text
 
 
 def _str(value: Any) -> str:
@@ -245,7 +267,7 @@ def require_caller() -> Caller:
     """The verified caller of this RPC (the interceptor guarantees one outside health)."""
     caller = current_caller.get()
     if caller is None:
-        raise Unauthenticated()
+        raise InvalidCallerAssertion()
     return caller
 
 

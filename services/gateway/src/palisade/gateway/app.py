@@ -123,6 +123,9 @@ class Gateway:
             )
         except grpc.aio.AioRpcError as exc:
             return from_rpc_error(exc)
+        except ConnectionError:  # the client went away mid-request: nobody to answer
+            log.info("client disconnected during the request")
+            return problem(400, detail="connection closed by the client")
         except Exception:
             log.exception("unhandled error in the gateway")
             return problem(500)
@@ -146,13 +149,13 @@ class Gateway:
         except MethodNotAllowed as exc:
             return problem(405, headers={"Allow": ", ".join(exc.allowed)})
         request[ROUTE_TEMPLATE] = route.template
+        grant = None
+        if route.access.access == access_pb2.ACCESS_USER:  # who asks, before what they send
+            grant = await self._edge.grant_for(bearer_token(request.headers.get("Authorization")))
         raw = await request.read()
         message = build_request(
             route, params, list(request.query.items()), raw, request.content_type
         )
-        grant = None
-        if route.access.access == access_pb2.ACCESS_USER:
-            grant = await self._edge.grant_for(bearer_token(request.headers.get("Authorization")))
         metadata = self._caller_metadata(request, route, grant)
         response = await self._calls[route.full_method](
             message, metadata=metadata, timeout=self._timeout
@@ -168,7 +171,9 @@ class Gateway:
 
     def _caller_metadata(self, request: web.Request, route: Route, grant: Grant | None) -> Any:
         peer = request.remote or ""
-        ip = client_ip(peer, request.headers.get("X-Forwarded-For"), self._trusted)
+        # Every X-Forwarded-For line: some proxies add a line instead of appending to one.
+        forwarded = ", ".join(request.headers.getall("X-Forwarded-For", [])) or None
+        ip = client_ip(peer, forwarded, self._trusted)
         agent = request.headers.get("User-Agent")
         request_id = request_id_var.get() or uuid.uuid4().hex
         if grant is not None:

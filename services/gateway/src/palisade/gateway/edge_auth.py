@@ -24,7 +24,7 @@ from palisade.gateway.token_cache import Grant, TokenCache
 from palisade_api.auth.v1 import auth_pb2
 
 log = logging.getLogger("palisade.gateway.auth")
-_BEARER = re.compile(r"Bearer ([A-Za-z0-9_\-]{1,256})")
+_BEARER = re.compile(r"(?i:bearer) +([A-Za-z0-9_\-]{1,256})")  # the scheme is case-insensitive
 _RECONNECT_SECONDS = 0.5
 
 
@@ -84,6 +84,7 @@ class EdgeAuthenticator:
         self._on_lookup(grant is not None)
         if grant is not None:
             return grant
+        generation = self._cache.generation
         try:
             reply = await self._stub.ValidateAccessToken(
                 auth_pb2.ValidateAccessTokenRequest(access_token=token),
@@ -102,7 +103,9 @@ class EdgeAuthenticator:
             reply.session_id,
             reply.expires_at.ToSeconds(),
         )
-        if self._feed_connected:  # only cache what a live feed can revoke
+        # Cache only what a live feed can revoke, and only if no eviction (a revocation notice,
+        # a feed reconnect) happened while auth was answering: that answer may be stale.
+        if self._feed_connected and self._cache.generation == generation:
             self._cache.put(token_hash, grant)
         return grant
 

@@ -80,7 +80,10 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> web.Response:
     headers = {}
     if status == 429 and trailers.get("retry-after", "").isdigit():
         headers["Retry-After"] = str(trailers["retry-after"])
-    if status >= 500:
+    if status >= 500 or code == "caller_assertion_invalid":
+        # A backend refused the gateway itself (keys, clocks): not the client's doing.
+        if status < 500:
+            status = 500
         return problem(status, code=_DEFAULT_CODES.get(status), headers=headers)
     return problem(
         status,

@@ -20,6 +20,7 @@ from palisade.gateway.app import Gateway, Upstreams
 from palisade.gateway.client_ip import parse_networks
 from palisade.gateway.config import SERVICE_NAME, GatewaySettings
 from palisade.gateway.edge_auth import EdgeAuthenticator
+from palisade.gateway.http_server import QuietAppRunner
 from palisade.gateway.metrics import GatewayMetrics
 from palisade.gateway.routes import build_routes
 from palisade.gateway.token_cache import TokenCache
@@ -92,7 +93,7 @@ async def serve_gateway(
                 await follower
 
         stack.push_async_callback(stop_follower)
-        runner = web.AppRunner(gateway.application(), access_log=None)
+        runner = QuietAppRunner(gateway.application(), access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, settings.http_host, settings.http_port)

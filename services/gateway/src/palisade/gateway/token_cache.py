@@ -27,6 +27,9 @@ class TokenCache:
         self._entries: OrderedDict[bytes, tuple[Grant, float]] = OrderedDict()
         self._by_session: dict[str, set[bytes]] = {}
         self._by_user: dict[str, set[bytes]] = {}
+        # Bumped by every eviction: a validation that started before an eviction must not
+        # cache its (possibly revoked) answer afterwards.
+        self.generation = 0
         self._max_entries = max_entries
         self._max_age = max_age_seconds
         self._clock = clock
@@ -54,6 +57,7 @@ class TokenCache:
             self._drop(next(iter(self._entries)))
 
     def evict(self, token_hashes: Iterable[bytes], session_ids: Iterable[str]) -> None:
+        self.generation += 1
         for token_hash in token_hashes:
             self._drop(token_hash)
         for session_id in session_ids:
@@ -61,10 +65,12 @@ class TokenCache:
                 self._drop(token_hash)
 
     def evict_user(self, user_id: str) -> None:
+        self.generation += 1
         for token_hash in list(self._by_user.get(user_id, ())):
             self._drop(token_hash)
 
     def clear(self) -> None:
+        self.generation += 1
         self._entries.clear()
         self._by_session.clear()
         self._by_user.clear()

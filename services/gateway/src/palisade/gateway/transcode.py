@@ -24,6 +24,13 @@ class BadRequest(Exception):
         self.detail = detail
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise ValueError("duplicate key")  # ambiguous: which value did the client mean?
+    return dict(pairs)
+
+
 def _json_body(raw: bytes, content_type: str) -> dict[str, Any]:
     if not raw:
         return {}
@@ -34,7 +41,7 @@ def _json_body(raw: bytes, content_type: str) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise BadRequest(400, "invalid_request", "body is not valid UTF-8") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError):
         raise BadRequest(400, "invalid_request", "body is not valid JSON") from None
     if not isinstance(data, dict):
@@ -80,6 +87,9 @@ def build_request(
         data.update(body if route.body == "*" else {route.body: body})
     elif raw:
         raise BadRequest(400, "invalid_request", "this route takes no body")
+    for field in route.method.input_type.fields:
+        if field.json_name != field.name and field.json_name in data and field.name in data:
+            raise BadRequest(400, "invalid_request", f"{field.json_name} is given twice")
     for name, value in path_params.items():
         if name in data:
             raise BadRequest(400, "invalid_request", f"{name} is given twice")
