@@ -13,6 +13,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from palisade.gateway.problems import PROBLEM_TYPE
 from palisade.gateway.routes import Route
+from palisade.gateway.transcode import is_query_field
 from palisade_api.common.v1 import access_pb2
 
 _SCALARS: dict[int, dict[str, Any]] = {
@@ -112,11 +113,23 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
         operation["security"] = [{"bearer": []}]
     else:
         operation["security"] = []
-    if route.variables:
-        operation["parameters"] = [
-            {"name": v, "in": "path", "required": True, "schema": {"type": "string"}}
-            for v in route.variables
+    parameters = [
+        {"name": v, "in": "path", "required": True, "schema": {"type": "string"}}
+        for v in route.variables
+    ]
+    if not route.body:  # body-less routes take scalar fields from the query (never secrets)
+        parameters += [
+            {
+                "name": f.json_name,
+                "in": "query",
+                "required": False,
+                "schema": dict(_SCALARS[f.type]),
+            }
+            for f in method.input_type.fields
+            if f.name not in route.variables and is_query_field(f)
         ]
+    if parameters:
+        operation["parameters"] = parameters
     if route.body == "*":
         operation["requestBody"] = {
             "required": False,

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
@@ -54,6 +55,15 @@ def _json_body(raw: bytes, content_type: str) -> dict[str, Any]:
 _SECRET_WORDS = ("token", "password", "secret", "code", "key", "credential")
 
 
+def is_query_field(field: FieldDescriptor) -> bool:
+    """Whether a field may come from the query string: a single scalar, not a secret."""
+    return (
+        field.message_type is None
+        and not field.is_repeated
+        and not any(word in field.name for word in _SECRET_WORDS)
+    )
+
+
 def _query_fields(route: Route, query: list[tuple[str, str]]) -> dict[str, Any]:
     """Scalar request fields from the query string (routes without a "*" body only)."""
     if not query:
@@ -65,10 +75,10 @@ def _query_fields(route: Route, query: list[tuple[str, str]]) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for name, value in query:
         field = fields.get(name)
-        if field is None or any(word in field.name for word in _SECRET_WORDS):
+        if field is None or not is_query_field(field):
             raise BadRequest(400, "invalid_request", "unknown or unsafe query parameter")
-        if field.message_type is not None or field.is_repeated or field.name in data:
-            raise BadRequest(400, "invalid_request", "query parameters take single scalar values")
+        if field.name in data:
+            raise BadRequest(400, "invalid_request", f"{name} is given twice")
         data[field.name] = value
     return data
 
