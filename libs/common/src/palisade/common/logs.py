@@ -11,12 +11,23 @@ import contextvars
 import json
 import logging
 import sys
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "palisade_request_id", default=None
 )
+
+_MAX_REQUEST_ID_LENGTH = 128
+
+
+def safe_request_id(value: str | None) -> str:
+    """A client-chosen request id if it is short printable ASCII (it lands in logs), else new."""
+    if value and len(value) <= _MAX_REQUEST_ID_LENGTH and value.isascii() and value.isprintable():
+        return value
+    return uuid.uuid4().hex
+
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged as a field.
 _STANDARD_ATTRS = frozenset(

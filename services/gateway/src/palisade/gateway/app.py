@@ -16,7 +16,7 @@ from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from palisade.common.caller import AssertionSigner
-from palisade.common.logs import request_id_var
+from palisade.common.logs import request_id_var, safe_request_id
 from palisade.gateway.client_ip import Network, client_ip
 from palisade.gateway.edge_auth import AuthenticationFailed, EdgeAuthenticator, bearer_token
 from palisade.gateway.metrics import GatewayMetrics
@@ -29,7 +29,6 @@ from palisade_api.common.v1 import access_pb2
 
 log = logging.getLogger("palisade.gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_SAFE_REQUEST_ID = 128
 ROUTE_TEMPLATE = web.RequestKey("route_template", str)
 
 
@@ -38,13 +37,6 @@ class Upstreams:
     """A channel per backend service, by the audience name routes carry."""
 
     channels: dict[str, grpc.aio.Channel]
-
-
-def _request_id(request: web.Request) -> str:
-    given = request.headers.get("X-Request-Id", "")
-    if given and len(given) <= _SAFE_REQUEST_ID and given.isascii() and given.isprintable():
-        return given
-    return uuid.uuid4().hex
 
 
 class Gateway:
@@ -93,7 +85,7 @@ class Gateway:
 
     @web.middleware
     async def _frame(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        request_id = _request_id(request)
+        request_id = safe_request_id(request.headers.get("X-Request-Id"))
         token = request_id_var.set(request_id)
         start = time.perf_counter()
         try:

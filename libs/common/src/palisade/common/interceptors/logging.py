@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,17 +12,9 @@ import grpc
 
 from palisade.common.caller import REQUEST_ID_METADATA_KEY
 from palisade.common.interceptors.base import AroundInterceptor, RpcInfo, metadata_value
-from palisade.common.logs import request_id_var
+from palisade.common.logs import request_id_var, safe_request_id
 
 log = logging.getLogger("palisade.rpc")
-_MAX_REQUEST_ID_LENGTH = 128
-
-
-def _safe_request_id(value: str | None) -> str:
-    # A client-chosen id ends up in logs: accept only short, printable ASCII.
-    if value and len(value) <= _MAX_REQUEST_ID_LENGTH and value.isascii() and value.isprintable():
-        return value
-    return uuid.uuid4().hex
 
 
 class LoggingInterceptor(AroundInterceptor):
@@ -32,7 +23,7 @@ class LoggingInterceptor(AroundInterceptor):
         self, info: RpcInfo, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[None]:
         token = request_id_var.set(
-            _safe_request_id(metadata_value(context, REQUEST_ID_METADATA_KEY))
+            safe_request_id(metadata_value(context, REQUEST_ID_METADATA_KEY))
         )
         start = time.perf_counter()
         try:
