@@ -120,7 +120,11 @@ class EdgeAuthenticator:
                 call = self._stub.WatchRevocations(
                     auth_pb2.WatchRevocationsRequest(), metadata=self._service_metadata()
                 )
-                await call.initial_metadata()  # subscribed: nothing from here on is missed
+                # Auth says so once it has subscribed: from then on no revocation is missed.
+                # (A call that failed early also returns initial metadata, just without it.)
+                metadata: Any = await call.initial_metadata()
+                if ("x-palisade-subscribed", "1") not in tuple(metadata or ()):
+                    raise ConnectionError("revocation feed did not confirm the subscription")
                 self._feed_connected = True
                 async for notice in call:
                     self._cache.evict(notice.access_token_hashes, notice.session_ids)
