@@ -338,3 +338,9 @@ async def test_every_forwarded_for_line_counts_behind_a_trusted_proxy(suite) -> 
             tokens = await response.json()
         _, _, body = await suite.call("GET", "/v1/me/sessions", token=tokens["accessToken"])
     assert {s["ip"] for s in _json(body)["sessions"]} == {"203.0.113.9"}
+
+
+@pytest.mark.parametrize("key", ["sk_live_" + "A" * 32, "pk_test_" + "B" * 32])
+async def test_api_keys_are_refused_on_people_only_routes(suite, key) -> None:
+    status, _, body = await suite.call("GET", "/v1/me", token=key)
+    assert (status, _json(body)["code"]) == (403, "people_only")

@@ -196,3 +196,43 @@ def test_user_agent_claims_stay_small_whatever_the_characters() -> None:
         )
         assert len(token) <= 4096
         assert verifier.verify(token).user_agent is not None
+
+
+def test_access_rules_for_people_and_keys() -> None:
+    from palisade.gateway.access import (
+        Forbidden,
+        KeyGrant,
+        check_key,
+        check_key_allowed,
+        check_person,
+        is_api_key,
+    )
+    from palisade_api.common.v1 import access_pb2
+
+    admins_only = access_pb2.AccessRule(access=access_pb2.ACCESS_USER, roles=["owner", "admin"])
+    check_person(admins_only, _grant())  # owner
+    with pytest.raises(Forbidden) as caught:
+        check_person(admins_only, Grant("u2", "ws", "member", "s2", 10**10))
+    assert caught.value.code == "insufficient_role"
+    check_person(
+        access_pb2.AccessRule(access=access_pb2.ACCESS_USER),
+        Grant("u2", "ws", "member", "s2", 10**10),
+    )  # no roles listed: any member
+
+    people_only = access_pb2.AccessRule(access=access_pb2.ACCESS_USER)
+    with pytest.raises(Forbidden) as caught:
+        check_key_allowed(people_only)
+    assert caught.value.code == "people_only"
+    scoped = access_pb2.AccessRule(
+        access=access_pb2.ACCESS_USER, api_keys=True, scope="visitors:read"
+    )
+    key = KeyGrant("key_1", "ws", frozenset({"chats:read"}), False, ())
+    with pytest.raises(Forbidden) as caught:
+        check_key(scoped, key)
+    assert caught.value.code == "insufficient_scope"
+    check_key(scoped, KeyGrant("key_2", "ws", frozenset({"visitors:read"}), False, ()))
+
+    assert is_api_key("sk_live_abc")
+    assert is_api_key("pk_test_abc")
+    assert not is_api_key("plsd_at_abc")
+    assert not is_api_key("sk_abc")

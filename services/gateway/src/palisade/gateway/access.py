@@ -1,0 +1,65 @@
+"""Who may use a route: the access rule from the proto, applied to the verified caller.
+
+Credentials are told apart by their prefix: access tokens (`plsd_at_`) stand for people, API
+keys (`pk_…`/`sk_…`) for integrations. API-key verification is an interface here; the API-key
+service (a later issue) provides the implementation. Until then no key is accepted anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from palisade.gateway.token_cache import Grant
+from palisade_api.common.v1 import access_pb2
+
+API_KEY_PREFIXES = ("pk_live_", "pk_test_", "sk_live_", "sk_test_")
+
+
+class Forbidden(Exception):
+    """A known caller that may not use this route (403, with a stable code)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class KeyGrant:
+    """What a verified API key stands for."""
+
+    key_id: str
+    workspace_id: str
+    scopes: frozenset[str]
+    publishable: bool
+    allowed_origins: tuple[str, ...]
+
+
+class ApiKeyVerifier(Protocol):
+    async def verify(self, key: str, *, origin: str | None) -> KeyGrant:
+        """The key's grant; raises for unknown, revoked, expired or origin-mismatched keys."""
+        ...
+
+
+def is_api_key(credential: str) -> bool:
+    return credential.startswith(API_KEY_PREFIXES)
+
+
+def check_person(rule: access_pb2.AccessRule, grant: Grant) -> None:
+    """Raises Forbidden unless the signed-in user's role is one the route allows."""
+    if rule.roles and grant.role not in rule.roles:
+        raise Forbidden("insufficient_role", "your role in this workspace does not allow this")
+
+
+def check_key_allowed(rule: access_pb2.AccessRule) -> None:
+    """Raises Forbidden if the route is for people only (checked before any key lookup)."""
+    if not rule.api_keys:
+        raise Forbidden("people_only", "this route is for signed-in people, not API keys")
+
+
+def check_key(rule: access_pb2.AccessRule, key: KeyGrant) -> None:
+    """Raises Forbidden unless the route admits keys and this key holds the route's scope."""
+    check_key_allowed(rule)
+    if rule.scope and rule.scope not in key.scopes:
+        raise Forbidden("insufficient_scope", f"this key lacks the {rule.scope} scope")
