@@ -234,8 +234,7 @@ class SessionManager:
                 raise SessionRevoked()
             if now >= grant.expires_at or now >= grant.session_expires_at:
                 raise TokenExpired()
-            session = await tx.session(grant.session_id)
-            if session is not None and now - session.last_seen_at >= _TOUCH_INTERVAL:
+            if now - grant.session_last_seen_at >= _TOUCH_INTERVAL:
                 await tx.touch_session(grant.session_id, now, None)
         return grant
 

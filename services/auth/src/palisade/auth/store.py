@@ -143,6 +143,7 @@ class AccessGrant:
     expires_at: datetime
     session_revoked: bool
     session_expires_at: datetime
+    session_last_seen_at: datetime
     user_disabled: bool
 
 
@@ -309,12 +310,6 @@ class AuthTransaction:
             update(sessions).where(sessions.c.id == session_id).values(**values)
         )
 
-    async def session(self, session_id: str) -> SessionRow | None:
-        row = (
-            await self._conn.execute(select(sessions).where(sessions.c.id == session_id))
-        ).first()
-        return None if row is None else _session(row)
-
     async def sessions_of(self, user_id: str, now: datetime) -> list[SessionRow]:
         """The user's live sessions, most recently used first."""
         rows = await self._conn.execute(
@@ -356,6 +351,7 @@ class AuthTransaction:
                     sessions.c.workspace_id,
                     sessions.c.revoked_at,
                     sessions.c.absolute_expires_at,
+                    sessions.c.last_seen_at,
                     memberships.c.role,
                     users.c.disabled_at,
                 )
@@ -381,6 +377,7 @@ class AuthTransaction:
             expires_at=row.expires_at,
             session_revoked=row.revoked_at is not None,
             session_expires_at=row.absolute_expires_at,
+            session_last_seen_at=row.last_seen_at,
             user_disabled=row.disabled_at is not None,
         )
 
