@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from palisade.common.settings import CommonSettings
@@ -50,3 +51,40 @@ class AuthSettings(CommonSettings):
     throttle_account_failures: int = Field(default=100, ge=1, le=100)
     throttle_window_seconds: int = Field(default=900, ge=1)
     throttle_account_window_seconds: int = Field(default=3600, ge=1)
+
+    # Where people reach Palisade (magic links point here) and the passkey relying party.
+    public_base_url: str = "http://localhost:8080"
+    passkey_rp_id: str = "localhost"
+    passkey_rp_name: str = "Palisade"
+    # Origins allowed in WebAuthn client data (JSON list in the environment).
+    passkey_origins: tuple[str, ...] = ("http://localhost:8080", "http://127.0.0.1:8080")
+    # WebAuthn challenges, MFA tokens: server-side, single-use, short-lived.
+    passkey_challenge_seconds: int = Field(default=300, ge=30, le=600)
+    mfa_token_seconds: int = Field(default=300, ge=30, le=900)
+    # Second-factor failures per user (TOTP and backup codes together); re-entering the
+    # password does not reset the count.
+    mfa_failures: int = Field(default=10, ge=1, le=100)
+    mfa_window_seconds: int = Field(default=900, ge=1)
+    totp_issuer: str = "Palisade"
+    # Disabling TOTP, new backup codes, passkey changes: the session's login must be this recent.
+    recent_auth_seconds: int = Field(default=600, ge=30)
+
+    magic_link_seconds: int = Field(default=900, ge=60, le=3600)
+    # Magic-link requests per email and per client IP within the window.
+    magic_link_email_requests: int = Field(default=5, ge=1)
+    magic_link_ip_requests: int = Field(default=20, ge=1)
+    magic_link_window_seconds: int = Field(default=900, ge=1)
+
+    # Outgoing email: SMTP when smtp_host is set; otherwise .eml files in mail_dir
+    # (default <data dir>/mail), the embedded default.
+    mail_from: str = "Palisade <no-reply@localhost>"
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    mail_dir: Path | None = None
+    # The outbox relay: how often it looks for due emails, and when it gives up on one.
+    mail_poll_seconds: float = Field(default=5.0, gt=0)
+    mail_max_attempts: int = Field(default=8, ge=1)

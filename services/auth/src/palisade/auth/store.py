@@ -159,6 +159,16 @@ class AuthTransaction:
         self._conn = conn
         self._locks = conn.dialect.name == "postgresql"
 
+    @property
+    def conn(self) -> AsyncConnection:
+        """For feature modules with their own tables (mail, passkeys); same transaction."""
+        return self._conn
+
+    @property
+    def locks_rows(self) -> bool:
+        """True where SELECT ... FOR UPDATE works (Postgres); SQLite locks the database."""
+        return self._locks
+
     async def emit(self, event: SecurityEvent) -> None:
         await emit(self._conn, outbox, event)
 
