@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import email
+import email.policy
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.message import EmailMessage
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiosmtpd.smtp import SMTP
 
 from palisade.auth.config import AuthSettings
 from palisade.auth.server import serve_auth
@@ -20,6 +25,48 @@ from palisade.gateway.config import GatewaySettings
 from palisade.gateway.server import GatewayServer, serve_gateway
 
 PASSWORD = "correct horse battery staple"
+# The relying party and origin the soft authenticator speaks for (the auth service's default).
+PASSKEY_ORIGIN = "http://localhost:8080"
+
+
+class SmtpCatcher:
+    """A real SMTP server (aiosmtpd) on a free port that keeps what it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+        self.arrived = asyncio.Event()
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # aiosmtpd handler hook
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        self.messages.append(message)
+        self.arrived.set()
+        return "250 Message accepted for delivery"
+
+    async def wait_for(self, recipient: str, *, within: float = 10.0) -> EmailMessage:
+        """The first message to `recipient`, waiting for the relay to deliver it."""
+        async with asyncio.timeout(within):
+            while True:
+                for message in self.messages:
+                    if message["To"] == recipient:
+                        return message
+                self.arrived.clear()
+                await self.arrived.wait()
+
+    def to(self, recipient: str) -> list[EmailMessage]:
+        return [m for m in self.messages if m["To"] == recipient]
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[tuple[SmtpCatcher, int]]:
+    """Served on the test's own event loop, so the catcher's Event wakes the test directly."""
+    catcher = SmtpCatcher()
+    server = await asyncio.get_running_loop().create_server(lambda: SMTP(catcher), "127.0.0.1", 0)
+    try:
+        yield catcher, server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 @dataclass
@@ -28,6 +75,36 @@ class Suite:
     http: aiohttp.ClientSession
     clock: ManualClock
     gateway_settings: GatewaySettings
+    mail: SmtpCatcher = field(default_factory=SmtpCatcher)
+    auth_database_url: str = ""
+
+    def auth_database_dump(self) -> bytes:
+        """Every row of every auth table, as bytes: for "no plaintext at rest" checks."""
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.auth_database_url).set(drivername="postgresql")
+        dump = bytearray()
+        with psycopg.connect(url.render_as_string(hide_password=False)) as conn:
+            tables = conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            ).fetchall()
+            for (table,) in tables:
+                for row in conn.execute(f'SELECT * FROM "{table}"').fetchall():
+                    for value in row:
+                        if isinstance(value, bytes | memoryview):
+                            dump += bytes(value)
+                        elif value is not None:
+                            dump += str(value).encode()
+                        dump += b"\x00"
+        return bytes(dump)
+
+    async def json_call(self, method: str, path: str, **kwargs):
+        """(status, parsed JSON body or None, headers)."""
+        import json as _json
+
+        status, headers, body = await self.call(method, path, **kwargs)
+        return status, (_json.loads(body) if body else None), headers
 
     def url(self, path: str) -> str:
         return self.gateway.base_url + path
@@ -66,7 +143,10 @@ class Suite:
 
 
 @pytest.fixture
-async def suite(tmp_path: Path, postgres_database_factory, redis_url: str) -> AsyncIterator[Suite]:
+async def suite(
+    tmp_path: Path, postgres_database_factory, redis_url: str, smtp
+) -> AsyncIterator[Suite]:
+    catcher, smtp_port = smtp
     clock = ManualClock(datetime.now(UTC))
     common = {"data_dir": tmp_path, "grpc_port": 0, "metrics_port": 0, "shutdown_grace_seconds": 1}
     async with AsyncExitStack() as stack:
@@ -78,14 +158,18 @@ async def suite(tmp_path: Path, postgres_database_factory, redis_url: str) -> As
                 clock=clock,
             )
         )
+        auth_database_url = postgres_database_factory()
         auth = await stack.enter_async_context(
             serve_auth(
                 AuthSettings(
                     **common,
-                    database_url=postgres_database_factory(),
+                    database_url=auth_database_url,
                     redis_url=redis_url,
                     crypto_target=crypto.running.target,
                     hashing_threads=2,
+                    smtp_host="127.0.0.1",
+                    smtp_port=smtp_port,
+                    smtp_security="none",
                 ),
                 clock=clock,
             )
@@ -99,7 +183,7 @@ async def suite(tmp_path: Path, postgres_database_factory, redis_url: str) -> As
         )
         gateway = await stack.enter_async_context(serve_gateway(gateway_settings, clock=clock))
         http = await stack.enter_async_context(aiohttp.ClientSession())
-        suite = Suite(gateway, http, clock, gateway_settings)
+        suite = Suite(gateway, http, clock, gateway_settings, catcher, auth_database_url)
         await _wait_for_revocation_feed(suite)
         yield suite
 

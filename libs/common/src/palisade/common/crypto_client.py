@@ -94,6 +94,22 @@ class CryptoClient:
         all_versions: bool = False,
     ) -> list[str]:
         """Index tokens for one value: [primary] or every usable version, primary first."""
+        [tokens] = await self.blind_index_many(
+            [value], normalization, context, all_versions=all_versions
+        )
+        return tokens
+
+    async def blind_index_many(
+        self,
+        values: Sequence[str],
+        normalization: Normalization,
+        context: bytes,
+        *,
+        all_versions: bool = False,
+    ) -> list[list[str]]:
+        """blind_index() for several values in one call, in order."""
+        if not values:
+            return []
         request = pb.BlindIndexRequest(
             items=[
                 pb.BlindIndexItem(
@@ -101,6 +117,7 @@ class CryptoClient:
                     normalization=cast("pb.Normalization.ValueType", int(normalization)),
                     context=context,
                 )
+                for value in values
             ],
             all_versions=all_versions,
         )
@@ -110,4 +127,4 @@ class CryptoClient:
             )
         except grpc.aio.AioRpcError as error:
             raise _translate(error) from None
-        return [t.token for t in reply.results[0].tokens]
+        return [[t.token for t in result.tokens] for result in reply.results]

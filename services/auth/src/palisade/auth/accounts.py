@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from palisade.auth.errors import InvalidCredentials, InvalidEmail, InvalidName
+from palisade.auth.mfa_login import LoginResult, MfaLogins
 from palisade.auth.password_policy import check_length, check_new_password
 from palisade.auth.passwords import PasswordHasher
-from palisade.auth.sessions import ClientInfo, IssuedTokens, SessionManager
+from palisade.auth.sessions import ClientInfo, SessionManager
 from palisade.auth.store import AuthStore, UserRow
 from palisade.auth.throttle import LoginThrottle
 from palisade.common.aad import associated_data
@@ -78,9 +79,11 @@ class Accounts:
         hasher: PasswordHasher,
         sessions: SessionManager,
         throttle: LoginThrottle,
+        mfa: MfaLogins,
         clock: Clock,
     ) -> None:
         self._store = store
+        self._mfa = mfa
         self._crypto = crypto
         self._hasher = hasher
         self._sessions = sessions
@@ -155,7 +158,7 @@ class Accounts:
 
     async def login(
         self, *, email: str, password: str, remember_me: bool, client: ClientInfo
-    ) -> IssuedTokens:
+    ) -> LoginResult:
         # Malformed input gets its own code: that says nothing about any account.
         email = normalize_email(email)
         check_length(password)
@@ -173,38 +176,34 @@ class Accounts:
         if not verification.ok:
             await self._fail(account_key, client, user, "bad_password")
         new_hash = await self._hasher.hash(password) if verification.needs_rehash else None
+        result = await self._password_accepted(user.id, new_hash, remember_me, client)
+        # The password was right: its throttle resets (a second factor has its own count).
+        await self._throttle.record_success(account_key, client.ip)
+        return result
+
+    async def _password_accepted(
+        self, user_id: str, new_hash: str | None, remember_me: bool, client: ClientInfo
+    ) -> LoginResult:
+        """A session, or a pending second factor, in one transaction with any re-hash."""
         async with self._store.transaction() as tx:
-            now = self._clock.now()
-            membership = await tx.primary_membership(user.id)
-            if membership is None:
-                raise InvalidCredentials()
             if new_hash is not None:
-                await tx.set_password_hash(user.id, new_hash, now, changed=False)
-            issued = await self._sessions.start(
+                await tx.set_password_hash(user_id, new_hash, self._clock.now(), changed=False)
+            if await self._mfa.required(tx, user_id):
+                return await self._mfa.begin(
+                    tx,
+                    user_id=user_id,
+                    first_factor="password",
+                    remember_me=remember_me,
+                    client=client,
+                )
+            return await self._sessions.sign_in(
                 tx,
-                user_id=user.id,
-                workspace_id=membership[0],
+                user_id=user_id,
                 remember_me=remember_me,
                 client=client,
+                method="password",
+                details={"rehashed": new_hash is not None},
             )
-            await tx.emit(
-                SecurityEvent(
-                    type="session.login_succeeded",
-                    occurred_at=now,
-                    actor=f"user:{user.id}",
-                    subject=user.id,
-                    workspace_id=membership[0],
-                    ip=client.ip,
-                    device=client.device,
-                    details={
-                        "session_id": issued.session_id,
-                        "method": "password",
-                        "rehashed": new_hash is not None,
-                    },
-                )
-            )
-        await self._throttle.record_success(account_key, client.ip)
-        return issued
 
     async def _fail(
         self, account_key: str, client: ClientInfo, user: UserRow | None, reason: str

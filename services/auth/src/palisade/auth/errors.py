@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import grpc
 
-from palisade.common.errors import InvalidArgument, NotFound, PalisadeError, Unauthenticated
+from palisade.common.errors import (
+    InvalidArgument,
+    NotFound,
+    PalisadeError,
+    PermissionDenied,
+    Unauthenticated,
+)
 
 
 class InvalidCredentials(Unauthenticated):
@@ -91,3 +97,40 @@ class SessionNotFound(NotFound):
 class NotSignedIn(Unauthenticated):
     code = "unauthenticated"
     default_message = "this request needs a signed-in user"
+
+
+class RecentAuthRequired(PermissionDenied):
+    code = "recent_auth_required"
+    default_message = "sign in again to make this change"
+
+
+class InvalidMfaToken(Unauthenticated):
+    code = "invalid_mfa_token"
+    default_message = "the sign-in attempt has expired or was already completed; sign in again"
+
+
+class InvalidMfaCode(Unauthenticated):
+    code = "invalid_mfa_code"
+    default_message = "the code is incorrect or was already used"
+
+
+class MfaInputInvalid(InvalidArgument):
+    code = "invalid_mfa_input"
+    default_message = "send exactly one of code or backupCode"
+
+
+class TotpAlreadyEnabled(PalisadeError):
+    status = grpc.StatusCode.ALREADY_EXISTS
+    code = "totp_already_enabled"
+    default_message = "an authenticator app is already enabled; disable it first"
+
+
+class TotpNotEnrolled(PalisadeError):
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    code = "totp_not_enrolled"
+    default_message = "no authenticator app enrolment to act on"
+
+
+class InvalidMagicLink(Unauthenticated):
+    code = "invalid_magic_link"
+    default_message = "this sign-in link is invalid, expired or already used"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -15,12 +17,19 @@ from redis.asyncio import Redis
 from palisade.auth.accounts import Accounts
 from palisade.auth.config import SERVICE_NAME, AuthSettings
 from palisade.auth.geo import Locator, MaxMindLocator, NullLocator
+from palisade.auth.magic_links import MagicLinkPolicy, MagicLinks
+from palisade.auth.mail import MailQueue, MailRelay, build_mailer
+from palisade.auth.mfa_login import MfaLogins
+from palisade.auth.passkeys import Passkeys
 from palisade.auth.passwords import PasswordHasher
+from palisade.auth.recent_auth import RecentAuth
 from palisade.auth.revocation import LocalRevocationFeed, RedisRevocationFeed, RevocationFeed
+from palisade.auth.second_factor import MfaLimits, SecondFactors
 from palisade.auth.servicer import AuthServicer
 from palisade.auth.sessions import SessionManager, SessionPolicy
 from palisade.auth.store import MIGRATIONS_PACKAGE, AuthStore
 from palisade.auth.throttle import (
+    CounterLimiter,
     FailureCounts,
     LoginThrottle,
     MemoryFailureCounts,
@@ -46,6 +55,7 @@ class AuthServer:
     sessions: SessionManager
     revocations: RevocationFeed
     registry: CollectorRegistry
+    mail_relay: MailRelay
 
 
 def session_policy(settings: AuthSettings) -> SessionPolicy:
@@ -56,6 +66,16 @@ def session_policy(settings: AuthSettings) -> SessionPolicy:
         grace_seconds=settings.refresh_grace_seconds,
         absolute_seconds=settings.session_absolute_seconds,
         remember_me_absolute_seconds=settings.remember_me_session_absolute_seconds,
+    )
+
+
+def magic_link_policy(settings: AuthSettings) -> MagicLinkPolicy:
+    return MagicLinkPolicy(
+        public_base_url=settings.public_base_url,
+        token_seconds=settings.magic_link_seconds,
+        email_requests=settings.magic_link_email_requests,
+        ip_requests=settings.magic_link_ip_requests,
+        window_seconds=settings.magic_link_window_seconds,
     )
 
 
@@ -124,13 +144,63 @@ async def serve_auth(
             clock=clock,
         )
         throttle = LoginThrottle(counts=counts, limits=throttle_limits(settings), clock=clock)
+        limiter = CounterLimiter(counts=counts, clock=clock)
+        factors = SecondFactors(
+            store=store,
+            crypto=crypto,
+            clock=clock,
+            limiter=limiter,
+            limits=MfaLimits(settings.mfa_failures, settings.mfa_window_seconds),
+            issuer=settings.totp_issuer,
+        )
+        mfa = MfaLogins(
+            store=store,
+            sessions=sessions,
+            factors=factors,
+            clock=clock,
+            token_seconds=settings.mfa_token_seconds,
+        )
         accounts = Accounts(
             store=store,
             crypto=crypto,
             hasher=hasher,
             sessions=sessions,
             throttle=throttle,
+            mfa=mfa,
             clock=clock,
+        )
+        mail_queue = MailQueue(crypto=crypto, clock=clock, from_address=settings.mail_from)
+        mail_relay = MailRelay(
+            engine=engine,
+            crypto=crypto,
+            mailer=build_mailer(settings),
+            clock=clock,
+            queue=mail_queue,
+            poll_seconds=settings.mail_poll_seconds,
+            max_attempts=settings.mail_max_attempts,
+        )
+        magic_links = MagicLinks(
+            store=store,
+            crypto=crypto,
+            sessions=sessions,
+            mfa=mfa,
+            mail=mail_queue,
+            limiter=limiter,
+            policy=magic_link_policy(settings),
+            clock=clock,
+        )
+        passkeys = Passkeys(
+            store=store,
+            crypto=crypto,
+            sessions=sessions,
+            clock=clock,
+            rp_id=settings.passkey_rp_id,
+            rp_name=settings.passkey_rp_name,
+            origins=settings.passkey_origins,
+            challenge_seconds=settings.passkey_challenge_seconds,
+        )
+        recent_auth = RecentAuth(
+            store=store, clock=clock, max_age_seconds=settings.recent_auth_seconds
         )
         registry = CollectorRegistry()
         locator: Locator = NullLocator()
@@ -142,7 +212,15 @@ async def serve_auth(
         def add_servicers(server: grpc.aio.Server) -> list[str]:
             auth_pb2_grpc.add_AuthServiceServicer_to_server(
                 AuthServicer(
-                    accounts=accounts, sessions=sessions, revocations=revocations, locator=locator
+                    accounts=accounts,
+                    sessions=sessions,
+                    revocations=revocations,
+                    locator=locator,
+                    factors=factors,
+                    mfa=mfa,
+                    magic_links=magic_links,
+                    passkeys=passkeys,
+                    recent_auth=recent_auth,
                 ),
                 server,
             )
@@ -156,4 +234,10 @@ async def serve_auth(
             registry=registry,
             add_servicers=add_servicers,
         ) as running:
-            yield AuthServer(running, accounts, sessions, revocations, registry)
+            relay_task = asyncio.create_task(mail_relay.run(), name="mail-relay")
+            try:
+                yield AuthServer(running, accounts, sessions, revocations, registry, mail_relay)
+            finally:
+                relay_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await relay_task

@@ -7,14 +7,21 @@ from datetime import datetime
 from typing import Any
 
 import grpc
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from palisade.auth.accounts import Accounts
 from palisade.auth.devices import describe_device
 from palisade.auth.errors import NotSignedIn
 from palisade.auth.geo import Locator
+from palisade.auth.magic_links import MagicLinks
+from palisade.auth.mfa_login import LoginResult, MfaLogins, MfaPending
+from palisade.auth.passkeys import PasskeyInfo, Passkeys
+from palisade.auth.recent_auth import RecentAuth
 from palisade.auth.revocation import RevocationFeed
-from palisade.auth.sessions import ClientInfo, IssuedTokens, SessionManager
+from palisade.auth.second_factor import SecondFactors
+from palisade.auth.sessions import ClientInfo, SessionManager
 from palisade.common.caller import Caller, require_caller, require_service_caller
 from palisade_api.auth.v1 import auth_pb2 as pb
 from palisade_api.auth.v1 import auth_pb2_grpc
@@ -40,7 +47,35 @@ def _timestamp(moment: datetime) -> Timestamp:
     return ts
 
 
-def _tokens(issued: IssuedTokens) -> pb.TokenResponse:
+def _struct(value: dict[str, Any]) -> Struct:
+    struct = Struct()
+    struct.update(value)
+    return struct
+
+
+def _options(challenge_id: str, public_key: dict[str, Any]) -> pb.PasskeyOptions:
+    return pb.PasskeyOptions(challenge_id=challenge_id, public_key=_struct(public_key))
+
+
+def _json(struct: Struct) -> dict[str, Any]:
+    """A WebAuthn JSON object as the client sent it (numbers stay numbers, not floats)."""
+    return MessageToDict(struct)
+
+
+def _passkey(info: PasskeyInfo) -> pb.Passkey:
+    passkey = pb.Passkey(
+        id=info.id, name=info.name, created_at=_timestamp(info.created_at), backed_up=info.backed_up
+    )
+    if info.last_used_at is not None:
+        passkey.last_used_at.CopyFrom(_timestamp(info.last_used_at))
+    return passkey
+
+
+def _tokens(issued: LoginResult) -> pb.TokenResponse:
+    if isinstance(issued, MfaPending):
+        return pb.TokenResponse(
+            mfa_required=True, mfa_token=issued.mfa_token, methods=list(issued.methods)
+        )
     return pb.TokenResponse(
         access_token=issued.access_token,
         refresh_token=issued.refresh_token,
@@ -57,8 +92,18 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         sessions: SessionManager,
         revocations: RevocationFeed,
         locator: Locator,
+        factors: SecondFactors,
+        mfa: MfaLogins,
+        magic_links: MagicLinks,
+        passkeys: Passkeys,
+        recent_auth: RecentAuth,
     ) -> None:
         self._accounts = accounts
+        self._factors = factors
+        self._mfa = mfa
+        self._magic_links = magic_links
+        self._passkeys = passkeys
+        self._recent_auth = recent_auth
         self._sessions = sessions
         self._revocations = revocations
         self._locator = locator
@@ -112,7 +157,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             name=profile.name,
             workspace_id=profile.workspace_id,
             role=profile.role,
-            mfa=pb.MfaStatus(totp=False, passkeys=0),
+            mfa=pb.MfaStatus(
+                totp=await self._factors.totp_enabled(user_id),
+                passkeys=await self._passkeys.count(user_id),
+            ),
         )
 
     async def ListSessions(
@@ -180,6 +228,142 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             client=_client(caller),
         )
         return pb.ChangePasswordResponse()
+
+    # -- second factor, magic links, passkeys (public) ----------------------------------------
+
+    async def LoginMfa(self, request: pb.LoginMfaRequest, context: Context) -> pb.TokenResponse:
+        caller = require_caller()
+        issued = await self._mfa.complete(
+            mfa_token=request.mfa_token,
+            code=request.code,
+            backup_code=request.backup_code,
+            client=_client(caller),
+        )
+        return _tokens(issued)
+
+    async def RequestMagicLink(
+        self, request: pb.RequestMagicLinkRequest, context: Context
+    ) -> pb.RequestMagicLinkResponse:
+        caller = require_caller()
+        await self._magic_links.request(email=request.email, client=_client(caller))
+        return pb.RequestMagicLinkResponse()
+
+    async def RedeemMagicLink(
+        self, request: pb.RedeemMagicLinkRequest, context: Context
+    ) -> pb.TokenResponse:
+        caller = require_caller()
+        return _tokens(await self._magic_links.redeem(token=request.token, client=_client(caller)))
+
+    async def PasskeyLoginOptions(
+        self, request: pb.PasskeyLoginOptionsRequest, context: Context
+    ) -> pb.PasskeyOptions:
+        caller = require_caller()
+        challenge_id, options = await self._passkeys.login_options(
+            email=request.email or None, client=_client(caller)
+        )
+        return _options(challenge_id, options)
+
+    async def PasskeyLogin(
+        self, request: pb.PasskeyLoginRequest, context: Context
+    ) -> pb.TokenResponse:
+        caller = require_caller()
+        issued = await self._passkeys.login(
+            challenge_id=request.challenge_id,
+            credential=_json(request.credential),
+            client=_client(caller),
+        )
+        return _tokens(issued)
+
+    # -- the caller's own sign-in methods -----------------------------------------------------
+
+    async def StartTotpEnrollment(
+        self, request: pb.StartTotpEnrollmentRequest, context: Context
+    ) -> pb.TotpEnrollment:
+        caller = require_caller()
+        user_id, _, session_id = _signed_in(caller)
+        await self._recent_auth.require(user_id=user_id, session_id=session_id)
+        enrollment = await self._factors.start_totp(user_id=user_id, client=_client(caller))
+        return pb.TotpEnrollment(secret=enrollment.secret, otpauth_uri=enrollment.otpauth_uri)
+
+    async def ConfirmTotp(self, request: pb.ConfirmTotpRequest, context: Context) -> pb.BackupCodes:
+        caller = require_caller()
+        user_id, _, _ = _signed_in(caller)
+        codes = await self._factors.confirm_totp(
+            user_id=user_id, code=request.code, client=_client(caller)
+        )
+        return pb.BackupCodes(backup_codes=codes)
+
+    async def DisableTotp(
+        self, request: pb.DisableTotpRequest, context: Context
+    ) -> pb.DisableTotpResponse:
+        caller = require_caller()
+        user_id, _, session_id = _signed_in(caller)
+        await self._recent_auth.require(user_id=user_id, session_id=session_id)
+        await self._factors.disable_totp(user_id=user_id, client=_client(caller))
+        return pb.DisableTotpResponse()
+
+    async def RegenerateBackupCodes(
+        self, request: pb.RegenerateBackupCodesRequest, context: Context
+    ) -> pb.BackupCodes:
+        caller = require_caller()
+        user_id, _, session_id = _signed_in(caller)
+        await self._recent_auth.require(user_id=user_id, session_id=session_id)
+        codes = await self._factors.regenerate_backup_codes(user_id=user_id, client=_client(caller))
+        return pb.BackupCodes(backup_codes=codes)
+
+    async def PasskeyRegistrationOptions(
+        self, request: pb.PasskeyRegistrationOptionsRequest, context: Context
+    ) -> pb.PasskeyOptions:
+        caller = require_caller()
+        user_id, _, session_id = _signed_in(caller)
+        await self._recent_auth.require(user_id=user_id, session_id=session_id)
+        challenge_id, options = await self._passkeys.registration_options(
+            user_id=user_id, client=_client(caller)
+        )
+        return _options(challenge_id, options)
+
+    async def RegisterPasskey(
+        self, request: pb.RegisterPasskeyRequest, context: Context
+    ) -> pb.RegisterPasskeyResponse:
+        caller = require_caller()
+        user_id, _, _ = _signed_in(caller)
+        passkey_id = await self._passkeys.register(
+            user_id=user_id,
+            challenge_id=request.challenge_id,
+            credential=_json(request.credential),
+            name=request.name,
+            client=_client(caller),
+        )
+        return pb.RegisterPasskeyResponse(passkey_id=passkey_id)
+
+    async def ListPasskeys(
+        self, request: pb.ListPasskeysRequest, context: Context
+    ) -> pb.ListPasskeysResponse:
+        user_id, _, _ = _signed_in(require_caller())
+        return pb.ListPasskeysResponse(
+            passkeys=[_passkey(info) for info in await self._passkeys.list(user_id)]
+        )
+
+    async def GetPasskey(self, request: pb.GetPasskeyRequest, context: Context) -> pb.Passkey:
+        user_id, _, _ = _signed_in(require_caller())
+        return _passkey(await self._passkeys.get(user_id, request.id))
+
+    async def RenamePasskey(self, request: pb.RenamePasskeyRequest, context: Context) -> pb.Passkey:
+        caller = require_caller()
+        user_id, _, _ = _signed_in(caller)
+        info = await self._passkeys.rename(
+            user_id=user_id, passkey_id=request.id, name=request.name, client=_client(caller)
+        )
+        return _passkey(info)
+
+    async def DeletePasskey(
+        self, request: pb.DeletePasskeyRequest, context: Context
+    ) -> pb.DeletePasskeyResponse:
+        caller = require_caller()
+        user_id, _, session_id = _signed_in(caller)
+        await self._recent_auth.require(user_id=user_id, session_id=session_id)
+        await self._passkeys.delete(user_id=user_id, passkey_id=request.id, client=_client(caller))
+        return pb.DeletePasskeyResponse()
 
     async def ValidateAccessToken(
         self, request: pb.ValidateAccessTokenRequest, context: Context

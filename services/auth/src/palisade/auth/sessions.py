@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from palisade.auth.errors import (
+    InvalidCredentials,
     InvalidToken,
     SessionNotFound,
     SessionRevoked,
@@ -123,6 +125,38 @@ class SessionManager:
             expires_at=min(now + self._refresh_lifetime(remember_me), absolute),
         )
         return IssuedTokens(access, refresh, int((access_expiry - now).total_seconds()), session_id)
+
+    async def sign_in(
+        self,
+        tx: AuthTransaction,
+        *,
+        user_id: str,
+        remember_me: bool,
+        client: ClientInfo,
+        method: str,
+        details: Mapping[str, str | int | bool | None] | None = None,
+    ) -> IssuedTokens:
+        """The end of every login: a session in the user's first workspace, and its event."""
+        membership = await tx.primary_membership(user_id)
+        if membership is None:
+            raise InvalidCredentials()
+        workspace_id = membership[0]
+        issued = await self.start(
+            tx, user_id=user_id, workspace_id=workspace_id, remember_me=remember_me, client=client
+        )
+        await tx.emit(
+            SecurityEvent(
+                type="session.login_succeeded",
+                occurred_at=self._clock.now(),
+                actor=f"user:{user_id}",
+                subject=user_id,
+                workspace_id=workspace_id,
+                ip=client.ip,
+                device=client.device,
+                details={"session_id": issued.session_id, "method": method, **(details or {})},
+            )
+        )
+        return issued
 
     def _refresh_lifetime(self, remember_me: bool) -> timedelta:
         p = self._policy

@@ -312,6 +312,12 @@ class AuthTransaction:
             .values(rotated_at=now, successor_ct=successor_ct)
         )
 
+    async def session(self, session_id: str) -> SessionRow | None:
+        row = (
+            await self._conn.execute(select(sessions).where(sessions.c.id == session_id))
+        ).first()
+        return None if row is None else _session(row)
+
     async def touch_session(self, session_id: str, now: datetime, ip: str | None) -> None:
         values: dict[str, object] = {"last_seen_at": now}
         if ip:

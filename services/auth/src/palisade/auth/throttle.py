@@ -30,7 +30,9 @@ class ThrottleLimits:
 
 
 @dataclass(frozen=True)
-class _Counter:
+class Counter:
+    """At most `limit` events per key; the count decays once `window` seconds pass quietly."""
+
     key: str
     limit: int
     window: int
@@ -50,33 +52,15 @@ class FailureCounts(Protocol):
     async def clear(self, keys: list[str]) -> None: ...
 
 
-class LoginThrottle:
-    def __init__(self, *, counts: FailureCounts, limits: ThrottleLimits, clock: Clock) -> None:
+class CounterLimiter:
+    """Checks and bumps decaying counters: the one rule behind every throttle here."""
+
+    def __init__(self, *, counts: FailureCounts, clock: Clock) -> None:
         self._counts = counts
-        self._limits = limits
         self._clock = clock
 
-    def _counters(self, account_key: str, ip: str | None) -> list[_Counter]:
-        limits = self._limits
-        counters = [
-            _Counter(
-                f"thr:acct:{account_key}", limits.account_failures, limits.account_window_seconds
-            )
-        ]
-        if ip:
-            counters += [
-                _Counter(f"thr:ip:{ip}", limits.ip_failures, limits.window_seconds),
-                _Counter(
-                    f"thr:acct-ip:{account_key}:{ip}",
-                    limits.account_ip_failures,
-                    limits.window_seconds,
-                ),
-            ]
-        return counters
-
-    async def check(self, account_key: str, ip: str | None) -> None:
+    async def check(self, counters: list[Counter]) -> None:
         """Raises Throttled (with Retry-After) if any counter is at its limit. One round trip."""
-        counters = self._counters(account_key, ip)
         now = self._clock.timestamp()
         retry_after = 0.0
         for counter, (failures, last) in zip(
@@ -88,15 +72,48 @@ class LoginThrottle:
         if retry_after > 0:
             raise Throttled(int(retry_after + 0.999))
 
-    async def record_failure(self, account_key: str, ip: str | None) -> None:
-        counters = self._counters(account_key, ip)
+    async def hit(self, counters: list[Counter]) -> None:
         await self._counts.add_failure(
             [(c.key, c.window) for c in counters], self._clock.timestamp()
         )
 
+    async def clear(self, counters: list[Counter]) -> None:
+        await self._counts.clear([c.key for c in counters])
+
+
+class LoginThrottle:
+    def __init__(self, *, counts: FailureCounts, limits: ThrottleLimits, clock: Clock) -> None:
+        self._limiter = CounterLimiter(counts=counts, clock=clock)
+        self._limits = limits
+
+    def _counters(self, account_key: str, ip: str | None) -> list[Counter]:
+        limits = self._limits
+        counters = [
+            Counter(
+                f"thr:acct:{account_key}", limits.account_failures, limits.account_window_seconds
+            )
+        ]
+        if ip:
+            counters += [
+                Counter(f"thr:ip:{ip}", limits.ip_failures, limits.window_seconds),
+                Counter(
+                    f"thr:acct-ip:{account_key}:{ip}",
+                    limits.account_ip_failures,
+                    limits.window_seconds,
+                ),
+            ]
+        return counters
+
+    async def check(self, account_key: str, ip: str | None) -> None:
+        await self._limiter.check(self._counters(account_key, ip))
+
+    async def record_failure(self, account_key: str, ip: str | None) -> None:
+        await self._limiter.hit(self._counters(account_key, ip))
+
     async def record_success(self, account_key: str, ip: str | None) -> None:
-        await self._counts.clear(
-            [c.key for c in self._counters(account_key, ip) if not c.key.startswith("thr:ip:")]
+        # The IP's count survives a success: an attacker's IP can't launder its failures.
+        await self._limiter.clear(
+            [c for c in self._counters(account_key, ip) if not c.key.startswith("thr:ip:")]
         )
 
 

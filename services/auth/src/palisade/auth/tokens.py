@@ -21,6 +21,9 @@ _BODY = re.compile(r"[A-Za-z0-9_-]{43}")
 class TokenKind(Enum):
     ACCESS = "plsd_at_"
     REFRESH = "plsd_rt_"
+    # Between a correct password (or magic link) and the second factor; single-use, 5 min.
+    MFA = "plsd_mfa_"
+    MAGIC_LINK = "plsd_ml_"
 
 
 def new_token(kind: TokenKind) -> str:

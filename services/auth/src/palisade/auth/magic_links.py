@@ -1,0 +1,176 @@
+"""Magic links: a one-time sign-in link by email.
+
+Requesting always answers the same way (202, same work: a blind-index lookup and one sealed
+email, real or not) for known and unknown emails. The token is 256 bits from the CSPRNG,
+stored as SHA-256, valid 15 minutes and used up by one conditional UPDATE. The link opens a
+confirm page (the gateway's); only its POST redeems, so link scanners can't burn the token.
+A user with a second factor gets an mfaToken, not a session.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import NoReturn
+from urllib.parse import quote
+
+from palisade.auth.accounts import EMAIL_INDEX_CONTEXT, normalize_email
+from palisade.auth.errors import InvalidCredentials, InvalidMagicLink
+from palisade.auth.mail import MailQueue, OutgoingEmail
+from palisade.auth.mfa_login import LoginResult, MfaLogins
+from palisade.auth.mfa_store import MfaRecords
+from palisade.auth.sessions import ClientInfo, SessionManager
+from palisade.auth.store import AuthStore, AuthTransaction
+from palisade.auth.throttle import Counter, CounterLimiter
+from palisade.auth.tokens import TokenKind, check_token, new_token, token_hash
+from palisade.common.clock import Clock
+from palisade.common.crypto_client import CryptoClient, Normalization
+from palisade.common.errors import PalisadeError
+from palisade.common.outbox import SecurityEvent
+
+CONFIRM_PATH = "/auth/magic-link"
+# Never delivered: sealed for unknown emails so both cases cost the same.
+_DECOY_RECIPIENT = "decoy@invalid.example"
+
+
+@dataclass(frozen=True)
+class MagicLinkPolicy:
+    public_base_url: str
+    token_seconds: int
+    email_requests: int
+    ip_requests: int
+    window_seconds: int
+
+
+def magic_link_email(*, to: str, link: str, minutes: int) -> OutgoingEmail:
+    text = (
+        "Use this link to sign in to Palisade:\n\n"
+        f"{link}\n\n"
+        f"It works once, for {minutes} minutes. If you didn't ask for it, ignore this email:"
+        " nobody can sign in without the link.\n"
+    )
+    page = (
+        "<p>Use this link to sign in to Palisade:</p>"
+        f'<p><a href="{html.escape(link)}">Sign in</a></p>'
+        f"<p>It works once, for {minutes} minutes. If you didn't ask for it, ignore this"
+        " email.</p>"
+    )
+    return OutgoingEmail(to=to, subject="Your Palisade sign-in link", text=text, html=page)
+
+
+class MagicLinks:
+    def __init__(
+        self,
+        *,
+        store: AuthStore,
+        crypto: CryptoClient,
+        sessions: SessionManager,
+        mfa: MfaLogins,
+        mail: MailQueue,
+        limiter: CounterLimiter,
+        policy: MagicLinkPolicy,
+        clock: Clock,
+    ) -> None:
+        self._store = store
+        self._crypto = crypto
+        self._sessions = sessions
+        self._mfa = mfa
+        self._mail = mail
+        self._limiter = limiter
+        self._policy = policy
+        self._clock = clock
+
+    def _counters(self, email_key: str, ip: str | None) -> list[Counter]:
+        policy = self._policy
+        counters = [Counter(f"ml:email:{email_key}", policy.email_requests, policy.window_seconds)]
+        if ip:
+            counters.append(Counter(f"ml:ip:{ip}", policy.ip_requests, policy.window_seconds))
+        return counters
+
+    def _link(self, token: str) -> str:
+        return f"{self._policy.public_base_url.rstrip('/')}{CONFIRM_PATH}?token={quote(token)}"
+
+    async def request(self, *, email: str, client: ClientInfo) -> None:
+        email = normalize_email(email)
+        tokens = await self._crypto.blind_index(
+            email, Normalization.EMAIL, EMAIL_INDEX_CONTEXT, all_versions=True
+        )
+        counters = self._counters(tokens[0], client.ip)  # keyed: Redis never sees the email
+        await self._limiter.check(counters)
+        await self._limiter.hit(counters)
+        async with self._store.transaction() as tx:
+            user = await tx.user_by_email_index(tokens)
+        known = user is not None and not user.disabled
+        token = new_token(TokenKind.MAGIC_LINK)
+        minutes = self._policy.token_seconds // 60
+        sealed = await self._mail.seal(
+            magic_link_email(
+                to=email if known else _DECOY_RECIPIENT, link=self._link(token), minutes=minutes
+            )
+        )
+        async with self._store.transaction() as tx:
+            now = self._clock.now()
+            if user is not None and known:
+                await MfaRecords(tx).insert_magic_link(
+                    token_hash=token_hash(token),
+                    user_id=user.id,
+                    now=now,
+                    expires_at=now + timedelta(seconds=self._policy.token_seconds),
+                    ip=client.ip,
+                )
+                await self._mail.enqueue(tx, sealed)
+            await tx.emit(
+                SecurityEvent(
+                    type="magic_link.requested",
+                    occurred_at=now,
+                    actor="anonymous",
+                    subject=user.id if user else None,
+                    ip=client.ip,
+                    device=client.device,
+                    outcome="success" if known else "failure",
+                    reason=None if known else ("unknown_user" if user is None else "disabled"),
+                )
+            )
+        if known:
+            self._mail.notify()
+
+    async def redeem(self, *, token: str, client: ClientInfo) -> LoginResult:
+        try:
+            link_hash = check_token(token, TokenKind.MAGIC_LINK)
+        except PalisadeError:
+            await self._failed(client, "malformed")
+        async with self._store.transaction() as tx:
+            now = self._clock.now()
+            user_id = await MfaRecords(tx).consume_magic_link(link_hash, now)
+            if user_id is not None:
+                return await self._sign_in(tx, user_id, client)
+        # Unknown, used or expired: one answer; the caller learns nothing more.
+        await self._failed(client, "invalid")
+
+    async def _sign_in(self, tx: AuthTransaction, user_id: str, client: ClientInfo) -> LoginResult:
+        user = await tx.user(user_id)
+        if user is None or user.disabled:
+            raise InvalidCredentials()
+        if await self._mfa.required(tx, user_id):
+            return await self._mfa.begin(
+                tx, user_id=user_id, first_factor="magic_link", remember_me=False, client=client
+            )
+        return await self._sessions.sign_in(
+            tx, user_id=user_id, remember_me=False, client=client, method="magic_link"
+        )
+
+    async def _failed(self, client: ClientInfo, reason: str) -> NoReturn:
+        async with self._store.transaction() as tx:
+            await tx.emit(
+                SecurityEvent(
+                    type="session.login_failed",
+                    occurred_at=self._clock.now(),
+                    actor="anonymous",
+                    ip=client.ip,
+                    device=client.device,
+                    outcome="failure",
+                    reason=f"magic_link_{reason}",
+                )
+            )
+        raise InvalidMagicLink()
