@@ -13,7 +13,9 @@ import uuid
 from dataclasses import dataclass
 from typing import NoReturn
 
+from palisade.auth.emails import existing_account_email, seal_or_decoy
 from palisade.auth.errors import InvalidCredentials, InvalidEmail, InvalidName
+from palisade.auth.mail import MailQueue
 from palisade.auth.mfa_login import LoginResult, MfaLogins
 from palisade.auth.password_policy import check_length, check_new_password
 from palisade.auth.passwords import PasswordHasher
@@ -80,10 +82,14 @@ class Accounts:
         sessions: SessionManager,
         throttle: LoginThrottle,
         mfa: MfaLogins,
+        mail: MailQueue,
+        public_base_url: str,
         clock: Clock,
     ) -> None:
         self._store = store
         self._mfa = mfa
+        self._mail = mail
+        self._public_base_url = public_base_url
         self._crypto = crypto
         self._hasher = hasher
         self._sessions = sessions
@@ -107,6 +113,12 @@ class Accounts:
         user_id, workspace_id = f"usr_{uuid.uuid4().hex}", f"ws_{uuid.uuid4().hex}"
         tokens = await self._email_tokens(email)
         password_hash = await self._hasher.hash(password)  # also for a known email: same cost
+        # Sealed either way (same cost); queued only if the address already has an account.
+        notice = await seal_or_decoy(
+            self._mail,
+            existing_account_email(to=email, sign_in_url=self._public_base_url),
+            deliver=True,
+        )
         email_ct, name_ct = await self._crypto.encrypt(
             [
                 (email.encode(), _pii_aad(user_id, "email")),
@@ -130,30 +142,35 @@ class Accounts:
                         reason="email_in_use",
                     )
                 )
-                return SignUpResult(user_id, workspace_id)
-            await tx.insert_user(
-                user_id=user_id,
-                email_index=tokens[0],
-                email_ct=email_ct,
-                name_ct=name_ct,
-                password_hash=password_hash,
-                now=now,
-            )
-            await tx.insert_workspace(workspace_id=workspace_id, name=workspace_name, now=now)
-            await tx.insert_membership(
-                workspace_id=workspace_id, user_id=user_id, role="owner", now=now
-            )
-            await tx.emit(
-                SecurityEvent(
-                    type="user.signed_up",
-                    occurred_at=now,
-                    actor=f"user:{user_id}",
-                    subject=user_id,
-                    workspace_id=workspace_id,
-                    ip=client.ip,
-                    device=client.device,
+                if notice is not None:
+                    await self._mail.enqueue(tx, notice)
+            else:
+                notice = None
+                await tx.insert_user(
+                    user_id=user_id,
+                    email_index=tokens[0],
+                    email_ct=email_ct,
+                    name_ct=name_ct,
+                    password_hash=password_hash,
+                    now=now,
                 )
-            )
+                await tx.insert_workspace(workspace_id=workspace_id, name=workspace_name, now=now)
+                await tx.insert_membership(
+                    workspace_id=workspace_id, user_id=user_id, role="owner", now=now
+                )
+                await tx.emit(
+                    SecurityEvent(
+                        type="user.signed_up",
+                        occurred_at=now,
+                        actor=f"user:{user_id}",
+                        subject=user_id,
+                        workspace_id=workspace_id,
+                        ip=client.ip,
+                        device=client.device,
+                    )
+                )
+        if notice is not None:
+            self._mail.notify()
         return SignUpResult(user_id, workspace_id)
 
     async def login(

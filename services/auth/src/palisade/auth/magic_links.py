@@ -9,15 +9,15 @@ A user with a second factor gets an mfaToken, not a session.
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import NoReturn
 from urllib.parse import quote
 
 from palisade.auth.accounts import EMAIL_INDEX_CONTEXT, normalize_email
+from palisade.auth.emails import magic_link_email, seal_or_decoy
 from palisade.auth.errors import InvalidCredentials, InvalidMagicLink
-from palisade.auth.mail import MailQueue, OutgoingEmail
+from palisade.auth.mail import MailQueue
 from palisade.auth.mfa_login import LoginResult, MfaLogins
 from palisade.auth.mfa_store import MfaRecords
 from palisade.auth.sessions import ClientInfo, SessionManager
@@ -30,8 +30,6 @@ from palisade.common.errors import PalisadeError
 from palisade.common.outbox import SecurityEvent
 
 CONFIRM_PATH = "/auth/magic-link"
-# Never delivered: sealed for unknown emails so both cases cost the same.
-_DECOY_RECIPIENT = "decoy@invalid.example"
 
 
 @dataclass(frozen=True)
@@ -41,22 +39,6 @@ class MagicLinkPolicy:
     email_requests: int
     ip_requests: int
     window_seconds: int
-
-
-def magic_link_email(*, to: str, link: str, minutes: int) -> OutgoingEmail:
-    text = (
-        "Use this link to sign in to Palisade:\n\n"
-        f"{link}\n\n"
-        f"It works once, for {minutes} minutes. If you didn't ask for it, ignore this email:"
-        " nobody can sign in without the link.\n"
-    )
-    page = (
-        "<p>Use this link to sign in to Palisade:</p>"
-        f'<p><a href="{html.escape(link)}">Sign in</a></p>'
-        f"<p>It works once, for {minutes} minutes. If you didn't ask for it, ignore this"
-        " email.</p>"
-    )
-    return OutgoingEmail(to=to, subject="Your Palisade sign-in link", text=text, html=page)
 
 
 class MagicLinks:
@@ -103,15 +85,13 @@ class MagicLinks:
             user = await tx.user_by_email_index(tokens)
         known = user is not None and not user.disabled
         token = new_token(TokenKind.MAGIC_LINK)
-        minutes = self._policy.token_seconds // 60
-        sealed = await self._mail.seal(
-            magic_link_email(
-                to=email if known else _DECOY_RECIPIENT, link=self._link(token), minutes=minutes
-            )
+        message = magic_link_email(
+            to=email, link=self._link(token), minutes=self._policy.token_seconds // 60
         )
+        sealed = await seal_or_decoy(self._mail, message, deliver=known)
         async with self._store.transaction() as tx:
             now = self._clock.now()
-            if user is not None and known:
+            if user is not None and sealed is not None:
                 await MfaRecords(tx).insert_magic_link(
                     token_hash=token_hash(token),
                     user_id=user.id,
@@ -132,7 +112,7 @@ class MagicLinks:
                     reason=None if known else ("unknown_user" if user is None else "disabled"),
                 )
             )
-        if known:
+        if sealed is not None:
             self._mail.notify()
 
     async def redeem(self, *, token: str, client: ClientInfo) -> LoginResult:

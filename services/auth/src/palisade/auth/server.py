@@ -160,6 +160,7 @@ async def serve_auth(
             clock=clock,
             token_seconds=settings.mfa_token_seconds,
         )
+        mail_queue = MailQueue(crypto=crypto, clock=clock, from_address=settings.mail_from)
         accounts = Accounts(
             store=store,
             crypto=crypto,
@@ -167,9 +168,10 @@ async def serve_auth(
             sessions=sessions,
             throttle=throttle,
             mfa=mfa,
+            mail=mail_queue,
+            public_base_url=settings.public_base_url,
             clock=clock,
         )
-        mail_queue = MailQueue(crypto=crypto, clock=clock, from_address=settings.mail_from)
         mail_relay = MailRelay(
             engine=engine,
             crypto=crypto,
