@@ -15,12 +15,24 @@ from palisade.auth.tokens import TokenKind, check_token, new_token, token_hash
 from palisade.common.errors import Unauthenticated
 
 BODY = re.compile(r"[A-Za-z0-9_-]{43}")
-PREFIXES = {TokenKind.ACCESS: "plsd_at_", TokenKind.REFRESH: "plsd_rt_"}
-OTHER = {TokenKind.ACCESS: TokenKind.REFRESH, TokenKind.REFRESH: TokenKind.ACCESS}
+PREFIXES = {
+    TokenKind.ACCESS: "plsd_at_",
+    TokenKind.REFRESH: "plsd_rt_",
+    TokenKind.MFA: "plsd_mfa_",
+    TokenKind.MAGIC_LINK: "plsd_ml_",
+}
+# Each kind and another it must never be mistaken for.
+OTHER = {
+    TokenKind.ACCESS: TokenKind.REFRESH,
+    TokenKind.REFRESH: TokenKind.ACCESS,
+    TokenKind.MFA: TokenKind.MAGIC_LINK,
+    TokenKind.MAGIC_LINK: TokenKind.MFA,
+}
 
 
 def _body(token: str) -> str:
-    return token[len("plsd_xx_") :]
+    [prefix] = [p for p in PREFIXES.values() if token.startswith(p)]
+    return token[len(prefix) :]
 
 
 @pytest.mark.parametrize("kind", list(TokenKind))

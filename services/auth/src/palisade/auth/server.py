@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -229,17 +227,14 @@ async def serve_auth(
             return [auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name]
 
         verifier = AssertionVerifier(keyset=keyset, audience=SERVICE_NAME, clock=clock)
-        async with run_server(
-            name=SERVICE_NAME,
-            settings=settings,
-            verifier=verifier,
-            registry=registry,
-            add_servicers=add_servicers,
-        ) as running:
-            relay_task = asyncio.create_task(mail_relay.run(), name="mail-relay")
-            try:
-                yield AuthServer(running, accounts, sessions, revocations, registry, mail_relay)
-            finally:
-                relay_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await relay_task
+        async with (
+            run_server(
+                name=SERVICE_NAME,
+                settings=settings,
+                verifier=verifier,
+                registry=registry,
+                add_servicers=add_servicers,
+            ) as running,
+            mail_relay.running(),
+        ):
+            yield AuthServer(running, accounts, sessions, revocations, registry, mail_relay)

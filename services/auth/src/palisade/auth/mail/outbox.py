@@ -1,0 +1,129 @@
+"""The mail outbox: an email is queued in the same transaction as the change that causes it.
+
+A sign-in link is useless if its token did not commit, and a committed token whose email was
+lost leaves the person waiting: so the email row commits (or rolls back) with the change, and
+MailRelay sends it afterwards, retrying until the mailer accepts it.
+
+The stored message is the whole RFC 5322 message (recipient address: PII; sign-in token:
+a secret), encrypted by the crypto service and bound by associated data to its row id, so a
+database reader sees neither and a ciphertext copied into another row fails to open. The
+relay deletes it once sent or given up on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from email import policy
+
+from sqlalchemy import Column, Index, Integer, LargeBinary, String, Table, and_, insert
+
+from palisade.auth.mail.message import OutgoingEmail, build_message
+from palisade.auth.store import AuthTransaction, metadata
+from palisade.common.aad import associated_data
+from palisade.common.clock import Clock
+from palisade.common.crypto_client import CryptoClient
+from palisade.common.db import UTCDateTime
+
+_TS = UTCDateTime()
+# The crypto service refuses larger items (its max_item_bytes, 64 KiB by default); our
+# messages are a few KiB, so this is a guard against a template bug, not a working limit.
+MAX_MESSAGE_BYTES = 64 * 1024
+
+mail_outbox = Table(
+    "mail_outbox",
+    metadata,
+    Column("id", String(40), primary_key=True),  # mail_<uuid hex>; also the Message-ID
+    Column("created_at", _TS, nullable=False),
+    # Due time of the next attempt; while a relay holds a row, the end of its lease.
+    Column("next_attempt_at", _TS, nullable=False),
+    Column("attempts", Integer, nullable=False),  # attempts started (a crash counts as one)
+    Column("sent_at", _TS, nullable=True),
+    Column("failed_at", _TS, nullable=True),  # gave up after max_attempts
+    Column("last_error", String(200), nullable=True),  # an exception class name, never text
+    Column("message_ct", LargeBinary, nullable=True),  # NULL once sent or failed
+)
+# Partial: sent and failed rows (the vast majority, kept as a delivery record) stay out of
+# the index, so finding due mail costs the same after a million emails as after ten.
+PENDING = and_(mail_outbox.c.sent_at.is_(None), mail_outbox.c.failed_at.is_(None))
+Index(
+    "ix_mail_outbox_next_attempt_at",
+    mail_outbox.c.next_attempt_at,
+    postgresql_where=PENDING,
+    sqlite_where=PENDING,
+)
+
+
+def message_aad(mail_id: str) -> bytes:
+    """Associated data binding a message ciphertext to its outbox row."""
+    return associated_data("auth", "mail_outbox", mail_id, "message")
+
+
+@dataclass(frozen=True)
+class SealedEmail:
+    """An email ready to enqueue: its row id and the encrypted message."""
+
+    id: str
+    message_ct: bytes = field(repr=False)
+
+
+class MailQueue:
+    """Seals emails (encrypts them) and adds them to the caller's transaction.
+
+    Usage, so that no network call happens while a transaction is open:
+
+        sealed = await queue.seal(OutgoingEmail(to=..., subject=..., text=...))
+        async with store.transaction() as tx:
+            ...                                   # the change the email is about
+            await queue.enqueue(tx, sealed)
+        queue.notify()                            # after commit: wake this process's relay
+    """
+
+    def __init__(self, *, crypto: CryptoClient, clock: Clock, from_address: str) -> None:
+        self._crypto = crypto
+        self._clock = clock
+        self._from = from_address
+        self._wake = asyncio.Event()
+        # Fail at start-up, not at the first email, if mail_from is malformed.
+        build_message(
+            OutgoingEmail(to="check@example.com", subject="", text=""),
+            from_address=from_address,
+            date=clock.now(),
+        )
+
+    async def seal(self, email: OutgoingEmail) -> SealedEmail:
+        """Builds and encrypts the message (one crypto call); raises ValueError for bad
+        headers and palisade.common.errors.Unavailable if crypto is down (fail closed)."""
+        mail_id = f"mail_{uuid.uuid4().hex}"
+        message = build_message(
+            email, from_address=self._from, date=self._clock.now(), message_id=mail_id
+        )
+        # LF line ends: parse_message reads it back exactly; the mailer writes the wire form.
+        raw = message.as_bytes(policy=policy.default)
+        if len(raw) > MAX_MESSAGE_BYTES:
+            raise ValueError(f"email is {len(raw)} bytes, more than {MAX_MESSAGE_BYTES}")
+        [ciphertext] = await self._crypto.encrypt([(raw, message_aad(mail_id))])
+        return SealedEmail(id=mail_id, message_ct=ciphertext)
+
+    async def enqueue(self, tx: AuthTransaction, sealed: SealedEmail) -> None:
+        """Adds the email to tx (one INSERT); it is due at once and sent after commit."""
+        now = self._clock.now()
+        await tx.conn.execute(
+            insert(mail_outbox).values(
+                id=sealed.id,
+                created_at=now,
+                next_attempt_at=now,
+                attempts=0,
+                message_ct=sealed.message_ct,
+            )
+        )
+
+    def notify(self) -> None:
+        """Wakes this process's relay now instead of at its next poll; call after commit."""
+        self._wake.set()
+
+    async def wait(self) -> None:
+        """Returns once notified, consuming the notice (the relay bounds it by its poll)."""
+        await self._wake.wait()
+        self._wake.clear()
