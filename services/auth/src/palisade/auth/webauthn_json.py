@@ -1,0 +1,353 @@
+"""WebAuthn JSON in and out (L3), and the py_webauthn calls, in one place.
+
+In: strict parsing of RegistrationResponseJSON / AuthenticationResponseJSON. Everything a client
+can get wrong in the *shape* of a response (not a dict, a missing field, bad base64url,
+clientDataJSON that is not a JSON object, CBOR that does not decode) becomes
+InvalidPasskeyCredential (400) here, before any challenge is touched. What is left for
+verification is well-formed data whose *meaning* may still be wrong (origin, rpIdHash, flags,
+signature, counter), which the ceremonies answer with their own codes. py_webauthn's own parsers
+are lenient in places (base64 decoding skips stray characters, CBOR errors surface as
+verification failures), so the structs are built here. Numbers are never read: a
+google.protobuf.Struct turns them into floats.
+
+Out: PublicKeyCredentialCreationOptionsJSON / RequestOptionsJSON dicts, and decoy credentials
+for emails without passkeys. Verification wraps the library so that any failure, whatever it
+raises for odd data, is one VerificationFailed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from webauthn import (
+    generate_authentication_options,
+    generate_registration_options,
+    verify_authentication_response,
+    verify_registration_response,
+)
+from webauthn.helpers import (
+    options_to_json_dict,
+    parse_attestation_object,
+    parse_authenticator_data,
+    parse_client_data_json,
+)
+from webauthn.helpers.cose import COSEAlgorithmIdentifier
+from webauthn.helpers.structs import (
+    AttestationConveyancePreference,
+    AuthenticationCredential,
+    AuthenticatorAssertionResponse,
+    AuthenticatorAttestationResponse,
+    AuthenticatorSelectionCriteria,
+    AuthenticatorTransport,
+    CredentialDeviceType,
+    PublicKeyCredentialDescriptor,
+    PublicKeyCredentialType,
+    RegistrationCredential,
+    ResidentKeyRequirement,
+    UserVerificationRequirement,
+)
+
+from palisade.auth.passkey_errors import InvalidPasskeyCredential
+
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+# Generous bounds: real responses are a few hundred bytes (attestation with certificates, a few
+# KiB). The gateway caps bodies too; this keeps a hostile field from reaching the decoders.
+MAX_FIELD_CHARS = 64 * 1024
+MAX_CREDENTIAL_ID_BYTES = 1023  # WebAuthn L3 5.8.3
+MAX_USER_HANDLE_BYTES = 64
+_KNOWN_TRANSPORTS = {t.value for t in AuthenticatorTransport}
+MAX_TRANSPORTS = 8
+
+
+def b64url_encode(data: bytes) -> str:
+    """Unpadded base64url, as WebAuthn JSON uses."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(value: object, field: str) -> bytes:
+    """Strict base64url (padding optional); anything else is a malformed response."""
+    if not isinstance(value, str) or len(value) > MAX_FIELD_CHARS:
+        raise InvalidPasskeyCredential(f"{field} must be a base64url string")
+    text = value.rstrip("=")
+    if len(value) - len(text) > 2 or not _BASE64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise InvalidPasskeyCredential(f"{field} is not valid base64url")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidPasskeyCredential(f"{field} is not valid base64url") from None
+
+
+def _object(value: object, field: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidPasskeyCredential(f"{field} must be an object")
+    return value
+
+
+def _raw_id(credential: Mapping[str, Any]) -> bytes:
+    if credential.get("type") != PublicKeyCredentialType.PUBLIC_KEY.value:
+        raise InvalidPasskeyCredential('credential.type must be "public-key"')
+    if not isinstance(credential.get("id"), str):
+        raise InvalidPasskeyCredential("credential.id must be a base64url string")
+    raw_id = b64url_decode(credential.get("rawId"), "credential.rawId")
+    if not 1 <= len(raw_id) <= MAX_CREDENTIAL_ID_BYTES:
+        raise InvalidPasskeyCredential("credential.rawId has an invalid length")
+    return raw_id
+
+
+def _client_data(response: Mapping[str, Any]) -> bytes:
+    data = b64url_decode(response.get("clientDataJSON"), "credential.response.clientDataJSON")
+    try:
+        parsed = parse_client_data_json(data)
+    except Exception:  # the library raises several types for bad input
+        raise InvalidPasskeyCredential("clientDataJSON is not a valid client data object") from None
+    if not isinstance(parsed.origin, str) or not isinstance(parsed.type, str):
+        raise InvalidPasskeyCredential("clientDataJSON is not a valid client data object")
+    return data
+
+
+def transports_of(credential: Mapping[str, Any]) -> list[str]:
+    """The known transport hints of a registration response (unknown ones are dropped)."""
+    response = credential.get("response")
+    values = response.get("transports") if isinstance(response, Mapping) else None
+    if not isinstance(values, list):
+        return []
+    known = [v for v in values if isinstance(v, str) and v in _KNOWN_TRANSPORTS]
+    return sorted(set(known))[:MAX_TRANSPORTS]
+
+
+def parse_registration(credential: object) -> RegistrationCredential:
+    """RegistrationResponseJSON -> py_webauthn's struct, or InvalidPasskeyCredential."""
+    body = _object(credential, "credential")
+    raw_id = _raw_id(body)
+    response = _object(body.get("response"), "credential.response")
+    client_data = _client_data(response)
+    attestation = b64url_decode(
+        response.get("attestationObject"), "credential.response.attestationObject"
+    )
+    try:
+        parse_attestation_object(attestation)
+    except Exception:  # garbage CBOR raises whatever cbor2 raises
+        raise InvalidPasskeyCredential("attestationObject is not valid CBOR") from None
+    return RegistrationCredential(
+        id=body["id"],
+        raw_id=raw_id,
+        response=AuthenticatorAttestationResponse(
+            client_data_json=client_data,
+            attestation_object=attestation,
+            transports=[AuthenticatorTransport(t) for t in transports_of(body)],
+        ),
+        type=PublicKeyCredentialType.PUBLIC_KEY,
+    )
+
+
+def parse_authentication(credential: object) -> AuthenticationCredential:
+    """AuthenticationResponseJSON -> py_webauthn's struct, or InvalidPasskeyCredential."""
+    body = _object(credential, "credential")
+    raw_id = _raw_id(body)
+    response = _object(body.get("response"), "credential.response")
+    client_data = _client_data(response)
+    authenticator_data = b64url_decode(
+        response.get("authenticatorData"), "credential.response.authenticatorData"
+    )
+    try:
+        parse_authenticator_data(authenticator_data)
+    except Exception:  # truncated data, bad CBOR extensions, leftover bytes
+        raise InvalidPasskeyCredential("authenticatorData is malformed") from None
+    signature = b64url_decode(response.get("signature"), "credential.response.signature")
+    if not signature:
+        raise InvalidPasskeyCredential("credential.response.signature is empty")
+    user_handle: bytes | None = None
+    if response.get("userHandle") not in (None, ""):
+        user_handle = b64url_decode(response["userHandle"], "credential.response.userHandle")
+        if len(user_handle) > MAX_USER_HANDLE_BYTES:
+            raise InvalidPasskeyCredential("credential.response.userHandle is too long")
+    return AuthenticationCredential(
+        id=body["id"],
+        raw_id=raw_id,
+        response=AuthenticatorAssertionResponse(
+            client_data_json=client_data,
+            authenticator_data=authenticator_data,
+            signature=signature,
+            user_handle=user_handle,
+        ),
+        type=PublicKeyCredentialType.PUBLIC_KEY,
+    )
+
+
+# -- options out ---------------------------------------------------------------------------------
+
+SUPPORTED_ALGORITHMS = [
+    COSEAlgorithmIdentifier.ECDSA_SHA_256,
+    COSEAlgorithmIdentifier.EDDSA,
+    COSEAlgorithmIdentifier.RSASSA_PKCS1_v1_5_SHA_256,
+]
+_DECOY_CONTEXT = b"palisade/auth/passkey-decoy\x00"
+_DECOY_TRANSPORTS = (("hybrid", "internal"), ("internal",), ("hybrid", "internal"), ("usb",))
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """A credential as options list it: raw id and transport hints."""
+
+    credential_id: bytes
+    transports: tuple[str, ...]
+
+
+def _descriptors(items: Sequence[Descriptor]) -> list[PublicKeyCredentialDescriptor]:
+    return [
+        PublicKeyCredentialDescriptor(
+            id=d.credential_id, transports=[AuthenticatorTransport(t) for t in d.transports]
+        )
+        for d in items
+    ]
+
+
+def decoy_credentials(email_token: str) -> list[Descriptor]:
+    """One or two credentials that look real, derived from a blind-index token (keyed HMAC):
+    stable per email, unlinkable across emails, unpredictable without the index key."""
+    seed = hashlib.sha256(_DECOY_CONTEXT + email_token.encode()).digest()
+    return [
+        Descriptor(hashlib.sha256(seed + bytes([i])).digest(), _DECOY_TRANSPORTS[seed[1 + i] % 4])
+        for i in range(1 + seed[0] % 2)
+    ]
+
+
+def creation_options(
+    *,
+    rp_id: str,
+    rp_name: str,
+    user_handle: bytes,
+    user_name: str,
+    user_display_name: str,
+    challenge: bytes,
+    timeout_ms: int,
+    exclude: Sequence[Descriptor],
+) -> dict[str, Any]:
+    """A discoverable credential with user verification, no attestation."""
+    options = generate_registration_options(
+        rp_id=rp_id,
+        rp_name=rp_name,
+        user_name=user_name,
+        user_id=user_handle,
+        user_display_name=user_display_name,
+        challenge=challenge,
+        timeout=timeout_ms,
+        attestation=AttestationConveyancePreference.NONE,
+        authenticator_selection=AuthenticatorSelectionCriteria(
+            resident_key=ResidentKeyRequirement.REQUIRED,
+            user_verification=UserVerificationRequirement.REQUIRED,
+        ),
+        exclude_credentials=_descriptors(exclude),
+        supported_pub_key_algs=SUPPORTED_ALGORITHMS,
+    )
+    return options_to_json_dict(options)
+
+
+def request_options(
+    *, rp_id: str, challenge: bytes, timeout_ms: int, allow: Sequence[Descriptor]
+) -> dict[str, Any]:
+    """User verification required; an empty allow-list asks for a discoverable credential."""
+    options = generate_authentication_options(
+        rp_id=rp_id,
+        challenge=challenge,
+        timeout=timeout_ms,
+        allow_credentials=_descriptors(allow),
+        user_verification=UserVerificationRequirement.REQUIRED,
+    )
+    return options_to_json_dict(options)
+
+
+# -- verification ----------------------------------------------------------------------------
+
+
+class VerificationFailed(Exception):
+    """The response is well-formed but does not verify; `kind` names the library error."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class NewCredential:
+    credential_id: bytes
+    public_key: bytes  # COSE_Key
+    sign_count: int
+    aaguid: str
+    backup_eligible: bool
+    backed_up: bool
+
+
+@dataclass(frozen=True)
+class Assertion:
+    sign_count: int
+    backup_eligible: bool
+    backed_up: bool
+
+
+def verify_registration(
+    credential: RegistrationCredential, *, challenge: bytes, rp_id: str, origins: list[str]
+) -> NewCredential:
+    """Type, challenge, origin, rpIdHash, UP, UV, algorithm, attestation; the id matches."""
+    try:
+        verified = verify_registration_response(
+            credential=credential,
+            expected_challenge=challenge,
+            expected_rp_id=rp_id,
+            expected_origin=origins,
+            require_user_presence=True,
+            require_user_verification=True,
+            supported_pub_key_algs=SUPPORTED_ALGORITHMS,
+        )
+    except Exception as error:  # the library's own errors, and anything odd in the data
+        raise VerificationFailed(type(error).__name__) from None
+    if verified.credential_id != credential.raw_id:
+        raise VerificationFailed("credential_id_mismatch")
+    return NewCredential(
+        credential_id=verified.credential_id,
+        public_key=verified.credential_public_key,
+        sign_count=verified.sign_count,
+        aaguid=verified.aaguid,
+        backup_eligible=verified.credential_device_type == CredentialDeviceType.MULTI_DEVICE,
+        backed_up=verified.credential_backed_up,
+    )
+
+
+def verify_assertion(
+    credential: AuthenticationCredential,
+    *,
+    challenge: bytes,
+    rp_id: str,
+    origins: list[str],
+    public_key: bytes,
+) -> Assertion:
+    """Type, challenge, origin (top-level only), rpIdHash, UP, UV and the signature.
+
+    The signature counter is left to the caller (the library's check is turned off with a
+    stored count of 0), so that a regression is judged, and audited, on a valid signature.
+    """
+    if parse_client_data_json(credential.response.client_data_json).cross_origin:
+        raise VerificationFailed("cross_origin")  # inside someone else's frame
+    try:
+        verified = verify_authentication_response(
+            credential=credential,
+            expected_challenge=challenge,
+            expected_rp_id=rp_id,
+            expected_origin=origins,
+            credential_public_key=public_key,
+            credential_current_sign_count=0,
+            require_user_verification=True,
+        )
+    except Exception as error:  # the library's own errors, and anything odd in the data
+        raise VerificationFailed(type(error).__name__) from None
+    return Assertion(
+        sign_count=verified.new_sign_count,
+        backup_eligible=verified.credential_device_type == CredentialDeviceType.MULTI_DEVICE,
+        backed_up=verified.credential_backed_up,
+    )

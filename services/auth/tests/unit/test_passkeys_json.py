@@ -1,0 +1,178 @@
+"""Strict WebAuthn JSON parsing, passkey names and decoy credentials (no database, no sockets)."""
+
+from __future__ import annotations
+
+import json
+
+import cbor2
+import pytest
+
+from palisade.auth.passkey_errors import InvalidPasskeyCredential, InvalidPasskeyName
+from palisade.auth.passkeys import clean_passkey_name
+from palisade.auth.webauthn_json import (
+    b64url_decode,
+    b64url_encode,
+    decoy_credentials,
+    parse_authentication,
+    parse_registration,
+    transports_of,
+)
+
+RAW_ID = bytes(range(32))
+CLIENT_DATA = json.dumps(
+    {"type": "webauthn.get", "challenge": "AAAA", "origin": "http://localhost:8080"}
+).encode()
+AUTH_DATA = bytes(32) + b"\x05" + bytes(4)  # rpIdHash, UP|UV, counter 0
+
+
+def _assertion(**response: object) -> dict:
+    body = {
+        "clientDataJSON": b64url_encode(CLIENT_DATA),
+        "authenticatorData": b64url_encode(AUTH_DATA),
+        "signature": b64url_encode(b"\x30\x06\x02\x01\x01\x02\x01\x01"),
+        "userHandle": b64url_encode(b"h" * 32),
+    }
+    body.update(response)
+    return {
+        "id": b64url_encode(RAW_ID),
+        "rawId": b64url_encode(RAW_ID),
+        "type": "public-key",
+        "response": body,
+        "authenticatorAttachment": "some-future-attachment",  # ignored, not an error
+        "clientExtensionResults": {},
+    }
+
+
+def _registration(**response: object) -> dict:
+    attestation = cbor2.dumps({"fmt": "none", "attStmt": {}, "authData": AUTH_DATA})
+    body = {
+        "clientDataJSON": b64url_encode(CLIENT_DATA),
+        "attestationObject": b64url_encode(attestation),
+        "transports": ["internal", "hybrid", "carrier-pigeon", 7.0, "internal"],
+        "publicKeyAlgorithm": -7.0,  # a Struct makes numbers floats; never read
+    }
+    body.update(response)
+    return {
+        "id": b64url_encode(RAW_ID),
+        "rawId": b64url_encode(RAW_ID),
+        "type": "public-key",
+        "response": body,
+    }
+
+
+def test_well_formed_responses_parse() -> None:
+    assertion = parse_authentication(_assertion())
+    assert assertion.raw_id == RAW_ID
+    assert assertion.response.user_handle == b"h" * 32
+    assert assertion.authenticator_attachment is None
+    assert parse_authentication(_assertion(userHandle=None)).response.user_handle is None
+    registration = parse_registration(_registration())
+    assert registration.raw_id == RAW_ID
+    assert [t.value for t in registration.response.transports] == ["hybrid", "internal"]
+    assert transports_of(_registration()) == ["hybrid", "internal"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "AAAA", "AAA", "AA", "AAAA==", "AA==", "-_-_", "AQ"],
+)
+def test_base64url_accepts_standard_forms(value) -> None:
+    assert b64url_decode(value, "f") is not None
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["A", "AAAAA", "AA+A", "AA/A", "A A", "AA\nAA", "AA===", "é", 5, None, b"AAAA", "A" * 70000],
+)
+def test_base64url_refuses_everything_else(value) -> None:
+    with pytest.raises(InvalidPasskeyCredential):
+        b64url_decode(value, "f")
+
+
+ASSERTION_DEFECTS = {
+    "not an object": ["x"],
+    "a string": "{}",
+    "no id": {k: v for k, v in _assertion().items() if k != "id"},
+    "empty rawId": {**_assertion(), "rawId": ""},
+    "rawId too long": {**_assertion(), "rawId": b64url_encode(bytes(1024))},
+    "wrong type": {**_assertion(), "type": "public_key"},
+    "no response": {k: v for k, v in _assertion().items() if k != "response"},
+    "clientDataJSON padding junk": _assertion(clientDataJSON="e30==="),
+    "clientDataJSON an array": _assertion(clientDataJSON=b64url_encode(b"[]")),
+    "clientDataJSON without origin": _assertion(
+        clientDataJSON=b64url_encode(b'{"type":"webauthn.get","challenge":"AA"}')
+    ),
+    "challenge a number": _assertion(
+        clientDataJSON=b64url_encode(b'{"type":"webauthn.get","challenge":5,"origin":"o"}')
+    ),
+    "origin a number": _assertion(
+        clientDataJSON=b64url_encode(b'{"type":"webauthn.get","challenge":"AA","origin":5}')
+    ),
+    "authenticatorData short": _assertion(authenticatorData=b64url_encode(bytes(36))),
+    "authenticatorData trailing bytes": _assertion(
+        authenticatorData=b64url_encode(AUTH_DATA + b"x")
+    ),
+    "attested data that is garbage": _assertion(
+        authenticatorData=b64url_encode(bytes(32) + b"\x45" + bytes(4) + b"\xff" * 3)
+    ),
+    "no signature": _assertion(signature=None),
+    "userHandle too long": _assertion(userHandle=b64url_encode(bytes(65))),
+    "userHandle an object": _assertion(userHandle={"a": 1}),
+}
+
+
+@pytest.mark.parametrize("credential", ASSERTION_DEFECTS.values(), ids=ASSERTION_DEFECTS.keys())
+def test_defective_assertions_are_invalid_input(credential) -> None:
+    with pytest.raises(InvalidPasskeyCredential) as refused:
+        parse_authentication(credential)
+    assert refused.value.code == "invalid_passkey_credential"
+    assert refused.value.status.name == "INVALID_ARGUMENT"
+
+
+REGISTRATION_DEFECTS = {
+    "not an object": 3.0,
+    "no attestationObject": _registration(attestationObject=None),
+    "garbage CBOR": _registration(attestationObject=b64url_encode(b"\xff\xff\xff")),
+    "CBOR list": _registration(attestationObject=b64url_encode(cbor2.dumps([1, 2]))),
+    "CBOR without authData": _registration(
+        attestationObject=b64url_encode(cbor2.dumps({"fmt": "none", "attStmt": {}}))
+    ),
+    "CBOR authData truncated": _registration(
+        attestationObject=b64url_encode(cbor2.dumps({"fmt": "none", "authData": b"\x00"}))
+    ),
+    "CBOR duplicate keys": _registration(
+        attestationObject=b64url_encode(b"\xa2\x63fmt\x64none\x63fmt\x64none")
+    ),
+    "clientDataJSON not UTF-8 JSON": _registration(clientDataJSON=b64url_encode(b"\xff\xfe")),
+}
+
+
+@pytest.mark.parametrize(
+    "credential", REGISTRATION_DEFECTS.values(), ids=REGISTRATION_DEFECTS.keys()
+)
+def test_defective_registrations_are_invalid_input(credential) -> None:
+    with pytest.raises(InvalidPasskeyCredential):
+        parse_registration(credential)
+
+
+def test_names() -> None:
+    assert clean_passkey_name("", default="Passkey") == "Passkey"
+    assert clean_passkey_name("  Phone ", default="Passkey") == "Phone"
+    assert clean_passkey_name("Cafe\u0301") == "Caf\u00e9"  # NFC
+    assert clean_passkey_name("🔑 Work") == "🔑 Work"
+    for bad in ("", "x" * 101, "a\nb", "\u202eevil", "\x1b[31mred"):
+        with pytest.raises(InvalidPasskeyName):
+            clean_passkey_name(bad)
+
+
+def test_decoys_are_stable_per_token_and_differ_between_tokens() -> None:
+    first, again = decoy_credentials("token-a"), decoy_credentials("token-a")
+    assert [d.credential_id for d in first] == [d.credential_id for d in again]
+    assert 1 <= len(first) <= 2
+    assert all(len(d.credential_id) == 32 and d.transports for d in first)
+    others = {
+        d.credential_id for t in ("token-b", "token-c", "token-d") for d in decoy_credentials(t)
+    }
+    assert others.isdisjoint(d.credential_id for d in first)
+    counts = {len(decoy_credentials(f"t{i}")) for i in range(50)}
+    assert counts == {1, 2}
