@@ -61,11 +61,22 @@ class SmtpCatcher:
 async def smtp() -> AsyncIterator[tuple[SmtpCatcher, int]]:
     """Served on the test's own event loop, so the catcher's Event wakes the test directly."""
     catcher = SmtpCatcher()
-    server = await asyncio.get_running_loop().create_server(lambda: SMTP(catcher), "127.0.0.1", 0)
+    sessions: list[SMTP] = []
+
+    def session() -> SMTP:
+        sessions.append(SMTP(catcher))
+        return sessions[-1]
+
+    server = await asyncio.get_running_loop().create_server(session, "127.0.0.1", 0)
     try:
         yield catcher, server.sockets[0].getsockname()[1]
     finally:
         server.close()
+        # A relay stopped mid-send leaves its connection open, and wait_closed() waits for
+        # every connection: close them rather than wait for aiosmtpd's idle timeout.
+        for smtp_session in sessions:
+            if smtp_session.transport is not None:
+                smtp_session.transport.close()
         await server.wait_closed()
 
 
@@ -180,6 +191,7 @@ async def suite(
             metrics_port=0,
             auth_target=auth.running.target,
             max_body_bytes=16 * 1024,
+            shutdown_grace_seconds=1,
         )
         gateway = await stack.enter_async_context(serve_gateway(gateway_settings, clock=clock))
         http = await stack.enter_async_context(aiohttp.ClientSession())

@@ -187,7 +187,9 @@ async def test_twenty_parallel_uses_of_one_mfa_token_give_one_session(suite: Sui
     results = await asyncio.gather(
         *(_complete(suite, mfa_token, backupCode=codes[i % 10]) for i in range(20))
     )
-    assert sorted(status for status, _, _ in results) == [200] + [401] * 19
+    statuses = [status for status, _, _ in results]
+    assert statuses.count(200) == 1, statuses
+    assert set(statuses) - {200} <= {401, 429}, statuses
 
 
 async def test_twenty_parallel_uses_of_one_backup_code_give_one_session(suite: Suite) -> None:

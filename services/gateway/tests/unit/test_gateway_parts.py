@@ -35,6 +35,11 @@ def test_client_ip_trusted_hop_rule(peer, forwarded, expected) -> None:
     assert client_ip(peer, forwarded, PROXIES) == expected
 
 
+def test_without_trusted_proxies_the_peer_is_the_client() -> None:
+    assert client_ip("10.1.1.1", "198.51.100.1", []) == "10.1.1.1"
+    assert client_ip("not-an-ip", "198.51.100.1", []) == "not-an-ip"
+
+
 def _grant(session: str = "s1", user: str = "u1", expires: float = 10**10) -> Grant:
     return Grant(user, "ws", "owner", session, expires)
 

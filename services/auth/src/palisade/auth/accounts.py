@@ -17,6 +17,7 @@ from palisade.auth.emails import existing_account_email, seal_or_decoy
 from palisade.auth.errors import InvalidCredentials, InvalidEmail, InvalidName
 from palisade.auth.mail import MailQueue
 from palisade.auth.mfa_login import LoginResult, MfaLogins
+from palisade.auth.mfa_store import MfaRecords
 from palisade.auth.password_policy import check_length, check_new_password
 from palisade.auth.passwords import PasswordHasher
 from palisade.auth.sessions import ClientInfo, SessionManager
@@ -181,7 +182,7 @@ class Accounts:
         check_length(password)
         tokens = await self._email_tokens(email)
         account_key = tokens[0]  # keyed: Redis never sees the email
-        await self._throttle.check(account_key, client.ip)
+        await self._throttle.acquire(account_key, client.ip)  # counted before the hash
         async with self._store.transaction() as tx:
             user = await tx.user_by_email_index(tokens)
         if user is None or user.disabled:
@@ -195,7 +196,7 @@ class Accounts:
         new_hash = await self._hasher.hash(password) if verification.needs_rehash else None
         result = await self._password_accepted(user.id, new_hash, remember_me, client)
         # The password was right: its throttle resets (a second factor has its own count).
-        await self._throttle.record_success(account_key, client.ip)
+        await self._throttle.accepted(account_key, client.ip)
         return result
 
     async def _password_accepted(
@@ -225,7 +226,6 @@ class Accounts:
     async def _fail(
         self, account_key: str, client: ClientInfo, user: UserRow | None, reason: str
     ) -> NoReturn:
-        await self._throttle.record_failure(account_key, client.ip)
         async with self._store.transaction() as tx:
             await tx.emit(
                 SecurityEvent(
@@ -276,6 +276,7 @@ class Accounts:
         async with self._store.transaction() as tx:
             now = self._clock.now()
             await tx.set_password_hash(user_id, new_hash, now, changed=True)
+            await MfaRecords(tx).retire_magic_links(user_id, now)
             await tx.emit(
                 SecurityEvent(
                     type="user.password_changed",

@@ -79,8 +79,7 @@ class MagicLinks:
             email, Normalization.EMAIL, EMAIL_INDEX_CONTEXT, all_versions=True
         )
         counters = self._counters(tokens[0], client.ip)  # keyed: Redis never sees the email
-        await self._limiter.check(counters)
-        await self._limiter.hit(counters)
+        await self._limiter.acquire(counters)
         async with self._store.transaction() as tx:
             user = await tx.user_by_email_index(tokens)
         known = user is not None and not user.disabled
@@ -122,8 +121,11 @@ class MagicLinks:
             await self._failed(client, "malformed")
         async with self._store.transaction() as tx:
             now = self._clock.now()
-            user_id = await MfaRecords(tx).consume_magic_link(link_hash, now)
+            records = MfaRecords(tx)
+            user_id = await records.consume_magic_link(link_hash, now)
             if user_id is not None:
+                # The user's other links die with this one: one sign-in per email round.
+                await records.retire_magic_links(user_id, now)
                 return await self._sign_in(tx, user_id, client)
         # Unknown, used or expired: one answer; the caller learns nothing more.
         await self._failed(client, "invalid")

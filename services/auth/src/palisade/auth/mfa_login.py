@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
-from palisade.auth.errors import InvalidCredentials, InvalidMfaToken
+from palisade.auth.errors import InvalidCredentials, InvalidMfaToken, Throttled
 from palisade.auth.mfa_store import MfaRecords
 from palisade.auth.second_factor import METHODS, SecondFactorProof, SecondFactors
 from palisade.auth.sessions import ClientInfo, IssuedTokens, SessionManager
@@ -95,13 +96,16 @@ class MfaLogins:
         try:
             challenge_hash = check_token(mfa_token, TokenKind.MFA)
         except PalisadeError:
-            raise InvalidMfaToken() from None
+            await self._refused(None, client, "mfa_token_invalid", InvalidMfaToken())
         async with self._store.transaction() as tx:
             pending = await MfaRecords(tx).pending_mfa(challenge_hash, self._clock.now())
         if pending is None:
-            raise InvalidMfaToken()
+            await self._refused(None, client, "mfa_token_invalid", InvalidMfaToken())
         user_id = pending.user_id
-        await self._factors.check_allowed(user_id)
+        try:
+            await self._factors.count_attempt(user_id)
+        except Throttled as throttled:
+            await self._refused(user_id, client, "throttled", throttled)
         proof = await self._factors.verify(user_id=user_id, code=code, backup_code=backup_code)
         if proof is None:
             await self._factors.record_failure(user_id, client, "session.mfa_failed", "bad_code")
@@ -115,6 +119,25 @@ class MfaLogins:
             )
         await self._factors.clear_failures(user_id)
         return issued
+
+    async def _refused(
+        self, user_id: str | None, client: ClientInfo, reason: str, error: PalisadeError
+    ) -> NoReturn:
+        """Records a refused second step (SECURITY.md 37) and raises `error`."""
+        async with self._store.transaction() as tx:
+            await tx.emit(
+                SecurityEvent(
+                    type="session.mfa_failed",
+                    occurred_at=self._clock.now(),
+                    actor=f"user:{user_id}" if user_id else "anonymous",
+                    subject=user_id,
+                    ip=client.ip,
+                    device=client.device,
+                    outcome="failure",
+                    reason=reason,
+                )
+            )
+        raise error
 
     async def _finish(
         self,

@@ -26,6 +26,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
 
 from palisade.auth.store import AuthTransaction, metadata
@@ -124,18 +125,22 @@ class MfaRecords:
         )
 
     async def start_totp(self, user_id: str, secret_ct: bytes, now: datetime) -> bool:
-        """Replaces a pending enrolment; False (nothing written) if TOTP is already on."""
-        await self._conn.execute(
-            delete(totp_credentials).where(
-                totp_credentials.c.user_id == user_id, totp_credentials.c.confirmed_at.is_(None)
-            )
+        """Starts (or restarts) enrolment; False (nothing written) if TOTP is already on.
+
+        One upsert, so two parallel starts can't both insert (a primary-key error) or see
+        each other's pending row as "already on".
+        """
+        upsert = (postgresql.insert if self._conn.dialect.name == "postgresql" else sqlite.insert)(
+            totp_credentials
+        ).values(user_id=user_id, secret_ct=secret_ct, created_at=now)
+        written = await self._conn.execute(
+            upsert.on_conflict_do_update(
+                index_elements=[totp_credentials.c.user_id],
+                set_={"secret_ct": secret_ct, "created_at": now, "last_used_step": None},
+                where=totp_credentials.c.confirmed_at.is_(None),
+            ).returning(totp_credentials.c.user_id)  # rowcount is -1 for an upsert on psycopg
         )
-        if await self.totp(user_id) is not None:
-            return False
-        await self._conn.execute(
-            insert(totp_credentials).values(user_id=user_id, secret_ct=secret_ct, created_at=now)
-        )
-        return True
+        return written.first() is not None
 
     async def confirm_totp(self, user_id: str, secret_ct: bytes, step: int, now: datetime) -> bool:
         """Turns on exactly the enrolment whose secret was checked (not one started since)."""
@@ -305,3 +310,11 @@ class MfaRecords:
             )
         ).scalar_one_or_none()
         return user_id
+
+    async def retire_magic_links(self, user_id: str, now: datetime) -> None:
+        """Ends every outstanding link of the user (after one is used, or the password changes)."""
+        await self._conn.execute(
+            update(magic_links)
+            .where(magic_links.c.user_id == user_id, magic_links.c.used_at.is_(None))
+            .values(used_at=now)
+        )

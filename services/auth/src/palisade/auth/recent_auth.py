@@ -9,8 +9,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 from palisade.auth.errors import RecentAuthRequired
+from palisade.auth.sessions import ClientInfo
 from palisade.auth.store import AuthStore
 from palisade.common.clock import Clock
+from palisade.common.outbox import SecurityEvent
 
 
 class RecentAuth:
@@ -19,15 +21,30 @@ class RecentAuth:
         self._clock = clock
         self._max_age = timedelta(seconds=max_age_seconds)
 
-    async def require(self, *, user_id: str, session_id: str | None) -> None:
-        if not session_id:
-            raise RecentAuthRequired()
+    async def require(
+        self, *, user_id: str, session_id: str | None, client: ClientInfo, action: str
+    ) -> None:
+        """Raises RecentAuthRequired (and records the refusal) unless the login is recent."""
         async with self._store.transaction() as tx:
-            session = await tx.session(session_id)
-        if (
-            session is None
-            or session.user_id != user_id
-            or session.revoked_at is not None
-            or self._clock.now() - session.created_at > self._max_age
-        ):
-            raise RecentAuthRequired()
+            session = await tx.session(session_id) if session_id else None
+            if (
+                session is not None
+                and session.user_id == user_id
+                and session.revoked_at is None
+                and self._clock.now() - session.created_at <= self._max_age
+            ):
+                return
+            await tx.emit(
+                SecurityEvent(
+                    type="auth.recent_auth_required",
+                    occurred_at=self._clock.now(),
+                    actor=f"user:{user_id}",
+                    subject=user_id,
+                    ip=client.ip,
+                    device=client.device,
+                    outcome="failure",
+                    reason="login_too_old",
+                    details={"action": action, "session_id": session_id},
+                )
+            )
+        raise RecentAuthRequired()

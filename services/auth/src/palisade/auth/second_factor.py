@@ -121,7 +121,7 @@ class SecondFactors:
 
     async def confirm_totp(self, *, user_id: str, code: str, client: ClientInfo) -> list[str]:
         """A valid code turns TOTP on; returns the first set of backup codes."""
-        await self._limiter.check(self._counters(user_id))
+        await self._limiter.acquire(self._counters(user_id))
         async with self._store.transaction() as tx:
             pending = await MfaRecords(tx).totp(user_id)
         if pending is None:
@@ -184,9 +184,9 @@ class SecondFactors:
 
     # -- checking a second factor -----------------------------------------------------------
 
-    async def check_allowed(self, user_id: str) -> None:
-        """Raises Throttled while the user's wrong-code count is at its limit."""
-        await self._limiter.check(self._counters(user_id))
+    async def count_attempt(self, user_id: str) -> None:
+        """Counts this attempt (a correct code clears the count), or raises Throttled."""
+        await self._limiter.acquire(self._counters(user_id))
 
     async def verify(
         self, *, user_id: str, code: str, backup_code: str
@@ -239,8 +239,7 @@ class SecondFactors:
     async def record_failure(
         self, user_id: str, client: ClientInfo, event_type: str, reason: str
     ) -> NoReturn:
-        """Counts a wrong or reused code, writes the event, and refuses the request."""
-        await self._limiter.hit(self._counters(user_id))
+        """Writes the event for a wrong or reused code (already counted) and refuses it."""
         async with self._store.transaction() as tx:
             await tx.emit(
                 self._event(event_type, user_id, client, outcome="failure", reason=reason)

@@ -229,6 +229,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         )
         return pb.ChangePasswordResponse()
 
+    async def _require_recent_auth(self, caller: Caller, action: str) -> None:
+        user_id, _, session_id = _signed_in(caller)
+        await self._recent_auth.require(
+            user_id=user_id, session_id=session_id, client=_client(caller), action=action
+        )
+
     # -- second factor, magic links, passkeys (public) ----------------------------------------
 
     async def LoginMfa(self, request: pb.LoginMfaRequest, context: Context) -> pb.TokenResponse:
@@ -280,8 +286,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: pb.StartTotpEnrollmentRequest, context: Context
     ) -> pb.TotpEnrollment:
         caller = require_caller()
-        user_id, _, session_id = _signed_in(caller)
-        await self._recent_auth.require(user_id=user_id, session_id=session_id)
+        user_id, _, _ = _signed_in(caller)
+        await self._require_recent_auth(caller, "StartTotpEnrollment")
         enrollment = await self._factors.start_totp(user_id=user_id, client=_client(caller))
         return pb.TotpEnrollment(secret=enrollment.secret, otpauth_uri=enrollment.otpauth_uri)
 
@@ -297,8 +303,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: pb.DisableTotpRequest, context: Context
     ) -> pb.DisableTotpResponse:
         caller = require_caller()
-        user_id, _, session_id = _signed_in(caller)
-        await self._recent_auth.require(user_id=user_id, session_id=session_id)
+        user_id, _, _ = _signed_in(caller)
+        await self._require_recent_auth(caller, "DisableTotp")
         await self._factors.disable_totp(user_id=user_id, client=_client(caller))
         return pb.DisableTotpResponse()
 
@@ -306,8 +312,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: pb.RegenerateBackupCodesRequest, context: Context
     ) -> pb.BackupCodes:
         caller = require_caller()
-        user_id, _, session_id = _signed_in(caller)
-        await self._recent_auth.require(user_id=user_id, session_id=session_id)
+        user_id, _, _ = _signed_in(caller)
+        await self._require_recent_auth(caller, "RegenerateBackupCodes")
         codes = await self._factors.regenerate_backup_codes(user_id=user_id, client=_client(caller))
         return pb.BackupCodes(backup_codes=codes)
 
@@ -315,8 +321,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: pb.PasskeyRegistrationOptionsRequest, context: Context
     ) -> pb.PasskeyOptions:
         caller = require_caller()
-        user_id, _, session_id = _signed_in(caller)
-        await self._recent_auth.require(user_id=user_id, session_id=session_id)
+        user_id, _, _ = _signed_in(caller)
+        await self._require_recent_auth(caller, "PasskeyRegistrationOptions")
         challenge_id, options = await self._passkeys.registration_options(
             user_id=user_id, client=_client(caller)
         )
@@ -360,8 +366,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: pb.DeletePasskeyRequest, context: Context
     ) -> pb.DeletePasskeyResponse:
         caller = require_caller()
-        user_id, _, session_id = _signed_in(caller)
-        await self._recent_auth.require(user_id=user_id, session_id=session_id)
+        user_id, _, _ = _signed_in(caller)
+        await self._require_recent_auth(caller, "DeletePasskey")
         await self._passkeys.delete(user_id=user_id, passkey_id=request.id, client=_client(caller))
         return pb.DeletePasskeyResponse()
 

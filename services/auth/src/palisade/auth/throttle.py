@@ -51,6 +51,16 @@ class FailureCounts(Protocol):
 
     async def clear(self, keys: list[str]) -> None: ...
 
+    async def acquire(self, counters: list[tuple[str, int, int]], now: float) -> float:
+        """Atomically: if no (key, limit, window) is at its limit, adds one to each and
+        returns 0; otherwise changes nothing and returns the seconds until the longest wait ends.
+        """
+        ...
+
+    async def give_back(self, keys: list[str]) -> None:
+        """Takes one back off each key's count (not below zero): an attempt that succeeded."""
+        ...
+
 
 class CounterLimiter:
     """Checks and bumps decaying counters: the one rule behind every throttle here."""
@@ -71,6 +81,21 @@ class CounterLimiter:
                 retry_after = max(retry_after, remaining)
         if retry_after > 0:
             raise Throttled(int(retry_after + 0.999))
+
+    async def acquire(self, counters: list[Counter]) -> None:
+        """Counts this attempt, or raises Throttled, in one atomic step (one round trip).
+
+        Counting before the work, not after it, is what stops a burst of parallel requests from
+        all passing a check before any of them is counted.
+        """
+        wait = await self._counts.acquire(
+            [(c.key, c.limit, c.window) for c in counters], self._clock.timestamp()
+        )
+        if wait > 0:
+            raise Throttled(int(wait + 0.999))
+
+    async def give_back(self, counters: list[Counter]) -> None:
+        await self._counts.give_back([c.key for c in counters])
 
     async def hit(self, counters: list[Counter]) -> None:
         await self._counts.add_failure(
@@ -104,6 +129,20 @@ class LoginThrottle:
             ]
         return counters
 
+    async def acquire(self, account_key: str, ip: str | None) -> None:
+        """Counts a login attempt before the password is checked; refuses one over a limit."""
+        await self._limiter.acquire(self._counters(account_key, ip))
+
+    async def accepted(self, account_key: str, ip: str | None) -> None:
+        """After acquire(), the password was right: the account's counts reset, and the IP
+        gets this attempt back (its earlier failures stay: an attacker's IP can't launder them
+        by logging in to its own account)."""
+        counters = self._counters(account_key, ip)
+        await self._limiter.clear([c for c in counters if not c.key.startswith("thr:ip:")])
+        await self._limiter.give_back([c for c in counters if c.key.startswith("thr:ip:")])
+
+    # check() and record_failure() are acquire()'s two halves, non-atomic: they read and feed
+    # the same counters (tests and tools inspect the rules through them); logins use acquire().
     async def check(self, account_key: str, ip: str | None) -> None:
         await self._limiter.check(self._counters(account_key, ip))
 
@@ -136,6 +175,28 @@ class MemoryFailureCounts:
         for key in keys:
             self._counts.pop(key, None)
 
+    async def acquire(self, counters: list[tuple[str, int, int]], now: float) -> float:
+        # No await inside: atomic on the event loop.
+        wait, current = 0.0, []
+        for key, limit, window in counters:
+            failures, last = self._counts.get(key, (0, 0.0))
+            if now - last >= window:
+                failures = 0
+            if failures >= limit:
+                wait = max(wait, window - (now - last))
+            current.append(failures)
+        if wait > 0:
+            return wait
+        for (key, _, _), failures in zip(counters, current, strict=True):
+            self._counts[key] = (failures + 1, now)
+        return 0.0
+
+    async def give_back(self, keys: list[str]) -> None:
+        for key in keys:
+            failures, last = self._counts.get(key, (0, 0.0))
+            if failures > 0:
+                self._counts[key] = (failures - 1, last)
+
 
 # Atomic per key: restart the count if the last failure is older than the window.
 _ADD_FAILURE = """
@@ -152,11 +213,46 @@ return 1
 """
 
 
+# Atomic over all keys: refuse if any key is at its limit, else count one on each. The wait is
+# returned as a string: Lua numbers come back from Redis truncated to integers.
+_ACQUIRE = """
+local now = tonumber(ARGV[1])
+local wait = 0
+local current = {}
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[2 * i])
+  local window = tonumber(ARGV[2 * i + 1])
+  local failures = tonumber(redis.call('HGET', key, 'f') or '0')
+  local last = tonumber(redis.call('HGET', key, 't') or '0')
+  if now - last >= window then failures = 0 end
+  if failures >= limit and window - (now - last) > wait then wait = window - (now - last) end
+  current[i] = failures
+end
+if wait > 0 then return tostring(wait) end
+for i, key in ipairs(KEYS) do
+  local window = tonumber(ARGV[2 * i + 1])
+  redis.call('HSET', key, 'f', current[i] + 1, 't', ARGV[1])
+  redis.call('EXPIRE', key, window * 2)
+end
+return '0'
+"""
+
+_GIVE_BACK = """
+for i, key in ipairs(KEYS) do
+  local failures = tonumber(redis.call('HGET', key, 'f') or '0')
+  if failures > 0 then redis.call('HSET', key, 'f', failures - 1) end
+end
+return 1
+"""
+
+
 class RedisFailureCounts:
     def __init__(self, redis: Redis, *, prefix: str = "palisade:auth:") -> None:
         self._redis = redis
         self._prefix = prefix
         self._add = redis.register_script(_ADD_FAILURE)
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._give_back = redis.register_script(_GIVE_BACK)
 
     async def read(self, keys: list[str]) -> list[tuple[int, float]]:
         pipe = self._redis.pipeline(transaction=False)
@@ -171,3 +267,14 @@ class RedisFailureCounts:
     async def clear(self, keys: list[str]) -> None:
         if keys:
             await self._redis.delete(*(self._prefix + k for k in keys))
+
+    async def acquire(self, counters: list[tuple[str, int, int]], now: float) -> float:
+        args: list[float] = [now]
+        for _, limit, window in counters:
+            args += [limit, window]
+        wait = await self._acquire(keys=[self._prefix + k for k, _, _ in counters], args=args)
+        return float(wait)
+
+    async def give_back(self, keys: list[str]) -> None:
+        if keys:
+            await self._give_back(keys=[self._prefix + k for k in keys])

@@ -1,9 +1,11 @@
-"""The HTTP application: one dispatcher for every annotated route, plus health endpoints."""
+"""The HTTP application: one dispatcher for every annotated route, plus the gateway's own
+routes (health, /openapi.json, /v1/whoami and the magic-link confirm page)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -17,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from palisade.common.caller import AssertionSigner
 from palisade.common.logs import request_id_var, safe_request_id
+from palisade.gateway import magic_link_page, whoami
 from palisade.gateway.access import (
     ApiKeyVerifier,
     Forbidden,
@@ -28,6 +31,7 @@ from palisade.gateway.access import (
 )
 from palisade.gateway.client_ip import Network, client_ip
 from palisade.gateway.edge_auth import AuthenticationFailed, EdgeAuthenticator, bearer_token
+from palisade.gateway.http_server import expect_handler
 from palisade.gateway.metrics import GatewayMetrics
 from palisade.gateway.openapi import openapi_document
 from palisade.gateway.problems import from_rpc_error, problem
@@ -73,7 +77,8 @@ class Gateway:
         self._timeout = timeout
         self._max_body = max_body_bytes
         self._cors = frozenset(cors_origins)
-        self._openapi_body = json.dumps(openapi_document(routes)).encode()
+        # The generated routes and, in this one place, the routes the gateway answers itself.
+        self._openapi_body = json.dumps(openapi_document(routes, [whoami.OPERATION])).encode()
         self._calls = {
             route.full_method: upstreams.channels[route.audience].unary_unary(
                 route.full_method,
@@ -84,56 +89,92 @@ class Gateway:
         }
 
     def application(self) -> web.Application:
-        app = web.Application(client_max_size=self._max_body, middlewares=[self._frame])
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/openapi.json", self._openapi)
-        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        # Every route is a catch-all or a plain path, so every request reaches a handler: the
+        # frame wraps each handler rather than being an aiohttp middleware, which would add
+        # two layers per request (ours and aiohttp's own current-app one) for nothing.
+        app = web.Application(client_max_size=self._max_body)
+        for path, handler in (
+            ("/healthz", self._healthz),
+            ("/readyz", self._readyz),
+            ("/openapi.json", self._openapi),
+            (whoami.PATH, self._whoami),
+            (magic_link_page.PATH, self._magic_link_page),
+        ):
+            framed = self._framed(self._local_get(path, handler))
+            app.router.add_route("*", path, framed, expect_handler=expect_handler)
+        # [\s\S], not ".": a path may hold an encoded newline, and a path no route takes
+        # would get aiohttp's own text/plain 404 (no frame runs outside a handler).
+        catch_all = self._framed(self._dispatch)
+        app.router.add_route("*", r"/{tail:[\s\S]*}", catch_all, expect_handler=expect_handler)
+        # A safety net for answers aiohttp makes before any handler (e.g. a refused Expect).
         app.on_response_prepare.append(_hide_server_banner)
         return app
 
+    def _local_get(self, path: str, handler: Handler) -> Handler:
+        """A gateway-local GET route, refusing other methods as the proto routes do."""
+
+        async def answer(request: web.Request) -> web.StreamResponse:
+            request[ROUTE_TEMPLATE] = path
+            if request.method in ("GET", "HEAD"):  # aiohttp sends no body for HEAD
+                return await handler(request)
+            if request.method == "OPTIONS":
+                return self._preflight(request)
+            return problem(405, headers={"Allow": "GET, HEAD"})
+
+        return answer
+
     # -- every request ------------------------------------------------------------------------
 
-    @web.middleware
-    async def _frame(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        request_id = safe_request_id(request.headers.get("X-Request-Id"))
-        token = request_id_var.set(request_id)
-        start = time.perf_counter()
-        try:
-            response = await self._guarded(request, handler)
-        finally:
-            request_id_var.reset(token)
-        response.headers["X-Request-Id"] = request_id
-        response.headers["Cache-Control"] = "no-store"  # every answer is someone's own
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        self._cors_headers(request, response)
-        route = request.get(ROUTE_TEMPLATE, "unmatched")
-        self._metrics.requests.labels(route, request.method, str(response.status)).inc()
-        self._metrics.latency.labels(route, request.method).observe(time.perf_counter() - start)
-        return response
+    def _framed(self, handler: Handler) -> Handler:
+        """handler, with what every answer gets: a request id, the common headers, metrics,
+        and problem+json for every refusal. (A wrapper per handler rather than an aiohttp
+        middleware: every route ends in a handler, and the middleware machinery would add
+        two layers to each request for nothing; this is the hot path of P2.)"""
 
-    async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:  # aiohttp's own refusals, e.g. 413 on a large body
+        async def framed(request: web.Request) -> web.StreamResponse:
+            sent = request.headers.get("X-Request-Id")
+            # os.urandom rather than the uuid4 safe_request_id makes: as random, a fifth of
+            # the cost.
+            request_id = safe_request_id(sent) if sent is not None else os.urandom(16).hex()
+            token = request_id_var.set(request_id)
+            start = time.perf_counter()
+            try:
+                response = await handler(request)
+            except Exception as exc:
+                response = self._refusal(exc)
+            finally:
+                request_id_var.reset(token)
+            response.headers["X-Request-Id"] = request_id
+            response.headers["Cache-Control"] = "no-store"  # every answer is someone's own
+            response.headers["X-Content-Type-Options"] = "nosniff"
+            response.headers["Referrer-Policy"] = "no-referrer"
+            self._cors_headers(request, response)
+            route = request.get(ROUTE_TEMPLATE, "unmatched")
+            elapsed = time.perf_counter() - start
+            self._metrics.request(route, request.method, response.status, elapsed)
+            return response
+
+        return framed
+
+    def _refusal(self, exc: Exception) -> web.StreamResponse:
+        """The problem+json answer for an exception a handler raised."""
+        if isinstance(exc, web.HTTPException):  # aiohttp's own, e.g. 413 on a large body
             return problem(exc.status, detail=exc.reason)
-        except BadRequest as exc:
+        if isinstance(exc, BadRequest):
             return problem(exc.status, code=exc.code, detail=exc.detail)
-        except Forbidden as exc:
+        if isinstance(exc, Forbidden):
             return problem(403, code=exc.code, detail=exc.detail)
-        except AuthenticationFailed as exc:
+        if isinstance(exc, AuthenticationFailed):
             return problem(
                 401, code=exc.code, detail=exc.detail, headers={"WWW-Authenticate": "Bearer"}
             )
-        except grpc.aio.AioRpcError as exc:
+        if isinstance(exc, grpc.aio.AioRpcError):
             return from_rpc_error(exc)
-        except ConnectionError:  # the client went away mid-request: nobody to answer
+        if isinstance(exc, ConnectionError):  # the client went away: nobody to answer
             log.info("client disconnected during the request")
             return problem(400, detail="connection closed by the client")
-        except Exception:
-            log.exception("unhandled error in the gateway")
-            return problem(500)
+        log.error("unhandled error in the gateway", exc_info=exc)
+        return problem(500)
 
     def _cors_headers(self, request: web.Request, response: web.StreamResponse) -> None:
         origin = request.headers.get("Origin")
@@ -171,14 +212,31 @@ class Gateway:
         response = await self._calls[route.full_method](
             message, metadata=metadata, timeout=self._timeout
         )
-        if grant is not None and route.http_method != "GET":
+        if grant is not None and route.audience == "auth" and route.http_method != "GET":
             # Logout, revocations, password changes: this replica must refuse the affected
-            # tokens on the very next request, before the feed's notice arrives.
+            # tokens on the very next request, before the feed's notice arrives. Only auth
+            # ends sessions; a write to any other service keeps the caller's cached token.
             self._edge.forget_user(grant.user_id)
         status, body = render(route, response)
         if body is None:
             return web.Response(status=status)
         return web.Response(status=status, body=body, content_type="application/json")
+
+    async def _whoami(self, request: web.Request) -> web.StreamResponse:
+        """The caller's grant, from the token cache: no backend call on a hit."""
+        credential = bearer_token(request.headers.get("Authorization"))
+        if is_api_key(credential):
+            check_key_allowed(whoami.ACCESS)  # people only: refused before any lookup
+        grant = await self._edge.grant_for(credential)
+        check_person(whoami.ACCESS, grant)
+        if request.query_string or request.body_exists:  # who asks, before what they send
+            raise BadRequest(400, "invalid_request", "this route takes no query or body")
+        return web.Response(body=whoami.whoami_body(grant), content_type="application/json")
+
+    async def _magic_link_page(self, request: web.Request) -> web.StreamResponse:
+        # The query (the link's token) is the page script's business: nothing here reads it,
+        # and no backend is called, so a link scanner's GET consumes nothing.
+        return magic_link_page.page_response()
 
     async def _verify_key(self, credential: str, request: web.Request) -> KeyGrant:
         if self._api_keys is None:
@@ -219,7 +277,7 @@ class Gateway:
         return web.Response(
             status=204,
             headers={
-                "Access-Control-Allow-Methods": "GET, POST, DELETE",
+                "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE",
                 "Access-Control-Allow-Headers": "Authorization, Content-Type, X-Request-Id",
                 "Access-Control-Max-Age": "600",
             },

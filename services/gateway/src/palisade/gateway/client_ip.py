@@ -26,6 +26,8 @@ def _trusted(address: str, trusted: Sequence[Network]) -> bool:
 
 
 def client_ip(peer: str, forwarded_for: str | None, trusted: Sequence[Network]) -> str:
+    if not trusted:  # no proxies configured (the default): nothing to parse on every request
+        return peer
     if not _trusted(peer, trusted):
         return peer
     hops = [h.strip() for h in (forwarded_for or "").split(",") if h.strip()]

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from palisade.common.settings import CommonSettings
 
 SERVICE_NAME = "gateway"
+
+
+class ExtraUpstream(BaseModel):
+    """One more gRPC service behind the gateway, its routes taken from its annotations."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # The generated module holding the service's file descriptor, e.g. "palisade_api.x.v1.x_pb2".
+    proto_module: str
+    # The service's name in that file, e.g. "VisitorService".
+    service: str
+    # Where it listens (host:port).
+    target: str
 
 
 class GatewaySettings(CommonSettings):
@@ -19,6 +32,10 @@ class GatewaySettings(CommonSettings):
     metrics_port: int = Field(default=9100, ge=0, le=65535)
     # The services behind the gateway.
     auth_target: str = "127.0.0.1:50052"
+    # More services, by the audience their caller assertions name (JSON in the environment:
+    # {"echo": {"proto_module": "...", "service": "...", "target": "host:port"}}). Empty by
+    # default; the benchmarks put a bare echo service here (bench/p3_forwarded.py).
+    extra_upstreams: dict[str, ExtraUpstream] = Field(default_factory=dict)
     # Proxies (CIDRs) whose X-Forwarded-For is believed; empty: the socket peer is the client.
     trusted_proxies: list[str] = Field(default_factory=list)
     # Largest request body accepted (bytes); more gets 413.
@@ -30,3 +47,10 @@ class GatewaySettings(CommonSettings):
     upstream_timeout_seconds: float = Field(default=10.0, gt=0)
     # Browser origins allowed to call the API (CORS); none by default.
     cors_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("extra_upstreams")
+    @classmethod
+    def _auth_is_built_in(cls, value: dict[str, ExtraUpstream]) -> dict[str, ExtraUpstream]:
+        if "auth" in value:
+            raise ValueError("auth is built in (set auth_target instead)")
+        return value

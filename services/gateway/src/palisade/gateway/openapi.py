@@ -1,12 +1,19 @@
 """The OpenAPI 3.1 document, generated from the same descriptors as the routes.
 
 Schemas follow the proto JSON mapping the gateway speaks: lowerCamelCase properties, enums as
-strings, Timestamps as date-time strings, int64 as strings. Unknown properties are refused,
-so request schemas say additionalProperties: false.
+strings, Timestamps as date-time strings, int64 as strings, google.protobuf.Struct as a free
+JSON object. Unknown properties are refused, so request schemas say additionalProperties: false
+(except inside a Struct, whose keys are the client's).
+
+Routes the gateway answers itself (not from a proto) bring their own operation as a
+LocalOperation; the error responses are the same Problem documents for both kinds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -28,10 +35,19 @@ _SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_FLOAT: {"type": "number"},
     FieldDescriptor.TYPE_BYTES: {"type": "string", "contentEncoding": "base64"},
 }
-_ERROR_STATUSES = {
+# JSON's free-form values (proto JSON mapping of the well-known types google/protobuf/struct).
+_FREE_FORM: dict[str, dict[str, Any]] = {
+    "google.protobuf.Struct": {"type": "object"},
+    "google.protobuf.ListValue": {"type": "array"},
+    "google.protobuf.Value": {},  # any JSON value, null included
+}
+ERROR_STATUSES = {
     "400": "Invalid request",
     "401": "Not signed in or token invalid",
+    "403": "Signed in, but not allowed: insufficient role or scope, people only, or a recent "
+    "authentication is required",
     "404": "Not found",
+    "409": "Conflict with the current state (e.g. already exists)",
     "413": "Body too large",
     "415": "Not JSON",
     "429": "Rate limited (see Retry-After)",
@@ -48,6 +64,27 @@ PROBLEM_SCHEMA = {
         "detail": {"type": "string"},
     },
 }
+
+
+def error_responses(statuses: Sequence[str] = tuple(ERROR_STATUSES)) -> dict[str, Any]:
+    """Problem responses for the given statuses (default: every one the gateway can send)."""
+    return {
+        status: {
+            "description": ERROR_STATUSES[status],
+            "content": {PROBLEM_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }
+
+
+@dataclass(frozen=True)
+class LocalOperation:
+    """A route the gateway answers itself, described by hand (its schemas by name)."""
+
+    method: str  # lower case, e.g. "get"
+    path: str
+    operation: dict[str, Any]
+    schemas: dict[str, Any] = dataclass_field(default_factory=dict)
 
 
 class _Schemas:
@@ -70,17 +107,30 @@ class _Schemas:
 
     def _field(self, field: FieldDescriptor, request: bool) -> dict[str, Any]:
         message, enum = field.message_type, field.enum_type
+        if message is not None and message.GetOptions().map_entry:
+            value = self._field(message.fields_by_name["value"], request)
+            return {"type": "object", "additionalProperties": value}  # keys: always strings
         if message is not None:
-            if message.full_name == "google.protobuf.Timestamp":
-                item: dict[str, Any] = {"type": "string", "format": "date-time"}
-            else:
-                item = self.ref(message, request=request)
+            item = self._message_field(message, request)
         elif enum is not None:
             item = {"type": "string", "enum": [v.name for v in enum.values]}
         else:
             item = dict(_SCALARS[field.type])
         if field.is_repeated:
             return {"type": "array", "items": item}
+        return item
+
+    def _message_field(self, message: Descriptor, request: bool) -> dict[str, Any]:
+        if message.full_name == "google.protobuf.Timestamp":
+            return {"type": "string", "format": "date-time"}
+        free_form = _FREE_FORM.get(message.full_name)
+        if free_form is None:
+            return self.ref(message, request=request)
+        item = dict(free_form)
+        if request and item.get("type") == "object":
+            # The enclosing request object refuses unknown properties; this one is the
+            # client's own document (e.g. a WebAuthn credential): any keys go.
+            item["additionalProperties"] = True
         return item
 
 
@@ -90,19 +140,11 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "operationId": method.name,
         "summary": method.name,
-        "responses": {
-            **{
-                code: {
-                    "description": text,
-                    "content": {PROBLEM_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-                }
-                for code, text in _ERROR_STATUSES.items()
-            },
-        },
+        "responses": error_responses(),
     }
     if success == "204":
         operation["responses"]["204"] = {"description": "Done"}
-    else:
+    else:  # 200, 201 and 202 always carry a JSON object, `{}` for an empty message
         operation["responses"][success] = {
             "description": "Success",
             "content": {
@@ -140,12 +182,22 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
     return operation
 
 
-def openapi_document(routes: list[Route]) -> dict[str, Any]:
+def openapi_document(routes: list[Route], local: Sequence[LocalOperation] = ()) -> dict[str, Any]:
+    """The document for the proto routes plus the gateway's own (local) operations."""
     schemas = _Schemas()
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         template = route.template.replace("=*}", "}")
         paths.setdefault(template, {})[route.http_method.lower()] = _operation(route, schemas)
+    for extra in local:
+        operations = paths.setdefault(extra.path, {})
+        if extra.method in operations:
+            raise ValueError(f"{extra.method.upper()} {extra.path} is already a proto route")
+        operations[extra.method] = extra.operation
+        for name, schema in extra.schemas.items():
+            if name in schemas.components:
+                raise ValueError(f"schema {name} is already defined")
+            schemas.components[name] = schema
     return {
         "openapi": "3.1.0",
         "info": {"title": "Palisade API", "version": "1"},

@@ -35,6 +35,7 @@ _DEFAULT_CODES = {
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    417: "expectation_failed",
     429: "rate_limited",
     500: "internal",
     501: "not_implemented",

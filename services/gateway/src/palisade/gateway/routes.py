@@ -5,6 +5,7 @@ Adding a public RPC means annotating it in its proto; no handler is written here
 
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import dataclass
 
@@ -66,9 +67,20 @@ def _compile(template: str, method: MethodDescriptor) -> tuple[re.Pattern[str], 
     return re.compile("^" + "".join(parts) + "$"), tuple(variables)
 
 
+def service_descriptor(proto_module: str, service: str) -> ServiceDescriptor:
+    """A service's descriptor from its generated module (importing it registers the file)."""
+    module = importlib.import_module(proto_module)
+    services: dict[str, ServiceDescriptor] = module.DESCRIPTOR.services_by_name
+    if service not in services:
+        raise ValueError(f"{proto_module} defines no service {service}")
+    return services[service]
+
+
 def build_routes(services: list[tuple[ServiceDescriptor, str]]) -> list[Route]:
-    """Every annotated method of the given (service, audience) pairs; fails on bad annotations."""
+    """Every annotated method of the given (service, audience) pairs; fails on bad annotations,
+    and on two methods claiming the same HTTP method and path (the first would always win)."""
     routes: list[Route] = []
+    claimed: dict[tuple[str, str], str] = {}
     for service, audience in services:
         for method in service.methods:
             options = method.GetOptions()
@@ -79,6 +91,11 @@ def build_routes(services: list[tuple[ServiceDescriptor, str]]) -> list[Route]:
             if access.access == access_pb2.ACCESS_UNSPECIFIED:
                 raise ValueError(f"{method.full_name} is public but declares no access rule")
             verb, template = _verb(rule)
+            shape = (verb, _VARIABLE.sub("{}", template))  # /a/{id} and /a/{name} collide
+            earlier = claimed.get(shape)
+            if earlier is not None:
+                raise ValueError(f"{verb} {template}: both {earlier} and {method.full_name}")
+            claimed[shape] = method.full_name
             pattern, variables = _compile(template, method)
             routes.append(
                 Route(verb, template, pattern, variables, rule.body, method, audience, access)

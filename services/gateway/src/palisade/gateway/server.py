@@ -20,9 +20,9 @@ from palisade.gateway.app import Gateway, Upstreams
 from palisade.gateway.client_ip import parse_networks
 from palisade.gateway.config import SERVICE_NAME, GatewaySettings
 from palisade.gateway.edge_auth import EdgeAuthenticator
-from palisade.gateway.http_server import QuietAppRunner
+from palisade.gateway.http_server import make_runner
 from palisade.gateway.metrics import GatewayMetrics
-from palisade.gateway.routes import build_routes
+from palisade.gateway.routes import build_routes, service_descriptor
 from palisade.gateway.token_cache import TokenCache
 from palisade_api.auth.v1 import auth_pb2, auth_pb2_grpc
 
@@ -71,12 +71,17 @@ async def serve_gateway(
             signer=signer,
             cache=cache,
             timeout=settings.upstream_timeout_seconds,
-            on_lookup=lambda hit: metrics.token_cache.labels("hit" if hit else "miss").inc(),
+            on_lookup=metrics.token_cache_lookup,
         )
-        routes = build_routes([(auth_pb2.DESCRIPTOR.services_by_name["AuthService"], "auth")])
+        services = [(auth_pb2.DESCRIPTOR.services_by_name["AuthService"], "auth")]
+        channels = {"auth": auth_channel}
+        for audience, upstream in settings.extra_upstreams.items():
+            services.append((service_descriptor(upstream.proto_module, upstream.service), audience))
+            channels[audience] = insecure_channel(upstream.target)
+            stack.push_async_callback(channels[audience].close, None)
         gateway = Gateway(
-            routes=routes,
-            upstreams=Upstreams({"auth": auth_channel}),
+            routes=build_routes(services),
+            upstreams=Upstreams(channels),
             signer=signer,
             edge=edge,
             metrics=metrics,
@@ -93,7 +98,9 @@ async def serve_gateway(
                 await follower
 
         stack.push_async_callback(stop_follower)
-        runner = QuietAppRunner(gateway.application(), access_log=None)
+        runner = make_runner(
+            gateway.application(), shutdown_seconds=settings.shutdown_grace_seconds
+        )
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, settings.http_host, settings.http_port)

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+from functools import cache
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from palisade.gateway.routes import Route
 
 JSON_TYPES = ("application/json",)
+# Deepest JSON accepted in a body. Each level of a free-form object (google.protobuf.Struct)
+# is two message levels on the wire, and backends refuse messages nested past 100 levels
+# (protobuf's default): a body the gateway accepts must also decode at the backend, or the
+# backend's refusal would surface as a 5xx. 32 leaves room for the enclosing messages.
+MAX_JSON_DEPTH = 32
 
 
 class BadRequest(Exception):
@@ -47,7 +53,22 @@ def _json_body(raw: bytes, content_type: str) -> dict[str, Any]:
         raise BadRequest(400, "invalid_request", "body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadRequest(400, "invalid_request", "body must be a JSON object")
+    if _too_deep(data, MAX_JSON_DEPTH):
+        raise BadRequest(400, "invalid_request", "body is nested too deeply")
     return data
+
+
+def _too_deep(value: Any, allowed: int) -> bool:
+    """Whether value nests objects/arrays more than `allowed` levels (value itself is one)."""
+    if isinstance(value, dict):
+        children: Any = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return False
+    if allowed <= 0:
+        return True
+    return any(_too_deep(child, allowed - 1) for child in children)
 
 
 # Secrets never travel in URLs (they end up in logs, proxies and browser history): a field
@@ -83,6 +104,39 @@ def _query_fields(route: Route, query: list[tuple[str, str]]) -> dict[str, Any]:
     return data
 
 
+# The proto JSON mapping reads `null` as "field not set", so `{"email": null}` would pass
+# where the OpenAPI document (and a client reading it) says a string goes. The gateway refuses
+# nulls instead, except where null is data: inside free-form JSON (Struct, Value, ListValue).
+_FREE_FORM = frozenset(
+    {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+)
+
+
+@cache
+def _fields_by_key(message: Descriptor) -> dict[str, FieldDescriptor]:
+    """A message's fields by every key the JSON mapping accepts (lowerCamelCase and proto name)."""
+    return {**{f.name: f for f in message.fields}, **{f.json_name: f for f in message.fields}}
+
+
+def _has_null_field(data: dict[str, Any], message: Descriptor) -> bool:
+    fields = _fields_by_key(message)
+    for key, value in data.items():
+        field = fields.get(key)
+        if field is None:
+            continue  # unknown: the parser refuses it
+        kind = field.message_type
+        if value is None:
+            if kind is None or kind.full_name != "google.protobuf.Value":
+                return True
+            continue
+        if kind is None or kind.full_name in _FREE_FORM or kind.GetOptions().map_entry:
+            continue  # scalars, free-form JSON; map values are checked by the parser
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(item, dict) and _has_null_field(item, kind) for item in items):
+            return True
+    return False
+
+
 def build_request(
     route: Route,
     path_params: dict[str, str],
@@ -104,6 +158,8 @@ def build_request(
         if name in data:
             raise BadRequest(400, "invalid_request", f"{name} is given twice")
         data[name] = value
+    if _has_null_field(data, route.method.input_type):
+        raise BadRequest(400, "invalid_request", "fields may not be null (leave them out)")
     message = GetMessageClass(route.method.input_type)()
     try:
         json_format.ParseDict(data, message, ignore_unknown_fields=False)
@@ -114,8 +170,49 @@ def build_request(
 
 
 def render(route: Route, response: Message) -> tuple[int, bytes | None]:
+    """The success status and body: no body for 204, otherwise always a JSON object (`{}` for
+    an empty message, e.g. a 202), so a client can parse every 200/201/202 the same way."""
     status = route.access.success_status or 200
     if status == 204:
         return status, None
     body = json_format.MessageToDict(response, preserving_proto_field_name=False)
-    return status, json.dumps(body, separators=(",", ":")).encode()
+    if _has_floats(response.DESCRIPTOR):
+        body = _integral_floats_as_ints(body)
+    return status, _COMPACT.encode(body).encode()
+
+
+# Built once (json.dumps with separators would build an encoder per response).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+# Python's json_format writes every number of a Struct (a double on the wire) with a ".0":
+# a WebAuthn `"alg": -7` would leave as `-7.0`, which strictly typed clients refuse as an
+# integer. Other protobuf runtimes print integral doubles without the fraction; so do we.
+_SAFE_INTEGER = 2**53
+
+
+@cache
+def _has_floats(message: Descriptor) -> bool:
+    """Whether a message can hold a double/float anywhere (only then is rendering walked)."""
+    seen: set[str] = set()
+    pending = [message]
+    while pending:
+        current = pending.pop()
+        if current.full_name in seen:
+            continue
+        seen.add(current.full_name)
+        for field in current.fields:
+            if field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+                return True
+            if field.message_type is not None:
+                pending.append(field.message_type)
+    return False
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _SAFE_INTEGER:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _integral_floats_as_ints(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(item) for item in value]
+    return value

@@ -1,0 +1,75 @@
+"""`GET /v1/whoami`: who the bearer token stands for, answered by the gateway itself.
+
+It needs nothing but the validated grant, so on a token-cache hit it makes no gRPC call at all:
+the cheapest authenticated request there is (PERFORMANCE.md P2 measures it). People only: an
+API key is not a person and gets 403 people_only, as on every people-only route.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from palisade.gateway.openapi import LocalOperation, error_responses
+from palisade.gateway.token_cache import Grant
+from palisade_api.common.v1 import access_pb2
+
+PATH = "/v1/whoami"
+# Declared like a proto route's rule, and checked by the same functions: any signed-in person.
+ACCESS = access_pb2.AccessRule(access=access_pb2.ACCESS_USER)
+
+
+# Built once: json.dumps with separators makes a new encoder per call (this is the hot path
+# that P2 measures; time.strftime is likewise a few times cheaper than datetime's).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+def whoami_body(grant: Grant) -> bytes:
+    """The answer's JSON: lowerCamelCase like the proto routes, expiresAt in RFC 3339 (UTC)."""
+    return _ENCODER.encode(
+        {
+            "userId": grant.user_id,
+            "workspaceId": grant.workspace_id,
+            "role": grant.role,
+            "sessionId": grant.session_id,
+            "expiresAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(grant.expires_at)),
+        }
+    ).encode()
+
+
+_SCHEMA = {
+    "type": "object",
+    "required": ["userId", "workspaceId", "role", "sessionId", "expiresAt"],
+    "properties": {
+        "userId": {"type": "string"},
+        "workspaceId": {"type": "string"},
+        "role": {"type": "string"},
+        "sessionId": {"type": "string"},
+        "expiresAt": {
+            "type": "string",
+            "format": "date-time",
+            "description": "when the access token expires",
+        },
+    },
+}
+
+OPERATION = LocalOperation(
+    method="get",
+    path=PATH,
+    operation={
+        "operationId": "WhoAmI",
+        "summary": "Who the bearer access token stands for (answered by the gateway)",
+        "security": [{"bearer": []}],
+        "responses": {
+            "200": {
+                "description": "Success",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/WhoAmI"}}
+                },
+            },
+            # 400: a query string or a body; 403: an API key; 503: auth unreachable on a miss.
+            **error_responses(("400", "401", "403", "503")),
+        },
+    },
+    schemas={"WhoAmI": _SCHEMA},
+)
