@@ -40,21 +40,26 @@ def service_process(
     }
     process = subprocess.Popen([sys.executable, "-m", module, "serve"], env=env, cwd=ROOT)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                        break
-                except grpc.RpcError:
-                    if time.monotonic() > deadline or process.poll() is not None:
-                        raise
-                time.sleep(0.1)
+        wait_until_serving(port, process, within_seconds=60)
         yield port
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def wait_until_serving(port: int, process: subprocess.Popen[bytes], within_seconds: float) -> None:
+    """Polls gRPC health on `port` until SERVING; raises if the process dies or time runs out."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + within_seconds
+        while True:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return
+            except grpc.RpcError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+            time.sleep(0.1)
 
 
 def best_rate(run_once: Callable[[], float], repeats: int = 5) -> tuple[float, float]:

@@ -28,17 +28,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from bench import echo_backend
-from bench.common import ROOT, free_port, print_table
+from bench.common import ROOT, free_port, print_table, wait_until_serving
 from bench.http_bench import (
     CONNECTIONS,
     SECONDS,
@@ -63,17 +59,7 @@ def _echo_service(stubs: Path) -> Iterator[int]:
     argv = ["-m", "bench.echo_backend", "serve", f"--stubs={stubs}", f"--port={port}"]
     process = subprocess.Popen([sys.executable, *argv], cwd=ROOT)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                        break
-                except grpc.RpcError:
-                    if time.monotonic() > deadline or process.poll() is not None:
-                        raise
-                time.sleep(0.1)
+        wait_until_serving(port, process, within_seconds=30)
         yield port
     finally:
         process.terminate()
