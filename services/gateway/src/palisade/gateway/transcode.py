@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from functools import cache
 from typing import Any
 
@@ -31,6 +32,39 @@ class BadRequest(Exception):
         self.detail = detail
 
 
+# Numbers JSON can write but no proto field (nor a backend's JSON parser) can hold: NaN and
+# the infinities (not JSON at all, but Python's json reads them), literals that overflow a
+# double (1e999), and integers past the widest proto integer (uint64 / int64). A Struct holds
+# every number as a double, where such values would reach a backend as inf or fail to convert
+# there (a 500): refused here with one stable code.
+_INT_RANGE = (-(2**63), 2**64 - 1)
+_INT_DIGITS = 20  # checked before converting, so a 10,000-digit literal costs nothing
+
+
+class _BadNumber(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _BadNumber(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _BadNumber("overflow")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > _INT_DIGITS:
+        raise _BadNumber("overflow")
+    value = int(text)
+    if not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+        raise _BadNumber("overflow")
+    return value
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     keys = [key for key, _ in pairs]
     if len(keys) != len(set(keys)):
@@ -48,7 +82,17 @@ def _json_body(raw: bytes, content_type: str) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise BadRequest(400, "invalid_request", "body is not valid UTF-8") from None
     try:
-        data = json.loads(text, object_pairs_hook=_unique_keys)
+        data = json.loads(
+            text,
+            object_pairs_hook=_unique_keys,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+            parse_int=_bounded_int,
+        )
+    except _BadNumber:
+        raise BadRequest(
+            400, "invalid_number", "numbers must be finite and within 64-bit range"
+        ) from None
     except (ValueError, RecursionError):
         raise BadRequest(400, "invalid_request", "body is not valid JSON") from None
     if not isinstance(data, dict):
