@@ -6,6 +6,7 @@ Time is the injectable clock: backoff and leases are crossed by moving it, never
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -36,6 +37,7 @@ from palisade.common.errors import Unavailable
 from palisade.common.grpc_client import ServiceIdentity, insecure_channel
 from palisade.common.logs import JsonFormatter
 from palisade.common.migrations import upgrade
+from palisade.common.tasks import cancel_and_wait
 from palisade.crypto.config import CryptoSettings
 from palisade.crypto.server import serve_crypto
 
@@ -489,3 +491,42 @@ async def test_the_migration_creates_the_table_the_code_uses(outbox) -> None:
         "ix_mail_outbox_next_attempt_at",
         ["next_attempt_at"],
     )
+
+
+class CancelSwallowingMailer(RecordingMailer):
+    """Sends like aiosmtplib on Python 3.11 when a cancel races an SMTP reply: the wait_for
+    that reads the reply returns it, and the cancellation is lost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sending = asyncio.Event()
+
+    async def send(self, message: EmailMessage) -> None:
+        self.calls += 1
+        self.sending.set()
+        # Waiting for the reply, which only a cancel ends; swallowing that cancel is what
+        # Python 3.11's wait_for does when the reply arrives at the same moment.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+        self.sent.append(message)
+
+
+async def test_stopping_the_relay_ends_it_even_when_a_send_swallows_the_cancel(outbox) -> None:
+    # Regression: the relay went back to waiting for work and shutdown hung forever.
+    mail_id = await outbox.send_later()
+    mailer = CancelSwallowingMailer()
+    relay = await outbox.relay(mailer, poll_seconds=3600)
+
+    async def run_then_stop() -> None:
+        async with relay.running():
+            await mailer.sending.wait()
+
+    # Not asyncio.timeout: its cancel would reach the relay task through the await and end it.
+    stopping = asyncio.create_task(run_then_stop())
+    done, _ = await asyncio.wait({stopping}, timeout=10)
+    if not done:
+        await cancel_and_wait(stopping)
+    assert done, "stopping the relay hung"
+    stopping.result()
+    assert mailer.ids() == [mail_id]  # the send it was in went through and was recorded
+    assert (await outbox.row(mail_id)).sent_at is not None

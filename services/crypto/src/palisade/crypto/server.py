@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,6 +16,7 @@ from palisade.common.clock import Clock, SystemClock
 from palisade.common.db import create_engine, resolve_database_url
 from palisade.common.grpc_server import RunningServer, run_server
 from palisade.common.migrations import upgrade
+from palisade.common.tasks import cancel_and_wait
 from palisade.crypto.config import SERVICE_NAME, CryptoSettings
 from palisade.crypto.keyring import Keyring
 from palisade.crypto.keyring_file import KeyringHolder, create_keyring
@@ -118,9 +118,6 @@ async def serve_crypto(
                 yield CryptoServer(running, service, holder, registry)
             finally:
                 for task in tasks:
-                    task.cancel()
-                for task in tasks:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                    await cancel_and_wait(task)
     finally:
         await engine.dispose()

@@ -28,6 +28,7 @@ from palisade.auth.mail.outbox import PENDING, MailQueue, mail_outbox, message_a
 from palisade.auth.mail.senders import MailDeliveryFailed, Mailer
 from palisade.common.clock import Clock
 from palisade.common.crypto_client import CryptoClient
+from palisade.common.tasks import running_in_background
 
 log = logging.getLogger("palisade.auth.mail")
 
@@ -109,13 +110,9 @@ class MailRelay:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Runs the relay as a background task for the duration of the block."""
-        task = asyncio.create_task(self.run(), name="palisade-mail-relay")
-        try:
+        # running_in_background cancels until the task has ended: aiosmtplib can swallow one.
+        async with running_in_background(self.run(), name="palisade-mail-relay"):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     async def _relay_batch(self) -> tuple[int, int]:
         now = self._clock.now()
