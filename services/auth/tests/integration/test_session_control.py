@@ -24,7 +24,11 @@ async def _refused_code(call) -> str | None:
 
 
 async def _next_revocation(stream) -> pb.Revocation:
-    return await asyncio.wait_for(stream.read(), timeout=10)
+    """The next notice, past the feed's heartbeats."""
+    while True:
+        message = await asyncio.wait_for(stream.read(), timeout=10)
+        if not message.heartbeat:
+            return message
 
 
 @pytest.mark.parametrize("use_redis", [True, False], ids=["redis", "embedded"])

@@ -31,7 +31,11 @@ def _notice(i: int = 0, **overrides) -> RevocationNotice:
 
 
 async def _next(stream):
-    return await asyncio.wait_for(anext(stream), timeout=1)
+    """The next notice (its FeedEvent's), checking that it is numbered."""
+    event = await asyncio.wait_for(anext(stream), timeout=1)
+    assert event.sequence >= 1
+    assert event.notice is not None
+    return event.notice
 
 
 async def _ended(stream) -> bool:
@@ -156,7 +160,7 @@ async def test_a_stuck_subscriber_is_dropped_without_blocking_the_others() -> No
             received = []
             for notice in notices:
                 await feed.publish(notice)
-                received.append(await anext(live))
+                received.append((await anext(live)).notice)
             return received
 
         assert await asyncio.wait_for(publish_all(), timeout=10) == notices
@@ -187,3 +191,24 @@ async def test_a_dropped_subscriber_gets_nothing_more(monkeypatch) -> None:
             assert await _next(live) == _notice(i)
         assert await _ended(stuck)
         assert await _ended(stuck)
+
+
+# --- sequence numbers and heartbeats (issue 9 item 6) -----------------------------------------
+
+
+async def test_notices_are_numbered_in_order_and_heartbeats_name_the_latest() -> None:
+    feed = LocalRevocationFeed()
+    async with feed.subscribe() as stream:
+        await feed.heartbeat()
+        assert await anext(stream) == revocation.FeedEvent(0)
+        for i in range(1, 4):
+            assert await feed.publish(_notice(i)) == i
+        await feed.heartbeat()
+        events = [await anext(stream) for _ in range(4)]
+    assert [(e.sequence, e.heartbeat) for e in events] == [
+        (1, False),
+        (2, False),
+        (3, False),
+        (3, True),
+    ]
+    assert [e.notice for e in events[:3]] == [_notice(i) for i in range(1, 4)]

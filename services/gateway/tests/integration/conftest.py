@@ -6,7 +6,7 @@ The spies record every call, so a test can show that a route never reached a bac
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +48,7 @@ class _Feed:
 
     def __init__(self, notices: asyncio.Queue[auth_pb2.Revocation]) -> None:
         self._notices = notices
+        self.cancelled = False
 
     async def initial_metadata(self) -> tuple[tuple[str, str], ...]:
         return (("x-palisade-subscribed", "1"),)
@@ -56,7 +57,16 @@ class _Feed:
         return self
 
     async def __anext__(self) -> auth_pb2.Revocation:
-        return await self._notices.get()
+        message = await self._notices.get()
+        if message is _END:
+            raise StopAsyncIteration
+        return message
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+_END = auth_pb2.Revocation(reason="(test: the stream ends here)")
 
 
 def notes_service() -> ServiceDescriptor:
@@ -92,7 +102,12 @@ class SpyAuth:
     clock: ManualClock
     valid: dict[str, auth_pb2.ValidateAccessTokenResponse] = field(default_factory=dict)
     validations: list[str] = field(default_factory=list)
+    # The current stream's queue (a new one per WatchRevocations call, like a new stream).
     notices: asyncio.Queue[auth_pb2.Revocation] = field(default_factory=asyncio.Queue)
+    feeds: list[_Feed] = field(default_factory=list)
+    sequence: int = 0  # the last notice number published
+    hold: asyncio.Event | None = None
+    heartbeat_on_subscribe: bool = True  # as auth does within 0.5 s; off to test catching up
 
     def allow(self, token: str, *, user: str = "usr_1", session: str = "ses_1") -> None:
         expires = Timestamp(seconds=int(self.clock.timestamp()) + 3600)
@@ -103,12 +118,38 @@ class SpyAuth:
     async def ValidateAccessToken(self, request: Any, **_options: Any) -> Any:
         self.validations.append(request.access_token)
         reply = self.valid.get(request.access_token)
+        if self.hold is not None:  # a test holds the answer (looked up already) back
+            await self.hold.wait()
         if reply is None:
             raise rpc_error(grpc.StatusCode.UNAUTHENTICATED, "session_revoked")
         return reply
 
     def WatchRevocations(self, request: Any, **_options: Any) -> _Feed:
-        return _Feed(self.notices)
+        self.notices = asyncio.Queue()
+        if self.heartbeat_on_subscribe:
+            self.heartbeat()
+        feed = _Feed(self.notices)
+        self.feeds.append(feed)
+        return feed
+
+    def revoke(self, *, sessions: Sequence[str] = (), hashes: Sequence[bytes] = ()) -> None:
+        """Publishes the next numbered notice on the current stream."""
+        self.sequence += 1
+        self.notices.put_nowait(
+            auth_pb2.Revocation(
+                session_ids=list(sessions), access_token_hashes=list(hashes), sequence=self.sequence
+            )
+        )
+
+    def heartbeat(self, sequence: int | None = None) -> None:
+        self.notices.put_nowait(
+            auth_pb2.Revocation(
+                heartbeat=True, sequence=self.sequence if sequence is None else sequence
+            )
+        )
+
+    def end_stream(self) -> None:
+        self.notices.put_nowait(_END)
 
 
 @dataclass
@@ -130,6 +171,7 @@ class SpyChannel:
 
 @dataclass
 class Harness:
+    clock: ManualClock
     http: aiohttp.ClientSession
     base_url: str
     port: int
@@ -159,7 +201,9 @@ async def gateway() -> AsyncIterator[Harness]:
         keyset=Keyset.generate(), issuer="gateway", clock=clock, ttl_seconds=60
     )
     cache = TokenCache(max_entries=100, max_age_seconds=60, clock=clock)
-    edge = EdgeAuthenticator(stub=auth, signer=signer, cache=cache, timeout=1)
+    edge = EdgeAuthenticator(
+        stub=auth, signer=signer, cache=cache, timeout=1, clock=clock, heartbeat_deadline_seconds=2
+    )
     app = Gateway(
         routes=build_routes(
             [
@@ -188,7 +232,9 @@ async def gateway() -> AsyncIterator[Harness]:
                 break
             await asyncio.sleep(0.01)
         async with aiohttp.ClientSession() as http:
-            yield Harness(http, f"http://127.0.0.1:{port}", port, auth, upstream, cache, edge)
+            yield Harness(
+                clock, http, f"http://127.0.0.1:{port}", port, auth, upstream, cache, edge
+            )
     finally:
         follower.cancel()
         await runner.cleanup()

@@ -23,6 +23,9 @@ class AuthSettings(CommonSettings):
     # Redis for login throttling and the revocation channel; unset: in-process stand-ins
     # (correct for the single auth process of the embedded default).
     redis_url: str | None = None
+    # How often the revocation feed sends a heartbeat (gateways forget their token caches
+    # when they hear none for about 2 s; keep this well under their deadline).
+    revocation_heartbeat_seconds: float = Field(default=0.5, gt=0, le=1.0)
     # A MaxMind DB file (e.g. GeoLite2-City.mmdb) to show where sessions are; unset: no location.
     geoip_database: Path | None = None
 

@@ -1,9 +1,17 @@
 """The revocation feed: every ended session and its access tokens, announced to each gateway.
 
-Production: a Redis pub/sub channel (every gateway replica subscribes, directly or through
-WatchRevocations). Embedded default: an in-process fan-out inside the auth process, served to
-the gateway's process by the WatchRevocations stream. The database stays the authority; the
-feed only makes caches forget within a second instead of at their maximum age.
+Production: a Redis pub/sub channel (every gateway replica subscribes through
+WatchRevocations on some auth replica). Embedded default: an in-process fan-out inside the
+auth process, served to the gateway's process by the WatchRevocations stream. The database
+stays the authority; the feed only makes caches forget within a second instead of at their
+maximum age.
+
+The feed is gap-proof: every notice carries a sequence number (one global sequence with
+Redis: INCR and PUBLISH run in one Lua script, so numbers follow the channel's order), and
+heartbeats name the latest number published. A subscriber that sees a number skipped, or
+hears no heartbeat for a while, knows it may have missed a notice and forgets its cache.
+Notices reach the feed from a durable outbox (palisade.auth.revocation_outbox), so a failed
+publish is retried, never dropped.
 """
 
 from __future__ import annotations
@@ -15,12 +23,13 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
 log = logging.getLogger("palisade.auth.revocation")
 CHANNEL = "palisade:revocations"
+SEQUENCE_KEY = "palisade:revocations:sequence"
 _QUEUE_LIMIT = 10_000
 
 
@@ -32,20 +41,20 @@ class RevocationNotice:
     reason: str
     revoked_at: datetime
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "h": [h.hex() for h in self.access_token_hashes],
+            "s": list(self.session_ids),
+            "u": self.user_id,
+            "r": self.reason,
+            "t": self.revoked_at.isoformat(),
+        }
+
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "h": [h.hex() for h in self.access_token_hashes],
-                "s": list(self.session_ids),
-                "u": self.user_id,
-                "r": self.reason,
-                "t": self.revoked_at.isoformat(),
-            }
-        )
+        return json.dumps(self.to_dict())
 
     @classmethod
-    def from_json(cls, raw: str | bytes) -> RevocationNotice:
-        doc = json.loads(raw)
+    def from_dict(cls, doc: dict[str, Any]) -> RevocationNotice:
         return cls(
             access_token_hashes=tuple(bytes.fromhex(h) for h in doc["h"]),
             session_ids=tuple(doc["s"]),
@@ -54,62 +63,126 @@ class RevocationNotice:
             revoked_at=datetime.fromisoformat(doc["t"]),
         )
 
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> RevocationNotice:
+        return cls.from_dict(json.loads(raw))
+
+
+@dataclass(frozen=True)
+class FeedEvent:
+    """What a subscriber receives: a numbered notice, or a heartbeat (notice None) naming the
+    number of the latest notice published."""
+
+    sequence: int
+    notice: RevocationNotice | None = None
+
+    @property
+    def heartbeat(self) -> bool:
+        return self.notice is None
+
 
 class RevocationFeed(Protocol):
-    async def publish(self, notice: RevocationNotice) -> None: ...
+    async def publish(self, notice: RevocationNotice) -> int:
+        """Numbers and delivers a notice; returns its number. Raises if it was not sent."""
+        ...
 
-    def subscribe(self) -> AbstractAsyncContextManager[AsyncIterator[RevocationNotice]]:
-        """Yields the stream of notices published from now on."""
+    async def heartbeat(self) -> None:
+        """Tells every subscriber the number of the latest notice (and that the feed lives)."""
+        ...
+
+    def subscribe(self) -> AbstractAsyncContextManager[AsyncIterator[FeedEvent]]:
+        """Yields the stream of events published from now on."""
         ...
 
 
 class LocalRevocationFeed:
     def __init__(self) -> None:
-        self._subscribers: set[asyncio.Queue[RevocationNotice]] = set()
+        self._subscribers: set[asyncio.Queue[FeedEvent]] = set()
+        self._sequence = 0
 
-    async def publish(self, notice: RevocationNotice) -> None:
+    @property
+    def sequence(self) -> int:
+        return self._sequence
+
+    async def publish(self, notice: RevocationNotice) -> int:
+        self._sequence += 1
+        self._fan_out(FeedEvent(self._sequence, notice))
+        return self._sequence
+
+    async def heartbeat(self) -> None:
+        self._fan_out(FeedEvent(self._sequence))
+
+    def _fan_out(self, event: FeedEvent) -> None:
         for queue in list(self._subscribers):
             if queue.full():  # a stuck subscriber must not stall revocation for the others
                 log.error("revocation subscriber is not keeping up; dropping it")
                 self._subscribers.discard(queue)
                 continue
-            queue.put_nowait(notice)
+            queue.put_nowait(event)
 
     @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[AsyncIterator[RevocationNotice]]:
-        queue: asyncio.Queue[RevocationNotice] = asyncio.Queue(_QUEUE_LIMIT)
+    async def subscribe(self) -> AsyncIterator[AsyncIterator[FeedEvent]]:
+        queue: asyncio.Queue[FeedEvent] = asyncio.Queue(_QUEUE_LIMIT)
         self._subscribers.add(queue)
 
-        async def notices() -> AsyncIterator[RevocationNotice]:
+        async def events() -> AsyncIterator[FeedEvent]:
+            # Dropped (only ever with a full queue): the stream ends, so the subscriber
+            # reconnects instead of resuming with notices missing.
             while queue in self._subscribers:
                 yield await queue.get()
 
         try:
-            yield notices()
+            yield events()
         finally:
             self._subscribers.discard(queue)
 
 
+# One script each, so numbering and publishing are one atomic step on the Redis server: the
+# channel carries notices in sequence order, and a heartbeat is never ahead of the notice it
+# names (whichever auth replica sends it).
+_PUBLISH = """
+local n = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', ARGV[1], '{"q":' .. n .. ',"n":' .. ARGV[2] .. '}')
+return n
+"""
+_HEARTBEAT = """
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+redis.call('PUBLISH', ARGV[1], '{"q":' .. n .. ',"n":null}')
+return n
+"""
+
+
 class RedisRevocationFeed:
-    def __init__(self, redis: Redis, *, channel: str = CHANNEL) -> None:
+    def __init__(
+        self, redis: Redis, *, channel: str = CHANNEL, sequence_key: str = SEQUENCE_KEY
+    ) -> None:
         self._redis = redis
         self._channel = channel
+        self._key = sequence_key
+        self._publish = redis.register_script(_PUBLISH)
+        self._heartbeat = redis.register_script(_HEARTBEAT)
 
-    async def publish(self, notice: RevocationNotice) -> None:
-        await self._redis.publish(self._channel, notice.to_json())
+    async def publish(self, notice: RevocationNotice) -> int:
+        return int(await self._publish(keys=[self._key], args=[self._channel, notice.to_json()]))
+
+    async def heartbeat(self) -> None:
+        await self._heartbeat(keys=[self._key], args=[self._channel])
 
     @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[AsyncIterator[RevocationNotice]]:
+    async def subscribe(self) -> AsyncIterator[AsyncIterator[FeedEvent]]:
         pubsub = self._redis.pubsub()
         await pubsub.subscribe(self._channel)
 
-        async def notices() -> AsyncIterator[RevocationNotice]:
+        async def events() -> AsyncIterator[FeedEvent]:
             async for message in pubsub.listen():
                 if message.get("type") == "message":
-                    yield RevocationNotice.from_json(message["data"])
+                    doc = json.loads(message["data"])
+                    body = doc["n"]
+                    notice = None if body is None else RevocationNotice.from_dict(body)
+                    yield FeedEvent(int(doc["q"]), notice)
 
         try:
-            yield notices()
+            yield events()
         finally:
             await pubsub.unsubscribe(self._channel)
             await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -22,6 +22,7 @@ from palisade.auth.passkeys import Passkeys
 from palisade.auth.passwords import PasswordHasher
 from palisade.auth.recent_auth import RecentAuth
 from palisade.auth.revocation import LocalRevocationFeed, RedisRevocationFeed, RevocationFeed
+from palisade.auth.revocation_outbox import RevocationOutbox, RevocationRelay
 from palisade.auth.second_factor import MfaLimits, SecondFactors
 from palisade.auth.servicer import AuthServicer
 from palisade.auth.sessions import SessionManager, SessionPolicy
@@ -134,10 +135,17 @@ async def serve_auth(
         )
         stack.callback(hasher.close)
         store = AuthStore(engine=engine)
+        revocation_outbox = RevocationOutbox(clock=clock)
+        revocation_relay = RevocationRelay(
+            engine=engine,
+            feed=revocations,
+            outbox=revocation_outbox,
+            heartbeat_seconds=settings.revocation_heartbeat_seconds,
+        )
         sessions = SessionManager(
             store=store,
             crypto=crypto,
-            revocations=revocations,
+            revocations=revocation_outbox,
             policy=session_policy(settings),
             clock=clock,
         )
@@ -236,5 +244,6 @@ async def serve_auth(
                 add_servicers=add_servicers,
             ) as running,
             mail_relay.running(),
+            revocation_relay.running(),
         ):
             yield AuthServer(running, accounts, sessions, revocations, registry, mail_relay)

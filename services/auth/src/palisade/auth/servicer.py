@@ -388,14 +388,19 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: pb.WatchRevocationsRequest, context: Context
     ) -> AsyncIterator[pb.Revocation]:
         require_service_caller()
-        async with self._revocations.subscribe() as notices:
+        async with self._revocations.subscribe() as events:
             # Tells the subscriber it will miss nothing from here on.
             await context.send_initial_metadata((("x-palisade-subscribed", "1"),))
-            async for notice in notices:
+            async for event in events:
+                notice = event.notice
+                if notice is None:
+                    yield pb.Revocation(sequence=event.sequence, heartbeat=True)
+                    continue
                 yield pb.Revocation(
                     access_token_hashes=list(notice.access_token_hashes),
                     session_ids=list(notice.session_ids),
                     user_id=notice.user_id,
                     reason=notice.reason,
                     revoked_at=_timestamp(notice.revoked_at),
+                    sequence=event.sequence,
                 )

@@ -27,7 +27,8 @@ from palisade.auth.errors import (
     TokenExpired,
     TokenReused,
 )
-from palisade.auth.revocation import RevocationFeed, RevocationNotice
+from palisade.auth.revocation import RevocationNotice
+from palisade.auth.revocation_outbox import RevocationOutbox
 from palisade.auth.store import AccessGrant, AuthStore, AuthTransaction, SessionRow
 from palisade.auth.tokens import TokenKind, check_token, new_token, token_hash
 from palisade.common.aad import associated_data
@@ -74,7 +75,7 @@ class SessionManager:
         *,
         store: AuthStore,
         crypto: CryptoClient,
-        revocations: RevocationFeed,
+        revocations: RevocationOutbox,
         policy: SessionPolicy,
         clock: Clock,
     ) -> None:
@@ -329,16 +330,15 @@ class SessionManager:
                 )
             )
         user_id = targets[0].user_id if targets else ""
-        return RevocationNotice(tuple(hashes), tuple(ids), user_id, reason, now)
+        notice = RevocationNotice(tuple(hashes), tuple(ids), user_id, reason, now)
+        if ids:  # committed with the revocation, published by the relay: never dropped
+            await self._revocations.enqueue(tx, notice)
+        return notice
 
     async def _announce(self, notice: RevocationNotice) -> None:
-        if not notice.session_ids:
-            return
-        try:
-            await self._revocations.publish(notice)
-        except Exception:
-            # The database already refuses these tokens; caches forget them at their max age.
-            log.exception("could not announce a revocation", extra={"reason": notice.reason})
+        """After commit: wakes the relay that publishes the notice (queued by _revoke_in)."""
+        if notice.session_ids:
+            self._revocations.notify()
 
     async def list(self, user_id: str) -> list[SessionRow]:
         async with self._store.transaction() as tx:

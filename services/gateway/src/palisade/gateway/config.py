@@ -43,6 +43,9 @@ class GatewaySettings(CommonSettings):
     # Validated access tokens kept in memory (evicted by the revocation feed, and by age).
     token_cache_entries: int = Field(default=100_000, ge=1)
     token_cache_seconds: float = Field(default=60.0, gt=0)
+    # The token cache is emptied (and nothing cached) when the revocation feed stays silent
+    # this long: auth sends a heartbeat every 0.5 s, so this means a dead or half-open feed.
+    revocation_heartbeat_deadline_seconds: float = Field(default=2.0, gt=0)
     # Deadline for one call to a backend service.
     upstream_timeout_seconds: float = Field(default=10.0, gt=0)
     # Browser origins allowed to call the API (CORS); none by default.

@@ -1,8 +1,12 @@
 """Authentication at the edge: bearer access tokens validated by auth, cached, revoked live.
 
-The cache is trusted only while the revocation stream is connected: when it drops, the cache
-is emptied and nothing new is cached until it is back, so a revocation can never be missed
-for longer than the reconnection takes.
+The cache is trusted only while the revocation feed is known to be complete: the stream is
+subscribed, a heartbeat has been heard within the deadline (about 2 s; auth beats every
+0.5 s), and every notice's sequence number followed the last. A reconnect, a sequence gap, a
+heartbeat naming a notice never received, or a silent stream (a half-open connection looks
+alive forever otherwise) empties the cache, and nothing is cached again until the feed has
+caught up (resubscribed and a heartbeat heard). So a missed revocation can never outlive the
+heartbeat deadline.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import grpc
 
 from palisade.common.caller import AssertionSigner
+from palisade.common.clock import Clock
 from palisade.gateway.problems import trailers_of
 from palisade.gateway.token_cache import Grant, TokenCache
 from palisade_api.auth.v1 import auth_pb2
@@ -26,6 +31,13 @@ from palisade_api.auth.v1 import auth_pb2
 log = logging.getLogger("palisade.gateway.auth")
 _BEARER = re.compile(r"(?i:bearer) +([A-Za-z0-9_\-]{1,256})")  # the scheme is case-insensitive
 _RECONNECT_SECONDS = 0.5
+# How often (wall time) a quiet stream is checked against the heartbeat deadline, which is
+# itself measured on the injectable clock.
+_WATCH_SECONDS = 0.25
+
+
+class FeedLost(Exception):
+    """The revocation feed can no longer be trusted to be complete."""
 
 
 class AuthenticationFailed(Exception):
@@ -59,17 +71,67 @@ class EdgeAuthenticator:
         cache: TokenCache,
         timeout: float,
         on_lookup: Callable[[bool], None] = lambda hit: None,
+        clock: Clock | None = None,
+        heartbeat_deadline_seconds: float = 2.0,
     ) -> None:
         self._stub = stub
         self._signer = signer
         self._cache = cache
         self._timeout = timeout
         self._on_lookup = on_lookup
-        self._feed_connected = False
+        self._clock = clock or cache.clock
+        self._deadline = heartbeat_deadline_seconds
+        # Caching is allowed only while caught up (see the module docstring).
+        self._caught_up = False
+        self._sequence: int | None = None  # the last notice number seen on this stream
+        self._heard_at = float("-inf")  # when the stream last said anything (clock seconds)
+        self._lost = asyncio.Event()  # set when the cache stopped trusting the stream
 
     @property
     def feed_connected(self) -> bool:
-        return self._feed_connected
+        """Whether the feed is caught up, so validations are cached."""
+        return self._caught_up
+
+    def _overdue(self) -> bool:
+        return self._clock.timestamp() - self._heard_at > self._deadline
+
+    def _feed_trusted(self) -> bool:
+        """Whether cached answers may be used; a missed heartbeat deadline ends the trust."""
+        if not self._caught_up:
+            return False
+        if self._overdue():
+            log.warning("revocation feed silent past its deadline; cache cleared")
+            self._lose()
+            return False
+        return True
+
+    def _lose(self) -> None:
+        self._caught_up = False
+        self._sequence = None
+        self._cache.clear()
+        self._lost.set()
+
+    def _receive(self, message: Any) -> None:
+        """Applies one stream message; raises FeedLost when a notice may have been missed."""
+        self._heard_at = self._clock.timestamp()
+        if message.heartbeat:
+            if self._sequence is None:  # the first heartbeat since subscribing: caught up
+                self._sequence = message.sequence
+                # Bumps the generation: a validation that started before now (when notices
+                # could still be missed) must not cache its answer.
+                self._cache.clear()
+                self._caught_up = True
+            elif message.sequence != self._sequence:
+                # Ahead: a notice never arrived. Behind: the sequence restarted (Redis lost it).
+                raise FeedLost("heartbeat does not match the notices received")
+            return
+        self._cache.evict(message.access_token_hashes, message.session_ids)
+        if self._sequence is None:
+            return  # not caught up yet: the first heartbeat sets the position
+        if message.sequence > self._sequence + 1:
+            raise FeedLost("sequence gap")
+        # One behind or less is a repeat (delivery is at-least-once): evicted again, harmless.
+        self._sequence = max(self._sequence, message.sequence)
 
     def _service_metadata(self) -> tuple[tuple[str, str], ...]:
         token = self._signer.sign(
@@ -80,7 +142,7 @@ class EdgeAuthenticator:
     async def grant_for(self, token: str) -> Grant:
         """The grant behind an access token; raises AuthenticationFailed or grpc errors."""
         token_hash = hashlib.sha256(token.encode("ascii")).digest()
-        grant = self._cache.get(token_hash)
+        grant = self._cache.get(token_hash) if self._feed_trusted() else None
         self._on_lookup(grant is not None)
         if grant is not None:
             return grant
@@ -104,8 +166,8 @@ class EdgeAuthenticator:
             reply.expires_at.ToSeconds(),
         )
         # Cache only what a live feed can revoke, and only if no eviction (a revocation notice,
-        # a feed reconnect) happened while auth was answering: that answer may be stale.
-        if self._feed_connected and self._cache.generation == generation:
+        # a feed reconnect, catching up) happened while auth was answering: it may be stale.
+        if self._cache.generation == generation and self._feed_trusted():
             self._cache.put(token_hash, grant)
         return grant
 
@@ -116,6 +178,7 @@ class EdgeAuthenticator:
     async def follow_revocations(self) -> None:
         """Evicts revoked tokens as auth announces them; runs until cancelled."""
         while True:
+            call: Any = None
             try:
                 call = self._stub.WatchRevocations(
                     auth_pb2.WatchRevocationsRequest(), metadata=self._service_metadata()
@@ -125,15 +188,43 @@ class EdgeAuthenticator:
                 metadata: Any = await call.initial_metadata()
                 if ("x-palisade-subscribed", "1") not in tuple(metadata or ()):
                     raise ConnectionError("revocation feed did not confirm the subscription")
-                self._feed_connected = True
-                async for notice in call:
-                    self._cache.evict(notice.access_token_hashes, notice.session_ids)
+                self._lost.clear()
+                self._heard_at = self._clock.timestamp()  # the heartbeat deadline starts now
+                stream = call.__aiter__()
+                while True:
+                    self._receive(await self._next_message(stream))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure: forget everything, reconnect
                 log.warning(
                     "revocation feed lost; cache cleared", extra={"error": type(exc).__name__}
                 )
-            self._feed_connected = False
-            self._cache.clear()
+            finally:
+                if call is not None and hasattr(call, "cancel"):
+                    call.cancel()
+            self._lose()
             await asyncio.sleep(_RECONNECT_SECONDS)
+
+    async def _next_message(self, stream: Any) -> Any:
+        """The stream's next message; FeedLost if it ends, stays silent past the heartbeat
+        deadline, or the cache gave up on it meanwhile (a lookup saw the deadline pass)."""
+        message = asyncio.ensure_future(anext(stream))
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    {message, lost}, timeout=_WATCH_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
+                if message in done:
+                    try:
+                        return message.result()
+                    except StopAsyncIteration:
+                        raise FeedLost("revocation stream ended") from None
+                if lost in done:
+                    raise FeedLost("cache stopped trusting the stream")
+                if self._overdue():
+                    raise FeedLost("no heartbeat within the deadline")
+        finally:
+            for task in (message, lost):
+                if not task.done():
+                    task.cancel()

@@ -72,6 +72,8 @@ async def serve_gateway(
             cache=cache,
             timeout=settings.upstream_timeout_seconds,
             on_lookup=metrics.token_cache_lookup,
+            clock=clock,
+            heartbeat_deadline_seconds=settings.revocation_heartbeat_deadline_seconds,
         )
         services = [(auth_pb2.DESCRIPTOR.services_by_name["AuthService"], "auth")]
         channels = {"auth": auth_channel}

@@ -34,6 +34,10 @@ class TokenCache:
         self._max_age = max_age_seconds
         self._clock = clock
 
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
     def __len__(self) -> int:
         return len(self._entries)
 

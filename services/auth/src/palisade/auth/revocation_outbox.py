@@ -1,0 +1,158 @@
+"""Revocation notices from a durable outbox: a notice commits with the revocation it announces.
+
+Publishing straight after commit lost the notice whenever the publish failed (Redis briefly
+away, the process stopping between commit and publish), and gateways kept the revoked token
+cached for up to their maximum age. Now the notice is a row written in the revocation's own
+transaction; RevocationRelay publishes rows in order and deletes each once the feed took it,
+retrying the rest every pass, so a notice is delayed by an outage but never dropped. Delivery
+is at-least-once (two relays may both publish a row): eviction is idempotent.
+
+The relay also sends the feed's heartbeats, and only after a pass that left the outbox empty:
+while notices cannot be published, gateways stop hearing heartbeats and stop trusting their
+caches (see palisade.gateway.edge_auth), instead of trusting a feed that is silently failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import BigInteger, Column, Integer, Table, Text, delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from palisade.auth.revocation import RevocationFeed, RevocationNotice
+from palisade.auth.store import AuthTransaction, metadata
+from palisade.common.clock import Clock
+from palisade.common.db import UTCDateTime
+
+log = logging.getLogger("palisade.auth.revocation_outbox")
+
+revocation_outbox = Table(
+    "revocation_outbox",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("created_at", UTCDateTime(), nullable=False),
+    # RevocationNotice.to_json(): token hashes (SHA-256, not the tokens), ids and a reason.
+    Column("notice", Text, nullable=False),
+)
+
+
+class RevocationOutbox:
+    """Adds notices to the caller's transaction; the relay publishes them after commit.
+
+    async with store.transaction() as tx:
+        ...                                    # the revocation
+        await outbox.enqueue(tx, notice)
+    outbox.notify()                            # after commit: wake this process's relay
+    """
+
+    def __init__(self, *, clock: Clock) -> None:
+        self._clock = clock
+        self._wake = asyncio.Event()
+
+    async def enqueue(self, tx: AuthTransaction, notice: RevocationNotice) -> None:
+        await tx.conn.execute(
+            insert(revocation_outbox).values(created_at=self._clock.now(), notice=notice.to_json())
+        )
+
+    def notify(self) -> None:
+        """Wakes this process's relay now instead of at its next pass; call after commit."""
+        self._wake.set()
+
+    async def wait(self) -> None:
+        await self._wake.wait()
+        self._wake.clear()
+
+
+class RevocationRelay:
+    def __init__(
+        self,
+        *,
+        engine: AsyncEngine,
+        feed: RevocationFeed,
+        outbox: RevocationOutbox,
+        heartbeat_seconds: float = 0.5,
+        batch_size: int = 100,
+    ) -> None:
+        if heartbeat_seconds <= 0 or batch_size < 1:
+            raise ValueError("heartbeat_seconds and batch_size must be > 0")
+        self._engine = engine
+        self._feed = feed
+        self._outbox = outbox
+        self._heartbeat_seconds = heartbeat_seconds
+        self._batch_size = batch_size
+
+    async def relay_once(self) -> bool:
+        """Publishes pending notices in order, deleting each once published; returns whether
+        the outbox is now empty. A failed publish leaves its row (and the later ones) for the
+        next pass."""
+        while True:
+            async with self._engine.begin() as conn:
+                rows = (
+                    await conn.execute(
+                        select(revocation_outbox.c.id, revocation_outbox.c.notice)
+                        .order_by(revocation_outbox.c.id)
+                        .limit(self._batch_size)
+                    )
+                ).all()
+            if not rows:
+                return True
+            for row_id, raw in rows:
+                try:
+                    await self._feed.publish(RevocationNotice.from_dict(json.loads(raw)))
+                except Exception as error:
+                    log.warning(
+                        "could not publish a revocation; will retry",
+                        extra={"error": type(error).__name__},
+                    )
+                    return False
+                async with self._engine.begin() as conn:
+                    await conn.execute(
+                        delete(revocation_outbox).where(revocation_outbox.c.id == row_id)
+                    )
+            if len(rows) < self._batch_size:
+                return True
+
+    async def beat(self) -> bool:
+        """Sends one heartbeat if the outbox is drained; returns whether one was sent."""
+        try:
+            if not await self.relay_once():
+                return False
+            await self._feed.heartbeat()
+        except Exception as error:
+            log.warning("revocation heartbeat failed", extra={"error": type(error).__name__})
+            return False
+        return True
+
+    async def run(self) -> None:
+        """Relays and beats until cancelled: woken by notify(), and at least every
+        heartbeat_seconds (wall time: heartbeats are a liveness signal between processes)."""
+        last_beat = float("-inf")
+        while True:
+            if time.monotonic() - last_beat >= self._heartbeat_seconds:
+                if await self.beat():
+                    last_beat = time.monotonic()
+            else:
+                with contextlib.suppress(Exception):
+                    await self.relay_once()
+            wait = max(0.0, last_beat + self._heartbeat_seconds - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait or self._heartbeat_seconds):
+                    await self._outbox.wait()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        task = asyncio.create_task(self.run(), name="palisade-revocation-relay")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,216 @@
+"""The revocation feed cannot silently drop (issue 9 item 6, SECURITY.md 24).
+
+A notice commits with its revocation (the outbox) and the relay publishes it; a failed
+publish is retried, never dropped, and no heartbeat goes out while a notice is pending (so
+gateways stop trusting their caches). With Redis, numbers are one global sequence across
+auth replicas (INCR and PUBLISH in one script). Store tests run on SQLite and Postgres; the
+Redis tests on a real Redis. No sleeps: passes are driven by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import func, select
+
+from palisade.auth.revocation import (
+    FeedEvent,
+    LocalRevocationFeed,
+    RedisRevocationFeed,
+    RevocationNotice,
+)
+from palisade.auth.revocation_outbox import RevocationOutbox, RevocationRelay, revocation_outbox
+from palisade.auth.store import MIGRATIONS_PACKAGE, AuthStore
+from palisade.common.clock import ManualClock
+from palisade.common.db import create_engine
+from palisade.common.migrations import upgrade
+from palisade_api.auth.v1 import auth_pb2 as pb
+
+
+def _notice(i: int) -> RevocationNotice:
+    return RevocationNotice(
+        (hashlib.sha256(f"t{i}".encode()).digest(),),
+        (f"ses_{i}",),
+        f"usr_{i}",
+        "logout",
+        datetime(2026, 1, 1, tzinfo=UTC),
+    )
+
+
+class FlakyFeed(LocalRevocationFeed):
+    """Refuses the next `failures` publishes (and heartbeats while it refuses)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def publish(self, notice: RevocationNotice) -> int:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("redis went away")
+        return await super().publish(notice)
+
+
+@pytest.fixture
+async def store(database_url):
+    engine = create_engine(database_url)
+    await upgrade(engine, MIGRATIONS_PACKAGE)
+    yield AuthStore(engine=engine)
+    await engine.dispose()
+
+
+async def _pending(store: AuthStore) -> int:
+    async with store.transaction() as tx:
+        return int(
+            (
+                await tx.conn.execute(select(func.count()).select_from(revocation_outbox))
+            ).scalar_one()
+        )
+
+
+async def _read(stream, count: int) -> list[FeedEvent]:
+    return [await asyncio.wait_for(anext(stream), timeout=5) for _ in range(count)]
+
+
+async def test_a_failed_publish_is_retried_and_delivered_never_dropped(store) -> None:
+    feed = FlakyFeed(failures=3)
+    outbox = RevocationOutbox(clock=ManualClock())
+    relay = RevocationRelay(engine=store._engine, feed=feed, outbox=outbox)
+    async with feed.subscribe() as stream:
+        async with store.transaction() as tx:
+            await outbox.enqueue(tx, _notice(1))
+            await outbox.enqueue(tx, _notice(2))
+        assert await relay.relay_once() is False  # Redis away: kept
+        assert await relay.beat() is False  # and no heartbeat vouches for a complete feed
+        assert await _pending(store) == 2
+        assert feed.sequence == 0  # nothing went out
+        assert await relay.beat() is False  # still failing: still kept, still silent
+        assert await relay.beat() is True  # back: delivered, in order, then a heartbeat
+        assert await _pending(store) == 0
+        events = await _read(stream, 3)
+    assert events == [FeedEvent(1, _notice(1)), FeedEvent(2, _notice(2)), FeedEvent(2)]
+
+
+async def test_a_rolled_back_revocation_announces_nothing(store) -> None:
+    feed = LocalRevocationFeed()
+    outbox = RevocationOutbox(clock=ManualClock())
+    relay = RevocationRelay(engine=store._engine, feed=feed, outbox=outbox)
+
+    async def failing_revocation() -> None:
+        async with store.transaction() as tx:
+            await outbox.enqueue(tx, _notice(1))
+            raise RuntimeError("the revocation failed")
+
+    with pytest.raises(RuntimeError):
+        await failing_revocation()
+    assert await relay.relay_once() is True
+    assert feed.sequence == 0
+
+
+async def test_the_running_relay_beats_and_publishes_when_notified(store) -> None:
+    feed = LocalRevocationFeed()
+    outbox = RevocationOutbox(clock=ManualClock())
+    relay = RevocationRelay(engine=store._engine, feed=feed, outbox=outbox, heartbeat_seconds=60)
+    async with feed.subscribe() as stream, relay.running():
+        assert await asyncio.wait_for(anext(stream), timeout=5) == FeedEvent(0)  # first beat
+        async with store.transaction() as tx:
+            await outbox.enqueue(tx, _notice(1))
+        outbox.notify()
+        assert await asyncio.wait_for(anext(stream), timeout=5) == FeedEvent(1, _notice(1))
+
+
+# --- Redis: one global sequence across replicas ------------------------------------------------
+
+
+@pytest.fixture
+async def redis_pair(redis_url):
+    first, second = Redis.from_url(redis_url), Redis.from_url(redis_url)
+    channel = f"test:revocations:{uuid.uuid4().hex}"
+    key = f"{channel}:sequence"
+    feeds = [RedisRevocationFeed(r, channel=channel, sequence_key=key) for r in (first, second)]
+    yield feeds
+    await first.aclose()
+    await second.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_numbers_notices_globally_across_replicas_in_channel_order(redis_pair) -> None:
+    one, two = redis_pair
+    async with one.subscribe() as stream:
+        numbers = await asyncio.gather(
+            *((one if i % 2 else two).publish(_notice(i)) for i in range(40))
+        )
+        await two.heartbeat()
+        events = [await asyncio.wait_for(anext(stream), timeout=5) for _ in range(41)]
+    assert sorted(numbers) == list(range(1, 41))
+    assert [e.sequence for e in events[:40]] == list(range(1, 41))  # delivered in number order
+    assert {e.notice for e in events[:40]} == {_notice(i) for i in range(40)}
+    assert events[40] == FeedEvent(40)  # the other replica's heartbeat names the latest
+
+
+@pytest.mark.redis
+async def test_redis_relay_retries_until_redis_takes_the_notice(redis_pair, store) -> None:
+    feed, _ = redis_pair
+    outbox = RevocationOutbox(clock=ManualClock())
+
+    class Outage:
+        """Redis refusing for one pass, then the real feed."""
+
+        failures = 1
+
+        async def publish(self, notice: RevocationNotice) -> int:
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("redis went away")
+            return await feed.publish(notice)
+
+        async def heartbeat(self) -> None:
+            await feed.heartbeat()
+
+        def subscribe(self):
+            return feed.subscribe()
+
+    relay = RevocationRelay(engine=store._engine, feed=Outage(), outbox=outbox)
+    async with feed.subscribe() as stream:
+        async with store.transaction() as tx:
+            await outbox.enqueue(tx, _notice(7))
+        assert await relay.beat() is False
+        assert await relay.beat() is True
+        events = [await asyncio.wait_for(anext(stream), timeout=5) for _ in range(2)]
+    assert events == [FeedEvent(1, _notice(7)), FeedEvent(1)]
+
+
+# --- over gRPC: numbered notices and heartbeats reach a WatchRevocations subscriber -----------
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("use_redis", [True, False], ids=["redis-two-replicas", "embedded"])
+async def test_watch_revocations_streams_numbered_notices_and_heartbeats(
+    auth_factory, use_redis
+) -> None:
+    replicas = 2 if use_redis else 1
+    async with auth_factory(replicas=replicas, use_redis=use_redis) as auth:
+        await auth.sign_up("feed@example.com")
+        tokens = await auth.login("feed@example.com")
+        grant = await auth.validate(tokens.access_token)
+        watcher = auth.stubs[-1]  # with Redis: another replica than the one logging out
+        stream = watcher.WatchRevocations(
+            pb.WatchRevocationsRequest(), metadata=auth.gateway_service()
+        )
+        first = await asyncio.wait_for(stream.read(), timeout=5)
+        assert first.heartbeat
+        assert first.sequence == 0
+        await auth.stubs[0].Logout(pb.LogoutRequest(), metadata=auth.as_user(grant))
+        messages = []
+        while len(messages) < 2 or messages[-1].sequence < 1 or not messages[-1].heartbeat:
+            messages.append(await asyncio.wait_for(stream.read(), timeout=5))
+        stream.cancel()
+        notices = [m for m in messages if not m.heartbeat]
+        assert [(n.sequence, list(n.session_ids)) for n in notices] == [(1, [grant.session_id])]
+        assert messages[-1].heartbeat
+        assert messages[-1].sequence == 1
