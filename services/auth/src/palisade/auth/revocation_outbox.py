@@ -29,6 +29,7 @@ from palisade.auth.revocation import RevocationFeed, RevocationNotice
 from palisade.auth.store import AuthTransaction, metadata
 from palisade.common.clock import Clock
 from palisade.common.db import UTCDateTime
+from palisade.common.tasks import running_in_background
 
 log = logging.getLogger("palisade.auth.revocation_outbox")
 
@@ -149,10 +150,5 @@ class RevocationRelay:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        task = asyncio.create_task(self.run(), name="palisade-revocation-relay")
-        try:
+        async with running_in_background(self.run(), name="palisade-revocation-relay"):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task

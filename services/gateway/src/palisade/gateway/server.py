@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -16,6 +14,7 @@ from palisade.common.caller import AssertionSigner, load_keyset
 from palisade.common.clock import Clock, SystemClock
 from palisade.common.grpc_client import insecure_channel
 from palisade.common.metrics import start_metrics_endpoint
+from palisade.common.tasks import running_in_background
 from palisade.gateway.app import Gateway, Upstreams
 from palisade.gateway.client_ip import parse_networks
 from palisade.gateway.config import SERVICE_NAME, GatewaySettings
@@ -92,14 +91,9 @@ async def serve_gateway(
             max_body_bytes=settings.max_body_bytes,
             cors_origins=settings.cors_origins,
         )
-        follower = asyncio.create_task(edge.follow_revocations())
-
-        async def stop_follower() -> None:
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
-
-        stack.push_async_callback(stop_follower)
+        await stack.enter_async_context(
+            running_in_background(edge.follow_revocations(), name="palisade-revocation-follower")
+        )
         runner = make_runner(
             gateway.application(), shutdown_seconds=settings.shutdown_grace_seconds
         )
