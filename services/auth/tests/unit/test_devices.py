@@ -128,3 +128,18 @@ def test_description_of_random_garbage_is_clean() -> None:
         if not _is_clean(result):
             dirty.append(result)
     assert dirty == []
+
+
+@pytest.mark.parametrize(
+    "user_agent",
+    [
+        "Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 Chrome/" + "9" * 400 + ".0 Safari/537.36",
+        "Mozilla/5.0 (X11; Linux x86_64) " + "B" * 300 + "Bot/" + "1" * 300,
+        "Mozilla/5.0 (" + "Q" * 500 + "; rv:120.0) Gecko/20100101 Firefox/120.0",
+    ],
+)
+def test_descriptions_fit_the_device_column(user_agent) -> None:
+    # sessions.device is VARCHAR(128); ua_parser copies versions and names unbounded.
+    description = describe_device(user_agent)
+    assert 0 < len(description) <= 128
+    assert _is_clean(description)

@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
 
+from palisade.auth.bounded import IP_CHARS, clip_optional
 from palisade.auth.store import AuthTransaction, metadata
 from palisade.common.db import UTCDateTime
 
@@ -291,7 +292,7 @@ class MfaRecords:
                 user_id=user_id,
                 created_at=now,
                 expires_at=expires_at,
-                requested_ip=ip,
+                requested_ip=clip_optional(ip, IP_CHARS),  # client-supplied
             )
         )
 

@@ -12,6 +12,7 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from palisade.auth.accounts import Accounts
+from palisade.auth.bounded import client_ip
 from palisade.auth.devices import describe_device
 from palisade.auth.errors import NotSignedIn
 from palisade.auth.geo import Locator
@@ -31,7 +32,8 @@ USER_PREFIX = "user:"
 
 
 def _client(caller: Caller) -> ClientInfo:
-    return ClientInfo(ip=caller.client_ip, device=describe_device(caller.user_agent))
+    # Both are stored (sessions, magic links): canonical and bounded to their columns.
+    return ClientInfo(ip=client_ip(caller.client_ip), device=describe_device(caller.user_agent))
 
 
 def _signed_in(caller: Caller) -> tuple[str, str, str | None]:

@@ -26,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from palisade.auth.bounded import DEVICE_CHARS, IP_CHARS, clip_optional
 from palisade.common.db import UTCDateTime
 from palisade.common.outbox import SecurityEvent, emit, outbox_table
 
@@ -252,12 +253,11 @@ class AuthTransaction:
     # -- sessions and tokens ----------------------------------------------------------------
 
     async def insert_session(self, row: SessionRow) -> None:
-        await self._conn.execute(
-            insert(sessions).values(
-                **{f: getattr(row, f) for f in SessionRow.__dataclass_fields__},
-                revoked_reason=None,
-            )
-        )
+        values = {f: getattr(row, f) for f in SessionRow.__dataclass_fields__}
+        # Client-supplied: bounded to the columns (Postgres refuses longer values).
+        values["ip"] = clip_optional(row.ip, IP_CHARS)
+        values["device"] = clip_optional(row.device, DEVICE_CHARS)
+        await self._conn.execute(insert(sessions).values(**values, revoked_reason=None))
 
     async def insert_refresh_token(
         self, *, token_hash: bytes, session_id: str, now: datetime, expires_at: datetime
@@ -321,7 +321,7 @@ class AuthTransaction:
     async def touch_session(self, session_id: str, now: datetime, ip: str | None) -> None:
         values: dict[str, object] = {"last_seen_at": now}
         if ip:
-            values["ip"] = ip
+            values["ip"] = clip_optional(ip, IP_CHARS)
         await self._conn.execute(
             update(sessions).where(sessions.c.id == session_id).values(**values)
         )
