@@ -176,3 +176,44 @@ def test_decoys_are_stable_per_token_and_differ_between_tokens() -> None:
     assert others.isdisjoint(d.credential_id for d in first)
     counts = {len(decoy_credentials(f"t{i}")) for i in range(50)}
     assert counts == {1, 2}
+
+
+def _client_data_with(tail: bytes) -> str:
+    return b64url_encode(b'{"type":"webauthn.get","challenge":"AAAA","origin":"o"' + tail + b"}")
+
+
+# Free JSON inside clientDataJSON (issue 9 item 4): each is a malformed response (400) before
+# any challenge is used, never a 500 and never a "verification failure" on a burned challenge.
+CLIENT_DATA_NUMBER_DEFECTS = {
+    "NaN": _client_data_with(b',"crossOrigin":NaN'),
+    "Infinity": _client_data_with(b',"x":Infinity'),
+    "-Infinity": _client_data_with(b',"x":[-Infinity]'),
+    "1e999": _client_data_with(b',"crossOrigin":1e999'),
+    "a 400-digit integer": _client_data_with(b',"x":' + b"9" * 400),
+    "a 5000-digit integer": _client_data_with(b',"x":-' + b"1" * 5000),
+    "crossOrigin a string": _client_data_with(b',"crossOrigin":"false"'),
+    "crossOrigin a number": _client_data_with(b',"crossOrigin":0'),
+    "topOrigin a list": _client_data_with(b',"topOrigin":["o"]'),
+    "type a number": b64url_encode(b'{"type":1,"challenge":"AAAA","origin":"o"}'),
+    "origin a list": b64url_encode(b'{"type":"webauthn.get","challenge":"AAAA","origin":["o"]}'),
+    "challenge null": b64url_encode(b'{"type":"webauthn.get","challenge":null,"origin":"o"}'),
+    "UTF-16": b64url_encode(
+        json.dumps({"type": "a", "challenge": "A", "origin": "o"}).encode("utf-16")
+    ),
+    "nested deeply": _client_data_with(b',"x":' + b"[" * 20000 + b"]" * 20000),
+}
+
+
+@pytest.mark.parametrize(
+    "client_data", CLIENT_DATA_NUMBER_DEFECTS.values(), ids=CLIENT_DATA_NUMBER_DEFECTS.keys()
+)
+def test_free_json_in_client_data_is_invalid_input(client_data) -> None:
+    with pytest.raises(InvalidPasskeyCredential):
+        parse_authentication(_assertion(clientDataJSON=client_data))
+    with pytest.raises(InvalidPasskeyCredential):
+        parse_registration(_registration(clientDataJSON=client_data))
+
+
+def test_client_data_with_ordinary_extra_members_still_parses() -> None:
+    extra = _client_data_with(b',"crossOrigin":false,"topOrigin":"o","other_keys":[1,2.5,"x"]')
+    parse_authentication(_assertion(clientDataJSON=extra))

@@ -193,7 +193,7 @@ class Passkeys:
         *,
         user_id: str,
         challenge_id: str,
-        credential: Mapping[str, Any],
+        credential: object,
         name: str,
         client: ClientInfo,
     ) -> str:
@@ -319,7 +319,7 @@ class Passkeys:
         return challenge_id, options
 
     async def login(
-        self, *, challenge_id: str, credential: Mapping[str, Any], client: ClientInfo
+        self, *, challenge_id: str, credential: object, client: ClientInfo
     ) -> IssuedTokens:
         """Verifies an AuthenticationResponseJSON and starts a session."""
         try:

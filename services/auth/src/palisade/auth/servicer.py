@@ -59,9 +59,15 @@ def _options(challenge_id: str, public_key: dict[str, Any]) -> pb.PasskeyOptions
     return pb.PasskeyOptions(challenge_id=challenge_id, public_key=_struct(public_key))
 
 
-def _json(struct: Struct) -> dict[str, Any]:
-    """A WebAuthn JSON object as the client sent it (numbers stay numbers, not floats)."""
-    return MessageToDict(struct)
+def _json(struct: Struct) -> dict[str, Any] | None:
+    """A WebAuthn JSON object as the client sent it (numbers stay numbers, not floats).
+
+    None where a Struct cannot be JSON (a NaN or an infinity sent over gRPC): the ceremony
+    refuses it as a malformed response (400) and records that, like any other."""
+    try:
+        return MessageToDict(struct)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _passkey(info: PasskeyInfo) -> pb.Passkey:

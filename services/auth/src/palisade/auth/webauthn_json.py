@@ -8,7 +8,8 @@ verification is well-formed data whose *meaning* may still be wrong (origin, rpI
 signature, counter), which the ceremonies answer with their own codes. py_webauthn's own parsers
 are lenient in places (base64 decoding skips stray characters, CBOR errors surface as
 verification failures), so the structs are built here. Numbers are never read: a
-google.protobuf.Struct turns them into floats.
+google.protobuf.Struct turns them into floats. clientDataJSON is parsed strictly (UTF-8, no NaN
+or infinities, bounded integers, each member of its JSON type) before the library sees it.
 
 Out: PublicKeyCredentialCreationOptionsJSON / RequestOptionsJSON dicts, and decoy credentials
 for emails without passkeys. Verification wraps the library so that any failure, whatever it
@@ -20,6 +21,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -63,6 +66,7 @@ MAX_CREDENTIAL_ID_BYTES = 1023  # WebAuthn L3 5.8.3
 MAX_USER_HANDLE_BYTES = 64
 _KNOWN_TRANSPORTS = {t.value for t in AuthenticatorTransport}
 MAX_TRANSPORTS = 8
+MAX_INTEGER_DIGITS = 64  # client data has no numbers; a 400-digit one is an attack
 
 
 def b64url_encode(data: bytes) -> str:
@@ -100,20 +104,69 @@ def _raw_id(credential: Mapping[str, Any]) -> bytes:
     return raw_id
 
 
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity, -Infinity
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError("number out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INTEGER_DIGITS:
+        raise ValueError("number out of range")
+    return int(text)
+
+
+def strict_json(data: bytes) -> object:
+    """UTF-8 JSON (RFC 8259) with finite, bounded numbers; ValueError for anything else."""
+    try:
+        return json.loads(
+            data.decode("utf-8"),
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+            parse_int=_bounded_int,
+        )
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+# CollectedClientData members and their JSON types (WebAuthn L3 5.8.1); others are ignored.
+_CLIENT_DATA_TYPES: dict[str, tuple[type, bool]] = {
+    "type": (str, True),
+    "challenge": (str, True),
+    "origin": (str, True),
+    "crossOrigin": (bool, False),
+    "topOrigin": (str, False),
+}
+
+
 def _client_data(response: Mapping[str, Any]) -> bytes:
     data = b64url_decode(response.get("clientDataJSON"), "credential.response.clientDataJSON")
+    invalid = "clientDataJSON is not a valid client data object"
     try:
-        parsed = parse_client_data_json(data)
-    except Exception:  # the library raises several types for bad input
-        raise InvalidPasskeyCredential("clientDataJSON is not a valid client data object") from None
-    if not isinstance(parsed.origin, str) or not isinstance(parsed.type, str):
-        raise InvalidPasskeyCredential("clientDataJSON is not a valid client data object")
+        document = strict_json(data)
+    except ValueError:  # also UnicodeDecodeError and json.JSONDecodeError
+        raise InvalidPasskeyCredential(invalid) from None
+    if not isinstance(document, dict):
+        raise InvalidPasskeyCredential(invalid)
+    for member, (kind, required) in _CLIENT_DATA_TYPES.items():
+        value = document.get(member)
+        if (value is None and required) or (value is not None and type(value) is not kind):
+            raise InvalidPasskeyCredential(invalid)
+    try:
+        parse_client_data_json(data)
+    except Exception:  # the library raises several types for bad input (e.g. the challenge)
+        raise InvalidPasskeyCredential(invalid) from None
     return data
 
 
-def transports_of(credential: Mapping[str, Any]) -> list[str]:
+def transports_of(credential: object) -> list[str]:
     """The known transport hints of a registration response (unknown ones are dropped)."""
-    response = credential.get("response")
+    response = credential.get("response") if isinstance(credential, Mapping) else None
     values = response.get("transports") if isinstance(response, Mapping) else None
     if not isinstance(values, list):
         return []
