@@ -80,6 +80,10 @@ def test_different_values_give_different_tokens(crypto):
         (" Alice@Example.COM ", "alice@example.com", EMAIL),
         ("ALICE@EXAMPLE.COM", "alice@example.com", EMAIL),
         ("\uff41lice@example.com", "alice@example.com", EMAIL),  # fullwidth a (NFKC)
+        # Greek final sigma: lower() keeps ς and σ apart, case folding does not.
+        ("\u03a3\u0391\u03a3@example.gr", "\u03c3\u03b1\u03c3@example.gr", EMAIL),
+        ("\u03c3\u03b1\u03c2@example.gr", "\u03c3\u03b1\u03c3@example.gr", EMAIL),
+        ("stra\u00dfe@example.de", "STRASSE@example.de", EMAIL),  # ß folds to ss
         ("+44 20 7946-0958", "0044 (20) 79460958", PHONE),
         ("+44.20.7946.0958", "+442079460958", PHONE),
         ("\uff0b\uff14\uff14 20 7946 0958", "+442079460958", PHONE),  # fullwidth +44

@@ -31,7 +31,10 @@ def _casefold(value: str) -> str:
 
 
 def _email(value: str) -> str:
-    email = unicodedata.normalize("NFKC", value).strip().lower()
+    # Full case folding, not lower(): capital sigma, final sigma and sigma, or sharp s and "ss", are
+    # one address to a person. NFKC again because folding can leave a non-normalized string.
+    # Changing this changes index values: `palisade-auth reindex` moves stored rows forward.
+    email = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).strip().casefold())
     if len(email) > 254 or not _EMAIL.fullmatch(email):
         raise InvalidValue("not an email address")
     return email
