@@ -220,6 +220,23 @@ async def test_legacy_bcrypt_applies_nfkc(hasher) -> None:
     assert (await hasher.verify(stored, "cafe\u0301 legacy!")).ok
 
 
+@pytest.mark.parametrize(
+    "password",
+    [
+        "cafe\u0301 legacy password",  # decomposed accent (NFKC composes it)
+        "\uff50\uff41\uff53\uff53\uff57\uff4f\uff52\uff44\uff11\uff12\uff13",  # fullwidth
+    ],
+)
+async def test_legacy_bcrypt_of_the_raw_utf8_bytes_verifies(hasher, password) -> None:
+    # Legacy systems hashed the bytes as typed, not NFKC: those users must still get in.
+    assert prepare(password) != password.encode("utf-8")
+    stored = bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds=4)).decode()
+    assert await hasher.verify(stored, password) == Verification(ok=True, needs_rehash=True)
+    # The Argon2id hash that replaces it is of the NFKC form, which keeps working.
+    assert (await hasher.verify(await hasher.hash(password), password)).ok
+    assert not (await hasher.verify(stored, password + "x")).ok
+
+
 async def test_legacy_bcrypt_does_not_touch_argon2(hasher, argon2_calls) -> None:
     stored = _legacy_bcrypt("legacy password 123")
     assert (await hasher.verify(stored, "legacy password 123")).ok

@@ -83,15 +83,24 @@ class PasswordHasher:
         if not stored_hash.isascii():  # a corrupt hash fails the login, it does not crash it
             return Verification(ok=False)
         if stored_hash.startswith(_BCRYPT_PREFIXES):
-            # Legacy systems truncated at 72 bytes; so must the check of their hashes. The
-            # Argon2id hash that replaces it on success covers the whole password.
-            try:
-                ok = bcrypt.checkpw(secret[:_BCRYPT_MAX_BYTES], stored_hash.encode("ascii"))
-            except ValueError:  # malformed salt or cost
-                return Verification(ok=False)
+            ok = _check_bcrypt(stored_hash.encode("ascii"), password, secret)
             return Verification(ok=ok, needs_rehash=ok)
         try:
             self._argon2.verify(stored_hash, secret)
         except (VerifyMismatchError, VerificationError, InvalidHashError, ValueError):
             return Verification(ok=False)
         return Verification(ok=True, needs_rehash=self._argon2.check_needs_rehash(stored_hash))
+
+
+def _check_bcrypt(stored_hash: bytes, password: str, normalized: bytes) -> bool:
+    """A legacy bcrypt hash: of the raw UTF-8 bytes (what legacy systems hashed), else NFKC.
+
+    Legacy systems truncated at 72 bytes; so must the check of their hashes. The Argon2id hash
+    that replaces it on success covers the whole (NFKC) password.
+    """
+    raw = password.encode("utf-8")
+    candidates = [raw] if raw == normalized else [raw, normalized]
+    try:
+        return any(bcrypt.checkpw(c[:_BCRYPT_MAX_BYTES], stored_hash) for c in candidates)
+    except ValueError:  # malformed salt or cost
+        return False
