@@ -105,7 +105,7 @@ async def test_unknown_email_gets_stable_decoys_shaped_like_real_options(env, ad
     )
     for decoy in first["allowCredentials"]:
         assert decoy.keys() == real["allowCredentials"][0].keys()
-        assert len(_decode(decoy["id"])) == 32
+        assert 16 <= len(_decode(decoy["id"])) <= 96
 
 
 async def test_user_without_passkeys_and_disabled_user_get_decoys(env, ada) -> None:

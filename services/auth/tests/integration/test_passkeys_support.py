@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from palisade.auth.accounts import EMAIL_INDEX_CONTEXT
+from palisade.auth.local_keys import LocalKeys
 from palisade.auth.passkey_store import passkeys as passkeys_table
 from palisade.auth.passkeys import Passkeys
 from palisade.auth.revocation import LocalRevocationFeed
@@ -178,7 +179,11 @@ async def crypto_service(data_dir: Path) -> AsyncIterator[CryptoService]:
 
 @asynccontextmanager
 async def passkey_env(
-    crypto: CryptoService, database_url: str, *, challenge_seconds: int = 300
+    crypto: CryptoService,
+    database_url: str,
+    *,
+    challenge_seconds: int = 300,
+    local_keys: LocalKeys | None = None,
 ) -> AsyncIterator[PasskeyEnv]:
     """Passkeys on a fresh auth database at head, built like server.py builds it."""
     engine = create_engine(database_url, pool_size=12)
@@ -203,6 +208,7 @@ async def passkey_env(
             store=store,
             crypto=crypto.client,
             sessions=sessions,
+            local_keys=local_keys or LocalKeys(bytes(32)),
             clock=crypto.clock,
             rp_id=RP_ID,
             rp_name="Palisade",

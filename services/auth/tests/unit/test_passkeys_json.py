@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import cbor2
 import pytest
@@ -165,17 +166,30 @@ def test_names() -> None:
             clean_passkey_name(bad)
 
 
-def test_decoys_are_stable_per_token_and_differ_between_tokens() -> None:
-    first, again = decoy_credentials("token-a"), decoy_credentials("token-a")
-    assert [d.credential_id for d in first] == [d.credential_id for d in again]
-    assert 1 <= len(first) <= 2
-    assert all(len(d.credential_id) == 32 and d.transports for d in first)
+def test_decoys_are_stable_per_seed_and_differ_between_seeds() -> None:
+    first, again = decoy_credentials(b"seed-a"), decoy_credentials(b"seed-a")
+    assert first == again
     others = {
-        d.credential_id for t in ("token-b", "token-c", "token-d") for d in decoy_credentials(t)
+        d.credential_id for t in (b"seed-b", b"seed-c", b"seed-d") for d in decoy_credentials(t)
     }
     assert others.isdisjoint(d.credential_id for d in first)
-    counts = {len(decoy_credentials(f"t{i}")) for i in range(50)}
-    assert counts == {1, 2}
+
+
+def test_decoys_are_shaped_like_real_allow_lists() -> None:
+    # Issue 9 item 12: decoys used to be 1-2 ids of exactly 32 bytes with fixed transports.
+    lists = [decoy_credentials(f"email-{i}".encode()) for i in range(2000)]
+    counts = Counter(len(x) for x in lists)
+    assert set(counts) == {1, 2, 3, 4}
+    assert counts[1] > counts[2] > counts[3] > counts[4]  # most people have one passkey
+    ids = [d for x in lists for d in x]
+    lengths = Counter(len(d.credential_id) for d in ids)
+    assert {16, 20, 32, 64} <= set(lengths)  # Google, Apple, Windows Hello, security keys
+    assert max(lengths.values()) < 0.5 * len(ids)  # no single tell-tale length
+    transports = Counter(d.transports for d in ids)
+    assert {("hybrid", "internal"), ("internal",), ("nfc", "usb"), ()} <= set(transports)
+    assert all(list(t) == sorted(t) for t in transports)  # stored (real) lists are sorted
+    assert all(set(t) <= {"hybrid", "internal", "nfc", "usb"} for t in transports)
+    assert len({d.credential_id for d in ids}) == len(ids)
 
 
 def _client_data_with(tail: bytes) -> str:

@@ -15,6 +15,7 @@ from typing import NoReturn
 
 from palisade.auth.emails import existing_account_email, seal_or_decoy
 from palisade.auth.errors import InvalidCredentials, InvalidEmail, InvalidName
+from palisade.auth.local_keys import LocalKeys
 from palisade.auth.mail import MailQueue
 from palisade.auth.mfa_login import LoginResult, MfaLogins
 from palisade.auth.mfa_store import MfaRecords
@@ -82,6 +83,7 @@ class Accounts:
         hasher: PasswordHasher,
         sessions: SessionManager,
         throttle: LoginThrottle,
+        local_keys: LocalKeys,
         mfa: MfaLogins,
         mail: MailQueue,
         public_base_url: str,
@@ -95,6 +97,7 @@ class Accounts:
         self._hasher = hasher
         self._sessions = sessions
         self._throttle = throttle
+        self._local_keys = local_keys  # throttle keys survive index-key rotation
         self._clock = clock
 
     async def _email_tokens(self, email: str) -> list[str]:
@@ -181,7 +184,7 @@ class Accounts:
         email = normalize_email(email)
         check_length(password)
         tokens = await self._email_tokens(email)
-        account_key = tokens[0]  # keyed: Redis never sees the email
+        account_key = self._local_keys.email_throttle_key(email)  # stable; Redis never sees it
         await self._throttle.acquire(account_key, client.ip)  # counted before the hash
         async with self._store.transaction() as tx:
             user = await tx.user_by_email_index(tokens)

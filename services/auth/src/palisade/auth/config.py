@@ -28,6 +28,10 @@ class AuthSettings(CommonSettings):
     revocation_heartbeat_seconds: float = Field(default=0.5, gt=0, le=1.0)
     # A MaxMind DB file (e.g. GeoLite2-City.mmdb) to show where sessions are; unset: no location.
     geoip_database: Path | None = None
+    # Auth's own stable secret (throttle keys, passkey decoys; never rotated with the index
+    # key). Default: <data_dir>/keys/auth-local.json, created on first run when
+    # create_missing_keys; a mounted Kubernetes Secret in production.
+    local_keys_file: Path | None = None
 
     # Argon2id parameters (RFC 9106 / OWASP minimum: m=19456 KiB, t=2, p=1). Hashes made with
     # other parameters are re-hashed at the next successful login.
@@ -91,3 +95,6 @@ class AuthSettings(CommonSettings):
     # The outbox relay: how often it looks for due emails, and when it gives up on one.
     mail_poll_seconds: float = Field(default=5.0, gt=0)
     mail_max_attempts: int = Field(default=8, ge=1)
+
+    def resolved_local_keys_file(self) -> Path:
+        return self.local_keys_file or self.data_dir / "keys" / "auth-local.json"

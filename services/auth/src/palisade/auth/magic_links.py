@@ -17,6 +17,7 @@ from urllib.parse import quote
 from palisade.auth.accounts import EMAIL_INDEX_CONTEXT, normalize_email
 from palisade.auth.emails import magic_link_email, seal_or_decoy
 from palisade.auth.errors import InvalidCredentials, InvalidMagicLink
+from palisade.auth.local_keys import LocalKeys
 from palisade.auth.mail import MailQueue
 from palisade.auth.mfa_login import LoginResult, MfaLogins
 from palisade.auth.mfa_store import MfaRecords
@@ -51,6 +52,7 @@ class MagicLinks:
         mfa: MfaLogins,
         mail: MailQueue,
         limiter: CounterLimiter,
+        local_keys: LocalKeys,
         policy: MagicLinkPolicy,
         clock: Clock,
     ) -> None:
@@ -60,6 +62,7 @@ class MagicLinks:
         self._mfa = mfa
         self._mail = mail
         self._limiter = limiter
+        self._local_keys = local_keys
         self._policy = policy
         self._clock = clock
 
@@ -78,7 +81,8 @@ class MagicLinks:
         tokens = await self._crypto.blind_index(
             email, Normalization.EMAIL, EMAIL_INDEX_CONTEXT, all_versions=True
         )
-        counters = self._counters(tokens[0], client.ip)  # keyed: Redis never sees the email
+        # A stable key (survives index-key rotation); Redis never sees the email.
+        counters = self._counters(self._local_keys.email_throttle_key(email), client.ip)
         await self._limiter.acquire(counters)
         async with self._store.transaction() as tx:
             user = await tx.user_by_email_index(tokens)

@@ -11,8 +11,9 @@ Ceremonies (SECURITY.md 19-22):
   that does not go up (unless it stays 0) is refused and audited, the stored count unchanged.
   A passkey with user verification is two factors in one, so it ends in a session directly.
 - For an email without passkeys (unknown, disabled, or none registered) the login options list
-  decoy credential ids derived from the email's blind-index token (a keyed HMAC): stable per
-  email, unlinkable across emails, indistinguishable from real ones without the index key.
+  decoy credentials derived from auth's stable local key and the email (local_keys.py, so an
+  index-key rotation does not change them while real lists stay put): stable per email,
+  unlinkable across emails, as many and shaped (id lengths, transports) like real lists.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from webauthn.helpers.structs import AuthenticationCredential, RegistrationCrede
 
 from palisade.auth.accounts import EMAIL_INDEX_CONTEXT, normalize_email
 from palisade.auth.errors import NotSignedIn
+from palisade.auth.local_keys import LocalKeys
 from palisade.auth.passkey_errors import (
     ChallengeInvalid,
     InvalidPasskeyCredential,
@@ -124,6 +126,7 @@ class Passkeys:
         store: AuthStore,
         crypto: CryptoClient,
         sessions: SessionManager,
+        local_keys: LocalKeys,
         clock: Clock,
         rp_id: str,
         rp_name: str,
@@ -135,6 +138,7 @@ class Passkeys:
         self._store = store
         self._crypto = crypto
         self._sessions = sessions
+        self._local_keys = local_keys
         self._clock = clock
         self._rp_id = rp_id
         self._rp_name = rp_name
@@ -288,10 +292,13 @@ class Passkeys:
     ) -> tuple[str, dict[str, Any]]:
         """(challenge id, PublicKeyCredentialRequestOptionsJSON); never says if email is known."""
         tokens: list[str] = []
+        decoys: list[Descriptor] = []
         if email:
+            normalized = normalize_email(email)
             tokens = await self._crypto.blind_index(
-                normalize_email(email), Normalization.EMAIL, EMAIL_INDEX_CONTEXT, all_versions=True
+                normalized, Normalization.EMAIL, EMAIL_INDEX_CONTEXT, all_versions=True
             )
+            decoys = decoy_credentials(self._local_keys.decoy_seed(normalized))
         challenge_id, challenge = self._new_challenge()
         allowed: list[Descriptor] = []
         async with self._store.transaction() as tx:
@@ -303,7 +310,7 @@ class Passkeys:
                     bound = user.id
                 # The same queries whether or not the email is known.
                 rows = await records.of_user(bound or "")
-                allowed = _descriptors(rows) if rows else decoy_credentials(tokens[0])
+                allowed = _descriptors(rows) if rows else decoys
             await records.add_challenge(
                 challenge_id=challenge_id,
                 challenge=challenge,

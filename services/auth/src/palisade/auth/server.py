@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from palisade.auth.accounts import Accounts
 from palisade.auth.config import SERVICE_NAME, AuthSettings
 from palisade.auth.geo import Locator, MaxMindLocator, NullLocator
+from palisade.auth.local_keys import load_local_keys
 from palisade.auth.magic_links import MagicLinkPolicy, MagicLinks
 from palisade.auth.mail import MailQueue, MailRelay, build_mailer
 from palisade.auth.mfa_login import MfaLogins
@@ -97,6 +98,9 @@ async def serve_auth(
     keyset = load_keyset(
         settings.resolved_internal_keys_file(), create_if_missing=settings.create_missing_keys
     )
+    local_keys = load_local_keys(
+        settings.resolved_local_keys_file(), create_if_missing=settings.create_missing_keys
+    )
     async with AsyncExitStack() as stack:
         engine = create_engine(
             resolve_database_url(
@@ -173,6 +177,7 @@ async def serve_auth(
             hasher=hasher,
             sessions=sessions,
             throttle=throttle,
+            local_keys=local_keys,
             mfa=mfa,
             mail=mail_queue,
             public_base_url=settings.public_base_url,
@@ -194,6 +199,7 @@ async def serve_auth(
             mfa=mfa,
             mail=mail_queue,
             limiter=limiter,
+            local_keys=local_keys,
             policy=magic_link_policy(settings),
             clock=clock,
         )
@@ -201,6 +207,7 @@ async def serve_auth(
             store=store,
             crypto=crypto,
             sessions=sessions,
+            local_keys=local_keys,
             clock=clock,
             rp_id=settings.passkey_rp_id,
             rp_name=settings.passkey_rp_name,

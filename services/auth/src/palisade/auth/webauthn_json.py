@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import math
 import re
@@ -240,8 +241,22 @@ SUPPORTED_ALGORITHMS = [
     COSEAlgorithmIdentifier.EDDSA,
     COSEAlgorithmIdentifier.RSASSA_PKCS1_v1_5_SHA_256,
 ]
-_DECOY_CONTEXT = b"palisade/auth/passkey-decoy\x00"
-_DECOY_TRANSPORTS = (("hybrid", "internal"), ("internal",), ("hybrid", "internal"), ("usb",))
+# What real allow-lists look like, so a decoy list cannot be told from one: (credential id
+# length, transports as stored: sorted, known values) of common authenticators, with rough
+# population weights; and how many passkeys people register. Approximate public figures.
+_DECOY_PROFILES: tuple[tuple[int, int, tuple[str, ...]], ...] = (
+    (30, 20, ("hybrid", "internal")),  # iCloud Keychain
+    (25, 16, ("hybrid", "internal")),  # Google Password Manager
+    (12, 32, ("hybrid", "internal")),  # Windows Hello, 1Password, Chrome profiles
+    (6, 16, ("internal",)),  # other platform and software authenticators
+    (6, 32, ("internal",)),
+    (8, 64, ("nfc", "usb")),  # YubiKey 5 series
+    (4, 48, ("usb",)),  # USB-only security keys
+    (3, 64, ("hybrid", "internal", "usb")),
+    (3, 32, ()),  # clients that report no transports
+    (3, 96, ("nfc", "usb")),  # security keys that wrap the key in the id
+)
+_DECOY_COUNTS = ((60, 1), (25, 2), (10, 3), (5, 4))
 
 
 @dataclass(frozen=True)
@@ -261,14 +276,42 @@ def _descriptors(items: Sequence[Descriptor]) -> list[PublicKeyCredentialDescrip
     ]
 
 
-def decoy_credentials(email_token: str) -> list[Descriptor]:
-    """One or two credentials that look real, derived from a blind-index token (keyed HMAC):
-    stable per email, unlinkable across emails, unpredictable without the index key."""
-    seed = hashlib.sha256(_DECOY_CONTEXT + email_token.encode()).digest()
-    return [
-        Descriptor(hashlib.sha256(seed + bytes([i])).digest(), _DECOY_TRANSPORTS[seed[1 + i] % 4])
-        for i in range(1 + seed[0] % 2)
-    ]
+class _Stream:
+    """Deterministic bytes from a seed (HMAC-SHA256 in counter mode)."""
+
+    def __init__(self, seed: bytes) -> None:
+        self._seed, self._counter, self._buffer = seed, 0, b""
+
+    def take(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            block = self._counter.to_bytes(4, "big")
+            self._buffer += hmac.new(self._seed, block, hashlib.sha256).digest()
+            self._counter += 1
+        out, self._buffer = self._buffer[:n], self._buffer[n:]
+        return out
+
+    def pick(self, weights: Sequence[int]) -> int:
+        """An index drawn with the given weights."""
+        point = int.from_bytes(self.take(8), "big") % sum(weights)  # bias < 2**-50
+        for index, weight in enumerate(weights):
+            point -= weight
+            if point < 0:
+                return index
+        raise AssertionError("unreachable")
+
+
+def decoy_credentials(seed: bytes) -> list[Descriptor]:
+    """Credentials for an email without passkeys, shaped like a real allow-list: as many as
+    people register, each with the id length and transports of a common authenticator. Stable
+    per seed (auth's stable key and the email), unlinkable across emails, and random bytes
+    like real ids, which are random or encrypted."""
+    stream = _Stream(seed)
+    count = _DECOY_COUNTS[stream.pick([w for w, _ in _DECOY_COUNTS])][1]
+    decoys = []
+    for _ in range(count):
+        _, length, transports = _DECOY_PROFILES[stream.pick([p[0] for p in _DECOY_PROFILES])]
+        decoys.append(Descriptor(stream.take(length), transports))
+    return decoys
 
 
 def creation_options(
