@@ -21,6 +21,7 @@ from palisade.auth.mfa_login import LoginResult, MfaLogins
 from palisade.auth.mfa_store import MfaRecords
 from palisade.auth.password_policy import check_length, check_new_password
 from palisade.auth.passwords import PasswordHasher
+from palisade.auth.revocation import RevocationNotice
 from palisade.auth.sessions import ClientInfo, SessionManager
 from palisade.auth.store import AuthStore, UserRow
 from palisade.auth.throttle import LoginThrottle
@@ -35,6 +36,9 @@ MAX_EMAIL_LENGTH = 254
 # Control, format, surrogate and line/paragraph-separator characters.
 _INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 MAX_NAME_LENGTH = 200
+# A password is checked against the hash it was read with; if that hash changes before the
+# session is stored (a re-hash or a change racing it), it is read and checked again, this often.
+_VERIFY_ROUNDS = 3
 
 
 def normalize_email(email: str) -> str:
@@ -186,40 +190,53 @@ class Accounts:
         tokens = await self._email_tokens(email)
         account_key = self._local_keys.email_throttle_key(email)  # stable; Redis never sees it
         await self._throttle.acquire(account_key, client.ip)  # counted before the hash
-        async with self._store.transaction() as tx:
-            user = await tx.user_by_email_index(tokens)
-        if user is None or user.disabled:
-            await self._hasher.burn(password)
-            await self._fail(
-                account_key, client, user, "unknown_user" if user is None else "disabled"
-            )
-        verification = await self._hasher.verify(user.password_hash, password)
-        if not verification.ok:
-            await self._fail(account_key, client, user, "bad_password")
-        new_hash = await self._hasher.hash(password) if verification.needs_rehash else None
-        result = await self._password_accepted(user.id, new_hash, remember_me, client)
+        result: LoginResult | None = None
+        for _ in range(_VERIFY_ROUNDS):
+            async with self._store.transaction() as tx:
+                user = await tx.user_by_email_index(tokens)
+            if user is None or user.disabled:
+                await self._hasher.burn(password)
+                await self._fail(
+                    account_key, client, user, "unknown_user" if user is None else "disabled"
+                )
+            verification = await self._hasher.verify(user.password_hash, password)
+            if not verification.ok:
+                await self._fail(account_key, client, user, "bad_password")
+            new_hash = await self._hasher.hash(password) if verification.needs_rehash else None
+            result = await self._password_accepted(user, new_hash, remember_me, client)
+            if result is not None:
+                break
+        if result is None:  # the hash kept changing while we checked it
+            await self._fail(account_key, client, user, "password_changed")
         # The password was right: its throttle resets (a second factor has its own count).
         await self._throttle.accepted(account_key, client.ip)
         return result
 
     async def _password_accepted(
-        self, user_id: str, new_hash: str | None, remember_me: bool, client: ClientInfo
-    ) -> LoginResult:
-        """A session, or a pending second factor, in one transaction with any re-hash."""
+        self, user: UserRow, new_hash: str | None, remember_me: bool, client: ClientInfo
+    ) -> LoginResult | None:
+        """A session, or a pending second factor, in one transaction with any re-hash; None
+        if the hash the password was verified against is no longer the user's (changed or
+        re-hashed meanwhile: verify again). The check holds the user row until commit, so a
+        password change that follows sees, and ends, the session made here."""
         async with self._store.transaction() as tx:
+            if not await tx.lock_password(user.id, user.password_hash, exclusive=bool(new_hash)):
+                return None
             if new_hash is not None:
-                await tx.set_password_hash(user_id, new_hash, self._clock.now(), changed=False)
-            if await self._mfa.required(tx, user_id):
+                await tx.replace_password_hash(
+                    user.id, user.password_hash, new_hash, self._clock.now(), changed=False
+                )
+            if await self._mfa.required(tx, user.id):
                 return await self._mfa.begin(
                     tx,
-                    user_id=user_id,
+                    user_id=user.id,
                     first_factor="password",
                     remember_me=remember_me,
                     client=client,
                 )
             return await self._sessions.sign_in(
                 tx,
-                user_id=user_id,
+                user_id=user.id,
                 remember_me=remember_me,
                 client=client,
                 method="password",
@@ -253,52 +270,79 @@ class Accounts:
         new: str,
         client: ClientInfo,
     ) -> None:
+        check_length(current)
         async with self._store.transaction() as tx:
             user = await tx.user(user_id)
         if user is None:
             raise InvalidCredentials()
-        check_length(current)
-        if not (await self._hasher.verify(user.password_hash, current)).ok:
-            async with self._store.transaction() as tx:
-                await tx.emit(
-                    SecurityEvent(
-                        type="user.password_change_failed",
-                        occurred_at=self._clock.now(),
-                        actor=f"user:{user_id}",
-                        subject=user_id,
-                        ip=client.ip,
-                        device=client.device,
-                        outcome="failure",
-                        reason="bad_password",
-                    )
-                )
-            raise InvalidCredentials("current password is incorrect")
         [email] = await self._crypto.decrypt([(user.email_ct, _pii_aad(user_id, "email"))])
-        check_new_password(new, email=email.decode())
-        new_hash = await self._hasher.hash(new)
+        for _ in range(_VERIFY_ROUNDS):
+            if user is None or not (await self._hasher.verify(user.password_hash, current)).ok:
+                await self._change_refused(user_id, client)
+            check_new_password(new, email=email.decode())
+            new_hash = await self._hasher.hash(new)
+            notice = await self._store_new_password(user, new_hash, session_id, client)
+            if notice is not None:
+                await self._sessions.announce(notice)
+                return
+            async with self._store.transaction() as tx:  # changed meanwhile: check again
+                user = await tx.user(user_id)
+        await self._change_refused(user_id, client)
+
+    async def _store_new_password(
+        self, user: UserRow, new_hash: str, session_id: str | None, client: ClientInfo
+    ) -> RevocationNotice | None:
+        """One transaction: the new hash (if the old one is still the verified one), the end
+        of the user's other sessions, links and pending second steps, and the event.
+
+        None if the hash changed since it was verified. A login racing this either locked the
+        row first (its session is committed before this reads the sessions, and ends here) or
+        finds the new hash and checks the password again.
+        """
         async with self._store.transaction() as tx:
             now = self._clock.now()
-            await tx.set_password_hash(user_id, new_hash, now, changed=True)
-            await MfaRecords(tx).retire_magic_links(user_id, now)
+            if not await tx.replace_password_hash(
+                user.id, user.password_hash, new_hash, now, changed=True
+            ):
+                return None
+            records = MfaRecords(tx)
+            await records.retire_magic_links(user.id, now)
+            await records.retire_mfa_challenges(user.id, now)
             await tx.emit(
                 SecurityEvent(
                     type="user.password_changed",
                     occurred_at=now,
-                    actor=f"user:{user_id}",
-                    subject=user_id,
+                    actor=f"user:{user.id}",
+                    subject=user.id,
                     ip=client.ip,
                     device=client.device,
                 )
             )
-        await self._sessions.revoke(
-            user_id=user_id,
-            session_ids=None,
-            keep=session_id,
-            reason="password_changed",
-            actor=f"user:{user_id}",
-            client=client,
-            event_type="session.revoked",
-        )
+            return await self._sessions.revoke_all_in(
+                tx,
+                user_id=user.id,
+                keep=session_id,
+                reason="password_changed",
+                actor=f"user:{user.id}",
+                client=client,
+                event_type="session.revoked",
+            )
+
+    async def _change_refused(self, user_id: str, client: ClientInfo) -> NoReturn:
+        async with self._store.transaction() as tx:
+            await tx.emit(
+                SecurityEvent(
+                    type="user.password_change_failed",
+                    occurred_at=self._clock.now(),
+                    actor=f"user:{user_id}",
+                    subject=user_id,
+                    ip=client.ip,
+                    device=client.device,
+                    outcome="failure",
+                    reason="bad_password",
+                )
+            )
+        raise InvalidCredentials("current password is incorrect")
 
     async def profile(self, *, user_id: str, workspace_id: str) -> Profile:
         async with self._store.transaction() as tx:

@@ -275,6 +275,14 @@ class MfaRecords:
         )
         return _rowcount(result) == 1
 
+    async def retire_mfa_challenges(self, user_id: str, now: datetime) -> None:
+        """Ends the user's pending second steps (their first factor is no longer valid)."""
+        await self._conn.execute(
+            update(mfa_challenges)
+            .where(mfa_challenges.c.user_id == user_id, mfa_challenges.c.used_at.is_(None))
+            .values(used_at=now)
+        )
+
     # -- magic links ------------------------------------------------------------------------
 
     async def insert_magic_link(

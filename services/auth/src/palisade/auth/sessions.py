@@ -302,6 +302,35 @@ class SessionManager:
         await self._announce(notice)
         return len(targets)
 
+    async def revoke_all_in(
+        self,
+        tx: AuthTransaction,
+        *,
+        user_id: str,
+        keep: str | None,
+        reason: str,
+        actor: str,
+        client: ClientInfo,
+        event_type: str,
+    ) -> RevocationNotice:
+        """Ends all the user's live sessions but `keep` inside the caller's transaction, so
+        they end with the change that causes it (a new password); announce() after commit."""
+        now = self._clock.now()
+        live = await tx.sessions_of(user_id, now)
+        return await self._revoke_in(
+            tx,
+            [s for s in live if s.id != keep],
+            now,
+            reason,
+            actor=actor,
+            client=client,
+            event_type=event_type,
+        )
+
+    async def announce(self, notice: RevocationNotice) -> None:
+        """After the transaction of revoke_all_in() has committed."""
+        await self._announce(notice)
+
     async def _revoke_in(
         self,
         tx: AuthTransaction,

@@ -242,13 +242,42 @@ class AuthTransaction:
             )
         ).scalar_one_or_none()
 
-    async def set_password_hash(
-        self, user_id: str, password_hash: str, now: datetime, *, changed: bool
-    ) -> None:
-        values: dict[str, object] = {"password_hash": password_hash}
+    async def lock_password(self, user_id: str, verified_hash: str, *, exclusive: bool) -> bool:
+        """Whether the user's hash is still the one a password was verified against; if so,
+        the row stays locked until this transaction ends, so a password change waits for
+        (and then sees) what this transaction writes, e.g. a new session.
+
+        Shared lock for plain logins (they don't wait on each other), exclusive when the caller
+        is about to write the row (a re-hash). SQLite: its BEGIN IMMEDIATE already serializes.
+        """
+        query = select(users.c.id).where(
+            users.c.id == user_id, users.c.password_hash == verified_hash
+        )
+        if self._locks:
+            query = (
+                query.with_for_update(key_share=True)
+                if exclusive
+                else query.with_for_update(read=True)
+            )
+        return (await self._conn.execute(query)).first() is not None
+
+    async def replace_password_hash(
+        self, user_id: str, old_hash: str, new_hash: str, now: datetime, *, changed: bool
+    ) -> bool:
+        """Compare-and-set: writes new_hash only if the stored hash is still old_hash.
+
+        A re-hash (changed=False) or a change that lost a race writes nothing, so a login
+        that verified the old password can never put it back.
+        """
+        values: dict[str, object] = {"password_hash": new_hash}
         if changed:
             values["password_changed_at"] = now
-        await self._conn.execute(update(users).where(users.c.id == user_id).values(**values))
+        result = await self._conn.execute(
+            update(users)
+            .where(users.c.id == user_id, users.c.password_hash == old_hash)
+            .values(**values)
+        )
+        return int(result.rowcount) == 1
 
     # -- sessions and tokens ----------------------------------------------------------------
 
@@ -283,14 +312,17 @@ class AuthTransaction:
             )
         )
 
-    async def lock_refresh_token(self, token_hash: bytes) -> tuple[RefreshRow, SessionRow] | None:
-        """The token and its session, locked for this transaction's decision."""
+    async def lock_refresh_token(
+        self, token_hash: bytes, *, lock: bool = True
+    ) -> tuple[RefreshRow, SessionRow] | None:
+        """The token and its session, locked for this transaction's decision (unless lock is
+        False: a look before deciding whether any work is worth doing)."""
         query = (
             select(refresh_tokens, sessions)
             .join(sessions, sessions.c.id == refresh_tokens.c.session_id)
             .where(refresh_tokens.c.token_hash == token_hash)
         )
-        if self._locks:
+        if self._locks and lock:
             query = query.with_for_update()
         row = (await self._conn.execute(query)).first()
         if row is None:
