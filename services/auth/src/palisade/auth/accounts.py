@@ -276,6 +276,10 @@ class Accounts:
         if user is None:
             raise InvalidCredentials()
         [email] = await self._crypto.decrypt([(user.email_ct, _pii_aad(user_id, "email"))])
+        # Counted on the account's login throttle before the hash, as logins are: a stolen
+        # session can't guess the current password any faster than a stranger can log in.
+        account_key = self._local_keys.email_throttle_key(email.decode())
+        await self._throttle.acquire(account_key, client.ip)
         for _ in range(_VERIFY_ROUNDS):
             if user is None or not (await self._hasher.verify(user.password_hash, current)).ok:
                 await self._change_refused(user_id, client)
@@ -283,6 +287,7 @@ class Accounts:
             new_hash = await self._hasher.hash(new)
             notice = await self._store_new_password(user, new_hash, session_id, client)
             if notice is not None:
+                await self._throttle.accepted(account_key, client.ip)
                 await self._sessions.announce(notice)
                 return
             async with self._store.transaction() as tx:  # changed meanwhile: check again
