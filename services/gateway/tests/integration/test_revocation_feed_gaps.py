@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from datetime import timedelta
 
 import pytest
 
@@ -162,3 +163,22 @@ async def test_a_silent_half_open_stream_is_dropped_without_any_request(gateway)
     assert len(gateway.cache) == 0
     await _until(lambda: len(gateway.auth.feeds) == 2, "the resubscription")
     assert gateway.auth.feeds[0].cancelled
+
+
+async def test_a_wall_clock_stepped_back_does_not_stretch_the_heartbeat_deadline(gateway) -> None:
+    """The deadline is measured on the wall clock: stepped back an hour (NTP, a VM resumed)
+    just after the last heartbeat, a stream that then goes silent looked alive for that hour,
+    and revoked tokens were served from the cache meanwhile. Before the fix the lookup below
+    was answered from the cache (auth not asked)."""
+    await _cached(gateway)
+    gateway.auth.heartbeat_on_subscribe = False
+    gateway.clock.set(gateway.clock.now() - timedelta(hours=1))
+    gateway.clock.advance(2.1)  # and then the stream stays silent past the deadline
+    asked = _asks_auth(gateway)
+    assert await _me(gateway) == 200
+    assert asked() == 1  # the cache is not trusted: auth is asked...
+    assert len(gateway.cache) == 0  # ...and the answer not cached
+    await _until(lambda: len(gateway.auth.feeds) == 2, "the resubscription")
+    gateway.auth.heartbeat()
+    await _until(lambda: gateway.edge.feed_connected, "catching up")
+    await _cached(gateway)  # at the new time, the feed is trusted again

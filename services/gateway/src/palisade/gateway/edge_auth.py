@@ -93,7 +93,11 @@ class EdgeAuthenticator:
         return self._caught_up
 
     def _overdue(self) -> bool:
-        return self._clock.timestamp() - self._heard_at > self._deadline
+        # The clock is the wall clock: stepped back (NTP, a resumed VM), the time since the
+        # last word is negative and would stay under the deadline for as long as the step.
+        # Not knowing how long the stream has been silent, trust ends as if overdue.
+        silent = self._clock.timestamp() - self._heard_at
+        return silent < 0 or silent > self._deadline
 
     def _feed_trusted(self) -> bool:
         """Whether cached answers may be used; a missed heartbeat deadline ends the trust."""
