@@ -183,12 +183,8 @@ class SessionManager:
 
     async def refresh(self, refresh_token: str, client: ClientInfo) -> IssuedTokens:
         presented = check_token(refresh_token, TokenKind.REFRESH)
-        # Made before the transaction, so no network call happens while the row is locked;
-        # wasted only when the token turns out to be a grace re-presentation or a replay.
         successor = new_token(TokenKind.REFRESH)
-        [successor_ct] = await self._crypto.encrypt(
-            [(successor.encode(), _successor_aad(presented))]
-        )
+        successor_ct = await self._successor_ct(presented, successor)
         access = new_token(TokenKind.ACCESS)
         replay: RevocationNotice | None = None
         async with self._store.transaction() as tx:
@@ -213,10 +209,12 @@ class SessionManager:
                     event_type="session.refresh_reuse_detected",
                 )
             else:
+                if token.rotated_at is None and successor_ct is None:
+                    raise InvalidToken()  # not reached: a rotation is never undone
                 access_expiry = await self._add_access_token(
                     tx, access, session.id, now, session.absolute_expires_at
                 )
-                if token.rotated_at is None:
+                if successor_ct is not None and token.rotated_at is None:
                     await tx.mark_rotated(presented, now, successor_ct)
                     await tx.insert_refresh_token(
                         token_hash=token_hash(successor),
@@ -255,6 +253,27 @@ class SessionManager:
         return IssuedTokens(
             access, successor, int((access_expiry - now).total_seconds()), session.id
         )
+
+    async def _successor_ct(self, presented: bytes, successor: str) -> bytes | None:
+        """The encrypted successor, made only if the token is live and unused: an unknown,
+        dead or already rotated token costs no encryption (unauthenticated callers must not
+        spend the crypto budget). Made before the locking transaction, so no network call
+        happens while the row is locked; wasted only if a parallel refresh rotates first.
+        """
+        async with self._store.transaction() as tx:
+            found = await tx.lock_refresh_token(presented, lock=False)
+        if found is None:
+            raise InvalidToken()
+        token, session = found
+        now = self._clock.now()
+        if session.revoked_at is not None or token.rotated_at is not None:
+            return None  # the locked decision below says which answer
+        if now >= session.absolute_expires_at or now >= token.expires_at:
+            raise TokenExpired()
+        [successor_ct] = await self._crypto.encrypt(
+            [(successor.encode(), _successor_aad(presented))]
+        )
+        return successor_ct
 
     # -- validation ---------------------------------------------------------------------------
 
