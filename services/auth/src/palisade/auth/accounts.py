@@ -16,14 +16,14 @@ from typing import NoReturn
 from palisade.auth.emails import existing_account_email, seal_or_decoy
 from palisade.auth.errors import InvalidCredentials, InvalidEmail, InvalidName
 from palisade.auth.local_keys import LocalKeys
-from palisade.auth.mail import MailQueue
+from palisade.auth.mail import MailQueue, SealedEmail
 from palisade.auth.mfa_login import LoginResult, MfaLogins
 from palisade.auth.mfa_store import MfaRecords
 from palisade.auth.password_policy import check_length, check_new_password
 from palisade.auth.passwords import PasswordHasher
 from palisade.auth.revocation import RevocationNotice
 from palisade.auth.sessions import ClientInfo, SessionManager
-from palisade.auth.store import AuthStore, UserRow
+from palisade.auth.store import AuthStore, DuplicateEmail, UserRow
 from palisade.auth.throttle import LoginThrottle
 from palisade.common.aad import associated_data
 from palisade.common.clock import Clock
@@ -133,6 +133,48 @@ class Accounts:
                 (name.encode(), _pii_aad(user_id, "name")),
             ]
         )
+        notice_key = "signup-taken:" + self._local_keys.email_throttle_key(email)
+        queued = False
+        for attempt in range(2):
+            try:
+                queued = await self._store_sign_up(
+                    tokens=tokens,
+                    user_id=user_id,
+                    workspace_id=workspace_id,
+                    workspace_name=workspace_name,
+                    email_ct=email_ct,
+                    name_ct=name_ct,
+                    password_hash=password_hash,
+                    notice=notice,
+                    notice_key=notice_key,
+                    client=client,
+                )
+                break
+            except DuplicateEmail:
+                # A parallel sign-up took the address between the look and the insert:
+                # looked again, it is a taken address like any other (never a 500).
+                if attempt:
+                    raise
+        if queued:
+            self._mail.notify()
+        return SignUpResult(user_id, workspace_id)
+
+    async def _store_sign_up(
+        self,
+        *,
+        tokens: list[str],
+        user_id: str,
+        workspace_id: str,
+        workspace_name: str,
+        email_ct: bytes,
+        name_ct: bytes,
+        password_hash: str,
+        notice: SealedEmail | None,
+        notice_key: str,
+        client: ClientInfo,
+    ) -> bool:
+        """The new account, or (taken address) the event and the owner's notice; True if a
+        notice was queued. Raises DuplicateEmail if a parallel sign-up got there first."""
         async with self._store.transaction() as tx:
             now = self._clock.now()
             existing = await tx.user_by_email_index(tokens)
@@ -150,36 +192,36 @@ class Accounts:
                         reason="email_in_use",
                     )
                 )
-                if notice is not None:
+                # One notice per address per window: a stranger can't flood the owner.
+                if notice is not None and await self._throttle.notice_allowed(notice_key):
                     await self._mail.enqueue(tx, notice)
-            else:
-                notice = None
-                await tx.insert_user(
-                    user_id=user_id,
-                    email_index=tokens[0],
-                    email_ct=email_ct,
-                    name_ct=name_ct,
-                    password_hash=password_hash,
-                    now=now,
+                    return True
+                return False
+            await self._throttle.notice_allowed(notice_key, spend=False)  # the same work
+            await tx.insert_user(
+                user_id=user_id,
+                email_index=tokens[0],
+                email_ct=email_ct,
+                name_ct=name_ct,
+                password_hash=password_hash,
+                now=now,
+            )
+            await tx.insert_workspace(workspace_id=workspace_id, name=workspace_name, now=now)
+            await tx.insert_membership(
+                workspace_id=workspace_id, user_id=user_id, role="owner", now=now
+            )
+            await tx.emit(
+                SecurityEvent(
+                    type="user.signed_up",
+                    occurred_at=now,
+                    actor=f"user:{user_id}",
+                    subject=user_id,
+                    workspace_id=workspace_id,
+                    ip=client.ip,
+                    device=client.device,
                 )
-                await tx.insert_workspace(workspace_id=workspace_id, name=workspace_name, now=now)
-                await tx.insert_membership(
-                    workspace_id=workspace_id, user_id=user_id, role="owner", now=now
-                )
-                await tx.emit(
-                    SecurityEvent(
-                        type="user.signed_up",
-                        occurred_at=now,
-                        actor=f"user:{user_id}",
-                        subject=user_id,
-                        workspace_id=workspace_id,
-                        ip=client.ip,
-                        device=client.device,
-                    )
-                )
-        if notice is not None:
-            self._mail.notify()
-        return SignUpResult(user_id, workspace_id)
+            )
+            return False
 
     async def login(
         self, *, email: str, password: str, remember_me: bool, client: ClientInfo

@@ -24,6 +24,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from palisade.auth.bounded import DEVICE_CHARS, IP_CHARS, clip_optional
@@ -98,6 +99,10 @@ access_tokens = Table(
     Column("expires_at", TS, nullable=False),
 )
 outbox = outbox_table(metadata)
+
+
+class DuplicateEmail(Exception):
+    """insert_user lost a race: another transaction stored the same email index first."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,28 @@ class AuthTransaction:
         return None if row is None else _user(row)
 
     async def insert_user(
+        self,
+        *,
+        user_id: str,
+        email_index: str,
+        email_ct: bytes,
+        name_ct: bytes,
+        password_hash: str,
+        now: datetime,
+    ) -> None:
+        try:
+            await self._insert_user_row(
+                user_id=user_id,
+                email_index=email_index,
+                email_ct=email_ct,
+                name_ct=name_ct,
+                password_hash=password_hash,
+                now=now,
+            )
+        except IntegrityError as exc:  # the unique email_index: this transaction is over
+            raise DuplicateEmail() from exc
+
+    async def _insert_user_row(
         self,
         *,
         user_id: str,

@@ -27,6 +27,9 @@ class ThrottleLimits:
     account_failures: int
     window_seconds: int
     account_window_seconds: int
+    # Security notices a stranger can trigger (a sign-up on a taken address): at most one
+    # per address within this many seconds.
+    notice_seconds: int = 3600
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,19 @@ class LoginThrottle:
         counters = self._counters(account_key, ip)
         await self._limiter.clear([c for c in counters if not c.key.startswith("thr:ip:")])
         await self._limiter.give_back([c for c in counters if c.key.startswith("thr:ip:")])
+
+    async def notice_allowed(self, key: str, *, spend: bool = True) -> bool:
+        """Whether a notice a stranger can trigger may go to `key` now; counts it if so,
+        unless spend is False (a look that costs the same, one round trip)."""
+        counters = [Counter(f"notice:{key}", 1, self._limits.notice_seconds)]
+        try:
+            if spend:
+                await self._limiter.acquire(counters)
+            else:
+                await self._limiter.check(counters)
+        except Throttled:
+            return False
+        return True
 
     # check() and record_failure() are acquire()'s two halves, non-atomic: they read and feed
     # the same counters (tests and tools inspect the rules through them); logins use acquire().
