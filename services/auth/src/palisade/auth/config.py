@@ -77,8 +77,10 @@ class AuthSettings(CommonSettings):
     recent_auth_seconds: int = Field(default=600, ge=30)
 
     magic_link_seconds: int = Field(default=900, ge=60, le=3600)
-    # Magic-link requests per email and per client IP within the window.
-    magic_link_email_requests: int = Field(default=5, ge=1)
+    # Magic-link requests within the window: per (email, client IP or IPv6 /64), so one
+    # stranger can't spend an email's allowance; per email from everywhere (higher); per client.
+    magic_link_email_ip_requests: int = Field(default=5, ge=1)
+    magic_link_email_requests: int = Field(default=20, ge=1)
     magic_link_ip_requests: int = Field(default=20, ge=1)
     magic_link_window_seconds: int = Field(default=900, ge=1)
 

@@ -23,7 +23,7 @@ from palisade.auth.mfa_login import LoginResult, MfaLogins
 from palisade.auth.mfa_store import MfaRecords
 from palisade.auth.sessions import ClientInfo, SessionManager
 from palisade.auth.store import AuthStore, AuthTransaction
-from palisade.auth.throttle import Counter, CounterLimiter
+from palisade.auth.throttle import Counter, CounterLimiter, client_bucket
 from palisade.auth.tokens import TokenKind, check_token, new_token, token_hash
 from palisade.common.clock import Clock
 from palisade.common.crypto_client import CryptoClient, Normalization
@@ -37,9 +37,11 @@ CONFIRM_PATH = "/auth/magic-link"
 class MagicLinkPolicy:
     public_base_url: str
     token_seconds: int
-    email_requests: int
+    email_requests: int  # per email from all clients: higher than per (email, client)
     ip_requests: int
     window_seconds: int
+    # Per (email, client): what one stranger can spend of an email's allowance.
+    email_ip_requests: int = 5
 
 
 class MagicLinks:
@@ -69,8 +71,16 @@ class MagicLinks:
     def _counters(self, email_key: str, ip: str | None) -> list[Counter]:
         policy = self._policy
         counters = [Counter(f"ml:email:{email_key}", policy.email_requests, policy.window_seconds)]
-        if ip:
-            counters.append(Counter(f"ml:ip:{ip}", policy.ip_requests, policy.window_seconds))
+        bucket = client_bucket(ip)  # an IPv4 address or an IPv6 /64
+        if bucket:
+            counters += [
+                Counter(f"ml:ip:{bucket}", policy.ip_requests, policy.window_seconds),
+                Counter(
+                    f"ml:email-ip:{email_key}:{bucket}",
+                    policy.email_ip_requests,
+                    policy.window_seconds,
+                ),
+            ]
         return counters
 
     def _link(self, token: str) -> str:

@@ -75,6 +75,7 @@ def magic_link_policy(settings: AuthSettings) -> MagicLinkPolicy:
         token_seconds=settings.magic_link_seconds,
         email_requests=settings.magic_link_email_requests,
         ip_requests=settings.magic_link_ip_requests,
+        email_ip_requests=settings.magic_link_email_ip_requests,
         window_seconds=settings.magic_link_window_seconds,
     )
 

@@ -1,5 +1,9 @@
 """Login throttling: failures counted per client IP, per (account, IP) and per account.
 
+A client is an IPv4 address or an IPv6 /64 (client_bucket). A client that has logged in to an
+account before is known to it and passes its account-wide cap, so strangers spending that cap
+cannot lock the owner out; its per-IP and per-(account, IP) limits still hold.
+
 An attacker's IP runs out of attempts long before the account does, so the real user, from
 elsewhere, is not locked out (SECURITY.md 7); the account as a whole still never sees more than
 `account_failures` consecutive failures (ASVS 6.3.1). A count decays once its window passes
@@ -11,6 +15,8 @@ Redis TTLs only garbage-collect. Both stores implement the same contract.
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +36,9 @@ class ThrottleLimits:
     # Security notices a stranger can trigger (a sign-up on a taken address): at most one
     # per address within this many seconds.
     notice_seconds: int = 3600
+    # A client (IP, or IPv6 /64) that logged in to an account is "known" to it this long
+    # after its last success, and passes that account's account-wide cap (SECURITY.md 7).
+    known_client_seconds: int = 90 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,23 @@ class Counter:
     key: str
     limit: int
     window: int
+
+
+def client_bucket(ip: str | None) -> str | None:
+    """What a client's counters are keyed by: an IPv4 address, or an IPv6 /64 (one subscriber
+    gets a whole /64, so counting per /128 would give an attacker unlimited addresses). An
+    IPv4-mapped IPv6 address counts as its IPv4 address; anything else as given."""
+    if not ip:
+        return None
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
+    return str(address)
 
 
 class FailureCounts(Protocol):
@@ -100,6 +126,11 @@ class CounterLimiter:
     async def give_back(self, counters: list[Counter]) -> None:
         await self._counts.give_back([c.key for c in counters])
 
+    async def active(self, counter: Counter) -> bool:
+        """Whether the counter has counted anything within its window."""
+        [(count, last)] = await self._counts.read([counter.key])
+        return count > 0 and self._clock.timestamp() - last < counter.window
+
     async def hit(self, counters: list[Counter]) -> None:
         await self._counts.add_failure(
             [(c.key, c.window) for c in counters], self._clock.timestamp()
@@ -114,35 +145,64 @@ class LoginThrottle:
         self._limiter = CounterLimiter(counts=counts, clock=clock)
         self._limits = limits
 
-    def _counters(self, account_key: str, ip: str | None) -> list[Counter]:
+    def _counters(self, account_key: str, ip: str | None, *, known: bool) -> list[Counter]:
         limits = self._limits
-        counters = [
-            Counter(
-                f"thr:acct:{account_key}", limits.account_failures, limits.account_window_seconds
-            )
-        ]
-        if ip:
-            counters += [
-                Counter(f"thr:ip:{ip}", limits.ip_failures, limits.window_seconds),
+        counters = []
+        if not known:  # the owner's own client is not held back by strangers' failures
+            counters.append(
                 Counter(
-                    f"thr:acct-ip:{account_key}:{ip}",
+                    f"thr:acct:{account_key}",
+                    limits.account_failures,
+                    limits.account_window_seconds,
+                )
+            )
+        bucket = client_bucket(ip)
+        if bucket:
+            counters += [
+                Counter(f"thr:ip:{bucket}", limits.ip_failures, limits.window_seconds),
+                Counter(
+                    f"thr:acct-ip:{account_key}:{bucket}",
                     limits.account_ip_failures,
                     limits.window_seconds,
                 ),
             ]
         return counters
 
+    def _known_client(self, account_key: str, ip: str | None) -> Counter | None:
+        """The record that this client logged in to this account before. Keyed by a hash of
+        the (already keyed) account key and the client: Redis holds no IP next to an account."""
+        bucket = client_bucket(ip)
+        if not bucket:
+            return None
+        digest = hashlib.sha256(f"{account_key}\x00{bucket}".encode()).hexdigest()[:40]
+        return Counter(f"thr:known:{digest}", 1, self._limits.known_client_seconds)
+
+    async def _is_known(self, account_key: str, ip: str | None) -> bool:
+        known = self._known_client(account_key, ip)
+        return known is not None and await self._limiter.active(known)
+
     async def acquire(self, account_key: str, ip: str | None) -> None:
-        """Counts a login attempt before the password is checked; refuses one over a limit."""
-        await self._limiter.acquire(self._counters(account_key, ip))
+        """Counts a login attempt before the password is checked; refuses one over a limit.
+
+        A client that logged in to the account before skips the account-wide cap (strangers
+        spending it must not lock the owner out), not the per-IP and per-(account, IP) ones.
+        """
+        known = await self._is_known(account_key, ip)
+        await self._limiter.acquire(self._counters(account_key, ip, known=known))
 
     async def accepted(self, account_key: str, ip: str | None) -> None:
         """After acquire(), the password was right: the account's counts reset, and the IP
         gets this attempt back (its earlier failures stay: an attacker's IP can't launder them
-        by logging in to its own account)."""
-        counters = self._counters(account_key, ip)
+        by logging in to its own account). The client is known to the account from now on."""
+        counters = self._counters(account_key, ip, known=False)
         await self._limiter.clear([c for c in counters if not c.key.startswith("thr:ip:")])
         await self._limiter.give_back([c for c in counters if c.key.startswith("thr:ip:")])
+        await self._remember_client(account_key, ip)
+
+    async def _remember_client(self, account_key: str, ip: str | None) -> None:
+        known = self._known_client(account_key, ip)
+        if known is not None:
+            await self._limiter.hit([known])
 
     async def notice_allowed(self, key: str, *, spend: bool = True) -> bool:
         """Whether a notice a stranger can trigger may go to `key` now; counts it if so,
@@ -160,16 +220,23 @@ class LoginThrottle:
     # check() and record_failure() are acquire()'s two halves, non-atomic: they read and feed
     # the same counters (tests and tools inspect the rules through them); logins use acquire().
     async def check(self, account_key: str, ip: str | None) -> None:
-        await self._limiter.check(self._counters(account_key, ip))
+        known = await self._is_known(account_key, ip)
+        await self._limiter.check(self._counters(account_key, ip, known=known))
 
     async def record_failure(self, account_key: str, ip: str | None) -> None:
-        await self._limiter.hit(self._counters(account_key, ip))
+        known = await self._is_known(account_key, ip)
+        await self._limiter.hit(self._counters(account_key, ip, known=known))
 
     async def record_success(self, account_key: str, ip: str | None) -> None:
         # The IP's count survives a success: an attacker's IP can't launder its failures.
         await self._limiter.clear(
-            [c for c in self._counters(account_key, ip) if not c.key.startswith("thr:ip:")]
+            [
+                c
+                for c in self._counters(account_key, ip, known=False)
+                if not c.key.startswith("thr:ip:")
+            ]
         )
+        await self._remember_client(account_key, ip)
 
 
 class MemoryFailureCounts:
