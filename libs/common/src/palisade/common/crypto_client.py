@@ -128,3 +128,15 @@ class CryptoClient:
         except grpc.aio.AioRpcError as error:
             raise _translate(error) from None
         return [[t.token for t in result.tokens] for result in reply.results]
+
+    async def report_index_versions(self, versions_in_use: Sequence[int]) -> None:
+        """Tells crypto which index key versions this service's stored rows still use."""
+        request = pb.ReportIndexVersionsRequest(versions_in_use=sorted(set(versions_in_use)))
+        try:
+            await self._stub.ReportIndexVersions(
+                request,
+                metadata=self._identity.metadata("crypto"),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _translate(error) from None

@@ -1,4 +1,12 @@
-"""palisade-auth: run the auth service (`serve`, the default) or apply its migrations."""
+"""palisade-auth: run the auth service (`serve`, the default), apply its migrations, or re-index.
+
+    palisade-auth serve                 run the gRPC service (default)
+    palisade-auth migrate               apply database migrations and exit
+    palisade-auth reindex [--after ID]  move stored blind indexes to the primary index key
+                                        version, then report the versions still in use to
+                                        crypto (which `palisade-crypto keys retire --index`
+                                        requires); resumable, idempotent, prints counts only
+"""
 
 from __future__ import annotations
 
@@ -37,11 +45,21 @@ async def _migrate(settings: AuthSettings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="palisade-auth", description="Palisade auth service")
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
+    parser.add_argument(
+        "command", nargs="?", default="serve", choices=["serve", "migrate", "reindex"]
+    )
+    parser.add_argument(
+        "--after", metavar="USER_ID", help="reindex: resume after this user id (printed by a run)"
+    )
     args = parser.parse_args(argv)
     harden_process()
     settings = AuthSettings()
     configure_logging(SERVICE_NAME, settings.log_level)
+    if args.command == "reindex":
+        from palisade.auth.reindex import reindex_from_settings
+
+        result = asyncio.run(reindex_from_settings(settings, after=args.after))
+        return 1 if result.collisions or result.unreadable else 0
     asyncio.run(_migrate(settings) if args.command == "migrate" else _serve(settings))
     return 0
 

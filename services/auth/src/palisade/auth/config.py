@@ -98,5 +98,10 @@ class AuthSettings(CommonSettings):
     mail_poll_seconds: float = Field(default=5.0, gt=0)
     mail_max_attempts: int = Field(default=8, ge=1)
 
+    # `palisade-auth reindex`: users per batch (one Decrypt and one BlindIndex call each), and
+    # the pause between batches, so a run against production leaves room for live traffic.
+    reindex_batch_size: int = Field(default=200, ge=1, le=1000)
+    reindex_pause_seconds: float = Field(default=0.2, ge=0)
+
     def resolved_local_keys_file(self) -> Path:
         return self.local_keys_file or self.data_dir / "keys" / "auth-local.json"

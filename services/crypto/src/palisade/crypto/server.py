@@ -18,6 +18,7 @@ from palisade.common.grpc_server import RunningServer, run_server
 from palisade.common.migrations import upgrade
 from palisade.common.tasks import cancel_and_wait
 from palisade.crypto.config import SERVICE_NAME, CryptoSettings
+from palisade.crypto.index_consumers import IndexConsumers
 from palisade.crypto.keyring import Keyring
 from palisade.crypto.keyring_file import KeyringHolder, create_keyring
 from palisade.crypto.metrics import CryptoMetrics
@@ -97,7 +98,8 @@ async def serve_crypto(
         await service.sync_usage()  # know every replica's totals before the first encryption
 
         def add_servicers(server: grpc.aio.Server) -> list[str]:
-            crypto_pb2_grpc.add_CryptoServiceServicer_to_server(CryptoServicer(service), server)
+            servicer = CryptoServicer(service, IndexConsumers(engine=engine, clock=clock))
+            crypto_pb2_grpc.add_CryptoServiceServicer_to_server(servicer, server)
             return [crypto_pb2.DESCRIPTOR.services_by_name["CryptoService"].full_name]
 
         verifier = AssertionVerifier(keyset=keyset, audience=SERVICE_NAME, clock=clock)

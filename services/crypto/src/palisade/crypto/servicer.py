@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from palisade.common.caller import require_service_caller
 from palisade.common.errors import InvalidArgument
+from palisade.crypto.index_consumers import IndexConsumers
 from palisade.crypto.normalize import Normalization
 from palisade.crypto.service import CryptoService, IndexRequest, KeyVersionInfo
 from palisade_api.crypto.v1 import crypto_pb2 as pb
@@ -25,8 +26,9 @@ _NORMALIZATIONS = {
 
 
 class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
-    def __init__(self, service: CryptoService) -> None:
+    def __init__(self, service: CryptoService, consumers: IndexConsumers | None = None) -> None:
         self._service = service
+        self._consumers = consumers  # who asks for blind indexes (see index_consumers.py)
 
     async def Encrypt(self, request: pb.EncryptRequest, context: Context) -> pb.EncryptResponse:
         require_service_caller()
@@ -48,7 +50,7 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
     async def BlindIndex(
         self, request: pb.BlindIndexRequest, context: Context
     ) -> pb.BlindIndexResponse:
-        require_service_caller()
+        caller = require_service_caller()
         requests = []
         for index, item in enumerate(request.items):
             normalization = _NORMALIZATIONS.get(item.normalization)
@@ -56,6 +58,8 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
                 raise InvalidArgument(f"item {index}: normalization is required")
             requests.append(IndexRequest(item.value, normalization, item.context))
         results = self._service.blind_index(requests, all_versions=request.all_versions)
+        if self._consumers is not None:
+            await self._consumers.seen(caller.issuer)  # on record before it has a token
         return pb.BlindIndexResponse(
             results=[
                 pb.BlindIndexResult(
@@ -78,6 +82,15 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
             warn_threshold=status.warn_threshold,
             rotate_threshold=status.rotate_threshold,
         )
+
+    async def ReportIndexVersions(
+        self, request: pb.ReportIndexVersionsRequest, context: Context
+    ) -> pb.ReportIndexVersionsResponse:
+        caller = require_service_caller()
+        if self._consumers is None:
+            raise InvalidArgument("this server keeps no index-consumer records")
+        await self._consumers.report(caller.issuer, list(request.versions_in_use))
+        return pb.ReportIndexVersionsResponse()
 
 
 def _version_status(info: KeyVersionInfo) -> pb.KeyVersionStatus:
