@@ -6,7 +6,11 @@
     palisade-crypto keys rotate [--index] add a key version and make it primary
     palisade-crypto keys status           versions, primary, retired, encryption counts
     palisade-crypto keys retire --below N [--index]
-                                          refuse versions below N (rewrap old data first)
+                                          refuse versions below N (rewrap old data first);
+                                          --index is refused while any service that ever
+                                          asked for a blind index has not reported (after
+                                          v N took over) that its rows use no older version:
+                                          run `palisade-auth reindex` first. No --force.
 
 Running servers pick up keyring changes within keyring_reload_seconds; no restart needed.
 No command ever prints key material.
@@ -76,6 +80,24 @@ async def _usage_totals(settings: CryptoSettings) -> dict[int, int] | None:
         await engine.dispose()
 
 
+async def _index_retire_blockers(settings: CryptoSettings, below: int) -> list[str]:
+    """Why retiring index versions below `below` would strand stored rows (see
+    palisade.crypto.index_consumers); an unreachable database is a reason too."""
+    from palisade.crypto.index_consumers import consumers, retire_blockers
+
+    keyring = read_keyring(settings.resolved_keyring_file())
+    engine = _engine(settings)
+    try:
+        records = await consumers(engine)
+    except Exception as exc:
+        return [f"the crypto database is unreachable ({type(exc).__name__}): cannot check"]
+    finally:
+        await engine.dispose()
+    return retire_blockers(
+        keyring.index, below, records, reload_seconds=settings.keyring_reload_seconds
+    )
+
+
 def _print_keys(title: str, keys: VersionedKeys, totals: dict[int, int] | None) -> None:
     print(f"{title}: primary v{keys.primary}, versions below v{keys.min_version} retired")
     for version, key in sorted(keys.keys.items()):
@@ -107,6 +129,16 @@ def _keys_command(args: argparse.Namespace, settings: CryptoSettings) -> int:
         print(f"rotated: {kind} key v{keys.primary} is now primary")
         return 0
     if args.keys_command == "retire":
+        if args.index:
+            reasons = asyncio.run(_index_retire_blockers(settings, args.below))
+            if reasons:
+                print(
+                    f"refused: index key versions below v{args.below} are still in use:",
+                    file=sys.stderr,
+                )
+                for reason in reasons:
+                    print(f"  {reason}", file=sys.stderr)
+                return 3
 
         def retire(keyring: Keyring) -> Keyring:
             if args.index:
@@ -139,7 +171,13 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_parser("status", help="show versions and encryption counts")
     retire = keys.add_parser("retire", help="refuse key versions below a version")
     retire.add_argument("--below", type=int, required=True)
-    retire.add_argument("--index", action="store_true", help="retire blind-index key versions")
+    retire.add_argument(
+        "--index",
+        action="store_true",
+        help="retire blind-index key versions; refused (exit 3, naming the service) until "
+        "every service that ever asked for a blind index has reported, after v N took over, "
+        "that its rows use none below N (palisade-auth reindex does it); there is no --force",
+    )
     return parser
 
 
