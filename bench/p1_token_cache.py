@@ -14,8 +14,9 @@ import statistics
 import time
 
 from bench.common import percentile, print_table
-from palisade.common.caller import AssertionSigner, Keyset
+from palisade.common.caller import AssertionSigner
 from palisade.common.clock import SystemClock
+from palisade.common.edge_keys import KeySource, ServiceKeys
 from palisade.gateway.edge_auth import EdgeAuthenticator
 from palisade.gateway.token_cache import Grant, TokenCache
 
@@ -37,9 +38,8 @@ async def _measure() -> list[float]:
         cache.put(secrets.token_bytes(32), grant)
     token = "plsd_at_" + secrets.token_urlsafe(32)
     cache.put(hashlib.sha256(token.encode()).digest(), grant)
-    signer = AssertionSigner(
-        keyset=Keyset.generate(), issuer="gateway", clock=clock, ttl_seconds=60
-    )
+    keys = KeySource.fixed(ServiceKeys.generate("gateway"))
+    signer = AssertionSigner(keys=keys, clock=clock, ttl_seconds=60)
     edge = EdgeAuthenticator(stub=_NoAuth(), signer=signer, cache=cache, timeout=1)
     samples = []
     for _ in range(CALLS):

@@ -29,8 +29,9 @@ from bench.common import (
     service_process,
 )
 from palisade.auth.config import AuthSettings
-from palisade.common.caller import AssertionSigner, load_keyset
+from palisade.common.caller import AssertionSigner
 from palisade.common.clock import SystemClock
+from palisade.common.edge_keys import KeySource, read_document
 from palisade.common.grpc_client import insecure_channel
 from palisade_api.auth.v1 import auth_pb2 as pb
 from palisade_api.auth.v1 import auth_pb2_grpc
@@ -54,26 +55,29 @@ def _hash_cpu_seconds(settings: AuthSettings) -> float:
 
 
 class Gateway:
-    """Signs what the gateway would sign, for the benchmark's calls."""
+    """Signs what the gateway would sign, for the benchmark's calls (one assertion per call)."""
 
     def __init__(self, data_dir: Path) -> None:
-        keyset = load_keyset(data_dir / "keys" / "internal.json", create_if_missing=False)
-        self._signer = AssertionSigner(
-            keyset=keyset, issuer="gateway", clock=SystemClock(), ttl_seconds=60
-        )
+        # The gateway's share of the master the services created on their first run.
+        keys = KeySource.from_master(read_document(data_dir / "keys" / "edges.json"), "gateway")
+        self._signer = AssertionSigner(keys=keys, clock=SystemClock(), ttl_seconds=60)
 
-    def anonymous(self) -> tuple[tuple[str, str], ...]:
+    def anonymous(self, method: str) -> tuple[tuple[str, str], ...]:
         token = self._signer.sign(
             audience="auth",
+            method=f"/palisade.auth.v1.AuthService/{method}",
             principal="anonymous",
             request_id=uuid.uuid4().hex,
             client_ip="127.0.0.1",
         )
         return (("x-palisade-caller", token),)
 
-    def service(self) -> tuple[tuple[str, str], ...]:
+    def service(self, method: str) -> tuple[tuple[str, str], ...]:
         token = self._signer.sign(
-            audience="auth", principal="service:gateway", request_id=uuid.uuid4().hex
+            audience="auth",
+            method=f"/palisade.auth.v1.AuthService/{method}",
+            principal="service:gateway",
+            request_id=uuid.uuid4().hex,
         )
         return (("x-palisade-caller", token),)
 
@@ -85,11 +89,11 @@ async def _p5(
     for email in emails:
         await stub.SignUp(
             pb.SignUpRequest(email=email, password=PASSWORD, name="Bench"),
-            metadata=gateway.anonymous(),
+            metadata=gateway.anonymous("SignUp"),
         )
     token = (
         await stub.Login(
-            pb.LoginRequest(email=emails[0], password=PASSWORD), metadata=gateway.anonymous()
+            pb.LoginRequest(email=emails[0], password=PASSWORD), metadata=gateway.anonymous("Login")
         )
     ).access_token
     latencies: list[float] = []
@@ -100,7 +104,8 @@ async def _p5(
         while not done.is_set():
             start = time.perf_counter()
             await stub.ValidateAccessToken(
-                pb.ValidateAccessTokenRequest(access_token=token), metadata=gateway.service()
+                pb.ValidateAccessTokenRequest(access_token=token),
+                metadata=gateway.service("ValidateAccessToken"),
             )
             latencies.append(time.perf_counter() - start)
             await asyncio.sleep(0.02)
@@ -116,7 +121,7 @@ async def _p5(
     async def login_worker(email: str, count: int) -> None:
         for _ in range(count):
             await stub.Login(
-                pb.LoginRequest(email=email, password=PASSWORD), metadata=gateway.anonymous()
+                pb.LoginRequest(email=email, password=PASSWORD), metadata=gateway.anonymous("Login")
             )
 
     # Phase 1, throughput: logins alone (the probes below would take CPU from them).
@@ -140,13 +145,15 @@ async def _p5(
 
 async def _p8(stub: auth_pb2_grpc.AuthServiceStub, gateway: Gateway) -> dict[str, float]:
     tokens = await stub.Login(
-        pb.LoginRequest(email="bench0@example.com", password=PASSWORD), metadata=gateway.anonymous()
+        pb.LoginRequest(email="bench0@example.com", password=PASSWORD),
+        metadata=gateway.anonymous("Login"),
     )
     start = time.perf_counter()
     results = await asyncio.gather(
         *(
             stub.Refresh(
-                pb.RefreshRequest(refresh_token=tokens.refresh_token), metadata=gateway.anonymous()
+                pb.RefreshRequest(refresh_token=tokens.refresh_token),
+                metadata=gateway.anonymous("Refresh"),
             )
             for _ in range(50)
         ),

@@ -16,8 +16,9 @@ from prometheus_client import CollectorRegistry
 
 from bench.common import best_rate, print_table, service_process
 from palisade.common.aad import associated_data
-from palisade.common.caller import AssertionSigner, load_keyset
+from palisade.common.caller import AssertionSigner
 from palisade.common.clock import SystemClock
+from palisade.common.edge_keys import KeySource, read_document
 from palisade.common.grpc_client import ServiceIdentity, insecure_channel
 from palisade.crypto.keyring_file import KeyringHolder, create_keyring
 from palisade.crypto.metrics import CryptoMetrics
@@ -31,9 +32,12 @@ FIELDS = 1000
 CALLS_PER_TRIAL = 50
 
 
+ENCRYPT = "/palisade.crypto.v1.CryptoService/Encrypt"
+
+
 def _fields() -> list[tuple[bytes, bytes]]:
     return [
-        (f"visitor{i}@example.com".encode(), associated_data("visitors", "ws", str(i), "email"))
+        (f"visitor{i}@example.com".encode(), associated_data("auth", "ws", str(i), "email"))
         for i in range(FIELDS)
     ]
 
@@ -71,10 +75,11 @@ def _in_process(data_dir: Path) -> tuple[float, float]:
 
 async def _through_service(port: int, data_dir: Path, in_flight: int) -> tuple[float, float]:
     """Fields/s with `in_flight` callers each making CALLS_PER_TRIAL sequential calls."""
-    keyset = load_keyset(data_dir / "keys" / "internal.json", create_if_missing=False)
+    # Calls as auth does (crypto checks that the data's first AAD part names the caller), with
+    # auth's share of the master the crypto process created on its first run.
+    keys = KeySource.from_master(read_document(data_dir / "keys" / "edges.json"), "auth")
     identity = ServiceIdentity(
-        name="bench",
-        signer=AssertionSigner(keyset=keyset, issuer="bench", clock=SystemClock(), ttl_seconds=60),
+        name="auth", signer=AssertionSigner(keys=keys, clock=SystemClock(), ttl_seconds=60)
     )
     request = pb.EncryptRequest(
         items=[pb.EncryptItem(plaintext=p, associated_data=a) for p, a in _fields()]
@@ -84,9 +89,9 @@ async def _through_service(port: int, data_dir: Path, in_flight: int) -> tuple[f
 
         async def caller() -> None:
             for _ in range(CALLS_PER_TRIAL):
-                await stub.Encrypt(request, metadata=identity.metadata("crypto"))
+                await stub.Encrypt(request, metadata=identity.metadata("crypto", ENCRYPT))
 
-        await stub.Encrypt(request, metadata=identity.metadata("crypto"))  # warm-up
+        await stub.Encrypt(request, metadata=identity.metadata("crypto", ENCRYPT))  # warm-up
         rates = []
         for _ in range(5):
             start = time.perf_counter()

@@ -92,7 +92,10 @@ def test_settings_read_shared_and_prefixed_environment(monkeypatch, tmp_path) ->
     settings = DemoSettings()
     assert settings.data_dir == tmp_path
     assert settings.grpc_port == 5999
-    assert settings.resolved_internal_keys_file() == tmp_path / "keys" / "internal.json"
+    assert settings.resolved_internal_keys_file("demo") == tmp_path / "keys" / "demo.json"
+    assert settings.resolved_edge_keys_master_file() == tmp_path / "keys" / "edges.json"
+    monkeypatch.setenv("PALISADE_DEMO_INTERNAL_KEYS_FILE", str(tmp_path / "mine.json"))
+    assert DemoSettings().resolved_internal_keys_file("demo") == tmp_path / "mine.json"
     monkeypatch.setenv("PALISADE_DEMO_GRPC_PORT", "70000")
     with pytest.raises(ValueError, match="65535"):
         DemoSettings()

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -9,13 +8,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from deferred_signing import DeferredSigning
 from sqlalchemy.engine import make_url
 
 from palisade.auth.config import AuthSettings
 from palisade.auth.server import AuthServer, serve_auth
-from palisade.common.caller import AssertionSigner, Keyset, load_keyset
+from palisade.common.caller import AssertionSigner
 from palisade.common.clock import ManualClock
-from palisade.common.grpc_client import insecure_channel
+from palisade.common.edge_keys import KeyDocument, KeySource, read_document
 from palisade.crypto.config import CryptoSettings
 from palisade.crypto.server import serve_crypto
 from palisade_api.auth.v1 import auth_pb2 as pb
@@ -34,7 +34,8 @@ class AuthHarness:
     servers: list[AuthServer]
     stubs: list[auth_pb2_grpc.AuthServiceStub]
     clock: ManualClock
-    keyset: Keyset
+    master: KeyDocument  # every edge's keys (the embedded default's master file)
+    signing: DeferredSigning
     auth_db_url: str
     settings: AuthSettings
     crypto_server: object = None
@@ -48,38 +49,30 @@ class AuthHarness:
     def stub(self) -> auth_pb2_grpc.AuthServiceStub:
         return self.stubs[0]
 
-    def _signer(self) -> AssertionSigner:
-        return AssertionSigner(
-            keyset=self.keyset, issuer="gateway", clock=self.clock, ttl_seconds=60
-        )
+    def signer(self, issuer: str = "gateway") -> AssertionSigner:
+        """Signs as `issuer` with only that service's keys (what its own key file holds)."""
+        keys = KeySource.from_master(self.master, issuer)
+        return AssertionSigner(keys=keys, clock=self.clock, ttl_seconds=60)
 
+    # Markers: the test channel signs each call for the method it is sent to (an assertion is
+    # bound to its method and accepted once), so these may be reused like real metadata.
     def anonymous(self, ip: str = "203.0.113.7", user_agent: str = USER_AGENT):
-        token = self._signer().sign(
-            audience="auth",
-            principal="anonymous",
-            request_id=uuid.uuid4().hex,
-            client_ip=ip,
-            user_agent=user_agent,
+        return self.signing.marker(
+            "gateway", principal="anonymous", client_ip=ip, user_agent=user_agent
         )
-        return (("x-palisade-caller", token),)
 
     def as_user(self, grant: pb.ValidateAccessTokenResponse, ip: str = "203.0.113.7"):
-        token = self._signer().sign(
-            audience="auth",
+        return self.signing.marker(
+            "gateway",
             principal=f"user:{grant.user_id}",
-            request_id=uuid.uuid4().hex,
             workspace_id=grant.workspace_id,
             session_id=grant.session_id,
             client_ip=ip,
             user_agent=USER_AGENT,
         )
-        return (("x-palisade-caller", token),)
 
     def gateway_service(self):
-        token = self._signer().sign(
-            audience="auth", principal="service:gateway", request_id=uuid.uuid4().hex
-        )
-        return (("x-palisade-caller", token),)
+        return self.signing.marker("gateway")
 
     async def sign_up(self, email: str, password: str = PASSWORD, name: str = "Ada Lovelace"):
         return await self.stub.SignUp(
@@ -170,18 +163,29 @@ def auth_factory(tmp_path: Path, postgres_database_factory, postgres_url: str, r
                     **overrides,
                 )
                 servers, stubs = [], []
+                master = read_document(settings.resolved_edge_keys_master_file())
+                signing = DeferredSigning(
+                    audience="auth",
+                    signer_for=lambda issuer: AssertionSigner(
+                        keys=KeySource.from_master(master, issuer), clock=clock, ttl_seconds=60
+                    ),
+                )
                 for _ in range(replicas):
                     server = await stack.enter_async_context(serve_auth(settings, clock=clock))
                     channel = await stack.enter_async_context(
-                        insecure_channel(server.running.target)
+                        signing.channel(server.running.target)
                     )
                     servers.append(server)
                     stubs.append(auth_pb2_grpc.AuthServiceStub(channel))
-                keyset = load_keyset(
-                    settings.resolved_internal_keys_file(), create_if_missing=False
-                )
                 yield AuthHarness(
-                    servers, stubs, clock, keyset, postgres_url, settings, crypto_server=crypto
+                    servers,
+                    stubs,
+                    clock,
+                    master,
+                    signing,
+                    postgres_url,
+                    settings,
+                    crypto_server=crypto,
                 )
 
         return running()

@@ -29,10 +29,11 @@ from palisade.auth.mail import (
     retry_delay,
 )
 from palisade.auth.store import MIGRATIONS_PACKAGE, AuthStore
-from palisade.common.caller import AssertionSigner, load_keyset
+from palisade.common.caller import AssertionSigner
 from palisade.common.clock import ManualClock, SystemClock
 from palisade.common.crypto_client import CryptoClient, CryptoFailure
 from palisade.common.db import create_engine
+from palisade.common.edge_keys import KeySource, read_document
 from palisade.common.errors import Unavailable
 from palisade.common.grpc_client import ServiceIdentity, insecure_channel
 from palisade.common.logs import JsonFormatter
@@ -94,10 +95,9 @@ class Outbox:
         return engine
 
     def crypto_client(self, target: str) -> CryptoClient:
-        keyset = load_keyset(
-            self.crypto_settings.resolved_internal_keys_file(), create_if_missing=False
-        )
-        signer = AssertionSigner(keyset=keyset, issuer="auth", clock=SystemClock(), ttl_seconds=60)
+        master = read_document(self.crypto_settings.resolved_edge_keys_master_file())
+        keys = KeySource.from_master(master, "auth")
+        signer = AssertionSigner(keys=keys, clock=SystemClock(), ttl_seconds=60)
         channel = insecure_channel(target)
         self.stack.push_async_callback(channel.close, None)
         return CryptoClient(channel=channel, identity=ServiceIdentity(name="auth", signer=signer))

@@ -31,10 +31,11 @@ from palisade.auth.revocation import LocalRevocationFeed
 from palisade.auth.sessions import ClientInfo, IssuedTokens, SessionManager, SessionPolicy
 from palisade.auth.store import MIGRATIONS_PACKAGE, AuthStore, outbox, users
 from palisade.common.aad import associated_data
-from palisade.common.caller import AssertionSigner, load_keyset
+from palisade.common.caller import AssertionSigner
 from palisade.common.clock import ManualClock
 from palisade.common.crypto_client import CryptoClient, Normalization
 from palisade.common.db import create_engine
+from palisade.common.edge_keys import KeySource, read_document
 from palisade.common.grpc_client import ServiceIdentity, insecure_channel
 from palisade.common.migrations import upgrade
 from palisade.crypto.config import CryptoSettings
@@ -169,10 +170,12 @@ async def crypto_service(data_dir: Path) -> AsyncIterator[CryptoService]:
     )
     async with AsyncExitStack() as stack:
         server = await stack.enter_async_context(serve_crypto(settings, clock=clock))
-        keyset = load_keyset(settings.resolved_internal_keys_file(), create_if_missing=False)
+        keys = KeySource.from_master(
+            read_document(settings.resolved_edge_keys_master_file()), "auth"
+        )
         channel = insecure_channel(server.running.target)
         stack.push_async_callback(channel.close, None)
-        signer = AssertionSigner(keyset=keyset, issuer="auth", clock=clock, ttl_seconds=60)
+        signer = AssertionSigner(keys=keys, clock=clock, ttl_seconds=60)
         client = CryptoClient(channel=channel, identity=ServiceIdentity(name="auth", signer=signer))
         yield CryptoService(client, clock)
 

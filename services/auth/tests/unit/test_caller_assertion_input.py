@@ -9,12 +9,12 @@ from palisade.common.caller import (
     AssertionSigner,
     AssertionVerifier,
     Caller,
-    Keyset,
     current_caller,
     require_caller,
     require_service_caller,
 )
 from palisade.common.clock import ManualClock
+from palisade.common.edge_keys import KeyDocument, KeySource
 from palisade.common.errors import PermissionDenied, Unauthenticated
 
 
@@ -23,19 +23,41 @@ def clock():
     return ManualClock()
 
 
-@pytest.fixture
-def keyset():
-    return Keyset.generate()
+METHOD = "/palisade.auth.v1.AuthService/Login"
 
 
 @pytest.fixture
-def signer(keyset, clock):
-    return AssertionSigner(keyset=keyset, issuer="gateway", clock=clock, ttl_seconds=60)
+def master():
+    return KeyDocument.generate()
+
+
+class _Signer:
+    """The gateway's signer, always for auth's Login."""
+
+    def __init__(self, master, clock) -> None:
+        keys = KeySource.from_master(master, "gateway")
+        self._signer = AssertionSigner(keys=keys, clock=clock, ttl_seconds=60)
+
+    def sign(self, **claims):
+        return self._signer.sign(method=METHOD, **claims)
+
+
+class _Verifier:
+    def __init__(self, master, clock) -> None:
+        self._verifier = AssertionVerifier(keys=KeySource.from_master(master, "auth"), clock=clock)
+
+    def verify(self, token):
+        return self._verifier.verify(token, method=METHOD)
 
 
 @pytest.fixture
-def verifier(keyset, clock):
-    return AssertionVerifier(keyset=keyset, audience="auth", clock=clock)
+def signer(master, clock):
+    return _Signer(master, clock)
+
+
+@pytest.fixture
+def verifier(master, clock):
+    return _Verifier(master, clock)
 
 
 def test_client_ip_and_user_agent_round_trip(signer, verifier) -> None:
@@ -56,19 +78,19 @@ def test_client_ip_and_user_agent_round_trip(signer, verifier) -> None:
 
 
 def _edits(token: str) -> list[str]:
-    version, kid, payload, signature = token.split(".")
+    version, issuer, kid, payload, signature = token.split(".")
     return [
-        f"{version}.{kid}.{payload}\u00e9.{signature}",  # non-ASCII in the signed part
-        f"{version}.{kid}.{payload}.{signature[:-1]}\u00e9",  # non-ASCII signature
-        f"{version}.{kid}.{payload}.\u00e9",
-        f"{version}.{kid}.{payload}.{signature}\u00e9",
-        f"{version}.{kid}.\ud800.{signature}",  # lone surrogate
-        f"{version}.{kid}.{payload}.\ud800",
-        f"{version}.{kid}.{payload}.\uff21" + signature[1:],  # fullwidth "A"
-        f"{version}.{kid}.{payload}.\x00{signature[1:]}",
-        f"{version}.{kid}.\x00.{signature}",
-        f"{version}.{kid}\u00e9.{payload}.{signature}",
-        f"v\u00b9.{kid}.{payload}.{signature}",  # superscript one
+        f"{version}.{issuer}.{kid}.{payload}\u00e9.{signature}",  # non-ASCII in the signed part
+        f"{version}.{issuer}.{kid}.{payload}.{signature[:-1]}\u00e9",  # non-ASCII signature
+        f"{version}.{issuer}.{kid}.{payload}.\u00e9",
+        f"{version}.{issuer}.{kid}.{payload}.{signature}\u00e9",
+        f"{version}.{issuer}.{kid}.\ud800.{signature}",  # lone surrogate
+        f"{version}.{issuer}.{kid}.{payload}.\ud800",
+        f"{version}.{issuer}.{kid}.{payload}.\uff21" + signature[1:],  # fullwidth "A"
+        f"{version}.{issuer}.{kid}.{payload}.\x00{signature[1:]}",
+        f"{version}.{issuer}.{kid}.\x00.{signature}",
+        f"{version}.{issuer}.{kid}\u00e9.{payload}.{signature}",
+        f"v\u00b9.{issuer}.{kid}.{payload}.{signature}",  # superscript one
     ]
 
 
@@ -94,11 +116,11 @@ def test_non_ascii_signature_is_unauthenticated(signer, verifier) -> None:
 
 
 def test_non_ascii_claims_segment_is_unauthenticated(signer, verifier) -> None:
-    version, kid, payload, signature = signer.sign(
+    version, issuer, kid, payload, signature = signer.sign(
         audience="auth", principal="user:u1", request_id="r1"
     ).split(".")
     with pytest.raises(Unauthenticated):
-        verifier.verify(f"{version}.{kid}.{payload}\u00e9.{signature}")
+        verifier.verify(f"{version}.{issuer}.{kid}.{payload}\u00e9.{signature}")
 
 
 def test_length_cap(signer, verifier) -> None:

@@ -7,15 +7,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from deferred_signing import DeferredSigning
 
-from palisade.common.caller import AssertionSigner, Keyset, load_keyset
+from palisade.common.caller import AssertionSigner
 from palisade.common.clock import ManualClock
-from palisade.common.grpc_client import ServiceIdentity, insecure_channel
+from palisade.common.edge_keys import KeyDocument, KeySource, read_document
+from palisade.common.edges import EDGES, Edge
 from palisade.crypto.config import CryptoSettings
 from palisade.crypto.server import CryptoServer, serve_crypto
 from palisade_api.crypto.v1 import crypto_pb2_grpc
 
 pytestmark = pytest.mark.postgres
+
+# The real edges, plus callers crypto will have (visitors) or must not trust with its data
+# (a gateway->crypto edge exists nowhere in production): what crypto itself refuses is tested
+# with validly signed assertions from them.
+TEST_EDGES = (
+    *EDGES,
+    Edge("visitors", "crypto"),
+    Edge("gateway", "crypto", delegates=True),
+)
 
 
 @dataclass
@@ -24,14 +35,24 @@ class CryptoHarness:
     stub: crypto_pb2_grpc.CryptoServiceStub
     settings: CryptoSettings
     clock: ManualClock
-    keyset: Keyset
+    master: KeyDocument
+    signing: DeferredSigning
 
     def signer(self, issuer: str = "auth") -> AssertionSigner:
-        return AssertionSigner(keyset=self.keyset, issuer=issuer, clock=self.clock, ttl_seconds=60)
+        keys = KeySource.from_master(self.master, issuer, TEST_EDGES)
+        return AssertionSigner(keys=keys, clock=self.clock, ttl_seconds=60)
 
-    def metadata(self, service: str = "auth") -> tuple[tuple[str, str], ...]:
-        """What a well-behaved peer service sends."""
-        return ServiceIdentity(name=service, signer=self.signer(service)).metadata("crypto")
+    def metadata(self, service: str = "auth", **claims: object) -> tuple[tuple[str, str], ...]:
+        """What a well-behaved peer service sends: signed per call, for the method called."""
+        return self.signing.marker(service, **claims)
+
+    def sign(self, method: str, service: str = "auth", **claims: object) -> str:
+        """One real assertion for `method` ("Encrypt" or "/pkg.Service/Method")."""
+        if not method.startswith("/"):
+            method = f"/palisade.crypto.v1.CryptoService/{method}"
+        claims.setdefault("principal", f"service:{service}")
+        claims.setdefault("request_id", "r")
+        return self.signer(service).sign(audience="crypto", method=method, **claims)  # type: ignore[arg-type]
 
 
 def crypto_settings(data_dir: Path, database_url: str, **overrides: object) -> CryptoSettings:
@@ -53,16 +74,22 @@ def crypto_settings(data_dir: Path, database_url: str, **overrides: object) -> C
 async def running_crypto(settings: CryptoSettings) -> AsyncIterator[CryptoHarness]:
     """A real crypto server on free ports, with a channel to it and a controllable clock."""
     clock = ManualClock(datetime.now(UTC))
-    async with serve_crypto(settings, clock=clock) as server:
-        keyset = load_keyset(settings.resolved_internal_keys_file(), create_if_missing=False)
-        async with insecure_channel(server.running.target) as channel:
-            yield CryptoHarness(
-                server=server,
-                stub=crypto_pb2_grpc.CryptoServiceStub(channel),
-                settings=settings,
-                clock=clock,
-                keyset=keyset,
+    async with serve_crypto(settings, clock=clock, edges=TEST_EDGES) as server:
+        master = read_document(settings.resolved_edge_keys_master_file())
+        harness: list[CryptoHarness] = []
+        signing = DeferredSigning(audience="crypto", signer_for=lambda i: harness[0].signer(i))
+        async with signing.channel(server.running.target) as channel:
+            harness.append(
+                CryptoHarness(
+                    server=server,
+                    stub=crypto_pb2_grpc.CryptoServiceStub(channel),
+                    settings=settings,
+                    clock=clock,
+                    master=master,
+                    signing=signing,
+                )
             )
+            yield harness[0]
 
 
 @pytest.fixture

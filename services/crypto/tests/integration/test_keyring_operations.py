@@ -54,7 +54,8 @@ async def _primary(crypto) -> int:
 async def test_key_files_are_private(crypto) -> None:
     for path in (
         crypto.settings.resolved_keyring_file(),
-        crypto.settings.resolved_internal_keys_file(),
+        crypto.settings.resolved_internal_keys_file("crypto"),
+        crypto.settings.resolved_edge_keys_master_file(),
     ):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert stat.S_IMODE(path.parent.stat().st_mode) & 0o077 == 0

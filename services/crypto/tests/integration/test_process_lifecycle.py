@@ -18,14 +18,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.engine import make_url
 
 from palisade.common.aad import associated_data
-from palisade.common.caller import AssertionSigner, load_keyset
+from palisade.common.caller import AssertionSigner
 from palisade.common.clock import SystemClock
+from palisade.common.edge_keys import KeySource, read_document
 from palisade.common.grpc_client import ServiceIdentity, insecure_channel
 from palisade.common.logs import request_id_var
 from palisade_api.crypto.v1 import crypto_pb2 as pb
 from palisade_api.crypto.v1 import crypto_pb2_grpc
 
 pytestmark = pytest.mark.postgres
+
+_CRYPTO = "/palisade.crypto.v1.CryptoService"
 
 
 def _free_port() -> int:
@@ -73,33 +76,38 @@ async def test_sigterm_drains_and_exits_cleanly_with_counts_already_leased(
     )
     try:
         await _wait_serving(port, process)
-        keyset = load_keyset(tmp_path / "keys" / "internal.json", create_if_missing=False)
+        # Auth's share of the master the crypto process created on its first run.
+        keys = KeySource.from_master(read_document(tmp_path / "keys" / "edges.json"), "auth")
         identity = ServiceIdentity(
-            name="auth",
-            signer=AssertionSigner(
-                keyset=keyset, issuer="auth", clock=SystemClock(), ttl_seconds=60
-            ),
+            name="auth", signer=AssertionSigner(keys=keys, clock=SystemClock(), ttl_seconds=60)
         )
         secret = b"very-private-value@example.com"
         async with insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = crypto_pb2_grpc.CryptoServiceStub(channel)
             request = pb.EncryptRequest(
-                items=[pb.EncryptItem(plaintext=secret, associated_data=associated_data("t", "1"))]
+                items=[
+                    pb.EncryptItem(plaintext=secret, associated_data=associated_data("auth", "1"))
+                ]
                 * 7
             )
             # As inside a service handling a request: the request id follows the call.
             token = request_id_var.set("req-lifecycle-1")
             try:
-                metadata = identity.metadata("crypto")
+                metadata = identity.metadata("crypto", f"{_CRYPTO}/Encrypt")
+                decrypt_metadata = identity.metadata("crypto", f"{_CRYPTO}/Decrypt")
             finally:
                 request_id_var.reset(token)
             await stub.Encrypt(request, metadata=metadata)
             with pytest.raises(grpc.aio.AioRpcError):
                 await stub.Decrypt(
                     pb.DecryptRequest(
-                        items=[pb.DecryptItem(ciphertext=b"x" * 40, associated_data=b"a")]
+                        items=[
+                            pb.DecryptItem(
+                                ciphertext=b"x" * 40, associated_data=associated_data("auth", "a")
+                            )
+                        ]
                     ),
-                    metadata=metadata,
+                    metadata=decrypt_metadata,
                 )
         process.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(process.communicate(), 30)

@@ -19,8 +19,10 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import CollectorRegistry
 
-from palisade.common.caller import AssertionSigner, Keyset
+from palisade.common.caller import AssertionSigner
 from palisade.common.clock import ManualClock
+from palisade.common.edge_keys import KeySource, ServiceKeys
+from palisade.common.edges import EDGES, Edge
 from palisade.gateway.app import Gateway, Upstreams
 from palisade.gateway.edge_auth import EdgeAuthenticator
 from palisade.gateway.http_server import make_runner
@@ -197,9 +199,9 @@ async def gateway() -> AsyncIterator[Harness]:
     clock = ManualClock()
     auth = SpyAuth(clock)
     upstream = SpyChannel()
-    signer = AssertionSigner(
-        keyset=Keyset.generate(), issuer="gateway", clock=clock, ttl_seconds=60
-    )
+    edges = (*EDGES, Edge("gateway", "notes", delegates=True))  # the test-only notes service
+    keys = KeySource.fixed(ServiceKeys.generate("gateway", edges))
+    signer = AssertionSigner(keys=keys, clock=clock, ttl_seconds=60)
     cache = TokenCache(max_entries=100, max_age_seconds=60, clock=clock)
     edge = EdgeAuthenticator(
         stub=auth, signer=signer, cache=cache, timeout=1, clock=clock, heartbeat_deadline_seconds=2

@@ -139,7 +139,8 @@ async def test_a_validation_racing_a_revocation_is_not_cached() -> None:
 
     from google.protobuf.timestamp_pb2 import Timestamp
 
-    from palisade.common.caller import AssertionSigner, Keyset
+    from palisade.common.caller import AssertionSigner
+    from palisade.common.edge_keys import KeySource, ServiceKeys
     from palisade.gateway.edge_auth import EdgeAuthenticator
 
     release = asyncio.Event()
@@ -154,9 +155,8 @@ async def test_a_validation_racing_a_revocation_is_not_cached() -> None:
 
     clock = ManualClock()
     cache = TokenCache(max_entries=10, max_age_seconds=60, clock=clock)
-    signer = AssertionSigner(
-        keyset=Keyset.generate(), issuer="gateway", clock=clock, ttl_seconds=60
-    )
+    keys = KeySource.fixed(ServiceKeys.generate("gateway"))
+    signer = AssertionSigner(keys=keys, clock=clock, ttl_seconds=60)
     edge = EdgeAuthenticator(stub=SlowAuth(), signer=signer, cache=cache, timeout=1)
     edge._receive(auth_pb2.Revocation(heartbeat=True))  # the feed has caught up
     pending = asyncio.create_task(edge.grant_for("plsd_at_" + "A" * 43))
@@ -190,17 +190,21 @@ def test_bearer_scheme_is_case_insensitive(scheme) -> None:
 
 
 def test_user_agent_claims_stay_small_whatever_the_characters() -> None:
-    from palisade.common.caller import AssertionSigner, AssertionVerifier, Keyset
+    from palisade.common.caller import AssertionSigner, AssertionVerifier
+    from palisade.common.edge_keys import KeyDocument, KeySource
 
-    keyset, clock = Keyset.generate(), ManualClock()
-    signer = AssertionSigner(keyset=keyset, issuer="gateway", clock=clock, ttl_seconds=60)
-    verifier = AssertionVerifier(keyset=keyset, audience="auth", clock=clock)
+    master, clock = KeyDocument.generate(), ManualClock()
+    signer = AssertionSigner(
+        keys=KeySource.from_master(master, "gateway"), clock=clock, ttl_seconds=60
+    )
+    verifier = AssertionVerifier(keys=KeySource.from_master(master, "auth"), clock=clock)
+    method = "/palisade.auth.v1.AuthService/SignUp"
     for agent in ("Mozilla " + "é" * 504, "🦊" * 511, "x" * 5000):
         token = signer.sign(
-            audience="auth", principal="anonymous", request_id="r", user_agent=agent
+            audience="auth", method=method, principal="anonymous", request_id="r", user_agent=agent
         )
         assert len(token) <= 4096
-        assert verifier.verify(token).user_agent is not None
+        assert verifier.verify(token, method=method).user_agent is not None
 
 
 def test_access_rules_for_people_and_keys() -> None:

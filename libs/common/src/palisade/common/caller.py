@@ -2,12 +2,16 @@
 
 Every internal gRPC call carries one in the `x-palisade-caller` metadata entry. The format is
 
-    v1.<kid>.<base64url(JSON claims)>.<base64url(HMAC-SHA256(key[kid], "v1.<kid>.<claims>"))>
+    v2.<issuer>.<kid>.<base64url(JSON claims)>.<base64url(HMAC-SHA256(key, signing input))>
 
-HMAC-SHA256 with a keyset shared inside the cluster (a Kubernetes Secret) keeps verification in
-the microsecond range on every call; the kid allows rotating the key without downtime. The
-claims bind the assertion to one audience (the service called), a short lifetime and a request
-id. Services trust identity only from a verified assertion, never from other metadata.
+where the signing input is everything before the last dot, and the key is the one of the
+issuer->audience edge (palisade.common.edges) with that kid. A service holds only the keys of
+the edges it is on, so it can sign only as itself, and only to the services it calls; HMAC keeps
+verification in the microsecond range on every call. The claims bind the assertion to one
+audience, one full gRPC method, a short lifetime, a request id and a random assertion id (jti)
+that each verifier accepts once. Only a delegating edge's issuer (the gateway) may assert
+principals other than itself. Services trust identity only from a verified assertion, never
+from other metadata.
 """
 
 from __future__ import annotations
@@ -16,17 +20,17 @@ import base64
 import binascii
 import contextvars
 import hashlib
+import heapq
 import hmac
 import json
 import secrets
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from palisade.common.clock import Clock
+from palisade.common.edge_keys import KeySource
 from palisade.common.errors import Unauthenticated
-from palisade.common.secret_files import check_secret_file, create_exclusive
 
 
 class InvalidCallerAssertion(Unauthenticated):
@@ -38,13 +42,18 @@ class InvalidCallerAssertion(Unauthenticated):
 
 CALLER_METADATA_KEY = "x-palisade-caller"
 REQUEST_ID_METADATA_KEY = "x-request-id"
-_VERSION = "v1"
+_VERSION = "v2"
 # Tolerated clock difference between signer and verifier.
 _MAX_SKEW_SECONDS = 5
 # No assertion may claim to live longer than this, whatever its signer asked for.
 _MAX_LIFETIME_SECONDS = 300
 _MAX_ASSERTION_LENGTH = 4096
 _MAX_USER_AGENT_CLAIM = 1024  # bytes of JSON
+_MAX_JTI_LENGTH = 64
+# Assertion ids remembered per verifier (about 200 bytes each). When full, the soonest-expiring
+# are forgotten and anything expiring no later is refused, so memory stays bounded and a
+# forgotten id can never be replayed: under overload only late-arriving assertions suffer.
+DEFAULT_REPLAY_CACHE_ENTRIES = 100_000
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,8 @@ class Caller:
     session_id: str | None = None
     client_ip: str | None = None
     user_agent: str | None = None
+    method: str = ""  # the full gRPC method the assertion was signed for
+    assertion_id: str = ""
 
     @property
     def is_service(self) -> bool:
@@ -74,41 +85,8 @@ current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
 )
 
 
-@dataclass(frozen=True)
-class Keyset:
-    """Internal signing keys by id; new assertions use active_kid, any listed kid verifies."""
-
-    active_kid: str
-    keys: Mapping[str, bytes] = field(repr=False)
-
-    def __post_init__(self) -> None:
-        if self.active_kid not in self.keys:
-            raise ValueError("the active kid is not among the keys")
-        if any(len(k) < 32 for k in self.keys.values()):
-            raise ValueError("internal signing keys must be at least 32 bytes")
-
-    @classmethod
-    def generate(cls) -> Keyset:
-        kid = secrets.token_hex(4)
-        return cls(active_kid=kid, keys={kid: secrets.token_bytes(32)})
-
-    def to_json(self) -> bytes:
-        keys = {kid: base64.b64encode(k).decode() for kid, k in self.keys.items()}
-        return json.dumps({"active_kid": self.active_kid, "keys": keys}, indent=2).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> Keyset:
-        doc = json.loads(raw)
-        keys = {str(kid): base64.b64decode(v, validate=True) for kid, v in doc["keys"].items()}
-        return cls(active_kid=str(doc["active_kid"]), keys=keys)
-
-
-def load_keyset(path: Path, *, create_if_missing: bool) -> Keyset:
-    """Reads the internal keyset; in the embedded default, creates it (0600) on first run."""
-    if create_if_missing and not path.exists():
-        create_exclusive(path, Keyset.generate().to_json())
-    check_secret_file(path)
-    return Keyset.from_json(path.read_bytes())
+class NoEdgeKey(Exception):
+    """This service has no (active) key for the edge to that audience: a deployment fault."""
 
 
 def _b64(data: bytes) -> str:
@@ -120,18 +98,32 @@ def _unb64(text: str) -> bytes:
 
 
 class AssertionSigner:
-    """Mints assertions for calls this process makes (gateway: for users; services: as itself)."""
+    """Mints assertions for calls this process makes (gateway: for users; services: as itself).
 
-    def __init__(self, *, keyset: Keyset, issuer: str, clock: Clock, ttl_seconds: int) -> None:
-        self._keyset = keyset
-        self._issuer = issuer
+    Sign once per call attempt: each assertion has its own id and is accepted once.
+    """
+
+    def __init__(self, *, keys: KeySource, clock: Clock, ttl_seconds: int) -> None:
+        self._keys = keys
+        self._issuer = keys.service
         self._clock = clock
         self._ttl = min(ttl_seconds, _MAX_LIFETIME_SECONDS)
+
+    @property
+    def issuer(self) -> str:
+        return self._issuer
+
+    def require_edge(self, audience: str) -> None:
+        """Raises NoEdgeKey unless this service can sign for audience now (checked at start)."""
+        edge = self._keys.current.signing.get(audience)
+        if edge is None or edge.signing_key(self._clock.timestamp()) is None:
+            raise NoEdgeKey(f"{self._issuer} holds no active key for the edge to {audience}")
 
     def sign(
         self,
         *,
         audience: str,
+        method: str,
         principal: str,
         request_id: str,
         workspace_id: str | None = None,
@@ -140,12 +132,19 @@ class AssertionSigner:
         client_ip: str | None = None,
         user_agent: str | None = None,
     ) -> str:
-        now = int(self._clock.timestamp())
+        now_exact = self._clock.timestamp()
+        edge = self._keys.current.signing.get(audience)
+        key = edge.signing_key(now_exact) if edge is not None else None
+        if key is None:
+            raise NoEdgeKey(f"{self._issuer} holds no active key for the edge to {audience}")
+        now = int(now_exact)
         claims: dict[str, Any] = {
             "iss": self._issuer,
             "aud": audience,
+            "mth": method,
             "sub": principal,
             "rid": request_id,
+            "jti": secrets.token_urlsafe(16),
             "iat": now,
             "exp": now + self._ttl,
         }
@@ -157,35 +156,81 @@ class AssertionSigner:
         agent = _bounded(user_agent, _MAX_USER_AGENT_CLAIM) if user_agent is not None else None
         optional = {"sid": session_id, "ip": client_ip, "ua": agent}
         claims.update({k: v for k, v in optional.items() if v is not None})
-        kid = self._keyset.active_kid
-        signing_input = (
-            f"{_VERSION}.{kid}.{_b64(json.dumps(claims, separators=(',', ':')).encode())}"
-        )
-        mac = hmac.new(self._keyset.keys[kid], signing_input.encode("ascii"), hashlib.sha256)
+        payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
+        signing_input = f"{_VERSION}.{self._issuer}.{key.kid}.{payload}"
+        mac = hmac.new(key.secret, signing_input.encode("ascii"), hashlib.sha256)
         return f"{signing_input}.{_b64(mac.digest())}"
+
+
+class ReplayCache:
+    """Assertion ids seen and not yet expired, in bounded memory (one per verifier/replica)."""
+
+    def __init__(self, capacity: int = DEFAULT_REPLAY_CACHE_ENTRIES) -> None:
+        if capacity < 1:
+            raise ValueError("the replay cache needs room for at least one id")
+        self._capacity = capacity
+        self._seen: dict[str, int] = {}
+        self._expiries: list[tuple[int, str]] = []  # a heap, soonest first
+        # Every id forgotten to make room expired no later than this: refuse those.
+        self._horizon = 0
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def first_use(self, jti: str, expires_at: int, now: float) -> bool:
+        """Records jti; False if it was seen before (or may have been, and was forgotten)."""
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            del self._seen[heapq.heappop(expiries)[1]]
+        if jti in self._seen or expires_at <= self._horizon:
+            return False
+        while len(self._seen) >= self._capacity:
+            forgotten, old = heapq.heappop(expiries)
+            del self._seen[old]
+            self._horizon = max(self._horizon, forgotten)
+        if expires_at <= self._horizon:
+            return False
+        self._seen[jti] = expires_at
+        heapq.heappush(expiries, (expires_at, jti))
+        return True
 
 
 class AssertionVerifier:
     """Checks assertions addressed to one service; raises Unauthenticated on any defect."""
 
-    def __init__(self, *, keyset: Keyset, audience: str, clock: Clock) -> None:
-        self._keyset = keyset
-        self._audience = audience
+    def __init__(
+        self,
+        *,
+        keys: KeySource,
+        clock: Clock,
+        replay_cache_entries: int = DEFAULT_REPLAY_CACHE_ENTRIES,
+    ) -> None:
+        self._keys = keys
+        self._audience = keys.service
         self._clock = clock
+        self._replays = ReplayCache(replay_cache_entries)
 
-    def verify(self, assertion: str | None) -> Caller:
+    def verify(self, assertion: str | None, *, method: str) -> Caller:
         if not assertion or len(assertion) > _MAX_ASSERTION_LENGTH:
             raise InvalidCallerAssertion("missing caller assertion")
         if not assertion.isascii():  # what follows encodes and compares as ASCII
             raise InvalidCallerAssertion("malformed caller assertion")
-        parts = assertion.split(".")
+        signing_input, _, signature = assertion.rpartition(".")
+        parts = signing_input.split(".")
         if len(parts) != 4 or parts[0] != _VERSION:
             raise InvalidCallerAssertion("malformed caller assertion")
-        version, kid, payload, signature = parts
-        key = self._keyset.keys.get(kid)
-        if key is None:
-            raise InvalidCallerAssertion("caller assertion signed with an unknown key")
-        expected = hmac.new(key, f"{version}.{kid}.{payload}".encode("ascii"), hashlib.sha256)
+        _, issuer, kid, payload = parts
+        trusted = self._keys.current.verifying.get(issuer)
+        if trusted is None:
+            raise InvalidCallerAssertion("caller assertion from an issuer not allowed here")
+        edge, edge_keys = trusted
+        key = edge_keys.by_kid.get(kid)
+        if key is None:  # perhaps just rotated in: look at the file once more
+            trusted = self._keys.refresh().verifying.get(issuer)
+            key = trusted[1].by_kid.get(kid) if trusted is not None else None
+            if key is None:
+                raise InvalidCallerAssertion("caller assertion signed with an unknown key")
+        expected = hmac.new(key, signing_input.encode("ascii"), hashlib.sha256)
         # Compare the canonical encoding, not decoded bytes: base64's last character has
         # unused bits, and accepting their variants would make assertions malleable.
         if not hmac.compare_digest(_b64(expected.digest()), signature):
@@ -194,7 +239,18 @@ class AssertionVerifier:
             claims = json.loads(_unb64(payload))
         except (binascii.Error, ValueError, UnicodeDecodeError):
             raise InvalidCallerAssertion("malformed caller assertion") from None
-        return self._check_claims(claims)
+        caller = self._check_claims(claims)
+        if caller.issuer != issuer:
+            raise InvalidCallerAssertion("malformed caller assertion")
+        if caller.method != method:
+            raise InvalidCallerAssertion("caller assertion is for another method")
+        if not edge.allows_principal(caller.principal):
+            raise InvalidCallerAssertion("the issuer may not assert this principal")
+        if not self._replays.first_use(
+            caller.assertion_id, caller.expires_at, self._clock.timestamp()
+        ):
+            raise InvalidCallerAssertion("caller assertion was already used")
+        return caller
 
     def _check_claims(self, claims: Any) -> Caller:
         if not isinstance(claims, dict):
@@ -212,9 +268,13 @@ class AssertionVerifier:
                 session_id=_optional_str(claims, "sid"),
                 client_ip=_optional_str(claims, "ip"),
                 user_agent=_optional_str(claims, "ua"),
+                method=_str(claims["mth"]),
+                assertion_id=_str(claims["jti"]),
             )
         except (KeyError, TypeError):
             raise InvalidCallerAssertion("malformed caller assertion") from None
+        if not caller.assertion_id or len(caller.assertion_id) > _MAX_JTI_LENGTH:
+            raise InvalidCallerAssertion("malformed caller assertion")
         if caller.audience != self._audience:
             raise InvalidCallerAssertion("caller assertion is for another service")
         now = self._clock.timestamp()

@@ -17,6 +17,10 @@ from palisade.common.grpc_client import ServiceIdentity
 from palisade_api.crypto.v1 import crypto_pb2 as pb
 from palisade_api.crypto.v1 import crypto_pb2_grpc
 
+_SERVICE = "/" + pb.DESCRIPTOR.services_by_name["CryptoService"].full_name + "/"
+_ENCRYPT, _DECRYPT, _BLIND_INDEX = (_SERVICE + m for m in ("Encrypt", "Decrypt", "BlindIndex"))
+_REPORT_INDEX_VERSIONS = _SERVICE + "ReportIndexVersions"
+
 _UNAVAILABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -64,7 +68,7 @@ class CryptoClient:
         )
         try:
             reply = await self._stub.Encrypt(
-                request, metadata=self._identity.metadata("crypto"), timeout=self._timeout
+                request, metadata=self._identity.metadata("crypto", _ENCRYPT), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as error:
             raise _translate(error) from None
@@ -79,7 +83,7 @@ class CryptoClient:
         )
         try:
             reply = await self._stub.Decrypt(
-                request, metadata=self._identity.metadata("crypto"), timeout=self._timeout
+                request, metadata=self._identity.metadata("crypto", _DECRYPT), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as error:
             raise _translate(error) from None
@@ -123,7 +127,9 @@ class CryptoClient:
         )
         try:
             reply = await self._stub.BlindIndex(
-                request, metadata=self._identity.metadata("crypto"), timeout=self._timeout
+                request,
+                metadata=self._identity.metadata("crypto", _BLIND_INDEX),
+                timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as error:
             raise _translate(error) from None
@@ -135,7 +141,7 @@ class CryptoClient:
         try:
             await self._stub.ReportIndexVersions(
                 request,
-                metadata=self._identity.metadata("crypto"),
+                metadata=self._identity.metadata("crypto", _REPORT_INDEX_VERSIONS),
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as error:

@@ -25,10 +25,15 @@ class ServiceIdentity:
         self._principal = f"service:{name}"
         self._signer = signer
 
-    def metadata(self, audience: str) -> Metadata:
-        """Metadata for one call to `audience`; mint it per call (assertions are short-lived)."""
+    def metadata(self, audience: str, method: str) -> Metadata:
+        """Metadata for one call attempt of `method` ("/pkg.Service/Method") on `audience`.
+
+        Mint it per attempt: each assertion carries a fresh id that the callee accepts once,
+        and is bound to that method. (gRPC's own transparent retries re-send it only for
+        attempts the server never processed, so they do not trip the replay check.)
+        """
         request_id = request_id_var.get() or uuid.uuid4().hex
         assertion = self._signer.sign(
-            audience=audience, principal=self._principal, request_id=request_id
+            audience=audience, method=method, principal=self._principal, request_id=request_id
         )
         return ((CALLER_METADATA_KEY, assertion), (REQUEST_ID_METADATA_KEY, request_id))

@@ -26,11 +26,15 @@ class CommonSettings(BaseSettings):
         default_factory=_default_data_dir,
         validation_alias=AliasChoices("PALISADE_DATA_DIR", "data_dir"),
     )
-    # Internal request-signing keys (caller assertions): a file shared by all services; a
-    # mounted Kubernetes Secret in production. Default: <data_dir>/keys/internal.json.
-    internal_keys_file: Path | None = Field(
+    # This service's internal signing keys (caller assertions): the keys of the edges it is on
+    # (palisade.common.edges), nothing else. In Kubernetes, the service's own mounted Secret;
+    # read from PALISADE_<SERVICE>_INTERNAL_KEYS_FILE. Default: <data_dir>/keys/<service>.json.
+    internal_keys_file: Path | None = None
+    # The embedded default's master file of every edge's keys, from which each service writes
+    # its own file on start (only with create_missing_keys). Default: <data_dir>/keys/edges.json.
+    edge_keys_master_file: Path | None = Field(
         default=None,
-        validation_alias=AliasChoices("PALISADE_INTERNAL_KEYS_FILE", "internal_keys_file"),
+        validation_alias=AliasChoices("PALISADE_EDGE_KEYS_MASTER_FILE", "edge_keys_master_file"),
     )
     # Create missing key files on start (embedded default). Production sets false and mounts them.
     create_missing_keys: bool = Field(
@@ -39,6 +43,8 @@ class CommonSettings(BaseSettings):
     )
     # How long a signed caller assertion lives; short, because it is minted per call.
     assertion_ttl_seconds: int = Field(default=60, ge=5, le=300)
+    # Caller-assertion ids remembered (per process) to refuse replays; about 200 bytes each.
+    replay_cache_entries: int = Field(default=100_000, ge=1000)
     # Interface and port of the gRPC server; port 0 picks a free one (tests).
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(default=0, ge=0, le=65535)
@@ -53,5 +59,8 @@ class CommonSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
 
-    def resolved_internal_keys_file(self) -> Path:
-        return self.internal_keys_file or self.data_dir / "keys" / "internal.json"
+    def resolved_internal_keys_file(self, service: str) -> Path:
+        return self.internal_keys_file or self.data_dir / "keys" / f"{service}.json"
+
+    def resolved_edge_keys_master_file(self) -> Path:
+        return self.edge_keys_master_file or self.data_dir / "keys" / "edges.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -36,10 +36,12 @@ from palisade.auth.throttle import (
     RedisFailureCounts,
     ThrottleLimits,
 )
-from palisade.common.caller import AssertionSigner, AssertionVerifier, load_keyset
+from palisade.common.caller import AssertionSigner, AssertionVerifier
 from palisade.common.clock import Clock, SystemClock
 from palisade.common.crypto_client import CryptoClient
 from palisade.common.db import create_engine, resolve_database_url
+from palisade.common.edge_keys import open_service_keys
+from palisade.common.edges import EDGES, Edge
 from palisade.common.grpc_client import ServiceIdentity, insecure_channel
 from palisade.common.grpc_server import RunningServer, run_server
 from palisade.common.migrations import upgrade
@@ -92,13 +94,11 @@ def throttle_limits(settings: AuthSettings) -> ThrottleLimits:
 
 @asynccontextmanager
 async def serve_auth(
-    settings: AuthSettings, *, clock: Clock | None = None
+    settings: AuthSettings, *, clock: Clock | None = None, edges: Sequence[Edge] = EDGES
 ) -> AsyncIterator[AuthServer]:
-    """Starts the auth service; stops it gracefully on exit."""
+    """Starts the auth service; stops it gracefully on exit (edges: tests may add some)."""
     clock = clock or SystemClock()
-    keyset = load_keyset(
-        settings.resolved_internal_keys_file(), create_if_missing=settings.create_missing_keys
-    )
+    keys = open_service_keys(settings, SERVICE_NAME, now=clock.timestamp(), edges=edges)
     local_keys = load_local_keys(
         settings.resolved_local_keys_file(), create_if_missing=settings.create_missing_keys
     )
@@ -123,12 +123,8 @@ async def serve_auth(
 
         channel = insecure_channel(settings.crypto_target)
         stack.push_async_callback(channel.close, None)
-        signer = AssertionSigner(
-            keyset=keyset,
-            issuer=SERVICE_NAME,
-            clock=clock,
-            ttl_seconds=settings.assertion_ttl_seconds,
-        )
+        signer = AssertionSigner(keys=keys, clock=clock, ttl_seconds=settings.assertion_ttl_seconds)
+        signer.require_edge("crypto")  # fail at start, not on the first request
         crypto = CryptoClient(
             channel=channel, identity=ServiceIdentity(name=SERVICE_NAME, signer=signer)
         )
@@ -242,7 +238,9 @@ async def serve_auth(
             )
             return [auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name]
 
-        verifier = AssertionVerifier(keyset=keyset, audience=SERVICE_NAME, clock=clock)
+        verifier = AssertionVerifier(
+            keys=keys, clock=clock, replay_cache_entries=settings.replay_cache_entries
+        )
         async with (
             run_server(
                 name=SERVICE_NAME,

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import grpc
 from prometheus_client import CollectorRegistry
 
-from palisade.common.caller import AssertionVerifier, load_keyset
+from palisade.common.caller import AssertionVerifier
 from palisade.common.clock import Clock, SystemClock
 from palisade.common.db import create_engine, resolve_database_url
+from palisade.common.edge_keys import open_service_keys
+from palisade.common.edges import EDGES, Edge
 from palisade.common.grpc_server import RunningServer, run_server
 from palisade.common.migrations import upgrade
 from palisade.common.tasks import cancel_and_wait
@@ -53,9 +55,9 @@ async def _periodically(interval: float, action: str, step: Callable[[], Awaitab
 
 @asynccontextmanager
 async def serve_crypto(
-    settings: CryptoSettings, *, clock: Clock | None = None
+    settings: CryptoSettings, *, clock: Clock | None = None, edges: Sequence[Edge] = EDGES
 ) -> AsyncIterator[CryptoServer]:
-    """Starts the crypto service; stops it gracefully on exit."""
+    """Starts the crypto service; stops it gracefully on exit (edges: tests may add some)."""
     clock = clock or SystemClock()
     keyring_path = settings.resolved_keyring_file()
     if settings.create_missing_keys and create_keyring(keyring_path, clock):
@@ -69,9 +71,7 @@ async def serve_crypto(
 
     holder = KeyringHolder(keyring_path, on_reload=on_reload)
     metrics.primary_version.set(holder.current.data.primary)
-    keyset = load_keyset(
-        settings.resolved_internal_keys_file(), create_if_missing=settings.create_missing_keys
-    )
+    keys = open_service_keys(settings, SERVICE_NAME, now=clock.timestamp(), edges=edges)
     engine = create_engine(
         resolve_database_url(
             settings.database_url, data_dir=settings.data_dir, service=SERVICE_NAME
@@ -102,7 +102,9 @@ async def serve_crypto(
             crypto_pb2_grpc.add_CryptoServiceServicer_to_server(servicer, server)
             return [crypto_pb2.DESCRIPTOR.services_by_name["CryptoService"].full_name]
 
-        verifier = AssertionVerifier(keyset=keyset, audience=SERVICE_NAME, clock=clock)
+        verifier = AssertionVerifier(
+            keys=keys, clock=clock, replay_cache_entries=settings.replay_cache_entries
+        )
         async with run_server(
             name=SERVICE_NAME,
             settings=settings,

@@ -253,6 +253,7 @@ class Gateway:
         if grant is not None:
             assertion = self._signer.sign(
                 audience=route.audience,
+                method=route.full_method,
                 principal=f"user:{grant.user_id}",
                 request_id=request_id,
                 workspace_id=grant.workspace_id,
@@ -263,6 +264,7 @@ class Gateway:
         else:
             assertion = self._signer.sign(
                 audience=route.audience,
+                method=route.full_method,
                 principal="anonymous",
                 request_id=request_id,
                 client_ip=ip,

@@ -29,6 +29,7 @@ from palisade.gateway.token_cache import Grant, TokenCache
 from palisade_api.auth.v1 import auth_pb2
 
 log = logging.getLogger("palisade.gateway.auth")
+_AUTH_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 _BEARER = re.compile(r"(?i:bearer) +([A-Za-z0-9_\-]{1,256})")  # the scheme is case-insensitive
 _RECONNECT_SECONDS = 0.5
 # How often (wall time) a quiet stream is checked against the heartbeat deadline, which is
@@ -137,9 +138,13 @@ class EdgeAuthenticator:
         # One behind or less is a repeat (delivery is at-least-once): evicted again, harmless.
         self._sequence = max(self._sequence, message.sequence)
 
-    def _service_metadata(self) -> tuple[tuple[str, str], ...]:
+    def _service_metadata(self, method: str) -> tuple[tuple[str, str], ...]:
+        # Per call (and per reconnect): an assertion is bound to its method and used once.
         token = self._signer.sign(
-            audience="auth", principal="service:gateway", request_id=uuid.uuid4().hex
+            audience="auth",
+            method=f"/{_AUTH_SERVICE}/{method}",
+            principal="service:gateway",
+            request_id=uuid.uuid4().hex,
         )
         return (("x-palisade-caller", token),)
 
@@ -154,7 +159,7 @@ class EdgeAuthenticator:
         try:
             reply = await self._stub.ValidateAccessToken(
                 auth_pb2.ValidateAccessTokenRequest(access_token=token),
-                metadata=self._service_metadata(),
+                metadata=self._service_metadata("ValidateAccessToken"),
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as error:
@@ -185,7 +190,8 @@ class EdgeAuthenticator:
             call: Any = None
             try:
                 call = self._stub.WatchRevocations(
-                    auth_pb2.WatchRevocationsRequest(), metadata=self._service_metadata()
+                    auth_pb2.WatchRevocationsRequest(),
+                    metadata=self._service_metadata("WatchRevocations"),
                 )
                 # Auth says so once it has subscribed: from then on no revocation is missed.
                 # (A call that failed early also returns initial metadata, just without it.)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from palisade.common.caller import AssertionSigner, load_keyset
+from palisade.common.caller import AssertionSigner
 from palisade.common.clock import Clock, SystemClock
+from palisade.common.edge_keys import open_service_keys
+from palisade.common.edges import EDGES, Edge
 from palisade.common.grpc_client import insecure_channel
 from palisade.common.metrics import start_metrics_endpoint
 from palisade.common.tasks import running_in_background
@@ -43,21 +45,16 @@ class GatewayServer:
 
 @asynccontextmanager
 async def serve_gateway(
-    settings: GatewaySettings, *, clock: Clock | None = None
+    settings: GatewaySettings, *, clock: Clock | None = None, edges: Sequence[Edge] = EDGES
 ) -> AsyncIterator[GatewayServer]:
     clock = clock or SystemClock()
-    keyset = load_keyset(
-        settings.resolved_internal_keys_file(), create_if_missing=settings.create_missing_keys
-    )
+    keys = open_service_keys(settings, SERVICE_NAME, now=clock.timestamp(), edges=edges)
     async with AsyncExitStack() as stack:
         auth_channel = insecure_channel(settings.auth_target)
         stack.push_async_callback(auth_channel.close, None)
-        signer = AssertionSigner(
-            keyset=keyset,
-            issuer=SERVICE_NAME,
-            clock=clock,
-            ttl_seconds=settings.assertion_ttl_seconds,
-        )
+        signer = AssertionSigner(keys=keys, clock=clock, ttl_seconds=settings.assertion_ttl_seconds)
+        for audience in ("auth", *settings.extra_upstreams):
+            signer.require_edge(audience)  # an upstream without an edge key: fail at start
         registry = CollectorRegistry()
         metrics = GatewayMetrics(registry)
         cache = TokenCache(

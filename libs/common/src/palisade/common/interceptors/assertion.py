@@ -1,4 +1,8 @@
-"""Verifies the signed caller assertion on every RPC except health and reflection."""
+"""Verifies the signed caller assertion on every RPC except health and reflection.
+
+The assertion must have been signed for the very method invoked (its `mth` claim), so one
+captured for a harmless call cannot be spent on another.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,9 @@ class CallerAssertionInterceptor(AroundInterceptor):
         if info.exempt_from_assertion:
             yield
             return
-        caller = self._verifier.verify(metadata_value(context, CALLER_METADATA_KEY))
+        caller = self._verifier.verify(
+            metadata_value(context, CALLER_METADATA_KEY), method=info.full_method
+        )
         caller_token = current_caller.set(caller)
         # From here on the signed request id is the one logged, not the unsigned header's. It
         # is not reset here: the logging interceptor (outermost) resets it when the RPC ends,

@@ -1,0 +1,75 @@
+"""Who may call whom inside Palisade: the one list of issuer->audience edges.
+
+Every internal call travels an edge, and every edge has its own signing key (see
+palisade.common.edge_keys): a service holds the keys of the edges it is on and no others, so
+it can mint assertions only as itself, and only to the services it is meant to call. A new
+service adds its lines here; `palisade-keys init` (and the embedded default on start) then
+creates the new edges' keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+# Principals a delegating issuer (the gateway) may assert besides itself.
+PERSON_PRINCIPAL_PREFIXES = ("user:", "apikey:")
+ANONYMOUS_PRINCIPAL = "anonymous"
+
+
+@dataclass(frozen=True, order=True)
+class Edge:
+    issuer: str  # the service that signs
+    audience: str  # the service that verifies
+    # May the issuer assert principals other than itself (people, API keys, anonymous
+    # clients)? Only the gateway, which authenticated them at the edge, ever may.
+    delegates: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.issuer}:{self.audience}"
+
+    def involves(self, service: str) -> bool:
+        return service in (self.issuer, self.audience)
+
+    def allows_principal(self, principal: str) -> bool:
+        if principal == f"service:{self.issuer}":
+            return True
+        if not self.delegates:
+            return False
+        return principal == ANONYMOUS_PRINCIPAL or principal.startswith(PERSON_PRINCIPAL_PREFIXES)
+
+
+EDGES: tuple[Edge, ...] = (
+    # The gateway forwards clients' calls (as the person, key or anonymous client it
+    # authenticated) and validates tokens and follows revocations (as itself).
+    Edge("gateway", "auth", delegates=True),
+    # Auth encrypts PII, TOTP secrets, mail and refresh successors, and blind-indexes emails.
+    Edge("auth", "crypto"),
+    # The bench-only echo backend behind the gateway (bench/p3_forwarded.py); it verifies
+    # nothing, but the gateway signs for every upstream it forwards to.
+    Edge("gateway", "echo", delegates=True),
+)
+
+
+def edge_name(issuer: str, audience: str) -> str:
+    return f"{issuer}:{audience}"
+
+
+def parse_edge_name(text: str, edges: Iterable[Edge] = EDGES) -> Edge:
+    """The edge named "issuer:audience" (or "issuer->audience"); ValueError if unlisted."""
+    issuer, sep, audience = text.replace("->", ":").partition(":")
+    for edge in edges:
+        if sep and (edge.issuer, edge.audience) == (issuer, audience):
+            return edge
+    raise ValueError(f"no such edge: {text!r}")
+
+
+def edges_of(service: str, edges: Sequence[Edge] = EDGES) -> tuple[Edge, ...]:
+    """The edges a service is on, as issuer or audience."""
+    return tuple(e for e in edges if e.involves(service))
+
+
+def services_of(edges: Sequence[Edge] = EDGES) -> list[str]:
+    """Every service named by an edge, sorted."""
+    return sorted({name for e in edges for name in (e.issuer, e.audience)})
