@@ -42,11 +42,14 @@ class CryptoHarness:
         keys = KeySource.from_master(self.master, issuer, TEST_EDGES)
         return AssertionSigner(keys=keys, clock=self.clock, ttl_seconds=60)
 
-    def metadata(self, service: str = "auth", **claims: object) -> tuple[tuple[str, str], ...]:
-        """What a well-behaved peer service sends: signed per call, for the method called."""
+    def metadata(self, service: str = "visitors", **claims: object) -> tuple[tuple[str, str], ...]:
+        """What a well-behaved peer service sends: signed per call, for the method called.
+
+        Visitors by default: the tests' associated data is ("visitors", ...), and crypto opens
+        only the caller's own data."""
         return self.signing.marker(service, **claims)
 
-    def sign(self, method: str, service: str = "auth", **claims: object) -> str:
+    def sign(self, method: str, service: str = "visitors", **claims: object) -> str:
         """One real assertion for `method` ("Encrypt" or "/pkg.Service/Method")."""
         if not method.startswith("/"):
             method = f"/palisade.crypto.v1.CryptoService/{method}"

@@ -15,7 +15,7 @@ from palisade_api.crypto.v1 import crypto_pb2 as pb
 pytestmark = pytest.mark.postgres
 
 ENCRYPT = "/palisade.crypto.v1.CryptoService/Encrypt"
-REQUEST = pb.EncryptRequest(items=[pb.EncryptItem(plaintext=b"x", associated_data=b"a")])
+REQUEST = pb.EncryptRequest(items=[pb.EncryptItem(plaintext=b"x", associated_data=b"visitors/a")])
 
 
 async def _status_of(crypto, metadata) -> grpc.StatusCode:

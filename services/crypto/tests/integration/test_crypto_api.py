@@ -84,20 +84,22 @@ async def test_ciphertext_moved_to_another_record_fails_without_output(crypto) -
         ),
         (
             lambda: pb.EncryptRequest(
-                items=[pb.EncryptItem(plaintext=b"x", associated_data=b"a")] * 1001
+                items=[pb.EncryptItem(plaintext=b"x", associated_data=b"visitors/a")] * 1001
             ),
             grpc.StatusCode.OUT_OF_RANGE,
             "batch_too_large",
         ),
         (
             lambda: pb.DecryptRequest(
-                items=[pb.DecryptItem(ciphertext=b"short", associated_data=b"a")]
+                items=[pb.DecryptItem(ciphertext=b"short", associated_data=b"visitors/a")]
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
             "malformed_ciphertext",
         ),
         (
-            lambda: pb.BlindIndexRequest(items=[pb.BlindIndexItem(value="x", context=b"c")]),
+            lambda: pb.BlindIndexRequest(
+                items=[pb.BlindIndexItem(value="x", context=b"visitors/c")]
+            ),
             grpc.StatusCode.INVALID_ARGUMENT,
             "invalid_argument",
         ),
@@ -105,7 +107,9 @@ async def test_ciphertext_moved_to_another_record_fails_without_output(crypto) -
             lambda: pb.BlindIndexRequest(
                 items=[
                     pb.BlindIndexItem(
-                        value="not an email", normalization=pb.NORMALIZATION_EMAIL, context=b"c"
+                        value="not an email",
+                        normalization=pb.NORMALIZATION_EMAIL,
+                        context=b"visitors/c",
                     )
                 ]
             ),
@@ -181,7 +185,9 @@ async def test_rotation_rewrap_and_retire(crypto) -> None:
 async def test_blind_index_over_grpc(crypto) -> None:
     def item(value: str) -> pb.BlindIndexItem:
         return pb.BlindIndexItem(
-            value=value, normalization=pb.NORMALIZATION_EMAIL, context=b"ws_1/visitor.email"
+            value=value,
+            normalization=pb.NORMALIZATION_EMAIL,
+            context=b"visitors/ws_1/visitor.email",
         )
 
     reply = await crypto.stub.BlindIndex(

@@ -22,7 +22,7 @@ def _scrape(port: int) -> dict[str, list]:
 
 async def test_metrics_parse_and_count_rpcs_by_code(crypto) -> None:
     request = pb.EncryptRequest(
-        items=[pb.EncryptItem(plaintext=b"secret-value", associated_data=b"a")]
+        items=[pb.EncryptItem(plaintext=b"secret-value", associated_data=b"visitors/a")]
     )
     await crypto.stub.Encrypt(request, metadata=crypto.metadata())
     with pytest.raises(grpc.aio.AioRpcError):

@@ -13,7 +13,9 @@ THRESHOLDS = {"usage_warn_threshold": 3, "usage_rotate_threshold": 5, "usage_har
 
 
 def _request(count: int) -> pb.EncryptRequest:
-    return pb.EncryptRequest(items=[pb.EncryptItem(plaintext=b"x", associated_data=b"a")] * count)
+    return pb.EncryptRequest(
+        items=[pb.EncryptItem(plaintext=b"x", associated_data=b"visitors/a")] * count
+    )
 
 
 def _sample(crypto, name: str, labels: dict[str, str] | None = None) -> float | None:
@@ -36,7 +38,9 @@ async def test_primary_rotates_automatically_at_the_threshold(crypto_factory) ->
         assert after.key_version == 2
         old = await crypto.stub.Decrypt(
             pb.DecryptRequest(
-                items=[pb.DecryptItem(ciphertext=first.ciphertexts[0], associated_data=b"a")]
+                items=[
+                    pb.DecryptItem(ciphertext=first.ciphertexts[0], associated_data=b"visitors/a")
+                ]
             ),
             metadata=crypto.metadata(),
         )

@@ -20,3 +20,29 @@ def associated_data(*parts: str | bytes) -> bytes:
         out += struct.pack(">I", len(raw))
         out += raw
     return bytes(out)
+
+
+def owner_of(data: bytes) -> str | None:
+    """The service that associated data (or a blind-index context) belongs to, or None.
+
+    The first part of an associated_data() encoding ("visitors" in ("visitors", ws, id,
+    "email")); for a path-like context that is not such an encoding, the text before its
+    first "/" (b"auth/user.email" -> "auth"). A function of the bytes alone, so no two
+    services can ever claim the same associated data.
+    """
+    if data.startswith(_AAD_VERSION):
+        if len(data) < len(_AAD_VERSION) + 4:
+            return None
+        (length,) = struct.unpack_from(">I", data, len(_AAD_VERSION))
+        start = len(_AAD_VERSION) + 4
+        first = data[start : start + length]
+        if len(first) != length:
+            return None
+    else:
+        first, slash, _ = data.partition(b"/")
+        if not slash:
+            return None
+    try:
+        return first.decode("utf-8") or None
+    except UnicodeDecodeError:
+        return None

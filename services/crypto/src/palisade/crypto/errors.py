@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from palisade.common.errors import InvalidArgument, NotFound, PalisadeError
+from palisade.common.errors import InvalidArgument, NotFound, PalisadeError, PermissionDenied
 
 
 class UnknownKeyVersion(NotFound):
@@ -32,6 +32,11 @@ class TamperedCiphertext(PalisadeError):
 class MissingAssociatedData(InvalidArgument):
     code = "missing_associated_data"
     default_message = "every item needs associated data binding it to its record and field"
+
+
+class ForeignAssociatedData(PermissionDenied):
+    code = "associated_data_not_yours"
+    default_message = "associated data must name the calling service as its first part"
 
 
 class BatchTooLarge(PalisadeError):

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from palisade.common.aad import owner_of
 from palisade.common.clock import Clock
 from palisade.common.errors import PalisadeError
 from palisade.crypto.blind_index import index_token
@@ -21,7 +22,13 @@ from palisade.crypto.envelope import (
     open_envelope,
     seal_many,
 )
-from palisade.crypto.errors import BatchTooLarge, InvalidValue, MissingAssociatedData, at_item
+from palisade.crypto.errors import (
+    BatchTooLarge,
+    ForeignAssociatedData,
+    InvalidValue,
+    MissingAssociatedData,
+    at_item,
+)
 from palisade.crypto.keyring import Keyring, VersionedKeys
 from palisade.crypto.keyring_file import KeyringHolder
 from palisade.crypto.metrics import CryptoMetrics
@@ -93,6 +100,21 @@ class CryptoService:
         self._metrics = metrics
         self._clock = clock
         self._auto_rotate = auto_rotate
+
+    # -- ownership ---------------------------------------------------------------------------
+
+    def check_owner(self, operation: str, caller: str, associated: Sequence[bytes]) -> None:
+        """Refuses associated data (or blind-index contexts) that are not the caller's.
+
+        The first part must name the calling service (the verified assertion's issuer), so a
+        service can open, rewrap or index only its own data: the gateway cannot decrypt
+        auth's TOTP secrets, and no service can compute another's blind indexes. Checked before
+        any key is touched; the failing item is named by its index.
+        """
+        for i, data in enumerate(associated):
+            if data and owner_of(data) != caller:
+                self._metrics.items.labels(operation, ForeignAssociatedData.code).inc()
+                raise at_item(ForeignAssociatedData(), i)
 
     # -- operations --------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Thin gRPC adapter: proto messages in and out of CryptoService. Only services may call."""
+"""Thin gRPC adapter: proto messages in and out of CryptoService. Only services may call, and
+only about their own data (the associated data's first part names the calling service)."""
 
 from __future__ import annotations
 
@@ -31,19 +32,22 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
         self._consumers = consumers  # who asks for blind indexes (see index_consumers.py)
 
     async def Encrypt(self, request: pb.EncryptRequest, context: Context) -> pb.EncryptResponse:
-        require_service_caller()
+        caller = require_service_caller()
         items = [(i.plaintext, i.associated_data) for i in request.items]
+        self._service.check_owner("encrypt", caller.issuer, [aad for _, aad in items])
         ciphertexts, version = await self._service.encrypt(items)
         return pb.EncryptResponse(ciphertexts=ciphertexts, key_version=version)
 
     async def Decrypt(self, request: pb.DecryptRequest, context: Context) -> pb.DecryptResponse:
-        require_service_caller()
+        caller = require_service_caller()
         items = [(i.ciphertext, i.associated_data) for i in request.items]
+        self._service.check_owner("decrypt", caller.issuer, [aad for _, aad in items])
         return pb.DecryptResponse(plaintexts=self._service.decrypt(items))
 
     async def Rewrap(self, request: pb.RewrapRequest, context: Context) -> pb.RewrapResponse:
-        require_service_caller()
+        caller = require_service_caller()
         items = [(i.ciphertext, i.associated_data) for i in request.items]
+        self._service.check_owner("rewrap", caller.issuer, [aad for _, aad in items])
         ciphertexts, rewrapped, version = await self._service.rewrap(items)
         return pb.RewrapResponse(ciphertexts=ciphertexts, rewrapped=rewrapped, key_version=version)
 
@@ -57,6 +61,7 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
             if normalization is None:
                 raise InvalidArgument(f"item {index}: normalization is required")
             requests.append(IndexRequest(item.value, normalization, item.context))
+        self._service.check_owner("blind_index", caller.issuer, [r.context for r in requests])
         results = self._service.blind_index(requests, all_versions=request.all_versions)
         if self._consumers is not None:
             await self._consumers.seen(caller.issuer)  # on record before it has a token

@@ -1,0 +1,33 @@
+"""Whose associated data is it: the first part names the service (issue 9 item 14)."""
+
+from __future__ import annotations
+
+import pytest
+
+from palisade.common.aad import associated_data, owner_of
+
+
+@pytest.mark.parametrize(
+    ("data", "owner"),
+    [
+        (associated_data("auth", "user", "u1", "totp_secret"), "auth"),
+        (associated_data("visitors", "ws", "v", "email"), "visitors"),
+        (b"auth/user.email", "auth"),  # auth's blind-index contexts
+        (b"auth/backup_code", "auth"),
+        (b"user.email", None),  # names nobody
+        (b"/user.email", None),
+        (b"", None),
+        (b"pa1", None),  # truncated encodings
+        (b"pa1\x00\x00\x00\x09auth", None),
+        (associated_data(""), None),
+        (b"\xff\xfe/x", None),
+    ],
+)
+def test_owner_of(data: bytes, owner: str | None) -> None:
+    assert owner_of(data) == owner
+
+
+def test_an_encoding_cannot_pass_for_another_owner() -> None:
+    # "auth/..." inside an encoding is still the encoding's first part.
+    assert owner_of(associated_data("gateway", "auth/user.email")) == "gateway"
+    assert owner_of(associated_data("auth/x", "y")) == "auth/x"
