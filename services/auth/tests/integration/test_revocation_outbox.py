@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 
 from palisade.auth.revocation import (
+    SEQUENCE_KEY,
     FeedEvent,
     LocalRevocationFeed,
     RedisRevocationFeed,
@@ -214,3 +215,24 @@ async def test_watch_revocations_streams_numbered_notices_and_heartbeats(
         assert [(n.sequence, list(n.session_ids)) for n in notices] == [(1, [grant.session_id])]
         assert messages[-1].heartbeat
         assert messages[-1].sequence == 1
+
+
+@pytest.mark.redis
+async def test_deployments_on_other_redis_databases_do_not_share_a_feed(redis_url) -> None:
+    # Regression: the channel was one name for every database of a server, while the sequence
+    # key is per database, so two deployments interleaved two numberings on one channel.
+    base, db = redis_url.rsplit("/", 1)
+    ours, theirs = Redis.from_url(redis_url), Redis.from_url(f"{base}/{(int(db) + 15) % 16}")
+    try:
+        mine, other = RedisRevocationFeed(ours), RedisRevocationFeed(theirs)
+        # Numberings that differ, so a beat from the other database would be told apart.
+        await theirs.set(SEQUENCE_KEY, int(await ours.get(SEQUENCE_KEY) or 0) + 1000)
+        async with mine.subscribe() as stream:
+            await other.heartbeat()  # another deployment's beat: must not reach us
+            await mine.heartbeat()
+            event = await asyncio.wait_for(anext(stream), timeout=5)
+        assert event.sequence == int(await ours.get(SEQUENCE_KEY) or 0)
+        assert event.notice is None
+    finally:
+        await ours.aclose()
+        await theirs.aclose()

@@ -152,12 +152,19 @@ return n
 """
 
 
+def _database_number(redis: Redis) -> int:
+    return int(redis.connection_pool.connection_kwargs.get("db", 0))
+
+
 class RedisRevocationFeed:
     def __init__(
-        self, redis: Redis, *, channel: str = CHANNEL, sequence_key: str = SEQUENCE_KEY
+        self, redis: Redis, *, channel: str | None = None, sequence_key: str = SEQUENCE_KEY
     ) -> None:
         self._redis = redis
-        self._channel = channel
+        # Pub/sub channels are global to a Redis server while keys live in one numbered
+        # database: two deployments on one server (different databases) must not share a
+        # channel, or each would see the other's numbering as gaps and keep flushing caches.
+        self._channel = channel or f"{CHANNEL}:db{_database_number(redis)}"
         self._key = sequence_key
         self._publish = redis.register_script(_PUBLISH)
         self._heartbeat = redis.register_script(_HEARTBEAT)
