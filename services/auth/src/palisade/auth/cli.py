@@ -1,11 +1,11 @@
 """palisade-auth: run the auth service (`serve`, the default), apply its migrations, or re-index.
 
-    palisade-auth serve                 run the gRPC service (default)
-    palisade-auth migrate               apply database migrations and exit
-    palisade-auth reindex [--after ID]  move stored blind indexes to the primary index key
-                                        version, then report the versions still in use to
-                                        crypto (which `palisade-crypto keys retire --index`
-                                        requires); resumable, idempotent, prints counts only
+palisade-auth serve                 run the gRPC service (default)
+palisade-auth migrate               apply database migrations and exit
+palisade-auth reindex [--after ID]  move stored blind indexes to the primary index key
+                                    version, then report the versions still in use to
+                                    crypto (which `palisade-crypto keys retire --index`
+                                    requires); resumable, idempotent, prints counts only
 """
 
 from __future__ import annotations
