@@ -83,3 +83,32 @@ async def test_a_stranger_cannot_spend_the_owners_magic_link_budget(auth_factory
         with auth.db() as conn:
             links = conn.execute("SELECT count(*) FROM magic_links").fetchone()[0]
         assert links == 5
+
+
+async def test_strangers_on_several_networks_cannot_spend_a_known_clients_magic_links(
+    auth_factory,
+) -> None:
+    # Review finding: 4 networks x the per-(email, client) allowance spent the whole per-email
+    # cap, and then the owner got no link either.
+    async with auth_factory(magic_link_email_ip_requests=2, magic_link_email_requests=4) as auth:
+        await auth.sign_up("known@example.com")
+        await auth.login("known@example.com", ip=OWNER_IP)  # the owner's client is known now
+
+        async def request(ip: str) -> str | None:
+            try:
+                await auth.stub.RequestMagicLink(
+                    pb.RequestMagicLinkRequest(email="known@example.com"),
+                    metadata=auth.anonymous(ip),
+                )
+            except grpc.aio.AioRpcError as error:
+                return _code(error)
+            return None
+
+        for network in range(2):
+            for _ in range(2):
+                assert await request(f"2001:db8:{network}::1") is None
+        assert await request("2001:db8:9::1") == "rate_limited"  # the per-email cap is spent
+        assert await request(OWNER_IP) is None  # but not for the owner's own client
+        with auth.db() as conn:
+            links = conn.execute("SELECT count(*) FROM magic_links").fetchone()[0]
+        assert links == 5

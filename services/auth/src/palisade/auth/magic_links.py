@@ -23,7 +23,7 @@ from palisade.auth.mfa_login import LoginResult, MfaLogins
 from palisade.auth.mfa_store import MfaRecords
 from palisade.auth.sessions import ClientInfo, SessionManager
 from palisade.auth.store import AuthStore, AuthTransaction
-from palisade.auth.throttle import Counter, CounterLimiter, client_bucket
+from palisade.auth.throttle import Counter, CounterLimiter, LoginThrottle, client_bucket
 from palisade.auth.tokens import TokenKind, check_token, new_token, token_hash
 from palisade.common.clock import Clock
 from palisade.common.crypto_client import CryptoClient, Normalization
@@ -54,6 +54,7 @@ class MagicLinks:
         mfa: MfaLogins,
         mail: MailQueue,
         limiter: CounterLimiter,
+        throttle: LoginThrottle,
         local_keys: LocalKeys,
         policy: MagicLinkPolicy,
         clock: Clock,
@@ -64,13 +65,18 @@ class MagicLinks:
         self._mfa = mfa
         self._mail = mail
         self._limiter = limiter
+        self._throttle = throttle
         self._local_keys = local_keys
         self._policy = policy
         self._clock = clock
 
-    def _counters(self, email_key: str, ip: str | None) -> list[Counter]:
+    def _counters(self, email_key: str, ip: str | None, *, known: bool) -> list[Counter]:
         policy = self._policy
-        counters = [Counter(f"ml:email:{email_key}", policy.email_requests, policy.window_seconds)]
+        counters = []
+        if not known:  # the owner's own client is not held back by strangers' requests
+            counters.append(
+                Counter(f"ml:email:{email_key}", policy.email_requests, policy.window_seconds)
+            )
         bucket = client_bucket(ip)  # an IPv4 address or an IPv6 /64
         if bucket:
             counters += [
@@ -92,8 +98,11 @@ class MagicLinks:
             email, Normalization.EMAIL, EMAIL_INDEX_CONTEXT, all_versions=True
         )
         # A stable key (survives index-key rotation); Redis never sees the email.
-        counters = self._counters(self._local_keys.email_throttle_key(email), client.ip)
-        await self._limiter.acquire(counters)
+        email_key = self._local_keys.email_throttle_key(email)
+        # A client that logged in to this account before passes the per-email cap, which
+        # strangers on a few networks could otherwise spend; its per-IP limits still hold.
+        known_client = await self._throttle.is_known_client(email_key, client.ip)
+        await self._limiter.acquire(self._counters(email_key, client.ip, known=known_client))
         async with self._store.transaction() as tx:
             user = await tx.user_by_email_index(tokens)
         known = user is not None and not user.disabled

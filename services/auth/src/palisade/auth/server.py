@@ -196,6 +196,7 @@ async def serve_auth(
             mfa=mfa,
             mail=mail_queue,
             limiter=limiter,
+            throttle=throttle,
             local_keys=local_keys,
             policy=magic_link_policy(settings),
             clock=clock,

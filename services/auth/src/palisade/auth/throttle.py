@@ -177,7 +177,9 @@ class LoginThrottle:
         digest = hashlib.sha256(f"{account_key}\x00{bucket}".encode()).hexdigest()[:40]
         return Counter(f"thr:known:{digest}", 1, self._limits.known_client_seconds)
 
-    async def _is_known(self, account_key: str, ip: str | None) -> bool:
+    async def is_known_client(self, account_key: str, ip: str | None) -> bool:
+        """Whether this client logged in to this account before (one look, the same cost for
+        any account, existing or not)."""
         known = self._known_client(account_key, ip)
         return known is not None and await self._limiter.active(known)
 
@@ -187,7 +189,7 @@ class LoginThrottle:
         A client that logged in to the account before skips the account-wide cap (strangers
         spending it must not lock the owner out), not the per-IP and per-(account, IP) ones.
         """
-        known = await self._is_known(account_key, ip)
+        known = await self.is_known_client(account_key, ip)
         await self._limiter.acquire(self._counters(account_key, ip, known=known))
 
     async def accepted(self, account_key: str, ip: str | None) -> None:
@@ -220,11 +222,11 @@ class LoginThrottle:
     # check() and record_failure() are acquire()'s two halves, non-atomic: they read and feed
     # the same counters (tests and tools inspect the rules through them); logins use acquire().
     async def check(self, account_key: str, ip: str | None) -> None:
-        known = await self._is_known(account_key, ip)
+        known = await self.is_known_client(account_key, ip)
         await self._limiter.check(self._counters(account_key, ip, known=known))
 
     async def record_failure(self, account_key: str, ip: str | None) -> None:
-        known = await self._is_known(account_key, ip)
+        known = await self.is_known_client(account_key, ip)
         await self._limiter.hit(self._counters(account_key, ip, known=known))
 
     async def record_success(self, account_key: str, ip: str | None) -> None:
