@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from palisade.auth.revocation import (
     SEQUENCE_KEY,
@@ -95,6 +95,27 @@ async def test_a_failed_publish_is_retried_and_delivered_never_dropped(store) ->
         assert await _pending(store) == 0
         events = await _read(stream, 3)
     assert events == [FeedEvent(1, _notice(1)), FeedEvent(2, _notice(2)), FeedEvent(2)]
+
+
+async def test_an_unreadable_notice_becomes_a_gap_not_a_stall(store) -> None:
+    # Review finding: one row that does not parse (say, written by a newer format during a
+    # rolling deploy) stopped every later notice and every heartbeat, on every replica, for good.
+    feed = LocalRevocationFeed()
+    outbox = RevocationOutbox(clock=ManualClock())
+    relay = RevocationRelay(engine=store._engine, feed=feed, outbox=outbox)
+    async with feed.subscribe() as stream:
+        async with store.transaction() as tx:
+            await tx.conn.execute(
+                insert(revocation_outbox).values(
+                    created_at=datetime(2026, 1, 1, tzinfo=UTC), notice='{"v": 99}'
+                )
+            )
+            await outbox.enqueue(tx, _notice(2))
+        assert await relay.beat() is True  # drained: the later notice and a heartbeat went out
+        assert await _pending(store) == 0
+        events = await _read(stream, 2)
+    # Number 1 was used up without a notice: every gateway sees the gap and empties its cache.
+    assert events == [FeedEvent(2, _notice(2)), FeedEvent(2)]
 
 
 async def test_a_rolled_back_revocation_announces_nothing(store) -> None:
@@ -236,3 +257,14 @@ async def test_deployments_on_other_redis_databases_do_not_share_a_feed(redis_ur
     finally:
         await ours.aclose()
         await theirs.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_skip_uses_up_a_number_that_the_next_heartbeat_names(redis_pair) -> None:
+    one, two = redis_pair
+    async with one.subscribe() as stream:
+        first = await one.publish(_notice(1))
+        assert await two.skip() == first + 1  # global across replicas, like publish
+        await one.heartbeat()
+        events = await _read(stream, 2)
+    assert events == [FeedEvent(first, _notice(1)), FeedEvent(first + 1)]

@@ -90,6 +90,11 @@ class RevocationFeed(Protocol):
         """Tells every subscriber the number of the latest notice (and that the feed lives)."""
         ...
 
+    async def skip(self) -> int:
+        """Uses up a number without a notice: subscribers see a gap at the next heartbeat and
+        empty their caches (for a notice that cannot be read, so cannot be sent)."""
+        ...
+
     def subscribe(self) -> AbstractAsyncContextManager[AsyncIterator[FeedEvent]]:
         """Yields the stream of events published from now on."""
         ...
@@ -111,6 +116,10 @@ class LocalRevocationFeed:
 
     async def heartbeat(self) -> None:
         self._fan_out(FeedEvent(self._sequence))
+
+    async def skip(self) -> int:
+        self._sequence += 1
+        return self._sequence
 
     def _fan_out(self, event: FeedEvent) -> None:
         for queue in list(self._subscribers):
@@ -174,6 +183,9 @@ class RedisRevocationFeed:
 
     async def heartbeat(self) -> None:
         await self._heartbeat(keys=[self._key], args=[self._channel])
+
+    async def skip(self) -> int:
+        return int(await self._redis.incr(self._key))
 
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[AsyncIterator[FeedEvent]]:

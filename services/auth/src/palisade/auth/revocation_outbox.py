@@ -107,7 +107,18 @@ class RevocationRelay:
                 return True
             for row_id, raw in rows:
                 try:
-                    await self._feed.publish(RevocationNotice.from_dict(json.loads(raw)))
+                    notice = _readable(raw)
+                    if notice is None:
+                        # Left in place it would stop every later notice and every heartbeat
+                        # for good; dropped silently it would lose a revocation. Using up its
+                        # number makes every gateway see a gap and empty its cache instead.
+                        sequence = await self._feed.skip()
+                        log.error(
+                            "unreadable revocation notice; gateways will empty their caches",
+                            extra={"row_id": row_id, "sequence": sequence},
+                        )
+                    else:
+                        await self._feed.publish(notice)
                 except Exception as error:
                     log.warning(
                         "could not publish a revocation; will retry",
@@ -152,3 +163,11 @@ class RevocationRelay:
     async def running(self) -> AsyncIterator[None]:
         async with running_in_background(self.run(), name="palisade-revocation-relay"):
             yield
+
+
+def _readable(raw: str) -> RevocationNotice | None:
+    """The notice a row holds, or None if it cannot be read (e.g. written by a newer format)."""
+    try:
+        return RevocationNotice.from_dict(json.loads(raw))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
