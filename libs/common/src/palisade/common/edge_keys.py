@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import secrets
 import threading
 import time
@@ -32,8 +31,10 @@ from typing import Any
 
 from palisade.common.edges import EDGES, Edge, edges_of
 from palisade.common.secret_files import (
+    FileSignature,
     check_secret_file,
     create_exclusive,
+    file_signature,
     locked,
     replace_atomically,
 )
@@ -226,7 +227,7 @@ class KeySource:
         self._path = path
         self._edges = tuple(edges)
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: FileSignature | None = None
         self._next_check = 0.0
         self._last_forced = 0.0
         if keys is not None:
@@ -265,15 +266,10 @@ class KeySource:
             self._reload_if_changed()
         return self._keys
 
-    def _file_stamp(self) -> tuple[int, int, int]:
-        assert self._path is not None
-        st = os.stat(self._path)  # follows a Secret mount's symlink swap
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
     def _read(self) -> ServiceKeys:
         assert self._path is not None
         check_secret_file(self._path)
-        stamp = self._file_stamp()
+        stamp = file_signature(self._path)
         keys = ServiceKeys.from_document(
             KeyDocument.from_json(self._path.read_bytes()), self.service, self._edges
         )
@@ -282,10 +278,11 @@ class KeySource:
         return keys
 
     def _reload_if_changed(self) -> None:
+        assert self._path is not None  # only file-backed sources reload
         with self._lock:
             self._next_check = time.monotonic() + _CHECK_INTERVAL_SECONDS
             try:
-                if self._file_stamp() == self._stamp:
+                if file_signature(self._path) == self._stamp:
                     return
                 self._keys = self._read()
                 log.info("reloaded the internal signing keys", extra={"service": self.service})

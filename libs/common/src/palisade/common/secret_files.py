@@ -123,3 +123,18 @@ def locked(path: Path) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+# What identifies one version of a key file: a Secret mount swaps a symlink to a new file (a new
+# inode), an editor rewrites in place (a new mtime or size).
+FileSignature = tuple[int, int, int, int]
+
+
+def file_signature(path: Path) -> FileSignature | None:
+    """The signature of the file at path (following a Secret's symlink), None if there is none:
+    a reloader compares it to the last one and re-reads only on a change."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)

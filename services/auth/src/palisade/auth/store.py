@@ -201,38 +201,19 @@ class AuthTransaction:
         now: datetime,
     ) -> None:
         try:
-            await self._insert_user_row(
-                user_id=user_id,
-                email_index=email_index,
-                email_ct=email_ct,
-                name_ct=name_ct,
-                password_hash=password_hash,
-                now=now,
+            await self._conn.execute(
+                insert(users).values(
+                    id=user_id,
+                    email_index=email_index,
+                    email_ct=email_ct,
+                    name_ct=name_ct,
+                    password_hash=password_hash,
+                    created_at=now,
+                    password_changed_at=now,
+                )
             )
         except IntegrityError as exc:  # the unique email_index: this transaction is over
             raise DuplicateEmail() from exc
-
-    async def _insert_user_row(
-        self,
-        *,
-        user_id: str,
-        email_index: str,
-        email_ct: bytes,
-        name_ct: bytes,
-        password_hash: str,
-        now: datetime,
-    ) -> None:
-        await self._conn.execute(
-            insert(users).values(
-                id=user_id,
-                email_index=email_index,
-                email_ct=email_ct,
-                name_ct=name_ct,
-                password_hash=password_hash,
-                created_at=now,
-                password_changed_at=now,
-            )
-        )
 
     async def insert_workspace(self, *, workspace_id: str, name: str, now: datetime) -> None:
         await self._conn.execute(

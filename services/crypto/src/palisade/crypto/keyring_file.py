@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from palisade.common.secret_files import (
     InsecureSecretPath,
     check_secret_file,
     create_exclusive,
+    file_signature,
     locked,
     replace_atomically,
 )
@@ -25,8 +25,6 @@ from palisade.crypto.errors import KeyringInvalid
 from palisade.crypto.keyring import Keyring
 
 log = logging.getLogger("palisade.crypto.keyring")
-
-FileSignature = tuple[int, int, int, int]
 
 
 def read_keyring(path: Path) -> Keyring:
@@ -57,26 +55,18 @@ def update_keyring(path: Path, change: Callable[[Keyring], Keyring]) -> Keyring:
     return updated
 
 
-def _signature(path: Path) -> FileSignature | None:
-    try:
-        st = os.stat(path)  # follows the Secret's symlink to the real file
-    except FileNotFoundError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-
-
 class KeyringHolder:
     """The keyring in use, replaced whole on reload (readers take one snapshot per batch)."""
 
     def __init__(self, path: Path, *, on_reload: Callable[[Keyring, bool], None]) -> None:
         self.path = path
         self._on_reload = on_reload
-        self._signature = _signature(path)
+        self._signature = file_signature(path)
         self.current = read_keyring(path)
 
     def reload_if_changed(self) -> bool:
         """Loads the file if it changed; keeps the old keyring if the new file is invalid."""
-        signature = _signature(self.path)
+        signature = file_signature(self.path)
         if signature == self._signature:
             return False
         self._signature = signature
