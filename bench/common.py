@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -24,11 +25,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class RunningService:
+    port: int  # gRPC
+    pid: int
+
+
 @contextmanager
 def service_process(
     module: str, env_prefix: str, data_dir: Path, extra_env: dict[str, str] | None = None
 ) -> Iterator[int]:
     """Runs `python -m module serve` on free ports; yields its gRPC port once it is SERVING."""
+    with running_service(module, env_prefix, data_dir, extra_env) as service:
+        yield service.port
+
+
+@contextmanager
+def running_service(
+    module: str, env_prefix: str, data_dir: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[RunningService]:
+    """Like service_process, yielding the process id too (for CPU accounting from /proc)."""
     port = free_port()
     env = {
         **os.environ,
@@ -41,7 +57,7 @@ def service_process(
     process = subprocess.Popen([sys.executable, "-m", module, "serve"], env=env, cwd=ROOT)
     try:
         wait_until_serving(port, process, within_seconds=60)
-        yield port
+        yield RunningService(port, process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)

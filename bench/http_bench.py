@@ -12,10 +12,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import ROOT, free_port, service_process
+from bench.common import REDIS_URL, ROOT, free_port, fresh_postgres_database, running_service
 
 PASSWORD = "correct horse battery staple"
 CONNECTIONS = 32  # in flight on each side, as in PERFORMANCE.md's gRPC floor
@@ -71,26 +71,49 @@ class GatewayProcess:
     http_port: int
     metrics_port: int
     pid: int
+    # Every Palisade process of the suite (crypto, auth, gateway), for CPU accounting.
+    pids: dict[str, int] = field(default_factory=dict)
 
 
 @contextmanager
 def suite_behind_gateway(
-    data_dir: Path, extra_env: dict[str, str] | None = None
+    data_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    *,
+    production_backends: bool = False,
+    auth_env: dict[str, str] | None = None,
 ) -> Iterator[GatewayProcess]:
-    """Crypto and auth (embedded SQLite) and a gateway process, ready to serve.
+    """Crypto and auth and a gateway process, ready to serve.
 
-    SQLite is enough: the measured requests are token-cache hits, which touch no database.
+    By default on the embedded SQLite: enough where the measured requests are token-cache hits,
+    which touch no database. With production_backends, crypto and auth each get a fresh Postgres
+    database and auth uses Redis, as in production: for routes that reach a
+    backend, whose cost is what is measured.
     """
     with ExitStack() as stack:
+        crypto_env: dict[str, str] = {}
+        auth_extra: dict[str, str] = {}
+        if production_backends:
+            crypto_env["PALISADE_CRYPTO_DATABASE_URL"] = stack.enter_context(
+                fresh_postgres_database()
+            )
+            auth_extra["PALISADE_AUTH_DATABASE_URL"] = stack.enter_context(
+                fresh_postgres_database()
+            )
+            auth_extra["PALISADE_AUTH_REDIS_URL"] = REDIS_URL
         crypto = stack.enter_context(
-            service_process("palisade.crypto", "PALISADE_CRYPTO_", data_dir)
+            running_service("palisade.crypto", "PALISADE_CRYPTO_", data_dir, crypto_env)
         )
         auth = stack.enter_context(
-            service_process(
+            running_service(
                 "palisade.auth",
                 "PALISADE_AUTH_",
                 data_dir,
-                {"PALISADE_AUTH_CRYPTO_TARGET": f"127.0.0.1:{crypto}"},
+                {
+                    "PALISADE_AUTH_CRYPTO_TARGET": f"127.0.0.1:{crypto.port}",
+                    **auth_extra,
+                    **(auth_env or {}),
+                },
             )
         )
         http_port, metrics_port = free_port(), free_port()
@@ -98,13 +121,14 @@ def suite_behind_gateway(
             "PALISADE_DATA_DIR": str(data_dir),
             "PALISADE_GATEWAY_HTTP_PORT": str(http_port),
             "PALISADE_GATEWAY_METRICS_PORT": str(metrics_port),
-            "PALISADE_GATEWAY_AUTH_TARGET": f"127.0.0.1:{auth}",
+            "PALISADE_GATEWAY_AUTH_TARGET": f"127.0.0.1:{auth.port}",
             "PALISADE_GATEWAY_LOG_LEVEL": "WARNING",
             **(extra_env or {}),
         }
         ready = f"http://127.0.0.1:{http_port}/readyz"
         pid = stack.enter_context(http_process(["-m", "palisade.gateway", "serve"], env, ready))
-        yield GatewayProcess(http_port, metrics_port, pid)
+        pids = {"crypto": crypto.pid, "auth": auth.pid, "gateway": pid}
+        yield GatewayProcess(http_port, metrics_port, pid, pids)
 
 
 @contextmanager
