@@ -12,6 +12,7 @@ current_active_user. Nothing is tuned: engine, pool and strategy are the documen
 Run with this folder's own venv (`uv sync --frozen --project bench/peers/fastapi_users`).
 """
 
+# ruff: noqa: B008  (Depends(...) in argument defaults is FastAPI's documented idiom)
 from __future__ import annotations
 
 import os
