@@ -54,7 +54,9 @@ fmt: bootstrap
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# P10's peer (FastAPI-Users) has its own project, lock and venv (bench/peers/fastapi_users/.venv).
 bench: bootstrap
+	$(UV) sync --frozen --project bench/peers/fastapi_users --python $(PYTHON)
 	$(PY) bench/run.py
 
 # Re-resolve dependencies after editing a pyproject.toml; commit the new uv.lock.

@@ -13,10 +13,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import p1_token_cache, p2_cached_auth, p3_forwarded, p5_p8_auth, p6_crypto_batch
+from bench import (
+    p1_token_cache,
+    p2_cached_auth,
+    p3_forwarded,
+    p5_p8_auth,
+    p6_crypto_batch,
+    p10_peer,
+)
 from bench.common import print_table
 
-BENCHMARKS = [p1_token_cache, p2_cached_auth, p3_forwarded, p5_p8_auth, p6_crypto_batch]
+BENCHMARKS = [p1_token_cache, p2_cached_auth, p3_forwarded, p5_p8_auth, p6_crypto_batch, p10_peer]
 
 
 def main() -> int:
