@@ -21,6 +21,7 @@ from palisade.auth.mfa_login import LoginResult, MfaLogins
 from palisade.auth.mfa_store import MfaRecords
 from palisade.auth.password_policy import check_length, check_new_password
 from palisade.auth.passwords import PasswordHasher
+from palisade.auth.profile_read import read_profile
 from palisade.auth.revocation import RevocationNotice
 from palisade.auth.sessions import ClientInfo, SessionManager
 from palisade.auth.store import AuthStore, DuplicateEmail, UserRow
@@ -76,6 +77,8 @@ class Profile:
     name: str
     workspace_id: str
     role: str
+    totp_enabled: bool
+    passkeys: int
 
 
 class Accounts:
@@ -392,15 +395,22 @@ class Accounts:
         raise InvalidCredentials("current password is incorrect")
 
     async def profile(self, *, user_id: str, workspace_id: str) -> Profile:
-        async with self._store.transaction() as tx:
-            user = await tx.user(user_id)
-            role = await tx.role_in(user_id, workspace_id)
-        if user is None or role is None:
+        """One database round trip and one crypto call (pinned by test_round_trips.py)."""
+        row = await read_profile(self._store, user_id, workspace_id)
+        if row is None:
             raise InvalidCredentials()
         email, name = await self._crypto.decrypt(
             [
-                (user.email_ct, _pii_aad(user_id, "email")),
-                (user.name_ct, _pii_aad(user_id, "name")),
+                (row.email_ct, _pii_aad(user_id, "email")),
+                (row.name_ct, _pii_aad(user_id, "name")),
             ]
         )
-        return Profile(user_id, email.decode(), name.decode(), workspace_id, role)
+        return Profile(
+            user_id,
+            email.decode(),
+            name.decode(),
+            workspace_id,
+            row.role,
+            totp_enabled=row.totp_enabled,
+            passkeys=row.passkeys,
+        )

@@ -165,10 +165,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             name=profile.name,
             workspace_id=profile.workspace_id,
             role=profile.role,
-            mfa=pb.MfaStatus(
-                totp=await self._factors.totp_enabled(user_id),
-                passkeys=await self._passkeys.count(user_id),
-            ),
+            mfa=pb.MfaStatus(totp=profile.totp_enabled, passkeys=profile.passkeys),
         )
 
     async def ListSessions(

@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from palisade.auth.bounded import DEVICE_CHARS, IP_CHARS, clip_optional
-from palisade.common.db import UTCDateTime
+from palisade.common.db import UTCDateTime, autocommit_reads
 from palisade.common.outbox import SecurityEvent, emit, outbox_table
 
 MIGRATIONS_PACKAGE = "palisade.auth.migrations"
@@ -453,9 +453,17 @@ def _user(row: object) -> UserRow:
 class AuthStore:
     def __init__(self, *, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._reads = autocommit_reads(engine)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AuthTransaction]:
         """Commits when the block ends normally, rolls back if it raises."""
         async with self._engine.begin() as conn:
+            yield AuthTransaction(conn)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AuthTransaction]:
+        """For one SELECT that needs no transaction (see palisade.common.db.autocommit_reads).
+        Never for writes: on Postgres each statement here commits on its own."""
+        async with self._reads.connect() as conn:
             yield AuthTransaction(conn)

@@ -1,0 +1,70 @@
+"""`GET /v1/me` in one statement: the user's sealed PII, role in the workspace, and MFA status.
+
+The busiest authenticated read there is, so it is one prebuilt SELECT in autocommit (one round
+trip, no BEGIN/COMMIT) instead of three transactions, and the statement object is built once
+at import rather than on every call (SQLAlchemy then finds its compiled form in its cache).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import and_, bindparam, exists, func, select
+
+from palisade.auth.mfa_store import totp_credentials
+from palisade.auth.passkey_store import passkeys
+from palisade.auth.store import AuthStore, memberships, users
+
+
+@dataclass(frozen=True)
+class ProfileRow:
+    email_ct: bytes
+    name_ct: bytes
+    role: str
+    totp_enabled: bool  # confirmed, not a pending enrolment
+    passkeys: int
+
+
+_PROFILE = (
+    select(
+        users.c.email_ct,
+        users.c.name_ct,
+        memberships.c.role,
+        exists()
+        .where(
+            totp_credentials.c.user_id == users.c.id, totp_credentials.c.confirmed_at.is_not(None)
+        )
+        .label("totp_enabled"),
+        select(func.count())
+        .select_from(passkeys)
+        .where(passkeys.c.user_id == users.c.id)
+        .scalar_subquery()
+        .label("passkeys"),
+    )
+    .join_from(
+        users,
+        memberships,
+        and_(
+            memberships.c.user_id == users.c.id,
+            memberships.c.workspace_id == bindparam("workspace_id"),
+        ),
+    )
+    .where(users.c.id == bindparam("user_id"))
+)
+
+
+async def read_profile(store: AuthStore, user_id: str, workspace_id: str) -> ProfileRow | None:
+    """None when the user is gone or no longer a member of the workspace."""
+    async with store.read() as tx:
+        row = (
+            await tx.conn.execute(_PROFILE, {"user_id": user_id, "workspace_id": workspace_id})
+        ).first()
+    if row is None:
+        return None
+    return ProfileRow(
+        email_ct=bytes(row.email_ct),
+        name_ct=bytes(row.name_ct),
+        role=row.role,
+        totp_enabled=bool(row.totp_enabled),
+        passkeys=int(row.passkeys),
+    )
