@@ -6,17 +6,26 @@ unless PALISADE_REQUIRE_BACKENDS=1 (set by .ci/run), which turns the skip into a
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import psycopg
 import pytest
+import uvloop
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
 DEFAULT_POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests run on the loop the services run on in production (palisade.common.event_loop)."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 def _backends_required() -> bool:

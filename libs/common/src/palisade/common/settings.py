@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from palisade.common.event_loop import EventLoopName
+
 
 def _default_data_dir() -> Path:
     return Path.cwd() / "var"
@@ -53,11 +55,20 @@ class CommonSettings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
     # SQLAlchemy URL (postgresql+psycopg://... in production); unset: a SQLite file in data_dir.
     database_url: str | None = None
+    # Postgres connections this process keeps open. Enough for every request in flight to hold
+    # one at once: a request beyond the pool opens an overflow connection (a TCP and
+    # authentication handshake, several times a small query's cost) that is closed again after
+    # use, so a pool that is too small turns load into connection churn.
+    database_pool_size: int = Field(default=32, ge=1, le=500)
+    # Extra connections opened under bursts beyond the pool, closed when returned.
+    database_max_overflow: int = Field(default=16, ge=0, le=500)
     # Apply this service's migrations at start-up (otherwise run the `migrate` command).
     migrate_on_start: bool = True
     # Seconds in-flight RPCs get to finish after SIGTERM.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
+    # The event loop of a served process (palisade.common.event_loop): "uvloop" or "asyncio".
+    event_loop: EventLoopName = "uvloop"
 
     def resolved_internal_keys_file(self, service: str) -> Path:
         return self.internal_keys_file or self.data_dir / "keys" / f"{service}.json"

@@ -15,6 +15,7 @@ import asyncio
 import sys
 
 from palisade.auth.config import SERVICE_NAME, AuthSettings
+from palisade.common import event_loop
 from palisade.common.logs import configure_logging
 from palisade.common.secret_files import harden_process
 
@@ -60,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
 
         result = asyncio.run(reindex_from_settings(settings, after=args.after))
         return 1 if result.collisions or result.unreadable else 0
-    asyncio.run(_migrate(settings) if args.command == "migrate" else _serve(settings))
+    if args.command == "migrate":
+        asyncio.run(_migrate(settings))
+    else:
+        event_loop.run(_serve(settings), settings.event_loop)
     return 0
 
 

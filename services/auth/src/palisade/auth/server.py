@@ -106,7 +106,9 @@ async def serve_auth(
         engine = create_engine(
             resolve_database_url(
                 settings.database_url, data_dir=settings.data_dir, service=SERVICE_NAME
-            )
+            ),
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
         )
         stack.push_async_callback(engine.dispose)
         if settings.migrate_on_start:

@@ -389,5 +389,5 @@ class SessionManager:
             self._revocations.notify()
 
     async def list(self, user_id: str) -> list[SessionRow]:
-        async with self._store.transaction() as tx:
+        async with self._store.read() as tx:
             return await tx.sessions_of(user_id, self._clock.now())

@@ -24,6 +24,7 @@ import sys
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from palisade.common import event_loop
 from palisade.common.clock import SystemClock
 from palisade.common.errors import PalisadeError
 from palisade.common.logs import configure_logging
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "migrate":
             asyncio.run(_migrate(settings))
             return 0
-        asyncio.run(_serve(settings))
+        event_loop.run(_serve(settings), settings.event_loop)
         return 0
     except PalisadeError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
+from palisade.common import event_loop
 from palisade.common.logs import configure_logging
 from palisade.common.secret_files import harden_process
 from palisade.gateway.config import SERVICE_NAME, GatewaySettings
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     harden_process()
     settings = GatewaySettings()
     configure_logging(SERVICE_NAME, settings.log_level)
-    asyncio.run(_serve(settings))
+    event_loop.run(_serve(settings), settings.event_loop)
     return 0
 
 
