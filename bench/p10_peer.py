@@ -26,7 +26,9 @@ d. login storm: 8 login clients saturating the CPU while a few connections send 
 
 Palisade and the peer are never loaded together: trials alternate between them and the best
 of each side counts (the least disturbed), the median is shown too. CPU steal (from
-/proc/stat) is recorded over every trial: the hosts sometimes lose CPU to it. Every figure goes
+/proc/stat) is recorded over every trial, the hosts sometimes lose CPU to it, and so is the CPU
+that other processes took meanwhile (not the side's servers, Postgres, Redis or the load
+generator), which tells a trial disturbed by someone else's work. Every figure goes
 to var/bench/p10-<git short sha>.json as well as the printed table.
 """
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -54,10 +57,12 @@ from bench.http_bench import (
     PASSWORD,
     GatewayProcess,
     cache_lookups,
+    cpu_seconds,
     signed_in_token,
     suite_behind_gateway,
     wait_until_cached,
 )
+from palisade.auth.config import AuthSettings
 
 PEER_DIR = ROOT / "bench" / "peers" / "fastapi_users"
 PEER_PYTHON = PEER_DIR / ".venv" / "bin" / "python"
@@ -74,7 +79,6 @@ LOGIN_WARMUP_SECONDS = 1.5
 LOGIN_SECONDS = 6.0  # logins are slow: a longer window for a steadier count
 STORM_SECONDS = 5.0
 
-PALISADE_DEFAULT_ARGON2 = (19456, 2, 1)  # AuthSettings' defaults (m KiB, t, p)
 TARGETS = {"cached": 20.0, "me": 2.0, "login": 0.9, "storm_default_ms": 20.0, "storm_peer_ms": 50.0}
 
 
@@ -109,12 +113,55 @@ def _cpu_times() -> list[int]:
     return [int(v) for v in first[1:9]]
 
 
-def _steal_share(before: list[int], after: list[int]) -> float:
-    if not before or not after:
-        return float("nan")
-    deltas = [b - a for a, b in zip(before, after, strict=True)]
-    total = sum(deltas)
-    return deltas[7] / total if total > 0 else 0.0
+_BACKENDS = ("postgres", "redis-server")  # shared by both sides, counted as the side's own
+
+
+def _cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    """CPU seconds so far of these processes and of every Postgres and Redis process."""
+    wanted = set(pids)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() in _BACKENDS:
+                    wanted.add(int(entry.name))
+            except OSError:
+                continue
+    found = {pid: cpu_seconds(pid) for pid in wanted}
+    return {pid: cpu for pid, cpu in found.items() if cpu is not None}
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children (the load generators)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class _Watch:
+    """The machine's CPU over one trial: the share lost to steal, and the cores' worth used by
+    anything else than the side under test (its server processes, Postgres, Redis) and the load
+    generators, i.e. someone else's load (approximate: Postgres work of other users counts as
+    the side's own)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self._pids = pids
+        self._ticks = _cpu_times()
+        self._processes = _cpu_by_pid(pids)
+        self._children = _children_cpu()
+        self._started = time.perf_counter()
+
+    def figures(self) -> dict[str, float]:
+        elapsed = time.perf_counter() - self._started
+        ticks = _cpu_times()
+        processes = _cpu_by_pid(self._pids)
+        if not self._ticks or not ticks:
+            return {"steal": float("nan"), "other_cores": float("nan")}
+        deltas = [b - a for a, b in zip(self._ticks, ticks, strict=True)]
+        steal = deltas[7] / sum(deltas) if sum(deltas) > 0 else 0.0
+        # user nice system irq softirq: CPU the guest itself ran.
+        busy = sum(deltas[i] for i in (0, 1, 2, 5, 6)) / os.sysconf("SC_CLK_TCK")
+        ours = sum(cpu - self._processes.get(pid, 0.0) for pid, cpu in processes.items())
+        ours += _children_cpu() - self._children
+        return {"steal": steal, "other_cores": max(0.0, busy - ours) / elapsed}
 
 
 def _load_argv(
@@ -163,17 +210,20 @@ def _spawn(argv: list[str]) -> subprocess.Popen[str]:
     )
 
 
-def _trial(what: str, **load: object) -> dict[str, float]:
-    """One load-generator run, with the machine's CPU steal over it."""
-    before = _cpu_times()
+def _trial(what: str, pids: list[int], **load: object) -> dict[str, float]:
+    """One load-generator run against the side whose processes are pids, with the machine's
+    CPU steal and others' load over it."""
+    watch = _Watch(pids)
     result = _result(_spawn(_load_argv(**load)), what)  # type: ignore[arg-type]
-    return {**result, "steal": _steal_share(before, _cpu_times())}
+    return {**result, **watch.figures()}
 
 
-def _storm(what: str, logins: dict[str, object], requests: dict[str, object]) -> dict[str, float]:
+def _storm(
+    what: str, pids: list[int], logins: dict[str, object], requests: dict[str, object]
+) -> dict[str, float]:
     """Logins saturating (their window encloses the requests' window) and cached requests with
     latencies, two load generators at once."""
-    before = _cpu_times()
+    watch = _Watch(pids)
     login_process = _spawn(
         _load_argv(
             **logins,  # type: ignore[arg-type]
@@ -196,7 +246,7 @@ def _storm(what: str, logins: dict[str, object], requests: dict[str, object]) ->
     return {
         **measured,
         "logins_per_s": login["rate"],
-        "steal": _steal_share(before, _cpu_times()),
+        **watch.figures(),
     }
 
 
@@ -387,6 +437,7 @@ def _run_side_by_side(
 ) -> dict[str, list[dict[str, float]]]:
     palisade_auth = [f"Authorization: Bearer {token}"]
     peer_auth = [f"Authorization: Bearer {peer_token}"]
+    ours, theirs = list(gateway.pids.values()), [peer.pid]
     trials: dict[str, list[dict[str, float]]] = {}
 
     def add(key: str, trial: dict[str, float]) -> None:
@@ -398,12 +449,19 @@ def _run_side_by_side(
         add(
             "cached_palisade",
             _trial(
-                "whoami", port=gateway.http_port, path="/v1/whoami", headers=palisade_auth, **reads
+                "whoami",
+                ours,
+                port=gateway.http_port,
+                path="/v1/whoami",
+                headers=palisade_auth,
+                **reads,
             ),
         )
         add(
             "cached_peer",
-            _trial("protected", port=peer.port, path="/protected", headers=peer_auth, **reads),
+            _trial(
+                "protected", theirs, port=peer.port, path="/protected", headers=peer_auth, **reads
+            ),
         )
     trials["cached_palisade_misses"] = [
         {"misses": cache_lookups(gateway.metrics_port)["miss"] - misses}
@@ -411,11 +469,15 @@ def _run_side_by_side(
     for _ in range(READ_TRIALS):
         add(
             "me_palisade",
-            _trial("me", port=gateway.http_port, path="/v1/me", headers=palisade_auth, **reads),
+            _trial(
+                "me", ours, port=gateway.http_port, path="/v1/me", headers=palisade_auth, **reads
+            ),
         )
         add(
             "me_peer",
-            _trial("users/me", port=peer.port, path="/users/me", headers=peer_auth, **reads),
+            _trial(
+                "users/me", theirs, port=peer.port, path="/users/me", headers=peer_auth, **reads
+            ),
         )
     logins = {"warmup": LOGIN_WARMUP_SECONDS, "seconds": LOGIN_SECONDS}
     for clients in LOGIN_CLIENTS:
@@ -424,6 +486,7 @@ def _run_side_by_side(
                 f"login{clients}_palisade",
                 _trial(
                     "login",
+                    ours,
                     connections=clients,
                     **_palisade_login_load(gateway.http_port, clients),
                     **logins,
@@ -433,6 +496,7 @@ def _run_side_by_side(
                 f"login{clients}_peer",
                 _trial(
                     "peer login",
+                    theirs,
                     connections=clients,
                     **_peer_login_load(peer.port, clients),
                     **logins,
@@ -443,6 +507,7 @@ def _run_side_by_side(
             "storm_palisade_peer_params",
             _storm(
                 "storm",
+                ours,
                 _palisade_login_load(gateway.http_port, STORM_LOGIN_CLIENTS),
                 {"port": gateway.http_port, "path": "/v1/whoami", "headers": palisade_auth},
             ),
@@ -451,6 +516,7 @@ def _run_side_by_side(
             "storm_peer",
             _storm(
                 "peer storm",
+                theirs,
                 _peer_login_load(peer.port, STORM_LOGIN_CLIENTS),
                 {"port": peer.port, "path": "/protected", "headers": peer_auth},
             ),
@@ -463,6 +529,7 @@ def _storm_at_defaults(gateway: GatewayProcess, token: str) -> list[dict[str, fl
     storms = [
         _storm(
             "storm (defaults)",
+            list(gateway.pids.values()),
             _palisade_login_load(gateway.http_port, STORM_LOGIN_CLIENTS),
             {
                 "port": gateway.http_port,
@@ -495,7 +562,8 @@ def _median(trials: list[dict[str, float]], key: str = "rate") -> float:
 
 def _steal(trials: list[dict[str, float]]) -> str:
     steals = [t["steal"] for t in trials]
-    return f"steal {min(steals):.0%}-{max(steals):.0%}"
+    others = max(t["other_cores"] for t in trials)
+    return f"steal {min(steals):.0%}-{max(steals):.0%}, others <= {others:.1f} cores"
 
 
 def _rate_cell(trials: list[dict[str, float]], unit: str) -> str:
@@ -522,7 +590,12 @@ def _git(*args: str) -> str:
 
 def main() -> dict[str, float]:
     cores = os.cpu_count() or 1
-    default_params = Argon2Params(*PALISADE_DEFAULT_ARGON2)
+    fields = AuthSettings.model_fields  # the defaults, not whatever the environment says
+    default_params = Argon2Params(
+        fields["argon2_memory_kib"].default,
+        fields["argon2_time_cost"].default,
+        fields["argon2_parallelism"].default,
+    )
     with tempfile.TemporaryDirectory() as tmp, _peer() as peer:
         versions = _peer_versions()
         for i in range(max(*LOGIN_CLIENTS, STORM_LOGIN_CLIENTS)):
@@ -641,8 +714,8 @@ def main() -> dict[str, float]:
         ),
     ]
     print_table(
-        "P10  Palisade vs FastAPI-Users on the same Postgres (best trial; medians and CPU steal "
-        "in brackets)",
+        "P10  Palisade vs FastAPI-Users on the same Postgres (best trial; medians, CPU steal and "
+        "other processes' load in brackets)",
         rows,
     )
 
