@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import grpc
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from palisade.auth.accounts import Accounts
 from palisade.auth.config import SERVICE_NAME, AuthSettings
@@ -58,6 +59,7 @@ class AuthServer:
     revocations: RevocationFeed
     registry: CollectorRegistry
     mail_relay: MailRelay
+    engine: AsyncEngine  # for tests that count round trips
 
 
 def session_policy(settings: AuthSettings) -> SessionPolicy:
@@ -255,4 +257,4 @@ async def serve_auth(
             mail_relay.running(),
             revocation_relay.running(),
         ):
-            yield AuthServer(running, accounts, sessions, revocations, registry, mail_relay)
+            yield AuthServer(running, accounts, sessions, revocations, registry, mail_relay, engine)

@@ -260,7 +260,7 @@ class SessionManager:
         spend the crypto budget). Made before the locking transaction, so no network call
         happens while the row is locked; wasted only if a parallel refresh rotates first.
         """
-        async with self._store.transaction() as tx:
+        async with self._store.read() as tx:
             found = await tx.lock_refresh_token(presented, lock=False)
         if found is None:
             raise InvalidToken()

@@ -1,0 +1,138 @@
+"""Round trips per request, pinned (issue 10): database statements, transactions and crypto
+calls that one GetMe, ListSessions or Refresh costs, on Postgres.
+
+These are the busiest authenticated routes; every product service copies their patterns. An
+extra query, an extra BEGIN/COMMIT or an extra gRPC hop fails here, as a count, long before it
+shows up as a slower benchmark. The spies count only work done inside an auth RPC of the given
+method (the verified caller is in the request's context), not background jobs (mail relay,
+revocation relay) that happen to run meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+
+from palisade.common.caller import current_caller
+from palisade_api.auth.v1 import auth_pb2 as pb
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+AUTH = "/palisade.auth.v1.AuthService/"
+
+
+def _method() -> str | None:
+    caller = current_caller.get()
+    return None if caller is None else caller.method.removeprefix(AUTH)
+
+
+@dataclass
+class RoundTrips:
+    statements: Counter[str] = field(default_factory=Counter)
+    # BEGIN ... COMMIT/ROLLBACK pairs actually sent (autocommit reads send none).
+    transactions: Counter[str] = field(default_factory=Counter)
+    crypto_calls: Counter[str] = field(default_factory=Counter)
+
+    def of(self, method: str) -> tuple[int, int, dict[str, int]]:
+        calls = {
+            k.split(":", 1)[1]: v for k, v in self.crypto_calls.items() if k.startswith(method)
+        }
+        return self.statements[method], self.transactions[method], calls
+
+    def clear(self) -> None:
+        self.statements.clear()
+        self.transactions.clear()
+        self.crypto_calls.clear()
+
+
+class _CountingStub:
+    """Stands in for the crypto client's stub: counts each call by the auth RPC it serves."""
+
+    def __init__(self, stub: object, trips: RoundTrips) -> None:
+        self._stub = stub
+        self._trips = trips
+
+    def __getattr__(self, name: str) -> object:
+        target = getattr(self._stub, name)
+
+        def call(*args: object, **kwargs: object) -> object:
+            method = _method()
+            if method is not None:
+                self._trips.crypto_calls[f"{method}:{name}"] += 1
+            return target(*args, **kwargs)
+
+        return call
+
+
+@pytest.fixture
+def trips(auth) -> Iterator[RoundTrips]:
+    counted = RoundTrips()
+    engine = auth.servers[0].engine.sync_engine
+
+    def on_statement(conn: Connection, *_: object) -> None:
+        method = _method()
+        if method is not None:
+            counted.statements[method] += 1
+
+    def on_begin(conn: Connection) -> None:
+        method = _method()
+        # The driver's own state: in autocommit psycopg sends no BEGIN (nor COMMIT).
+        if method is not None and not conn.connection.driver_connection.autocommit:
+            counted.transactions[method] += 1
+
+    event.listen(engine, "before_cursor_execute", on_statement)
+    event.listen(engine, "begin", on_begin)
+    crypto = auth.servers[0].sessions._crypto
+    original_stub = crypto._stub
+    crypto._stub = _CountingStub(original_stub, counted)
+    try:
+        yield counted
+    finally:
+        crypto._stub = original_stub
+        event.remove(engine, "before_cursor_execute", on_statement)
+        event.remove(engine, "begin", on_begin)
+
+
+async def test_spies_see_the_work_of_a_request(auth, trips) -> None:
+    """The counters are live: a sign-up writes in a transaction and calls crypto."""
+    await auth.sign_up("spy@example.com")
+    statements, transactions, calls = trips.of("SignUp")
+    assert statements > 0, trips
+    assert transactions > 0, trips
+    assert calls, trips
+
+
+async def test_get_me_is_one_statement_and_one_decrypt(auth, trips) -> None:
+    await auth.sign_up("me@example.com")
+    grant = await auth.validate((await auth.login("me@example.com")).access_token)
+    trips.clear()
+    me = await auth.stub.GetMe(pb.GetMeRequest(), metadata=auth.as_user(grant))
+    assert me.email == "me@example.com"
+    assert trips.of("GetMe") == (1, 0, {"Decrypt": 1})
+
+
+async def test_list_sessions_is_one_statement_and_no_crypto(auth, trips) -> None:
+    await auth.sign_up("list@example.com")
+    await auth.login("list@example.com")
+    grant = await auth.validate((await auth.login("list@example.com")).access_token)
+    trips.clear()
+    listed = await auth.stub.ListSessions(pb.ListSessionsRequest(), metadata=auth.as_user(grant))
+    assert len(listed.sessions) == 2
+    assert trips.of("ListSessions") == (1, 0, {})
+
+
+async def test_refresh_is_one_read_one_transaction_and_one_encrypt(auth, trips) -> None:
+    await auth.sign_up("refresh@example.com")
+    tokens = await auth.login("refresh@example.com")
+    trips.clear()
+    rotated = await auth.refresh(tokens.refresh_token)
+    assert rotated.refresh_token != tokens.refresh_token
+    # The unlocked read that decides whether to encrypt, then the locking transaction:
+    # lock the token, insert the access token, mark the old one rotated, insert its
+    # successor, touch the session, emit the security event.
+    assert trips.of("Refresh") == (7, 1, {"Encrypt": 1})
