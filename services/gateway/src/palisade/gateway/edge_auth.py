@@ -87,6 +87,13 @@ class EdgeAuthenticator:
         self._sequence: int | None = None  # the last notice number seen on this stream
         self._heard_at = float("-inf")  # when the stream last said anything (clock seconds)
         self._lost = asyncio.Event()  # set when the cache stopped trusting the stream
+        # Validations in flight, by (token hash, cache generation when they started): requests
+        # that miss the cache for the same token at once share one call to auth instead of
+        # each making its own (every connection of a client shares its token, so when its
+        # entry ages out they would all validate together, behind whatever auth is busy with).
+        # Keyed by generation, so a request that arrives after an eviction (a revocation
+        # notice) never joins a validation that began before it: it starts its own.
+        self._in_flight: dict[tuple[bytes, int], asyncio.Future[Grant]] = {}
 
     @property
     def feed_connected(self) -> bool:
@@ -155,7 +162,23 @@ class EdgeAuthenticator:
         self._on_lookup(grant is not None)
         if grant is not None:
             return grant
-        generation = self._cache.generation
+        key = (token_hash, self._cache.generation)
+        shared = self._in_flight.get(key)
+        if shared is None:
+            # A task of its own, so that one waiter's cancellation (its client went away)
+            # does not cancel the validation the others wait for.
+            shared = asyncio.ensure_future(self._validate(token, token_hash, key[1]))
+            self._in_flight[key] = shared
+            shared.add_done_callback(lambda done: self._finished(key, done))
+        return await asyncio.shield(shared)
+
+    def _finished(self, key: tuple[bytes, int], done: asyncio.Future[Grant]) -> None:
+        if self._in_flight.get(key) is done:
+            del self._in_flight[key]
+        if not done.cancelled():
+            done.exception()  # retrieved here too: every waiter may have gone
+
+    async def _validate(self, token: str, token_hash: bytes, generation: int) -> Grant:
         try:
             reply = await self._stub.ValidateAccessToken(
                 auth_pb2.ValidateAccessTokenRequest(access_token=token),
