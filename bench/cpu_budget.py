@@ -57,8 +57,18 @@ def _postgres_cpu_seconds() -> float:
                 continue
         except OSError:
             continue
-        total += cpu_seconds(int(entry.name)) or 0.0
+        total += _with_reaped_children(int(entry.name))
     return total
+
+
+def _with_reaped_children(pid: int) -> float:
+    """utime + stime + cutime + cstime: a backend that exits mid-trial moves its CPU into the
+    postmaster's children's time instead of vanishing from the sum."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu(gateway: GatewayProcess) -> dict[str, float]:

@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import (
+    cpu_budget,
     p1_token_cache,
     p2_cached_auth,
     p3_forwarded,
@@ -23,7 +24,15 @@ from bench import (
 )
 from bench.common import print_table
 
-BENCHMARKS = [p1_token_cache, p2_cached_auth, p3_forwarded, p5_p8_auth, p6_crypto_batch, p10_peer]
+BENCHMARKS = [
+    p1_token_cache,
+    p2_cached_auth,
+    p3_forwarded,
+    p5_p8_auth,
+    p6_crypto_batch,
+    cpu_budget,
+    p10_peer,
+]
 
 
 def main() -> int:
