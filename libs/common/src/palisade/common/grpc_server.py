@@ -25,6 +25,7 @@ from palisade.common.caller import AssertionVerifier
 from palisade.common.interceptors import (
     CallerAssertionInterceptor,
     ErrorMappingInterceptor,
+    InterceptorChain,
     LoggingInterceptor,
     MetricsInterceptor,
 )
@@ -77,10 +78,14 @@ async def run_server(
     """
     server = grpc.aio.server(
         interceptors=[
-            LoggingInterceptor(),
-            MetricsInterceptor(GrpcServerMetrics(registry)),
-            ErrorMappingInterceptor(),
-            CallerAssertionInterceptor(verifier),
+            InterceptorChain(
+                [
+                    LoggingInterceptor(),
+                    MetricsInterceptor(GrpcServerMetrics(registry)),
+                    ErrorMappingInterceptor(),
+                    CallerAssertionInterceptor(verifier),
+                ]
+            )
         ],
         options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
     )

@@ -7,7 +7,7 @@ how the four handler kinds of grpc.aio are rebuilt around it.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -172,12 +172,93 @@ class AroundInterceptor(_ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return wrap_handler(  # type: ignore[no-any-return]
-            handler,
-            handler_call_details.method,
-            self.around,
-            validates_requests=self.validates_requests,
+        method = handler_call_details.method
+        # Wrapped handlers by method, with the handler each wraps: grpc asks every interceptor
+        # for the handler on every call, and rebuilding the wrapper (closures, the RpcInfo,
+        # the handler tuple) each time is work thrown away. Bounded by the registered
+        # methods (an unknown one has no handler). Made on first use, so that subclasses
+        # need not call an __init__ here.
+        cache: dict[
+            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
+        ] = self.__dict__.setdefault("_wrapped", {})
+        cached = cache.get(method)
+        # The same inner handler each time (the servicer's, or the next interceptor's cached
+        # wrapper): reuse the wrapper; a different one (never, in practice) is wrapped anew.
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped: grpc.RpcMethodHandler[Any, Any] = wrap_handler(
+            handler, method, self.around, validates_requests=self.validates_requests
         )
+        cache[method] = (handler, wrapped)
+        return wrapped
+
+
+class InterceptorChain(AroundInterceptor):
+    """Several interceptors' `around`s run as one grpc interceptor, outermost first.
+
+    Same behaviour as installing them one by one, at a fraction of the per-call cost: grpc
+    runs each installed interceptor on every call (a coroutine, a continuation, a wrapped
+    handler calling the next), which for four of them cost more CPU than the RPCs they wrap.
+    Request validation happens inside the innermost `around`, as the innermost one asks.
+    """
+
+    def __init__(self, stages: Sequence[AroundInterceptor]) -> None:
+        if not stages:
+            raise ValueError("an interceptor chain needs at least one stage")
+        if any(stage.validates_requests for stage in stages[:-1]):
+            raise ValueError("only the innermost stage may validate requests")
+        self._stages = tuple(stages)
+        self.validates_requests = stages[-1].validates_requests
+
+    def around(
+        self, info: RpcInfo, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AbstractAsyncContextManager[None]:
+        return _Nested([stage.around(info, context) for stage in self._stages])
+
+
+class _Nested:
+    """`async with a, b, c:` for a list built at run time, without an AsyncExitStack's cost."""
+
+    __slots__ = ("_entered", "_managers")
+
+    def __init__(self, managers: list[AbstractAsyncContextManager[None]]) -> None:
+        self._managers = managers
+        self._entered = 0
+
+    async def __aenter__(self) -> None:
+        try:
+            for manager in self._managers:
+                await manager.__aenter__()
+                self._entered += 1
+        except BaseException as error:
+            # Unwind what was entered, innermost first, as nested `async with` would; that
+            # re-raises the error or whatever an outer stage turned it into.
+            await self._unwind(type(error), error, error.__traceback__)
+            # An outer stage swallowed it: nesting would skip the body, which one context
+            # manager cannot do. No stage here swallows errors, so this is a programming error.
+            raise RuntimeError("an interceptor stage swallowed an error on entry") from error
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: Any
+    ) -> bool:
+        return await self._unwind(kind, error, tb)
+
+    async def _unwind(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: Any
+    ) -> bool:
+        # Each manager sees what the one inside it let through, exactly as nesting does: an
+        # exception raised by an exit replaces the one in flight; a True return swallows it.
+        while self._entered:
+            self._entered -= 1
+            manager = self._managers[self._entered]
+            try:
+                if await manager.__aexit__(kind, error, tb):
+                    kind, error, tb = None, None, None
+            except BaseException as raised:
+                kind, error, tb = type(raised), raised, raised.__traceback__
+        if error is not None:
+            raise error
+        return True
 
 
 def metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | None:
