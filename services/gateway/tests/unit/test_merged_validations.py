@@ -43,13 +43,14 @@ class GatedAuth:
         self.calls: list[str] = []
         self.release = asyncio.Event()
         self.refuse = False
+        self.lifetime = 3600
 
     async def ValidateAccessToken(self, request, **_options):
         self.calls.append(request.access_token)
+        expires = Timestamp(seconds=int(self.clock.timestamp()) + self.lifetime)
         await self.release.wait()
         if self.refuse:
             raise _Unauthenticated()
-        expires = Timestamp(seconds=int(self.clock.timestamp()) + 3600)
         return auth_pb2.ValidateAccessTokenResponse(
             user_id="u1", workspace_id="ws", role="owner", session_id="s1", expires_at=expires
         )
@@ -129,3 +130,33 @@ async def test_one_waiter_cancelled_does_not_cancel_the_others(parts) -> None:
     assert grant.session_id == "s1"
     assert auth.calls == [TOKEN]
     assert leader.cancelled()
+
+
+async def test_without_a_live_feed_every_request_asks_auth_itself(parts) -> None:
+    """No notice can bump the generation while the feed is down: a request that arrives
+    after a revocation must not join a check that began before it (review finding)."""
+    edge, auth, _ = parts
+    edge._lose()  # the stream dropped: the cache stops trusting it
+    waiting = [asyncio.create_task(edge.grant_for(TOKEN)) for _ in range(3)]
+    await _settle()
+    assert auth.calls == [TOKEN, TOKEN, TOKEN]
+    auth.release.set()
+    await asyncio.gather(*waiting)
+    assert edge._in_flight == {}
+
+
+async def test_a_shared_grant_that_expired_meanwhile_is_checked_again(parts) -> None:
+    edge, auth, _ = parts
+    auth.lifetime = 10
+    leader = asyncio.create_task(edge.grant_for(TOKEN))
+    await _settle()
+    joiner = asyncio.create_task(edge.grant_for(TOKEN))
+    await _settle()
+    auth.clock.advance(20)  # the token expires while the shared check is in flight
+    auth.release.set()
+    await _settle()
+    # Auth is asked again rather than an expired grant served (a cache hit would not be).
+    assert auth.calls == [TOKEN, TOKEN, TOKEN]
+    auth.lifetime = 3600
+    assert (await leader).session_id == "s1"
+    assert (await joiner).session_id == "s1"

@@ -158,19 +158,30 @@ class EdgeAuthenticator:
     async def grant_for(self, token: str) -> Grant:
         """The grant behind an access token; raises AuthenticationFailed or grpc errors."""
         token_hash = hashlib.sha256(token.encode("ascii")).digest()
-        grant = self._cache.get(token_hash) if self._feed_trusted() else None
+        trusted = self._feed_trusted()
+        grant = self._cache.get(token_hash) if trusted else None
         self._on_lookup(grant is not None)
         if grant is not None:
             return grant
-        key = (token_hash, self._cache.generation)
+        generation = self._cache.generation
+        if not trusted:
+            # Without a live feed no notice can bump the generation, so a request arriving
+            # after a revocation would join a check that began before it: every request asks
+            # auth itself, as the cache does not answer either.
+            return await self._validate(token, token_hash, generation)
+        key = (token_hash, generation)
         shared = self._in_flight.get(key)
         if shared is None:
             # A task of its own, so that one waiter's cancellation (its client went away)
             # does not cancel the validation the others wait for.
-            shared = asyncio.ensure_future(self._validate(token, token_hash, key[1]))
+            shared = asyncio.ensure_future(self._validate(token, token_hash, generation))
             self._in_flight[key] = shared
             shared.add_done_callback(lambda done: self._finished(key, done))
-        return await asyncio.shield(shared)
+        grant = await asyncio.shield(shared)
+        if self._clock.timestamp() >= grant.expires_at:
+            # It expired while the shared check was in flight: a cache hit would not serve it.
+            return await self._validate(token, token_hash, self._cache.generation)
+        return grant
 
     def _finished(self, key: tuple[bytes, int], done: asyncio.Future[Grant]) -> None:
         if self._in_flight.get(key) is done:
