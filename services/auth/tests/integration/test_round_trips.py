@@ -72,7 +72,9 @@ class _CountingStub:
 @pytest.fixture
 def trips(auth) -> Iterator[RoundTrips]:
     counted = RoundTrips()
-    engine = auth.servers[0].engine.sync_engine
+    server = auth.servers[0]
+    engines = [e.sync_engine for e in (server.engine, server.read_engine) if e is not None]
+    assert len(engines) == 2  # Postgres: transactions and autocommit reads, separate pools
 
     def on_statement(conn: Connection, *_: object) -> None:
         method = _method()
@@ -85,8 +87,9 @@ def trips(auth) -> Iterator[RoundTrips]:
         if method is not None and not conn.connection.driver_connection.autocommit:
             counted.transactions[method] += 1
 
-    event.listen(engine, "before_cursor_execute", on_statement)
-    event.listen(engine, "begin", on_begin)
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", on_statement)
+        event.listen(engine, "begin", on_begin)
     crypto = auth.servers[0].sessions._crypto
     original_stub = crypto._stub
     crypto._stub = _CountingStub(original_stub, counted)
@@ -94,8 +97,9 @@ def trips(auth) -> Iterator[RoundTrips]:
         yield counted
     finally:
         crypto._stub = original_stub
-        event.remove(engine, "before_cursor_execute", on_statement)
-        event.remove(engine, "begin", on_begin)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", on_statement)
+            event.remove(engine, "begin", on_begin)
 
 
 async def test_spies_see_the_work_of_a_request(auth, trips) -> None:
@@ -136,3 +140,19 @@ async def test_refresh_is_one_read_one_transaction_and_one_encrypt(auth, trips) 
     # lock the token, insert the access token, mark the old one rotated, insert its
     # successor, touch the session, emit the security event.
     assert trips.of("Refresh") == (7, 1, {"Encrypt": 1})
+
+
+async def test_transactions_never_get_an_autocommit_connection(auth) -> None:
+    """Reads run in autocommit on their own pool: the pool that serves transactions (whose
+    SELECT ... FOR UPDATE locks depend on being in one) never hands out such a connection."""
+    server = auth.servers[0]
+    store = server.sessions._store
+
+    async def autocommit(tx) -> bool:
+        return tx.conn.sync_connection.connection.driver_connection.autocommit
+
+    for _ in range(3):  # reads first, so any leak would be waiting in a pool
+        assert await store.read(autocommit)
+    for _ in range(3):
+        async with store.transaction() as tx:
+            assert not tx.conn.sync_connection.connection.driver_connection.autocommit

@@ -55,13 +55,15 @@ class CommonSettings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
     # SQLAlchemy URL (postgresql+psycopg://... in production); unset: a SQLite file in data_dir.
     database_url: str | None = None
-    # Postgres connections this process keeps open. Enough for every request in flight to hold
-    # one at once: a request beyond the pool opens an overflow connection (a TCP and
-    # authentication handshake, several times a small query's cost) that is closed again after
-    # use, so a pool that is too small turns load into connection churn.
-    database_pool_size: int = Field(default=32, ge=1, le=500)
-    # Extra connections opened under bursts beyond the pool, closed when returned.
-    database_max_overflow: int = Field(default=16, ge=0, le=500)
+    # Postgres connections each of this process's pools keeps open (auth has two: transactions
+    # and single-statement reads, so up to 2 x (pool + overflow) connections per process).
+    # Enough for the requests in flight to hold one at once: a request beyond the pool opens an
+    # overflow connection (a TCP and authentication handshake, several times a small query's
+    # cost) that is closed again after use, so a pool that is too small turns load into
+    # connection churn. A read holds its connection for well under a millisecond.
+    database_pool_size: int = Field(default=16, ge=1, le=500)
+    # Extra connections per pool under bursts beyond it, closed again when returned.
+    database_max_overflow: int = Field(default=8, ge=0, le=500)
     # Apply this service's migrations at start-up (otherwise run the `migrate` command).
     migrate_on_start: bool = True
     # Seconds in-flight RPCs get to finish after SIGTERM.

@@ -8,12 +8,13 @@ at import rather than on every call (SQLAlchemy then finds its compiled form in 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, select
+from sqlalchemy import Row, and_, bindparam, exists, func, select
 
 from palisade.auth.mfa_store import totp_credentials
 from palisade.auth.passkey_store import passkeys
-from palisade.auth.store import AuthStore, memberships, users
+from palisade.auth.store import AuthStore, AuthTransaction, memberships, users
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,12 @@ _PROFILE = (
 
 async def read_profile(store: AuthStore, user_id: str, workspace_id: str) -> ProfileRow | None:
     """None when the user is gone or no longer a member of the workspace."""
-    async with store.read() as tx:
-        row = (
-            await tx.conn.execute(_PROFILE, {"user_id": user_id, "workspace_id": workspace_id})
-        ).first()
+
+    async def query(tx: AuthTransaction) -> Row[Any] | None:
+        params = {"user_id": user_id, "workspace_id": workspace_id}
+        return (await tx.conn.execute(_PROFILE, params)).first()
+
+    row = await store.read(query)
     if row is None:
         return None
     return ProfileRow(

@@ -40,7 +40,7 @@ from palisade.auth.throttle import (
 from palisade.common.caller import AssertionSigner, AssertionVerifier
 from palisade.common.clock import Clock, SystemClock
 from palisade.common.crypto_client import CryptoClient
-from palisade.common.db import create_engine, resolve_database_url
+from palisade.common.db import create_engine, create_read_engine, resolve_database_url
 from palisade.common.edge_keys import open_service_keys
 from palisade.common.edges import EDGES, Edge
 from palisade.common.grpc_client import ServiceIdentity, insecure_channel
@@ -60,6 +60,7 @@ class AuthServer:
     registry: CollectorRegistry
     mail_relay: MailRelay
     engine: AsyncEngine  # for tests that count round trips
+    read_engine: AsyncEngine | None
 
 
 def session_policy(settings: AuthSettings) -> SessionPolicy:
@@ -105,14 +106,17 @@ async def serve_auth(
         settings.resolved_local_keys_file(), create_if_missing=settings.create_missing_keys
     )
     async with AsyncExitStack() as stack:
-        engine = create_engine(
-            resolve_database_url(
-                settings.database_url, data_dir=settings.data_dir, service=SERVICE_NAME
-            ),
-            pool_size=settings.database_pool_size,
-            max_overflow=settings.database_max_overflow,
+        database_url = resolve_database_url(
+            settings.database_url, data_dir=settings.data_dir, service=SERVICE_NAME
         )
+        pool_size, max_overflow = settings.database_pool_size, settings.database_max_overflow
+        engine = create_engine(database_url, pool_size=pool_size, max_overflow=max_overflow)
         stack.push_async_callback(engine.dispose)
+        read_engine = create_read_engine(
+            database_url, pool_size=pool_size, max_overflow=max_overflow
+        )
+        if read_engine is not None:
+            stack.push_async_callback(read_engine.dispose)
         if settings.migrate_on_start:
             await upgrade(engine, MIGRATIONS_PACKAGE)
 
@@ -139,7 +143,7 @@ async def serve_auth(
             threads=settings.hashing_threads or os.cpu_count() or 1,
         )
         stack.callback(hasher.close)
-        store = AuthStore(engine=engine)
+        store = AuthStore(engine=engine, read_engine=read_engine)
         revocation_outbox = RevocationOutbox(clock=clock)
         revocation_relay = RevocationRelay(
             engine=engine,
@@ -257,4 +261,6 @@ async def serve_auth(
             mail_relay.running(),
             revocation_relay.running(),
         ):
-            yield AuthServer(running, accounts, sessions, revocations, registry, mail_relay, engine)
+            yield AuthServer(
+                running, accounts, sessions, revocations, registry, mail_relay, engine, read_engine
+            )

@@ -260,8 +260,7 @@ class SessionManager:
         spend the crypto budget). Made before the locking transaction, so no network call
         happens while the row is locked; wasted only if a parallel refresh rotates first.
         """
-        async with self._store.read() as tx:
-            found = await tx.lock_refresh_token(presented, lock=False)
+        found = await self._store.read(lambda tx: tx.lock_refresh_token(presented, lock=False))
         if found is None:
             raise InvalidToken()
         token, session = found
@@ -389,5 +388,5 @@ class SessionManager:
             self._revocations.notify()
 
     async def list(self, user_id: str) -> list[SessionRow]:
-        async with self._store.read() as tx:
-            return await tx.sessions_of(user_id, self._clock.now())
+        now = self._clock.now()
+        return await self._store.read(lambda tx: tx.sessions_of(user_id, now))

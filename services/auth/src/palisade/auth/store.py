@@ -6,10 +6,11 @@ see palisade.common.db), so replicas sharing one database agree on every token's
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import (
     Boolean,
@@ -24,11 +25,11 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from palisade.auth.bounded import DEVICE_CHARS, IP_CHARS, clip_optional
-from palisade.common.db import UTCDateTime, autocommit_reads
+from palisade.common.db import UTCDateTime, is_disconnect
 from palisade.common.outbox import SecurityEvent, emit, outbox_table
 
 MIGRATIONS_PACKAGE = "palisade.auth.migrations"
@@ -99,6 +100,9 @@ access_tokens = Table(
     Column("expires_at", TS, nullable=False),
 )
 outbox = outbox_table(metadata)
+
+
+T = TypeVar("T")
 
 
 class DuplicateEmail(Exception):
@@ -451,9 +455,10 @@ def _user(row: object) -> UserRow:
 
 
 class AuthStore:
-    def __init__(self, *, engine: AsyncEngine) -> None:
+    def __init__(self, *, engine: AsyncEngine, read_engine: AsyncEngine | None = None) -> None:
+        """read_engine: palisade.common.db.create_read_engine's (None: reads use engine)."""
         self._engine = engine
-        self._reads = autocommit_reads(engine)
+        self._reads = read_engine or engine
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AuthTransaction]:
@@ -461,9 +466,16 @@ class AuthStore:
         async with self._engine.begin() as conn:
             yield AuthTransaction(conn)
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[AuthTransaction]:
-        """For one SELECT that needs no transaction (see palisade.common.db.autocommit_reads).
-        Never for writes: on Postgres each statement here commits on its own."""
+    async def read(self, query: Callable[[AuthTransaction], Awaitable[T]]) -> T:
+        """Runs query, one SELECT that needs no transaction (see
+        palisade.common.db.create_read_engine), and returns what it returns. Never for writes:
+        on Postgres each statement here commits on its own. A connection the server had
+        dropped fails the first attempt; the read then runs once more on a fresh one."""
+        try:
+            async with self._reads.connect() as conn:
+                return await query(AuthTransaction(conn))
+        except DBAPIError as error:
+            if not is_disconnect(error):
+                raise
         async with self._reads.connect() as conn:
-            yield AuthTransaction(conn)
+            return await query(AuthTransaction(conn))

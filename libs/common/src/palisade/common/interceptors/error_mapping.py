@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from palisade.common.db import database_unavailable
 from palisade.common.errors import ERROR_CODE_METADATA_KEY, PalisadeError
 from palisade.common.interceptors.base import AroundInterceptor, RpcInfo
 
@@ -30,7 +31,18 @@ class ErrorMappingInterceptor(AroundInterceptor):
                 exc.message,
                 trailing_metadata=((ERROR_CODE_METADATA_KEY, exc.code), *exc.trailing_metadata()),
             )
-        except Exception:
+        except Exception as exc:
+            if database_unavailable(exc):
+                # An outage, not a bug: 503 to the client, one line (no traceback) in the log.
+                log.warning(
+                    "database unavailable",
+                    extra={"rpc": info.full_method, "error": type(exc.__cause__ or exc).__name__},
+                )
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the database is unavailable",
+                    trailing_metadata=((ERROR_CODE_METADATA_KEY, "unavailable"),),
+                )
             # The traceback stays in the server log; the caller learns only that it failed.
             log.exception("unhandled error", extra={"rpc": info.full_method})
             await context.abort(
