@@ -73,8 +73,18 @@ class _CountingStub:
 def trips(auth) -> Iterator[RoundTrips]:
     counted = RoundTrips()
     server = auth.servers[0]
-    engines = [e.sync_engine for e in (server.engine, server.read_engine) if e is not None]
-    assert len(engines) == 2  # Postgres: transactions and autocommit reads, separate pools
+    engines = [server.engine.sync_engine]
+    reads = server.reads
+    assert reads._pool is not None  # Postgres: direct reads on the driver's own pool
+    original_fetch = reads._fetch
+
+    async def counted_fetch(sql, params, first_only):
+        method = _method()
+        if method is not None:
+            counted.statements[method] += 1  # one statement, in autocommit: no transaction
+        return await original_fetch(sql, params, first_only)
+
+    reads._fetch = counted_fetch
 
     def on_statement(conn: Connection, *_: object) -> None:
         method = _method()
@@ -97,6 +107,7 @@ def trips(auth) -> Iterator[RoundTrips]:
         yield counted
     finally:
         crypto._stub = original_stub
+        reads._fetch = original_fetch
         for engine in engines:
             event.remove(engine, "before_cursor_execute", on_statement)
             event.remove(engine, "begin", on_begin)
@@ -143,16 +154,14 @@ async def test_refresh_is_one_read_one_transaction_and_one_encrypt(auth, trips) 
 
 
 async def test_transactions_never_get_an_autocommit_connection(auth) -> None:
-    """Reads run in autocommit on their own pool: the pool that serves transactions (whose
-    SELECT ... FOR UPDATE locks depend on being in one) never hands out such a connection."""
+    """Direct reads run in autocommit on the driver's own pool: the pool that serves
+    transactions (whose SELECT ... FOR UPDATE locks depend on being in one) never hands out
+    such a connection."""
     server = auth.servers[0]
-    store = server.sessions._store
-
-    async def autocommit(tx) -> bool:
-        return tx.conn.sync_connection.connection.driver_connection.autocommit
-
-    for _ in range(3):  # reads first, so any leak would be waiting in a pool
-        assert await store.read(autocommit)
+    assert server.reads._pool is not None
     for _ in range(3):
-        async with store.transaction() as tx:
+        async with server.reads._pool.connection() as conn:
+            assert conn.autocommit
+    for _ in range(3):
+        async with server.sessions._store.transaction() as tx:
             assert not tx.conn.sync_connection.connection.driver_connection.autocommit

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 from sqlalchemy import DateTime, event
 from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -57,7 +58,7 @@ def create_engine(url: str, *, pool_size: int = 10, max_overflow: int | None = N
     Connections are checked with a ping when taken from the pool: a transaction cannot be
     replayed from here once it failed halfway, so a connection the server dropped (a Postgres
     restart, an idle timeout in a proxy) must be found before the transaction starts. The hot
-    single-statement reads skip the ping and retry instead (create_read_engine, is_disconnect).
+    single-statement reads skip the ping and retry instead (palisade.common.direct_reads).
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -74,36 +75,6 @@ def create_engine(url: str, *, pool_size: int = 10, max_overflow: int | None = N
     )
 
 
-def create_read_engine(
-    url: str, *, pool_size: int = 10, max_overflow: int | None = None
-) -> AsyncEngine | None:
-    """A second engine, on Postgres, for reads that need no transaction; None on SQLite.
-
-    A single SELECT sees one consistent snapshot by itself, so wrapping it in BEGIN ... COMMIT
-    only adds two round trips. These connections stay in autocommit for life (psycopg sends
-    the statement alone) and are not rolled back on return to their pool, which on the shared
-    pool cost more CPU than the query: switching a connection into autocommit on checkout and
-    back on return, then a rollback, about 180 us of a 550 us read. Their own pool, so a
-    connection in autocommit can never reach a caller that needs a transaction (row locks
-    would silently stop working). Never for writes: each statement commits on its own. On
-    SQLite reads use the main engine (its BEGIN is local, not a round trip).
-
-    No ping on checkout either (a round trip per read): a read that meets a dropped connection
-    fails with is_disconnect(), SQLAlchemy empties the pool, and the caller runs the read once
-    more on a fresh connection (a SELECT is safe to repeat).
-    """
-    if make_url(url).get_backend_name() == "sqlite":
-        return None
-    return create_async_engine(
-        url,
-        isolation_level="AUTOCOMMIT",
-        pool_reset_on_return=None,
-        pool_size=pool_size,
-        max_overflow=pool_size if max_overflow is None else max_overflow,
-        pool_recycle=1800,
-    )
-
-
 def is_disconnect(error: BaseException) -> bool:
     """The statement failed because its connection was dead (the pool has been emptied)."""
     return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
@@ -111,9 +82,15 @@ def is_disconnect(error: BaseException) -> bool:
 
 def database_unavailable(error: BaseException) -> bool:
     """The database could not be reached or dropped the connection, rather than refusing the
-    statement: the caller should answer 503 (try again later), never 500."""
+    statement: the caller should answer 503 (try again later), never 500. Covers both paths:
+    SQLAlchemy's engine and the driver's own connections (palisade.common.direct_reads)."""
     return is_disconnect(error) or isinstance(
-        error, OperationalError | InterfaceError | PoolTimeoutError
+        error,
+        OperationalError
+        | InterfaceError
+        | PoolTimeoutError
+        | psycopg.OperationalError
+        | psycopg.InterfaceError,
     )
 
 

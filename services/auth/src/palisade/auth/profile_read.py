@@ -1,20 +1,19 @@
 """`GET /v1/me` in one statement: the user's sealed PII, role in the workspace, and MFA status.
 
-The busiest authenticated read there is, so it is one prebuilt SELECT in autocommit (one round
-trip, no BEGIN/COMMIT) instead of three transactions, and the statement object is built once
-at import rather than on every call (SQLAlchemy then finds its compiled form in its cache).
+The busiest authenticated read there is, so it is one prebuilt SELECT, run as a direct read
+(palisade.common.direct_reads: autocommit, one round trip, straight on the driver) instead of
+three transactions.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, exists, func, select
+from sqlalchemy import and_, bindparam, exists, func, select
 
 from palisade.auth.mfa_store import totp_credentials
 from palisade.auth.passkey_store import passkeys
-from palisade.auth.store import AuthStore, AuthTransaction, memberships, users
+from palisade.auth.store import AuthStore, memberships, users
 
 
 @dataclass(frozen=True)
@@ -56,18 +55,14 @@ _PROFILE = (
 
 async def read_profile(store: AuthStore, user_id: str, workspace_id: str) -> ProfileRow | None:
     """None when the user is gone or no longer a member of the workspace."""
-
-    async def query(tx: AuthTransaction) -> Row[Any] | None:
-        params = {"user_id": user_id, "workspace_id": workspace_id}
-        return (await tx.conn.execute(_PROFILE, params)).first()
-
-    row = await store.read(query)
+    row = await store.reads.one(_PROFILE, {"user_id": user_id, "workspace_id": workspace_id})
     if row is None:
         return None
+    email_ct, name_ct, role, totp_enabled, passkey_count = row
     return ProfileRow(
-        email_ct=bytes(row.email_ct),
-        name_ct=bytes(row.name_ct),
-        role=row.role,
-        totp_enabled=bool(row.totp_enabled),
-        passkeys=int(row.passkeys),
+        email_ct=bytes(email_ct),
+        name_ct=bytes(name_ct),
+        role=role,
+        totp_enabled=bool(totp_enabled),
+        passkeys=int(passkey_count),
     )

@@ -40,7 +40,8 @@ from palisade.auth.throttle import (
 from palisade.common.caller import AssertionSigner, AssertionVerifier
 from palisade.common.clock import Clock, SystemClock
 from palisade.common.crypto_client import CryptoClient
-from palisade.common.db import create_engine, create_read_engine, resolve_database_url
+from palisade.common.db import create_engine, resolve_database_url
+from palisade.common.direct_reads import DirectReads
 from palisade.common.edge_keys import open_service_keys
 from palisade.common.edges import EDGES, Edge
 from palisade.common.grpc_client import ServiceIdentity, insecure_channel
@@ -60,7 +61,7 @@ class AuthServer:
     registry: CollectorRegistry
     mail_relay: MailRelay
     engine: AsyncEngine  # for tests that count round trips
-    read_engine: AsyncEngine | None
+    reads: DirectReads
 
 
 def session_policy(settings: AuthSettings) -> SessionPolicy:
@@ -112,11 +113,7 @@ async def serve_auth(
         pool_size, max_overflow = settings.database_pool_size, settings.database_max_overflow
         engine = create_engine(database_url, pool_size=pool_size, max_overflow=max_overflow)
         stack.push_async_callback(engine.dispose)
-        read_engine = create_read_engine(
-            database_url, pool_size=pool_size, max_overflow=max_overflow
-        )
-        if read_engine is not None:
-            stack.push_async_callback(read_engine.dispose)
+
         if settings.migrate_on_start:
             await upgrade(engine, MIGRATIONS_PACKAGE)
 
@@ -143,7 +140,9 @@ async def serve_auth(
             threads=settings.hashing_threads or os.cpu_count() or 1,
         )
         stack.callback(hasher.close)
-        store = AuthStore(engine=engine, read_engine=read_engine)
+        reads = DirectReads.open(engine, pool_size=pool_size + max_overflow)
+        stack.push_async_callback(reads.close)
+        store = AuthStore(engine=engine, reads=reads)
         revocation_outbox = RevocationOutbox(clock=clock)
         revocation_relay = RevocationRelay(
             engine=engine,
@@ -262,5 +261,5 @@ async def serve_auth(
             revocation_relay.running(),
         ):
             yield AuthServer(
-                running, accounts, sessions, revocations, registry, mail_relay, engine, read_engine
+                running, accounts, sessions, revocations, registry, mail_relay, engine, reads
             )

@@ -29,7 +29,16 @@ from palisade.auth.errors import (
 )
 from palisade.auth.revocation import RevocationNotice
 from palisade.auth.revocation_outbox import RevocationOutbox
-from palisade.auth.store import AccessGrant, AuthStore, AuthTransaction, SessionRow
+from palisade.auth.store import (
+    LIVE_SESSIONS,
+    REFRESH_TOKEN_AND_SESSION,
+    AccessGrant,
+    AuthStore,
+    AuthTransaction,
+    SessionRow,
+    refresh_token_and_session,
+    session_from,
+)
 from palisade.auth.tokens import TokenKind, check_token, new_token, token_hash
 from palisade.common.aad import associated_data
 from palisade.common.clock import Clock
@@ -260,10 +269,10 @@ class SessionManager:
         spend the crypto budget). Made before the locking transaction, so no network call
         happens while the row is locked; wasted only if a parallel refresh rotates first.
         """
-        found = await self._store.read(lambda tx: tx.lock_refresh_token(presented, lock=False))
-        if found is None:
+        row = await self._store.reads.one(REFRESH_TOKEN_AND_SESSION, {"token_hash": presented})
+        if row is None:
             raise InvalidToken()
-        token, session = found
+        token, session = refresh_token_and_session(row)
         now = self._clock.now()
         if session.revoked_at is not None or token.rotated_at is not None:
             return None  # the locked decision below says which answer
@@ -388,5 +397,5 @@ class SessionManager:
             self._revocations.notify()
 
     async def list(self, user_id: str) -> list[SessionRow]:
-        now = self._clock.now()
-        return await self._store.read(lambda tx: tx.sessions_of(user_id, now))
+        params = {"user_id": user_id, "now": self._clock.now()}
+        return [session_from(row) for row in await self._store.reads.all(LIVE_SESSIONS, params)]

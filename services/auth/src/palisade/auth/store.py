@@ -6,11 +6,11 @@ see palisade.common.db), so replicas sharing one database agree on every token's
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -21,15 +21,17 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    bindparam,
     insert,
     select,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from palisade.auth.bounded import DEVICE_CHARS, IP_CHARS, clip_optional
-from palisade.common.db import UTCDateTime, is_disconnect
+from palisade.common.db import UTCDateTime
+from palisade.common.direct_reads import DirectReads
 from palisade.common.outbox import SecurityEvent, emit, outbox_table
 
 MIGRATIONS_PACKAGE = "palisade.auth.migrations"
@@ -102,9 +104,6 @@ access_tokens = Table(
 outbox = outbox_table(metadata)
 
 
-T = TypeVar("T")
-
-
 class DuplicateEmail(Exception):
     """insert_user lost a race: another transaction stored the same email index first."""
 
@@ -160,6 +159,49 @@ class AccessGrant:
 def _session(row: object) -> SessionRow:
     m = row._mapping  # type: ignore[attr-defined]
     return SessionRow(**{f: m[f] for f in SessionRow.__dataclass_fields__})
+
+
+# Statements on the hot paths, built once with named parameters. Each runs both inside
+# transactions (AuthTransaction) and as a direct read (palisade.common.direct_reads), and maps
+# its rows by column position, so both paths read them the same way.
+_SESSION_COLUMNS = [sessions.c[name] for name in SessionRow.__dataclass_fields__]
+_REFRESH_COLUMNS = [refresh_tokens.c[name] for name in RefreshRow.__dataclass_fields__]
+
+LIVE_SESSIONS = (
+    select(*_SESSION_COLUMNS)
+    .where(
+        sessions.c.user_id == bindparam("user_id"),
+        sessions.c.revoked_at.is_(None),
+        sessions.c.absolute_expires_at > bindparam("now"),
+    )
+    .order_by(sessions.c.last_seen_at.desc(), sessions.c.id)
+)
+
+REFRESH_TOKEN_AND_SESSION = (
+    select(*_REFRESH_COLUMNS, *_SESSION_COLUMNS)
+    .join_from(refresh_tokens, sessions, sessions.c.id == refresh_tokens.c.session_id)
+    .where(refresh_tokens.c.token_hash == bindparam("token_hash"))
+)
+_REFRESH_TOKEN_AND_SESSION_LOCKED = REFRESH_TOKEN_AND_SESSION.with_for_update()
+
+
+def session_from(row: Sequence[Any]) -> SessionRow:
+    """A row of LIVE_SESSIONS (or the session part of REFRESH_TOKEN_AND_SESSION)."""
+    return SessionRow(*row)
+
+
+def refresh_token_and_session(row: Sequence[Any]) -> tuple[RefreshRow, SessionRow]:
+    """A row of REFRESH_TOKEN_AND_SESSION."""
+    split = len(_REFRESH_COLUMNS)
+    refresh = RefreshRow(*row[:split])
+    token = RefreshRow(
+        bytes(refresh.token_hash),
+        refresh.session_id,
+        refresh.expires_at,
+        refresh.rotated_at,
+        None if refresh.successor_ct is None else bytes(refresh.successor_ct),
+    )
+    return token, session_from(row[split:])
 
 
 class AuthTransaction:
@@ -330,24 +372,10 @@ class AuthTransaction:
         """The token and its session, locked for this transaction's decision (unless lock is
         False: a look before deciding whether any work is worth doing)."""
         query = (
-            select(refresh_tokens, sessions)
-            .join(sessions, sessions.c.id == refresh_tokens.c.session_id)
-            .where(refresh_tokens.c.token_hash == token_hash)
+            _REFRESH_TOKEN_AND_SESSION_LOCKED if self._locks and lock else REFRESH_TOKEN_AND_SESSION
         )
-        if self._locks and lock:
-            query = query.with_for_update()
-        row = (await self._conn.execute(query)).first()
-        if row is None:
-            return None
-        m = row._mapping
-        token = RefreshRow(
-            token_hash=m["token_hash"],
-            session_id=m["session_id"],
-            expires_at=m["expires_at"],
-            rotated_at=m["rotated_at"],
-            successor_ct=m["successor_ct"],
-        )
-        return token, _session(row)
+        row = (await self._conn.execute(query, {"token_hash": token_hash})).first()
+        return None if row is None else refresh_token_and_session(row)
 
     async def mark_rotated(self, token_hash: bytes, now: datetime, successor_ct: bytes) -> None:
         await self._conn.execute(
@@ -372,16 +400,8 @@ class AuthTransaction:
 
     async def sessions_of(self, user_id: str, now: datetime) -> list[SessionRow]:
         """The user's live sessions, most recently used first."""
-        rows = await self._conn.execute(
-            select(sessions)
-            .where(
-                sessions.c.user_id == user_id,
-                sessions.c.revoked_at.is_(None),
-                sessions.c.absolute_expires_at > now,
-            )
-            .order_by(sessions.c.last_seen_at.desc(), sessions.c.id)
-        )
-        return [_session(r) for r in rows]
+        rows = await self._conn.execute(LIVE_SESSIONS, {"user_id": user_id, "now": now})
+        return [session_from(r) for r in rows]
 
     async def revoke_sessions(
         self, session_ids: Sequence[str], now: datetime, reason: str
@@ -455,27 +475,14 @@ def _user(row: object) -> UserRow:
 
 
 class AuthStore:
-    def __init__(self, *, engine: AsyncEngine, read_engine: AsyncEngine | None = None) -> None:
-        """read_engine: palisade.common.db.create_read_engine's (None: reads use engine)."""
+    def __init__(self, *, engine: AsyncEngine, reads: DirectReads | None = None) -> None:
+        """reads: the service's DirectReads (palisade.common.direct_reads); without one (some
+        tests), the same statements run through the engine."""
         self._engine = engine
-        self._reads = read_engine or engine
+        self.reads = reads or DirectReads(engine, None)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AuthTransaction]:
         """Commits when the block ends normally, rolls back if it raises."""
         async with self._engine.begin() as conn:
             yield AuthTransaction(conn)
-
-    async def read(self, query: Callable[[AuthTransaction], Awaitable[T]]) -> T:
-        """Runs query, one SELECT that needs no transaction (see
-        palisade.common.db.create_read_engine), and returns what it returns. Never for writes:
-        on Postgres each statement here commits on its own. A connection the server had
-        dropped fails the first attempt; the read then runs once more on a fresh one."""
-        try:
-            async with self._reads.connect() as conn:
-                return await query(AuthTransaction(conn))
-        except DBAPIError as error:
-            if not is_disconnect(error):
-                raise
-        async with self._reads.connect() as conn:
-            return await query(AuthTransaction(conn))
