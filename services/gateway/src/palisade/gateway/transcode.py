@@ -205,6 +205,8 @@ def build_request(
     if _has_null_field(data, route.method.input_type):
         raise BadRequest(400, "invalid_request", "fields may not be null (leave them out)")
     message = GetMessageClass(route.method.input_type)()
+    if not data:  # nothing to parse (most GETs): the parser's walk costs more than the route
+        return message
     try:
         json_format.ParseDict(data, message, ignore_unknown_fields=False)
     except (json_format.ParseError, TypeError, ValueError, RecursionError):

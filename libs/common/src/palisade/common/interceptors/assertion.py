@@ -6,13 +6,13 @@ captured for a harmless call cannot be spent on another.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextvars import Token
+from types import TracebackType
 from typing import Any
 
 import grpc
 
-from palisade.common.caller import CALLER_METADATA_KEY, AssertionVerifier, current_caller
+from palisade.common.caller import CALLER_METADATA_KEY, AssertionVerifier, Caller, current_caller
 from palisade.common.interceptors.base import AroundInterceptor, RpcInfo, metadata_value
 from palisade.common.logs import request_id_var
 
@@ -25,22 +25,43 @@ class CallerAssertionInterceptor(AroundInterceptor):
     def __init__(self, verifier: AssertionVerifier) -> None:
         self._verifier = verifier
 
-    @asynccontextmanager
-    async def around(
-        self, info: RpcInfo, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[None]:
-        if info.exempt_from_assertion:
-            yield
+    def around(self, info: RpcInfo, context: grpc.aio.ServicerContext[Any, Any]) -> _Verified:
+        return _Verified(self._verifier, info, context)
+
+
+class _Verified:
+    # A class rather than an @asynccontextmanager generator: it runs on every RPC.
+    __slots__ = ("_context", "_info", "_token", "_verifier")
+
+    def __init__(
+        self,
+        verifier: AssertionVerifier,
+        info: RpcInfo,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        self._verifier = verifier
+        self._info = info
+        self._context = context
+        self._token: Token[Caller | None] | None = None
+
+    async def __aenter__(self) -> None:
+        if self._info.exempt_from_assertion:
             return
         caller = self._verifier.verify(
-            metadata_value(context, CALLER_METADATA_KEY), method=info.full_method
+            metadata_value(self._context, CALLER_METADATA_KEY), method=self._info.full_method
         )
-        caller_token = current_caller.set(caller)
+        self._token = current_caller.set(caller)
         # From here on the signed request id is the one logged, not the unsigned header's. It
         # is not reset here: the logging interceptor (outermost) resets it when the RPC ends,
         # after it has logged the outcome under the verified id.
         request_id_var.set(caller.request_id)
-        try:
-            yield
-        finally:
-            current_caller.reset(caller_token)
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        if self._token is not None:
+            current_caller.reset(self._token)
+        return False

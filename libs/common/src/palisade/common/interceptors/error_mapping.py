@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 from typing import Any
 
 import grpc
@@ -17,36 +16,61 @@ log = logging.getLogger("palisade.rpc")
 
 
 class ErrorMappingInterceptor(AroundInterceptor):
-    @asynccontextmanager
-    async def around(
-        self, info: RpcInfo, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[None]:
-        try:
-            yield
-        except grpc.aio.AbortError:
-            raise
-        except PalisadeError as exc:
+    def around(self, info: RpcInfo, context: grpc.aio.ServicerContext[Any, Any]) -> _Mapped:
+        return _Mapped(info, context)
+
+
+class _Mapped:
+    # A class rather than an @asynccontextmanager generator: it runs on every RPC. An abort
+    # raised from __aexit__ replaces the error in flight, as raising in an except block would.
+    __slots__ = ("_context", "_info")
+
+    def __init__(self, info: RpcInfo, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self._info = info
+        self._context = context
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        if error is None or not isinstance(error, Exception):
+            return False  # success, or cancellation and the like: not ours to map
+        if isinstance(error, grpc.aio.AbortError):
+            return False
+        context = self._context
+        if isinstance(error, PalisadeError):
             await context.abort(
-                exc.status,
-                exc.message,
-                trailing_metadata=((ERROR_CODE_METADATA_KEY, exc.code), *exc.trailing_metadata()),
+                error.status,
+                error.message,
+                trailing_metadata=(
+                    (ERROR_CODE_METADATA_KEY, error.code),
+                    *error.trailing_metadata(),
+                ),
             )
-        except Exception as exc:
-            if database_unavailable(exc):
-                # An outage, not a bug: 503 to the client, one line (no traceback) in the log.
-                log.warning(
-                    "database unavailable",
-                    extra={"rpc": info.full_method, "error": type(exc.__cause__ or exc).__name__},
-                )
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    "the database is unavailable",
-                    trailing_metadata=((ERROR_CODE_METADATA_KEY, "unavailable"),),
-                )
-            # The traceback stays in the server log; the caller learns only that it failed.
-            log.exception("unhandled error", extra={"rpc": info.full_method})
+        if database_unavailable(error):
+            # An outage, not a bug: 503 to the client, one line (no traceback) in the log.
+            log.warning(
+                "database unavailable",
+                extra={
+                    "rpc": self._info.full_method,
+                    "error": type(error.__cause__ or error).__name__,
+                },
+            )
             await context.abort(
-                grpc.StatusCode.INTERNAL,
-                "internal error",
-                trailing_metadata=((ERROR_CODE_METADATA_KEY, "internal"),),
+                grpc.StatusCode.UNAVAILABLE,
+                "the database is unavailable",
+                trailing_metadata=((ERROR_CODE_METADATA_KEY, "unavailable"),),
             )
+        # The traceback stays in the server log; the caller learns only that it failed.
+        log.error("unhandled error", extra={"rpc": self._info.full_method}, exc_info=error)
+        await context.abort(
+            grpc.StatusCode.INTERNAL,
+            "internal error",
+            trailing_metadata=((ERROR_CODE_METADATA_KEY, "internal"),),
+        )
+        return False  # not reached: abort raises

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 from typing import Any
 
 import grpc
@@ -23,23 +22,40 @@ class MetricsInterceptor(AroundInterceptor):
     def __init__(self, metrics: GrpcServerMetrics) -> None:
         self._metrics = metrics
 
-    @asynccontextmanager
-    async def around(
-        self, info: RpcInfo, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[None]:
-        start = time.perf_counter()
-        code = "OK"
-        try:
-            yield
-            code = _status_name(context, "OK")
-        except grpc.aio.AbortError:
-            code = _status_name(context, "UNKNOWN")
-            raise
-        except asyncio.CancelledError:
+    def around(self, info: RpcInfo, context: grpc.aio.ServicerContext[Any, Any]) -> _Measured:
+        return _Measured(self._metrics, info, context)
+
+
+class _Measured:
+    # A class rather than an @asynccontextmanager generator: it runs on every RPC.
+    __slots__ = ("_context", "_info", "_metrics", "_start")
+
+    def __init__(
+        self,
+        metrics: GrpcServerMetrics,
+        info: RpcInfo,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        self._metrics = metrics
+        self._info = info
+        self._context = context
+
+    async def __aenter__(self) -> None:
+        self._start = time.perf_counter()
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        if kind is None:
+            code = _status_name(self._context, "OK")
+        elif issubclass(kind, grpc.aio.AbortError):
+            code = _status_name(self._context, "UNKNOWN")
+        elif issubclass(kind, asyncio.CancelledError):
             code = "CANCELLED"
-            raise
-        except BaseException:
+        else:
             code = "UNKNOWN"
-            raise
-        finally:
-            self._metrics.observe(info, code, time.perf_counter() - start)
+        self._metrics.observe(self._info, code, time.perf_counter() - self._start)
+        return False
