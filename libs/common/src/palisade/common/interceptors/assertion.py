@@ -13,7 +13,12 @@ from typing import Any
 import grpc
 
 from palisade.common.caller import CALLER_METADATA_KEY, AssertionVerifier, Caller, current_caller
-from palisade.common.interceptors.base import AroundInterceptor, RpcInfo, metadata_value
+from palisade.common.interceptors.base import (
+    AroundInterceptor,
+    CallScope,
+    RpcInfo,
+    metadata_value,
+)
 from palisade.common.logs import request_id_var
 
 
@@ -29,9 +34,8 @@ class CallerAssertionInterceptor(AroundInterceptor):
         return _Verified(self._verifier, info, context)
 
 
-class _Verified:
-    # A class rather than an @asynccontextmanager generator: it runs on every RPC.
-    __slots__ = ("_context", "_info", "_token", "_verifier")
+class _Verified(CallScope):
+    __slots__ = ("_token", "_verifier")
 
     def __init__(
         self,
@@ -39,16 +43,15 @@ class _Verified:
         info: RpcInfo,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
+        super().__init__(info, context)
         self._verifier = verifier
-        self._info = info
-        self._context = context
         self._token: Token[Caller | None] | None = None
 
     async def __aenter__(self) -> None:
-        if self._info.exempt_from_assertion:
+        if self.info.exempt_from_assertion:
             return
         caller = self._verifier.verify(
-            metadata_value(self._context, CALLER_METADATA_KEY), method=self._info.full_method
+            metadata_value(self.context, CALLER_METADATA_KEY), method=self.info.full_method
         )
         self._token = current_caller.set(caller)
         # From here on the signed request id is the one logged, not the unsigned header's. It

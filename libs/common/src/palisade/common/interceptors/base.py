@@ -10,6 +10,7 @@ import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -191,6 +192,31 @@ class AroundInterceptor(_ServerInterceptor):
         )
         cache[method] = (handler, wrapped)
         return wrapped
+
+
+class CallScope:
+    """What a stage's `around` returns for one call: a plain async context manager holding the
+    RPC's info and context. A class rather than an @asynccontextmanager generator, because it
+    runs on every RPC and the generator machinery cost more than most stages' work.
+    Subclasses override what they need; an exception raised from __aexit__ replaces the one in
+    flight, as raising in an except block would."""
+
+    __slots__ = ("context", "info")
+
+    def __init__(self, info: RpcInfo, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self.info = info
+        self.context = context
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        return False
 
 
 class InterceptorChain(AroundInterceptor):

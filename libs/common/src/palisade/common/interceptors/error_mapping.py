@@ -10,7 +10,7 @@ import grpc
 
 from palisade.common.db import database_unavailable
 from palisade.common.errors import ERROR_CODE_METADATA_KEY, PalisadeError
-from palisade.common.interceptors.base import AroundInterceptor, RpcInfo
+from palisade.common.interceptors.base import AroundInterceptor, CallScope, RpcInfo
 
 log = logging.getLogger("palisade.rpc")
 
@@ -20,17 +20,9 @@ class ErrorMappingInterceptor(AroundInterceptor):
         return _Mapped(info, context)
 
 
-class _Mapped:
-    # A class rather than an @asynccontextmanager generator: it runs on every RPC. An abort
-    # raised from __aexit__ replaces the error in flight, as raising in an except block would.
-    __slots__ = ("_context", "_info")
-
-    def __init__(self, info: RpcInfo, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        self._info = info
-        self._context = context
-
-    async def __aenter__(self) -> None:
-        return None
+class _Mapped(CallScope):
+    # The abort raised from __aexit__ replaces the error in flight.
+    __slots__ = ()
 
     async def __aexit__(
         self,
@@ -42,7 +34,7 @@ class _Mapped:
             return False  # success, or cancellation and the like: not ours to map
         if isinstance(error, grpc.aio.AbortError):
             return False
-        context = self._context
+        context = self.context
         if isinstance(error, PalisadeError):
             await context.abort(
                 error.status,
@@ -57,7 +49,7 @@ class _Mapped:
             log.warning(
                 "database unavailable",
                 extra={
-                    "rpc": self._info.full_method,
+                    "rpc": self.info.full_method,
                     "error": type(error.__cause__ or error).__name__,
                 },
             )
@@ -67,7 +59,7 @@ class _Mapped:
                 trailing_metadata=((ERROR_CODE_METADATA_KEY, "unavailable"),),
             )
         # The traceback stays in the server log; the caller learns only that it failed.
-        log.error("unhandled error", extra={"rpc": self._info.full_method}, exc_info=error)
+        log.error("unhandled error", extra={"rpc": self.info.full_method}, exc_info=error)
         await context.abort(
             grpc.StatusCode.INTERNAL,
             "internal error",

@@ -10,7 +10,12 @@ from typing import Any
 import grpc
 
 from palisade.common.caller import REQUEST_ID_METADATA_KEY
-from palisade.common.interceptors.base import AroundInterceptor, RpcInfo, metadata_value
+from palisade.common.interceptors.base import (
+    AroundInterceptor,
+    CallScope,
+    RpcInfo,
+    metadata_value,
+)
 from palisade.common.logs import request_id_var, safe_request_id
 
 log = logging.getLogger("palisade.rpc")
@@ -21,18 +26,12 @@ class LoggingInterceptor(AroundInterceptor):
         return _Logged(info, context)
 
 
-class _Logged:
-    # A class rather than an @asynccontextmanager generator: it runs on every RPC, and the
-    # generator machinery cost more than what it does.
-    __slots__ = ("_context", "_info", "_start", "_token")
-
-    def __init__(self, info: RpcInfo, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        self._info = info
-        self._context = context
+class _Logged(CallScope):
+    __slots__ = ("_start", "_token")
 
     async def __aenter__(self) -> None:
         self._token = request_id_var.set(
-            safe_request_id(metadata_value(self._context, REQUEST_ID_METADATA_KEY))
+            safe_request_id(metadata_value(self.context, REQUEST_ID_METADATA_KEY))
         )
         self._start = time.perf_counter()
 
@@ -44,11 +43,11 @@ class _Logged:
     ) -> bool:
         try:
             if kind is not None:
-                code = self._context.code()
+                code = self.context.code()
                 log.info(
                     "rpc failed",
                     extra={
-                        "rpc": self._info.full_method,
+                        "rpc": self.info.full_method,
                         "code": code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN",
                         "duration_ms": round((time.perf_counter() - self._start) * 1000, 3),
                     },

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from palisade.common.interceptors.base import AroundInterceptor, RpcInfo
+from palisade.common.interceptors.base import AroundInterceptor, CallScope, RpcInfo
 from palisade.common.metrics import GrpcServerMetrics
 
 
@@ -26,9 +26,8 @@ class MetricsInterceptor(AroundInterceptor):
         return _Measured(self._metrics, info, context)
 
 
-class _Measured:
-    # A class rather than an @asynccontextmanager generator: it runs on every RPC.
-    __slots__ = ("_context", "_info", "_metrics", "_start")
+class _Measured(CallScope):
+    __slots__ = ("_metrics", "_start")
 
     def __init__(
         self,
@@ -36,9 +35,8 @@ class _Measured:
         info: RpcInfo,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
+        super().__init__(info, context)
         self._metrics = metrics
-        self._info = info
-        self._context = context
 
     async def __aenter__(self) -> None:
         self._start = time.perf_counter()
@@ -50,12 +48,12 @@ class _Measured:
         traceback: TracebackType | None,
     ) -> bool:
         if kind is None:
-            code = _status_name(self._context, "OK")
+            code = _status_name(self.context, "OK")
         elif issubclass(kind, grpc.aio.AbortError):
-            code = _status_name(self._context, "UNKNOWN")
+            code = _status_name(self.context, "UNKNOWN")
         elif issubclass(kind, asyncio.CancelledError):
             code = "CANCELLED"
         else:
             code = "UNKNOWN"
-        self._metrics.observe(self._info, code, time.perf_counter() - self._start)
+        self._metrics.observe(self.info, code, time.perf_counter() - self._start)
         return False
