@@ -160,7 +160,7 @@ async def test_transactions_never_get_an_autocommit_connection(auth) -> None:
     server = auth.servers[0]
     assert server.reads._pool is not None
     for _ in range(3):
-        async with server.reads._pool.connection() as conn:
+        async with server.reads._pool.connection() as (conn, _):
             assert conn.autocommit
     for _ in range(3):
         async with server.sessions._store.transaction() as tx:

@@ -43,6 +43,21 @@ def _utc(row: Row) -> Row:
     return tuple(value.astimezone(UTC) if isinstance(value, datetime) else value for value in row)
 
 
+class StaleConnection(psycopg.OperationalError):
+    """A reused connection turned out dead (the server restarted or dropped it while idle)."""
+
+
+def _dropped(conn: psycopg.AsyncConnection[Any], error: psycopg.OperationalError) -> bool:
+    """The connection is gone, as opposed to a statement refused on a live one (a statement
+    timeout, a lock not available: not worth repeating)."""
+    state = error.sqlstate
+    return conn.broken or state is None or state.startswith("08") or state in _SHUTDOWN_STATES
+
+
+# admin_shutdown, crash_shutdown, cannot_connect_now
+_SHUTDOWN_STATES = frozenset({"57P01", "57P02", "57P03"})
+
+
 class _Connections:
     """A small pool of autocommit psycopg connections: at most max_size in use at once (more
     callers wait their turn), idle ones kept for reuse. Nothing runs in the background: a
@@ -54,18 +69,22 @@ class _Connections:
         self._conninfo = conninfo
         self._slots = asyncio.Semaphore(max_size)
         self._idle: list[tuple[psycopg.AsyncConnection[Any], float]] = []
+        self._closed = False
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async def connection(self) -> AsyncIterator[tuple[psycopg.AsyncConnection[Any], bool]]:
+        """A connection, and whether it was reused (an idle one, which the server may have
+        dropped meanwhile) rather than opened just now."""
         async with self._slots:
-            conn, born = await self._take()
+            conn, born, reused = await self._take()
             reusable = False
             try:
-                yield conn
+                yield conn, reused
                 reusable = True
             finally:
                 if (
                     reusable
+                    and not self._closed
                     and not conn.broken
                     and conn.info.transaction_status == TransactionStatus.IDLE
                     and time.monotonic() - born < MAX_LIFETIME_SECONDS
@@ -74,15 +93,20 @@ class _Connections:
                 else:
                     await conn.close()
 
-    async def _take(self) -> tuple[psycopg.AsyncConnection[Any], float]:
+    async def _take(self) -> tuple[psycopg.AsyncConnection[Any], float, bool]:
         while self._idle:
             conn, born = self._idle.pop()
             if not conn.closed:
-                return conn, born
+                return conn, born, True
         conn = await psycopg.AsyncConnection.connect(
             self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
         )
-        return conn, time.monotonic()
+        return conn, time.monotonic(), False
+
+    async def close(self) -> None:
+        """Closes the idle connections now, and those in use when they come back."""
+        self._closed = True
+        await self.discard_idle()
 
     async def discard_idle(self) -> None:
         """After a dropped connection: the server likely dropped the idle ones too."""
@@ -109,7 +133,7 @@ class DirectReads:
 
     async def close(self) -> None:
         if self._pool is not None:
-            await self._pool.discard_idle()
+            await self._pool.close()
 
     async def one(self, statement: Select[Any], params: Mapping[str, Any]) -> Row | None:
         rows = await self._rows(statement, params, first_only=True)
@@ -127,29 +151,45 @@ class DirectReads:
                 found = [result.first()] if first_only else list(result)
             return [tuple(row) for row in found if row is not None]
         sql = self._compiled(statement)
+        if any(isinstance(v, datetime) and v.tzinfo is None for v in params.values()):
+            # What the UTCDateTime column type refuses on the engine path, refused here too:
+            # the database would read a naive value in its own time zone.
+            raise ValueError("naive datetime given to a direct read")
         try:
             return await self._fetch(sql, params, first_only)
-        except psycopg.OperationalError:
-            # The server dropped the connection (a restart drops all of them, so the idle
+        except StaleConnection:
+            # The server dropped a pooled connection (a restart drops all of them, so the idle
             # ones go too): one more attempt on a fresh connection, as a SELECT is safe to
-            # repeat. A real outage fails again and answers 503.
+            # repeat. Only then: a statement refused on a live connection is not repeated,
+            # and a database that refuses new connections fails at once (503).
             await self._pool.discard_idle()
             return await self._fetch(sql, params, first_only)
 
     async def _fetch(self, sql: str, params: Mapping[str, Any], first_only: bool) -> list[Row]:
         assert self._pool is not None
-        async with self._pool.connection() as conn:
-            cursor = await conn.execute(sql, params)
-            if first_only:
-                row = await cursor.fetchone()
-                return [] if row is None else [_utc(row)]
-            return [_utc(row) for row in await cursor.fetchall()]
+        async with self._pool.connection() as (conn, reused):
+            try:
+                cursor = await conn.execute(sql, params)
+                if first_only:
+                    row = await cursor.fetchone()
+                    return [] if row is None else [_utc(row)]
+                return [_utc(row) for row in await cursor.fetchall()]
+            except psycopg.OperationalError as error:
+                if reused and not isinstance(error, StaleConnection) and _dropped(conn, error):
+                    raise StaleConnection(str(error)) from error
+                raise
 
     def _compiled(self, statement: Select[Any]) -> str:
         # Keyed by identity, holding the statement so its id is never reused: these are
         # module-level constants, a handful per service.
         cached = self._sql.get(id(statement))
         if cached is None:
-            sql = str(statement.compile(dialect=self._engine.dialect))
-            cached = self._sql[id(statement)] = (statement, sql)
+            compiled = statement.compile(dialect=self._engine.dialect)
+            for name, bind in compiled.binds.items():
+                # The driver gets the caller's parameters and nothing else: a literal (an
+                # auto-named parameter with a value, e.g. `.limit(5)`) or an expanding IN
+                # would be missing here while working on the engine path.
+                if bind.expanding or bind.value is not None or bind.callable is not None:
+                    raise ValueError(f"direct reads take named parameters only, not {name!r}")
+            cached = self._sql[id(statement)] = (statement, str(compiled))
         return cached[1]

@@ -44,7 +44,7 @@ class _Mapped(CallScope):
                     *error.trailing_metadata(),
                 ),
             )
-        if database_unavailable(error):
+        elif database_unavailable(error):
             # An outage, not a bug: 503 to the client, one line (no traceback) in the log.
             log.warning(
                 "database unavailable",
@@ -58,11 +58,12 @@ class _Mapped(CallScope):
                 "the database is unavailable",
                 trailing_metadata=((ERROR_CODE_METADATA_KEY, "unavailable"),),
             )
-        # The traceback stays in the server log; the caller learns only that it failed.
-        log.error("unhandled error", extra={"rpc": self.info.full_method}, exc_info=error)
-        await context.abort(
-            grpc.StatusCode.INTERNAL,
-            "internal error",
-            trailing_metadata=((ERROR_CODE_METADATA_KEY, "internal"),),
-        )
+        else:
+            # The traceback stays in the server log; the caller learns only that it failed.
+            log.error("unhandled error", extra={"rpc": self.info.full_method}, exc_info=error)
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                "internal error",
+                trailing_metadata=((ERROR_CODE_METADATA_KEY, "internal"),),
+            )
         return False  # not reached: abort raises
