@@ -5,6 +5,7 @@ Parts are length-prefixed, so ("ab", "c") and ("a", "bc") can never encode the s
 
 from __future__ import annotations
 
+import functools
 import struct
 
 _AAD_VERSION = b"pa1"
@@ -46,3 +47,21 @@ def owner_of(data: bytes) -> str | None:
         return first.decode("utf-8") or None
     except UnicodeDecodeError:
         return None
+
+
+@functools.lru_cache(maxsize=64)
+def _owned_prefixes(service: str) -> tuple[bytes, bytes]:
+    raw = service.encode("utf-8")
+    return _AAD_VERSION + struct.pack(">I", len(raw)) + raw, raw + b"/"
+
+
+def owned_by(data: bytes, service: str) -> bool:
+    """owner_of(data) == service, as two prefix comparisons instead of a parse and a decode:
+    crypto asks this of every item of every batch (a third of a 1,000-field call's own work
+    went to parsing owners)."""
+    if not service or "/" in service:
+        return owner_of(data) == service  # not a service name: the general rule decides
+    encoded, path = _owned_prefixes(service)
+    if data.startswith(_AAD_VERSION):
+        return data.startswith(encoded)
+    return data.startswith(path)

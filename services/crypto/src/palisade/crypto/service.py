@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from palisade.common.aad import owner_of
+from palisade.common.aad import owned_by
 from palisade.common.clock import Clock
 from palisade.common.errors import PalisadeError
 from palisade.crypto.blind_index import index_token
@@ -112,7 +112,7 @@ class CryptoService:
         any key is touched; the failing item is named by its index.
         """
         for i, data in enumerate(associated):
-            if data and owner_of(data) != caller:
+            if data and not owned_by(data, caller):
                 self._metrics.items.labels(operation, ForeignAssociatedData.code).inc()
                 raise at_item(ForeignAssociatedData(), i)
 
