@@ -156,11 +156,6 @@ class AccessGrant:
     user_disabled: bool
 
 
-def _session(row: object) -> SessionRow:
-    m = row._mapping  # type: ignore[attr-defined]
-    return SessionRow(**{f: m[f] for f in SessionRow.__dataclass_fields__})
-
-
 # Statements on the hot paths, built once with named parameters. Each runs both inside
 # transactions (AuthTransaction) and as a direct read (palisade.common.direct_reads), and maps
 # its rows by column position, so both paths read them the same way.
@@ -193,13 +188,13 @@ def session_from(row: Sequence[Any]) -> SessionRow:
 def refresh_token_and_session(row: Sequence[Any]) -> tuple[RefreshRow, SessionRow]:
     """A row of REFRESH_TOKEN_AND_SESSION."""
     split = len(_REFRESH_COLUMNS)
-    refresh = RefreshRow(*row[:split])
+    token_hash, session_id, expires_at, rotated_at, successor_ct = row[:split]
     token = RefreshRow(
-        bytes(refresh.token_hash),
-        refresh.session_id,
-        refresh.expires_at,
-        refresh.rotated_at,
-        None if refresh.successor_ct is None else bytes(refresh.successor_ct),
+        bytes(token_hash),
+        session_id,
+        expires_at,
+        rotated_at,
+        None if successor_ct is None else bytes(successor_ct),
     )
     return token, session_from(row[split:])
 
@@ -386,9 +381,9 @@ class AuthTransaction:
 
     async def session(self, session_id: str) -> SessionRow | None:
         row = (
-            await self._conn.execute(select(sessions).where(sessions.c.id == session_id))
+            await self._conn.execute(select(*_SESSION_COLUMNS).where(sessions.c.id == session_id))
         ).first()
-        return None if row is None else _session(row)
+        return None if row is None else session_from(row)
 
     async def touch_session(self, session_id: str, now: datetime, ip: str | None) -> None:
         values: dict[str, object] = {"last_seen_at": now}
