@@ -200,6 +200,37 @@ def wait_until_cached(http_port: int, metrics_port: int, token: str) -> None:
     raise RuntimeError("the gateway never answered from its token cache")
 
 
+def load_argv(
+    port: int,
+    path: str,
+    *,
+    connections: int = CONNECTIONS,
+    warmup: float = WARMUP_SECONDS,
+    seconds: float = SECONDS,
+    method: str = "GET",
+    headers: list[str] | None = None,
+    bodies: list[str] | None = None,
+    content_type: str = "application/json",
+    latencies: bool = False,
+) -> list[str]:
+    """The command line of one bench.http_load run (its own process)."""
+    return [
+        sys.executable,
+        "-m",
+        "bench.http_load",
+        f"--port={port}",
+        f"--path={path}",
+        f"--method={method}",
+        f"--connections={connections}",
+        f"--warmup={warmup}",
+        f"--seconds={seconds}",
+        f"--content-type={content_type}",
+        *(f"--header={header}" for header in headers or []),
+        *(f"--body={body}" for body in bodies or []),
+        *(["--latencies"] if latencies else []),
+    ]
+
+
 def http_load(
     port: int,
     path: str,
@@ -209,19 +240,13 @@ def http_load(
     body: str | None = None,
 ) -> dict[str, float]:
     """One trial of bench.http_load (its own process): {"rate", "failed", "cpu_share"}."""
-    argv = [
-        sys.executable,
-        "-m",
-        "bench.http_load",
-        f"--port={port}",
-        f"--path={path}",
-        f"--method={method}",
-        f"--connections={CONNECTIONS}",
-        f"--warmup={WARMUP_SECONDS}",
-        f"--seconds={SECONDS}",
-        *(f"--header={header}" for header in headers or []),
-        *([f"--body={body}"] if body is not None else []),
-    ]
+    argv = load_argv(
+        port,
+        path,
+        method=method,
+        headers=headers,
+        bodies=[body] if body is not None else None,
+    )
     done = subprocess.run(argv, cwd=ROOT, check=True, capture_output=True, text=True)
     result: dict[str, float] = json.loads(done.stdout)
     if result["failed"]:

@@ -39,7 +39,6 @@ import os
 import resource
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -58,6 +57,7 @@ from bench.http_bench import (
     GatewayProcess,
     cache_lookups,
     cpu_seconds,
+    load_argv,
     signed_in_token,
     suite_behind_gateway,
     wait_until_cached,
@@ -164,36 +164,6 @@ class _Watch:
         return {"steal": steal, "other_cores": max(0.0, busy - ours) / elapsed}
 
 
-def _load_argv(
-    port: int,
-    path: str,
-    *,
-    connections: int,
-    warmup: float,
-    seconds: float,
-    method: str = "GET",
-    headers: list[str] | None = None,
-    bodies: list[str] | None = None,
-    content_type: str = "application/json",
-    latencies: bool = False,
-) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "bench.http_load",
-        f"--port={port}",
-        f"--path={path}",
-        f"--method={method}",
-        f"--connections={connections}",
-        f"--warmup={warmup}",
-        f"--seconds={seconds}",
-        f"--content-type={content_type}",
-        *(f"--header={header}" for header in headers or []),
-        *(f"--body={body}" for body in bodies or []),
-        *(["--latencies"] if latencies else []),
-    ]
-
-
 def _result(process: subprocess.Popen[str], what: str) -> dict[str, float]:
     stdout, stderr = process.communicate(timeout=120)
     if process.returncode != 0:
@@ -214,7 +184,7 @@ def _trial(what: str, pids: list[int], **load: object) -> dict[str, float]:
     """One load-generator run against the side whose processes are pids, with the machine's
     CPU steal and others' load over it."""
     watch = _Watch(pids)
-    result = _result(_spawn(_load_argv(**load)), what)  # type: ignore[arg-type]
+    result = _result(_spawn(load_argv(**load)), what)  # type: ignore[arg-type]
     return {**result, **watch.figures()}
 
 
@@ -225,7 +195,7 @@ def _storm(
     latencies, two load generators at once."""
     watch = _Watch(pids)
     login_process = _spawn(
-        _load_argv(
+        load_argv(
             **logins,  # type: ignore[arg-type]
             connections=STORM_LOGIN_CLIENTS,
             warmup=WARMUP_SECONDS,
@@ -233,7 +203,7 @@ def _storm(
         )
     )
     request_process = _spawn(
-        _load_argv(
+        load_argv(
             **requests,  # type: ignore[arg-type]
             connections=STORM_REQUEST_CONNECTIONS,
             warmup=2 * WARMUP_SECONDS,
