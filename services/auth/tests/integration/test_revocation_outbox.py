@@ -207,6 +207,90 @@ async def test_redis_relay_retries_until_redis_takes_the_notice(redis_pair, stor
     assert events == [FeedEvent(1, _notice(7)), FeedEvent(1)]
 
 
+# --- replicas take turns: one relay pass at a time on Postgres ---------------------------------
+
+
+class RecordingFeed(LocalRevocationFeed):
+    """Records what it publishes into a list shared by every replica's feed, yielding to the
+    event loop inside each publish so concurrent passes interleave; `gate`, when set, holds
+    every publish until it opens (a relay stuck on Redis)."""
+
+    def __init__(self, published: list[str], gate: asyncio.Event | None = None) -> None:
+        super().__init__()
+        self.published = published
+        self.gate = gate
+        self.entered = asyncio.Event()
+        self.heartbeats = 0
+
+    async def publish(self, notice: RevocationNotice) -> int:
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        await asyncio.sleep(0)
+        self.published.append(notice.session_ids[0])
+        return await super().publish(notice)
+
+    async def heartbeat(self) -> None:
+        self.heartbeats += 1
+        await super().heartbeat()
+
+
+@pytest.fixture
+async def replica_engines(postgres_url):
+    engines = [create_engine(postgres_url) for _ in range(2)]
+    await upgrade(engines[0], MIGRATIONS_PACKAGE)
+    yield engines
+    for engine in engines:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_replicas_take_turns_so_each_notice_is_published_once(replica_engines) -> None:
+    # Regression (a flaky CI run): two replicas' relays read the same rows and both published
+    # them, so one logout reached the feed as notices 1 and 2.
+    published: list[str] = []
+    outbox = RevocationOutbox(clock=ManualClock())
+    store = AuthStore(engine=replica_engines[0])
+    async with store.transaction() as tx:
+        for i in range(40):
+            await outbox.enqueue(tx, _notice(i))
+    relays = [
+        RevocationRelay(engine=engine, feed=RecordingFeed(published), outbox=outbox, batch_size=8)
+        for engine in replica_engines
+    ]
+    for _ in range(3):
+        await asyncio.gather(*(relay.relay_once() for relay in relays for _ in range(2)))
+    assert published == [f"ses_{i}" for i in range(40)]
+    assert await _pending(store) == 0
+
+
+@pytest.mark.postgres
+async def test_a_replica_waiting_on_a_stuck_relay_gives_up_without_a_heartbeat(
+    replica_engines,
+) -> None:
+    published: list[str] = []
+    outbox = RevocationOutbox(clock=ManualClock())
+    store = AuthStore(engine=replica_engines[0])
+    async with store.transaction() as tx:
+        await outbox.enqueue(tx, _notice(1))
+    gate = asyncio.Event()
+    stuck_feed, waiting_feed = RecordingFeed(published, gate), RecordingFeed(published)
+    stuck = RevocationRelay(engine=replica_engines[0], feed=stuck_feed, outbox=outbox)
+    waiting = RevocationRelay(
+        engine=replica_engines[1], feed=waiting_feed, outbox=outbox, turn_wait_ms=50
+    )
+    holder = asyncio.create_task(stuck.relay_once())
+    await asyncio.wait_for(stuck_feed.entered.wait(), timeout=5)
+    # The pending notice is not this replica's to vouch for while another pass holds it.
+    assert await waiting.beat() is False
+    assert waiting_feed.heartbeats == 0
+    gate.set()
+    assert await asyncio.wait_for(holder, timeout=5) is True
+    assert await waiting.beat() is True
+    assert waiting_feed.heartbeats == 1
+    assert published == ["ses_1"]
+
+
 # --- over gRPC: numbered notices and heartbeats reach a WatchRevocations subscriber -----------
 
 

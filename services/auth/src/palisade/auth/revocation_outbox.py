@@ -5,7 +5,8 @@ away, the process stopping between commit and publish), and gateways kept the re
 cached for up to their maximum age. Now the notice is a row written in the revocation's own
 transaction; RevocationRelay publishes rows in order and deletes each once the feed took it,
 retrying the rest every pass, so a notice is delayed by an outage but never dropped. Delivery
-is at-least-once (two relays may both publish a row): eviction is idempotent.
+is at-least-once (a relay that dies between publishing and committing publishes again):
+eviction is idempotent. On Postgres, replicas take turns by an advisory lock.
 
 The relay also sends the feed's heartbeats, and only after a pass that left the outbox empty:
 while notices cannot be published, gateways stop hearing heartbeats and stop trusting their
@@ -22,8 +23,9 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from sqlalchemy import BigInteger, Column, Integer, Table, Text, delete, insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import BigInteger, Column, Integer, Table, Text, delete, func, insert, select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from palisade.auth.revocation import RevocationFeed, RevocationNotice
 from palisade.auth.store import AuthTransaction, metadata
@@ -32,6 +34,11 @@ from palisade.common.db import UTCDateTime
 from palisade.common.tasks import running_in_background
 
 log = logging.getLogger("palisade.auth.revocation_outbox")
+
+# pg_try_advisory_xact_lock key that serialises relay passes across replicas (any fixed
+# 64-bit number that no other lock in this database uses: "palisade revocation relay").
+_RELAY_LOCK_KEY = 0x7061_6C69_7265_7631
+_LOCK_NOT_AVAILABLE = "55P03"
 
 revocation_outbox = Table(
     "revocation_outbox",
@@ -81,21 +88,36 @@ class RevocationRelay:
         outbox: RevocationOutbox,
         heartbeat_seconds: float = 0.5,
         batch_size: int = 100,
+        turn_wait_ms: int = 1000,
     ) -> None:
-        if heartbeat_seconds <= 0 or batch_size < 1:
-            raise ValueError("heartbeat_seconds and batch_size must be > 0")
+        if heartbeat_seconds <= 0 or batch_size < 1 or turn_wait_ms < 1:
+            raise ValueError("heartbeat_seconds, batch_size and turn_wait_ms must be > 0")
         self._engine = engine
         self._feed = feed
         self._outbox = outbox
         self._heartbeat_seconds = heartbeat_seconds
         self._batch_size = batch_size
+        self._turn_wait_ms = turn_wait_ms
 
     async def relay_once(self) -> bool:
         """Publishes pending notices in order, deleting each once published; returns whether
         the outbox is now empty. A failed publish leaves its row (and the later ones) for the
-        next pass."""
+        next pass.
+
+        On Postgres a pass holds a transaction-scoped advisory lock, so replicas take turns
+        instead of publishing the same rows twice (which used up two feed numbers for one
+        revocation). A replica waits for the lock (a pass takes milliseconds) so a notice it
+        just committed goes out at once; if the holder is stuck (say, on a Redis that stopped
+        answering) it gives up after turn_wait_ms and reports "not drained", and sends no
+        heartbeat that would vouch for notices it has not seen published.
+        The deletes commit with the pass; if the process dies first, the rows are published
+        again (at-least-once, and eviction is idempotent)."""
         while True:
             async with self._engine.begin() as conn:
+                if conn.dialect.name == "postgresql" and not await _take_turn(
+                    conn, self._turn_wait_ms
+                ):
+                    return False
                 rows = (
                     await conn.execute(
                         select(revocation_outbox.c.id, revocation_outbox.c.notice)
@@ -103,34 +125,39 @@ class RevocationRelay:
                         .limit(self._batch_size)
                     )
                 ).all()
-            if not rows:
-                return True
-            for row_id, raw in rows:
-                try:
-                    notice = _readable(raw)
-                    if notice is None:
-                        # Left in place it would stop every later notice and every heartbeat
-                        # for good; dropped silently it would lose a revocation. Using up its
-                        # number makes every gateway see a gap and empty its cache instead.
-                        sequence = await self._feed.skip()
-                        log.error(
-                            "unreadable revocation notice; gateways will empty their caches",
-                            extra={"row_id": row_id, "sequence": sequence},
-                        )
-                    else:
-                        await self._feed.publish(notice)
-                except Exception as error:
-                    log.warning(
-                        "could not publish a revocation; will retry",
-                        extra={"error": type(error).__name__},
-                    )
-                    return False
-                async with self._engine.begin() as conn:
+                if not rows:
+                    return True
+                for row_id, raw in rows:
+                    if not await self._publish(row_id, raw):
+                        return False  # leaving the block commits the rows already published
                     await conn.execute(
                         delete(revocation_outbox).where(revocation_outbox.c.id == row_id)
                     )
             if len(rows) < self._batch_size:
                 return True
+
+    async def _publish(self, row_id: int, raw: str) -> bool:
+        """Puts one row on the feed; returns whether the feed took it."""
+        try:
+            notice = _readable(raw)
+            if notice is None:
+                # Left in place it would stop every later notice and every heartbeat for
+                # good; dropped silently it would lose a revocation. Using up its number makes
+                # every gateway see a gap and empty its cache instead.
+                sequence = await self._feed.skip()
+                log.error(
+                    "unreadable revocation notice; gateways will empty their caches",
+                    extra={"row_id": row_id, "sequence": sequence},
+                )
+            else:
+                await self._feed.publish(notice)
+        except Exception as error:
+            log.warning(
+                "could not publish a revocation; will retry",
+                extra={"error": type(error).__name__},
+            )
+            return False
+        return True
 
     async def beat(self) -> bool:
         """Sends one heartbeat if the outbox is drained; returns whether one was sent."""
@@ -163,6 +190,18 @@ class RevocationRelay:
     async def running(self) -> AsyncIterator[None]:
         async with running_in_background(self.run(), name="palisade-revocation-relay"):
             yield
+
+
+async def _take_turn(conn: AsyncConnection, wait_ms: int) -> bool:
+    """Waits up to wait_ms for the relay lock, held until this transaction ends."""
+    await conn.execute(text(f"SET LOCAL lock_timeout = '{int(wait_ms)}ms'"))
+    try:
+        await conn.execute(select(func.pg_advisory_xact_lock(_RELAY_LOCK_KEY)))
+    except DBAPIError as error:
+        if getattr(error.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+            return False
+        raise
+    return True
 
 
 def _readable(raw: str) -> RevocationNotice | None:
