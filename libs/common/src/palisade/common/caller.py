@@ -74,6 +74,14 @@ class Caller:
     user_agent: str | None = None
     method: str = ""  # the full gRPC method the assertion was signed for
     assertion_id: str = ""
+    # A person's role in the workspace, and when their session logged in (unix seconds): what
+    # services need for "owner/admin only" and "recent auth" without asking auth again.
+    role: str | None = None
+    authenticated_at: int | None = None
+    # An API key's mode ("live" or "test"), so resource services can mark test data, and the
+    # person who created it (the user whose rate limit and permissions the key acts under).
+    key_mode: str | None = None
+    acting_user_id: str | None = None
 
     @property
     def is_service(self) -> bool:
@@ -131,6 +139,10 @@ class AssertionSigner:
         session_id: str | None = None,
         client_ip: str | None = None,
         user_agent: str | None = None,
+        role: str | None = None,
+        authenticated_at: int | None = None,
+        key_mode: str | None = None,
+        acting_user_id: str | None = None,
     ) -> str:
         now_exact = self._clock.timestamp()
         edge = self._keys.current.signing.get(audience)
@@ -154,7 +166,15 @@ class AssertionSigner:
             claims["scp"] = list(scopes)
         # A client-chosen User-Agent must not push the assertion past the verifier's limit.
         agent = _bounded(user_agent, _MAX_USER_AGENT_CLAIM) if user_agent is not None else None
-        optional = {"sid": session_id, "ip": client_ip, "ua": agent}
+        optional = {
+            "sid": session_id,
+            "ip": client_ip,
+            "ua": agent,
+            "rol": role,
+            "aat": authenticated_at,
+            "kmd": key_mode,
+            "usr": acting_user_id,
+        }
         claims.update({k: v for k, v in optional.items() if v is not None})
         payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
         signing_input = f"{_VERSION}.{self._issuer}.{key.kid}.{payload}"
@@ -270,6 +290,10 @@ class AssertionVerifier:
                 user_agent=_optional_str(claims, "ua"),
                 method=_str(claims["mth"]),
                 assertion_id=_str(claims["jti"]),
+                role=_optional_str(claims, "rol"),
+                authenticated_at=_int(claims["aat"]) if "aat" in claims else None,
+                key_mode=_optional_str(claims, "kmd"),
+                acting_user_id=_optional_str(claims, "usr"),
             )
         except (KeyError, TypeError):
             raise InvalidCallerAssertion("malformed caller assertion") from None

@@ -46,6 +46,13 @@ EDGES: tuple[Edge, ...] = (
     Edge("gateway", "auth", delegates=True),
     # Auth encrypts PII, TOTP secrets, mail and refresh successors, and blind-indexes emails.
     Edge("auth", "crypto"),
+    # The gateway forwards key-management calls, verifies API keys, reports their use and
+    # follows key revocations.
+    Edge("gateway", "apikeys", delegates=True),
+    # API keys: the recoverable secret is encrypted by crypto; leak reports and new keys are
+    # told to the workspace's owners through auth's security notices.
+    Edge("apikeys", "crypto"),
+    Edge("apikeys", "auth"),
     # The bench-only echo backend behind the gateway (bench/p3_forwarded.py); it verifies
     # nothing, but the gateway signs for every upstream it forwards to.
     Edge("gateway", "echo", delegates=True),
