@@ -1,0 +1,101 @@
+"""GCRA, the generic cell rate algorithm, over several subjects at once (all or nothing).
+
+Standard "virtual scheduling" formulation (ITU-T I.371; as in redis-cell, throttled), in integer
+microseconds. Per subject one stored value, the theoretical arrival time TAT; with emission
+interval T = 60 s / rpm and delay tolerance tau = T * (burst - 1), a request at `now`:
+
+    tat = max(TAT, now)             # a missing TAT, or one in the past, is a full bucket
+    admitted iff tat - now <= tau   # i.e. now >= tat - tau
+    then TAT := tat + T
+
+So a full bucket takes `burst` requests at once and then one every T. A check over several
+subjects admits only if every subject admits, and only then advances every TAT; a refusal
+changes nothing anywhere. A TAT at or before `now` means the same as no TAT at all, which is what
+makes expiring (Redis) or evicting (in process) such entries exact.
+
+The Lua script in redis_limiter.py is this module's `admit` line for line; `decide` turns the
+resulting TATs into a Decision for both backends, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from palisade.common.clock import Clock
+from palisade.gateway.rate_limit.model import Decision, Limit, Subject
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_SECOND_US = 1_000_000
+
+
+def now_us(clock: Clock) -> int:
+    """The clock's time in whole microseconds since the epoch, exactly (no float rounding)."""
+    return (clock.now() - _EPOCH) // _MICROSECOND
+
+
+def validate(subjects: Sequence[Subject]) -> tuple[Subject, ...]:
+    """A check covers at least one subject, each once (a repeated id would be counted once but
+    read twice, which no store can make atomic sense of)."""
+    chosen = tuple(subjects)
+    if not chosen:
+        raise ValueError("a rate-limit check needs at least one subject")
+    if len({s.id for s in chosen}) != len(chosen):
+        raise ValueError("a rate-limit check names each subject once")
+    return chosen
+
+
+@dataclass(frozen=True)
+class Outcome:
+    allowed: bool
+    # Per subject: the new TAT if admitted, else max(stored TAT, now) (unchanged state).
+    tats: tuple[int, ...]
+
+
+def admit(now: int, limits: Sequence[Limit], stored: Sequence[int | None]) -> Outcome:
+    """Checks every subject first, then advances every TAT, or none."""
+    tats = [now if t is None or t < now else t for t in stored]
+    pairs = list(zip(tats, limits, strict=True))
+    if any(tat - now > limit.tolerance_us for tat, limit in pairs):
+        return Outcome(False, tuple(tats))
+    return Outcome(True, tuple(tat + limit.interval_us for tat, limit in pairs))
+
+
+def _ceil_seconds(us: int) -> int:
+    return -(-us // _SECOND_US)
+
+
+def _remaining(now: int, tat: int, limit: Limit) -> int:
+    # Requests admitted right now: the largest k with tat + (k - 1) * T - now <= tau.
+    return max(0, (limit.burst * limit.interval_us - (tat - now)) // limit.interval_us)
+
+
+def decide(now: int, subjects: tuple[Subject, ...], outcome: Outcome) -> Decision:
+    """The Decision for the TATs an admission produced (the same for every backend)."""
+    rows = list(zip(subjects, outcome.tats, strict=True))
+    if outcome.allowed:
+        # Most constrained: fewest remaining, then longest until full; first on a tie.
+        subject, tat = min(
+            rows, key=lambda row: (_remaining(now, row[1], row[0].limit), now - row[1])
+        )
+        return Decision(
+            allowed=True,
+            policy=subject,
+            remaining=_remaining(now, tat, subject.limit),
+            reset_seconds=_ceil_seconds(tat - now),
+            retry_after_seconds=0,
+            subjects=subjects,
+        )
+    # The request waits for the slowest refusing subject; the others already admit and nothing
+    # was spent, so that wait is exact.
+    subject, tat = max(rows, key=lambda row: row[1] - row[0].limit.tolerance_us)
+    return Decision(
+        allowed=False,
+        policy=subject,
+        remaining=0,
+        reset_seconds=_ceil_seconds(tat - now),
+        retry_after_seconds=max(1, _ceil_seconds(tat - subject.limit.tolerance_us - now)),
+        subjects=subjects,
+    )

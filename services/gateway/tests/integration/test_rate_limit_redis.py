@@ -1,0 +1,332 @@
+"""The Redis rate limiter on a real Redis: exact under 200 parallel checks and across two
+gateways, all-or-nothing over the key and the user, one round trip per check, the same decisions
+as the in-process limiter for the same clock, and RateLimiterUnavailable (quickly) when Redis
+cannot answer. Time is a ManualClock throughout; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+
+import pytest
+from redis.asyncio import Connection, ConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from palisade.common.clock import ManualClock
+from palisade.gateway.rate_limit import (
+    Limit,
+    LocalRateLimiter,
+    RateLimiter,
+    RateLimiterUnavailable,
+    RedisRateLimiter,
+    Subject,
+    rate_limit_headers,
+)
+from palisade.gateway.rate_limit.redis_limiter import EXPIRY_SLACK_MS
+
+PREFIX = "palisade:ratelimit:"
+Factory = Callable[[ManualClock], RateLimiter]
+
+
+def key(name: str, rpm: int, burst: int | None = None) -> Subject:
+    return Subject("key", f"key:{name}", Limit(rpm, rpm if burst is None else burst))
+
+
+def user(name: str, rpm: int, burst: int | None = None) -> Subject:
+    return Subject("user", f"user:{name}", Limit(rpm, rpm if burst is None else burst))
+
+
+def client(url: str) -> Redis:
+    return Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    connection = client(redis_url)
+    try:
+        yield connection
+    finally:
+        await connection.aclose()
+
+
+@pytest.fixture(params=["local", "redis"])
+async def limiter_factory(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
+    """The contract scenarios below run against both limiters."""
+    if request.param == "local":
+        yield lambda clock: LocalRateLimiter(clock=clock)
+        return
+    request.applymarker(pytest.mark.redis)
+    redis = client(str(request.getfixturevalue("redis_url")))
+    try:
+        yield lambda clock: RedisRateLimiter(redis, clock=clock)
+    finally:
+        await redis.aclose()
+
+
+async def admitted(limiter: RateLimiter, subjects: list[Subject], times: int) -> int:
+    results = await asyncio.gather(*(limiter.check(subjects) for _ in range(times)))
+    return sum(d.allowed for d in results)
+
+
+# --- the contract, on both limiters ---------------------------------------------------------
+
+
+async def test_a_limit_of_n_admits_exactly_n_of_200_parallel_checks(
+    limiter_factory: Factory,
+) -> None:
+    limiter = limiter_factory(ManualClock())
+    assert await admitted(limiter, [key("a", 100, 37), user("u", 1000)], 200) == 37
+
+
+async def test_two_keys_of_one_user_share_the_users_limit(limiter_factory: Factory) -> None:
+    limiter = limiter_factory(ManualClock())
+    alice, a, b = user("alice", 15), key("a", 10), key("b", 10)
+    order = [a, b] * 100
+    results = await asyncio.gather(*(limiter.check([k, alice]) for k in order))
+    assert sum(d.allowed for d in results) == 15
+    # (On Redis the arrival order is the server's: a key can run dry before the user does.)
+    assert all(d.retry_after_seconds >= 1 for d in results if not d.allowed)
+    # 185 refusals spent nothing of either key: used alone, each key has exactly
+    # what the admitted checks left it.
+    used_a = sum(d.allowed for d, k in zip(results, order, strict=True) if k == a)
+    assert await admitted(limiter, [a], 20) == 10 - used_a
+    assert await admitted(limiter, [b], 20) == 10 - (15 - used_a)
+
+
+async def test_when_the_user_refuses_the_keys_remaining_is_unchanged(
+    limiter_factory: Factory,
+) -> None:
+    limiter = limiter_factory(ManualClock())
+    k, u = key("a", 10), user("alice", 60, 1)
+    assert (await limiter.check([k, u])).allowed
+    assert await admitted(limiter, [k, u], 50) == 0
+    alone = await limiter.check([k])
+    assert alone.remaining == 8  # 10 - the first check - this one
+
+
+async def test_refill_after_one_interval_and_an_exact_retry_after(limiter_factory: Factory) -> None:
+    clock = ManualClock()
+    limiter = limiter_factory(clock)
+    k = key("a", 6, 2)  # one every 10 s, two at once
+    assert await admitted(limiter, [k], 5) == 2
+    refused = await limiter.check([k])
+    assert (refused.allowed, refused.retry_after_seconds, refused.reset_seconds) == (False, 10, 20)
+    clock.advance(9.999999)
+    assert (await limiter.check([k])).retry_after_seconds == 1
+    clock.advance(0.000001)
+    assert (await limiter.check([k])).allowed
+    assert not (await limiter.check([k])).allowed
+
+
+# --- Redis only -----------------------------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_two_gateways_on_separate_connections_enforce_one_limit(redis_url: str) -> None:
+    first, second = client(redis_url), client(redis_url)
+    try:
+        clock = ManualClock()
+        gateways = [RedisRateLimiter(first, clock=clock), RedisRateLimiter(second, clock=clock)]
+        k, u = key("shared", 600, 50), user("owner", 600, 80)
+        results = await asyncio.gather(
+            *(gateways[i % 2].check([k, u]) for i in range(200)),
+        )
+        assert sum(d.allowed for d in results) == 50
+        clock.advance(1)  # 600 rpm: ten more, whichever gateway asks
+        more = await asyncio.gather(*(gateways[i % 2].check([k, u]) for i in range(40)))
+        assert sum(d.allowed for d in more) == 10
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_and_local_decide_identically_for_the_same_clock(redis: Redis) -> None:
+    clock = ManualClock()
+    local = LocalRateLimiter(clock=clock)
+    remote = RedisRateLimiter(redis, clock=clock)
+    users = [user("u1", 13, 5), user("u2", 600, 1)]
+    keys = [
+        (key("k1", 7, 3), users[0]),
+        (key("k2", 100, 10), users[0]),
+        (key("k3", 1, 2), users[1]),
+    ]
+    rng = random.Random(20260101)
+    seen = {True: 0, False: 0}
+    for _ in range(600):
+        k, u = rng.choice(keys)
+        subjects = rng.choice([[k, u], [k, u], [u, k], [k], [u]])
+        step = rng.choice([0.0, 0.0, 0.1, 1.0, 8.571429, rng.uniform(0, 20), rng.random() / 1000])
+        clock.advance(round(step, 6))
+        expected = await local.check(subjects)
+        assert await remote.check(subjects) == expected
+        seen[expected.allowed] += 1
+    assert min(seen.values()) > 100  # both branches well exercised
+
+
+@pytest.mark.redis
+async def test_one_evalsha_per_check_and_nothing_else(redis_url: str) -> None:
+    sent: list[str] = []
+
+    class Counting(Connection):
+        async def send_packed_command(
+            self, command: bytes | str | Iterable[bytes], check_health: bool = True
+        ) -> None:
+            if isinstance(command, str):
+                packed = command.encode()
+            elif isinstance(command, bytes):
+                packed = command
+            else:
+                packed = b"".join(command)
+            sent.append(packed.split(b"\r\n")[2].decode().upper())
+            await super().send_packed_command(command, check_health)
+
+    pool = ConnectionPool.from_url(redis_url, connection_class=Counting, socket_timeout=2)
+    redis = Redis(connection_pool=pool)
+    try:
+        limiter = RedisRateLimiter(redis, clock=ManualClock())
+        k, u = key("a", 1000), user("b", 1000)
+        await limiter.check([k, u])  # connects, and loads the script if Redis lacks it
+        assert len([c for c in sent if c in ("EVALSHA", "SCRIPT", "EVAL")]) <= 3
+        sent.clear()
+        for _ in range(25):
+            await limiter.check([k, u])
+        await limiter.check([k])
+        await asyncio.gather(*(limiter.check([u]) for _ in range(10)))
+        assert sent.count("EVALSHA") == 36
+        assert [c for c in sent if c not in ("EVALSHA", "CLIENT", "SELECT", "HELLO")] == []
+    finally:
+        await redis.aclose()
+
+
+@pytest.mark.redis
+async def test_state_is_one_expiring_key_per_subject_untouched_by_a_refusal(redis: Redis) -> None:
+    limiter = RedisRateLimiter(redis, clock=ManualClock())
+    k, u = key("a", 60, 10), user("b", 6, 1)  # T = 1 s and 10 s
+    assert (await limiter.check([k, u])).allowed
+    assert sorted(await redis.keys("*")) == [f"{PREFIX}key:a".encode(), f"{PREFIX}user:b".encode()]
+    assert 0 < await redis.pttl(f"{PREFIX}key:a") <= 1_000 + 1 + EXPIRY_SLACK_MS
+    assert 9_000 + EXPIRY_SLACK_MS < await redis.pttl(f"{PREFIX}user:b") <= 10_001 + EXPIRY_SLACK_MS
+    before = await redis.mget(f"{PREFIX}key:a", f"{PREFIX}user:b")
+    assert not (await limiter.check([k, u])).allowed
+    assert await redis.mget(f"{PREFIX}key:a", f"{PREFIX}user:b") == before
+
+
+@pytest.mark.redis
+async def test_a_redis_decision_puts_no_id_in_any_header(redis: Redis) -> None:
+    limiter = RedisRateLimiter(redis, clock=ManualClock())
+    k, u = key("kid_SECRET_1", 100, 2), user("uid_SECRET_2", 600)
+    for _ in range(3):
+        text = repr(rate_limit_headers(await limiter.check([k, u])))
+        assert "SECRET" not in text
+        assert "key:" not in text
+        assert "user:" not in text
+
+
+# --- Redis that cannot answer ---------------------------------------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class FakeRedis:
+    """A TCP server on 127.0.0.1 speaking just enough RESP: OK to the connection handshake, and
+    to anything else either an error line or (reply=None) silence."""
+
+    def __init__(self, reply: bytes | None) -> None:
+        self._reply = reply
+        self._writers: list[asyncio.StreamWriter] = []
+        self.commands: list[bytes] = []
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}/0"
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        try:
+            while True:
+                header = await reader.readline()
+                if not header:
+                    return
+                parts = []
+                for _ in range(int(header[1:])):
+                    length = int((await reader.readline())[1:])
+                    parts.append((await reader.readexactly(length + 2))[:-2])
+                self.commands.append(parts[0].upper())
+                if parts[0].upper() in (b"CLIENT", b"HELLO", b"SELECT"):
+                    writer.write(b"+OK\r\n")
+                elif self._reply is not None:
+                    writer.write(self._reply)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+
+
+async def assert_unavailable_quickly(limiter: RedisRateLimiter, within: float) -> None:
+    started = time.monotonic()
+    with pytest.raises(RateLimiterUnavailable) as refused:
+        await limiter.check([key("a", 10), user("b", 10)])
+    assert time.monotonic() - started < within
+    assert "key:" not in str(refused.value)
+    assert "user:" not in str(refused.value)
+
+
+async def test_a_closed_port_is_unavailable_quickly() -> None:
+    redis = Redis(
+        host="127.0.0.1",
+        port=closed_port(),
+        socket_connect_timeout=0.25,
+        socket_timeout=0.25,
+        retry=Retry(NoBackoff(), 0),
+    )
+    try:
+        await assert_unavailable_quickly(RedisRateLimiter(redis, clock=ManualClock()), 1.0)
+    finally:
+        await redis.aclose()
+
+
+async def test_the_deadline_bounds_a_client_that_would_keep_retrying() -> None:
+    redis = Redis(host="127.0.0.1", port=closed_port())  # redis-py's default: 10 retries
+    try:
+        limiter = RedisRateLimiter(redis, clock=ManualClock(), deadline_seconds=0.2)
+        await assert_unavailable_quickly(limiter, 1.0)
+    finally:
+        await redis.aclose()
+
+
+async def test_a_redis_that_never_answers_is_unavailable_at_the_deadline() -> None:
+    async with FakeRedis(reply=None) as url:
+        redis = Redis.from_url(url)  # no socket timeout at all: the limiter's deadline decides
+        try:
+            limiter = RedisRateLimiter(redis, clock=ManualClock(), deadline_seconds=0.2)
+            await assert_unavailable_quickly(limiter, 1.0)
+        finally:
+            await redis.aclose()
+
+
+async def test_a_read_only_replica_is_unavailable() -> None:
+    readonly = b"-READONLY You can't write against a read only replica.\r\n"
+    fake = FakeRedis(reply=readonly)
+    async with fake as url:
+        redis = Redis.from_url(url, socket_timeout=0.5, retry=Retry(NoBackoff(), 0))
+        try:
+            await assert_unavailable_quickly(RedisRateLimiter(redis, clock=ManualClock()), 1.0)
+        finally:
+            await redis.aclose()
+    assert b"EVALSHA" in fake.commands
