@@ -1,0 +1,1 @@
+"""palisade.apikeys: the API key service."""

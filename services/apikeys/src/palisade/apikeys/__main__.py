@@ -1,0 +1,5 @@
+import sys
+
+from palisade.apikeys.cli import main
+
+sys.exit(main())

@@ -1,0 +1,127 @@
+"""Revoking a key: the conditional UPDATE, its history, security event, the revocation notice
+for the gateways and the email notice for the key's creator, in one transaction.
+
+Idempotent: revoking a revoked key changes nothing and records nothing, so 20 parallel
+revocations leave one history entry and one notice. Used by people (RevokeApiKey), by
+rotations with no overlap, and by operators (`palisade-apikeys keys revoke`), whose rows the
+running service's relays publish and send.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from palisade.apikeys.access import Person
+from palisade.apikeys.errors import KeyNotFound
+from palisade.apikeys.model import SYSTEM, Actor, KeyEvent, KeyRecord
+from palisade.apikeys.notices import KEY_REVOKED, Notice, NoticeOutbox
+from palisade.apikeys.revocations import notice as revocation_notice
+from palisade.apikeys.store import ApiKeyStore, KeysTransaction
+from palisade.common.clock import Clock
+from palisade.common.outbox import SecurityEvent
+from palisade.common.revocation_outbox import RevocationOutbox
+
+
+class KeyRevoker:
+    def __init__(
+        self,
+        *,
+        store: ApiKeyStore,
+        revocations: RevocationOutbox,
+        notices: NoticeOutbox,
+        clock: Clock,
+    ) -> None:
+        self._store = store
+        self._revocations = revocations
+        self._notices = notices
+        self._clock = clock
+
+    async def revoke(self, person: Person, key_id: str) -> bool:
+        """Revokes a key of the person's workspace; returns whether this call revoked it."""
+        async with self._store.transaction() as tx:
+            record = await tx.key(key_id, person.workspace_id)
+            if record is None:
+                raise KeyNotFound()
+            revoked = await self.revoke_in(tx, record, person.actor, reason="revoked")
+        self._wake(revoked)
+        return revoked
+
+    async def revoke_as_operator(self, key_id: str) -> bool:
+        """Any workspace's key (the CLI); KeyNotFound for an unknown id."""
+        async with self._store.transaction() as tx:
+            record = await tx.key_by_id(key_id)
+            if record is None:
+                raise KeyNotFound()
+            revoked = await self.revoke_in(tx, record, SYSTEM, reason="operator")
+        self._wake(revoked)
+        return revoked
+
+    def _wake(self, revoked: bool) -> None:
+        if revoked:
+            self._revocations.notify()
+            self._notices.notify()
+
+    async def revoke_in(
+        self, tx: KeysTransaction, record: KeyRecord, actor: Actor, *, reason: str
+    ) -> bool:
+        now = self._clock.now()
+        if not await tx.revoke(record.id, now=now, reason=reason):
+            return False
+        await self.announce(tx, record, now, actor, reason=reason)
+        # The creator hears of it when someone else (or an operator) ended their key.
+        if record.created_by != actor.user_id:
+            await self._notices.enqueue(
+                tx.conn,
+                Notice(
+                    KEY_REVOKED,
+                    now,
+                    user_id=record.created_by,
+                    workspace_id=record.workspace_id,
+                    details=key_details(record),
+                    ip=actor.ip or "",
+                    user_agent=actor.user_agent or "",
+                ),
+            )
+        return True
+
+    async def announce(
+        self, tx: KeysTransaction, record: KeyRecord, now: datetime, actor: Actor, *, reason: str
+    ) -> None:
+        """History, security event and the gateways' notice of a revocation just written."""
+        await tx.add_event(record.id, record.workspace_id, history("revoked", now, actor))
+        await tx.emit(security_event("apikey.revoked", now, actor, record, reason=reason))
+        hashes = await tx.lookup_hashes([record.id])
+        await self._revocations.enqueue(
+            tx.conn, revocation_notice(hashes, [record.id], reason, now)
+        )
+
+
+def history(kind: str, now: datetime, actor: Actor) -> KeyEvent:
+    return KeyEvent(kind, now, actor.principal, actor.ip, actor.device)
+
+
+def key_details(record: KeyRecord) -> dict[str, str]:
+    """What a notice email may show of a key: its name, display prefix and last four."""
+    return {"key_name": record.name, "key_prefix": record.prefix, "key_last4": record.last4}
+
+
+def security_event(
+    kind: str,
+    now: datetime,
+    actor: Actor,
+    record: KeyRecord,
+    *,
+    reason: str | None = None,
+    details: dict[str, str | int | bool | None] | None = None,
+) -> SecurityEvent:
+    return SecurityEvent(
+        type=kind,
+        occurred_at=now,
+        actor=actor.principal,
+        subject=f"apikey:{record.id}",
+        workspace_id=record.workspace_id,
+        ip=actor.ip,
+        device=actor.device,
+        reason=reason,
+        details={"key_id": record.id, **(details or {})},
+    )

@@ -1,0 +1,149 @@
+"""Checks of what a person asks a key to be: each refusal has its own stable code.
+
+Everything is checked before anything is written or encrypted, so a refused request leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from palisade.apikeys.errors import (
+    InvalidExpiry,
+    InvalidMode,
+    InvalidName,
+    InvalidOrigin,
+    InvalidOverlap,
+    InvalidRateLimit,
+    InvalidScope,
+    InvalidType,
+    OriginsRequired,
+    ScopeNotAllowed,
+)
+from palisade.apikeys.model import (
+    KEY_MODES,
+    KEY_TYPES,
+    PUBLISHABLE_SCOPES,
+    SCOPES,
+    KeySettings,
+    RateLimit,
+)
+from palisade.apikeys.tables import NAME_CHARS
+
+MAX_ORIGINS = 20
+MAX_OVERLAP_SECONDS = 7 * 24 * 3600
+MAX_RPM = 100_000
+MAX_BURST = 10_000
+# scheme://host[:port], nothing else: the exact form browsers send in the Origin header.
+# A host is a lowercase DNS name (LDH labels) or a bracketed IPv6 literal; ports 1-65535.
+_ORIGIN = re.compile(
+    r"(?P<scheme>https?)://"
+    r"(?P<host>(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
+    r"|\[[0-9a-f:.]+\])"
+    r"(?::(?P<port>[1-9][0-9]{0,4}))?"
+)
+_MAX_ORIGIN_CHARS = 300
+_UNPRINTABLE_NAME = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_name(name: str) -> str:
+    name = name.strip()
+    if not 1 <= len(name) <= NAME_CHARS or _UNPRINTABLE_NAME.search(name):
+        raise InvalidName()
+    return name
+
+
+def check_scopes(key_type: str, scopes: Sequence[str]) -> tuple[str, ...]:
+    if not scopes or len(scopes) > len(SCOPES) * 4 or any(s not in SCOPES for s in scopes):
+        raise InvalidScope()
+    unique = tuple(sorted(set(scopes)))
+    if key_type == "publishable" and not set(unique) <= PUBLISHABLE_SCOPES:
+        raise ScopeNotAllowed()
+    return unique
+
+
+def check_origin(origin: str) -> str:
+    if len(origin) > _MAX_ORIGIN_CHARS or not origin.isascii():
+        raise InvalidOrigin()
+    found = _ORIGIN.fullmatch(origin)
+    if found is None or len(found.group("host")) > 253:
+        raise InvalidOrigin()
+    port = found.group("port")
+    if port is not None and int(port) > 65535:
+        raise InvalidOrigin()
+    # Browsers leave a scheme's default port out of Origin: with it, the key would never match.
+    if (found.group("scheme"), port) in (("http", "80"), ("https", "443")):
+        raise InvalidOrigin()
+    return origin
+
+
+def check_origins(key_type: str, origins: Sequence[str]) -> tuple[str, ...]:
+    if key_type == "secret":
+        if origins:
+            raise InvalidOrigin("secret keys take no allowed origins")
+        return ()
+    if not origins:
+        raise OriginsRequired()
+    if len(origins) > MAX_ORIGINS:
+        raise InvalidOrigin()
+    checked = [check_origin(o) for o in origins]
+    return tuple(dict.fromkeys(checked))  # duplicates dropped, order kept
+
+
+def check_expiry(
+    expires_at: datetime | None, *, now: datetime, max_lifetime: timedelta
+) -> datetime | None:
+    if expires_at is None:
+        return None
+    if expires_at <= now or expires_at > now + max_lifetime:
+        raise InvalidExpiry()
+    return expires_at
+
+
+def check_rate_limit(limit: tuple[int, int] | None) -> RateLimit | None:
+    if limit is None:
+        return None
+    rpm, burst = limit
+    if not (1 <= rpm <= MAX_RPM and 1 <= burst <= MAX_BURST):
+        raise InvalidRateLimit()
+    return RateLimit(rpm, burst)
+
+
+def check_overlap(overlap_seconds: int | None, default: int) -> int:
+    if overlap_seconds is None:
+        return default
+    if not 0 <= overlap_seconds <= MAX_OVERLAP_SECONDS:
+        raise InvalidOverlap()
+    return overlap_seconds
+
+
+def key_settings(
+    *,
+    name: str,
+    key_type: str,
+    mode: str,
+    scopes: Sequence[str],
+    allowed_origins: Sequence[str],
+    expires_at: datetime | None,
+    rate_limit: tuple[int, int] | None,
+    now: datetime,
+    max_lifetime: timedelta,
+) -> KeySettings:
+    """The settings of a new key, or the first rule the request breaks."""
+    checked_name = check_name(name)
+    if key_type not in KEY_TYPES:
+        raise InvalidType()
+    mode = mode or "live"
+    if mode not in KEY_MODES:
+        raise InvalidMode()
+    return KeySettings(
+        name=checked_name,
+        type=key_type,
+        mode=mode,
+        scopes=check_scopes(key_type, scopes),
+        allowed_origins=check_origins(key_type, allowed_origins),
+        rate_limit=check_rate_limit(rate_limit),
+        expires_at=check_expiry(expires_at, now=now, max_lifetime=max_lifetime),
+    )
