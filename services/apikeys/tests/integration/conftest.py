@@ -131,6 +131,15 @@ class Harness:
             )
             return [r[0] for r in rows]
 
+    @staticmethod
+    async def refused(call: Any, status: grpc.StatusCode, code: str) -> grpc.aio.AioRpcError:
+        """Awaits call, which must fail with status and the stable error code."""
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == status, caught.value
+        assert code_of(caught.value) == code
+        return caught.value
+
     async def send_notices(self) -> int:
         return await self.server.notice_relay.run_once()
 
@@ -190,7 +199,9 @@ def apikeys_factory(tmp_path: Path) -> Callable[..., AbstractAsyncContextManager
                     # Notices are sent by hand (run_once) unless a test waits for the relay.
                     "notice_poll_seconds": 3600,
                 }
-                master = read_document(CryptoSettings(data_dir=tmp_path).resolved_edge_keys_master_file())
+                master = read_document(
+                    CryptoSettings(data_dir=tmp_path).resolved_edge_keys_master_file()
+                )
                 auth, auth_port = await stack.enter_async_context(
                     _fake_auth(master, clock, tmp_path)
                 )
