@@ -314,3 +314,25 @@ async def test_no_id_appears_in_any_header() -> None:
         text = repr(rate_limit_headers(decision))
         for forbidden in ("SECRETKEYID123", "SECRETUSERID456", "key:", "user:", "pk="):
             assert forbidden not in text
+
+
+async def test_a_clock_stepped_back_does_not_lock_a_subject_out() -> None:
+    # Regression: after the wall clock stepped back an hour, every stored arrival time lay an
+    # hour ahead and the subject was refused for that hour.
+    from datetime import timedelta
+
+    from palisade.common.clock import ManualClock
+    from palisade.gateway.rate_limit import Limit, LocalRateLimiter, Subject
+
+    clock = ManualClock()
+    limiter = LocalRateLimiter(clock=clock)
+    subject = Subject("user", "user:1", Limit(60, 3))
+    for _ in range(3):
+        assert (await limiter.check([subject])).allowed
+    assert not (await limiter.check([subject])).allowed
+    clock.set(clock.now() - timedelta(hours=1))
+    for _ in range(3):  # read as a full bucket: one burst, then the rate
+        assert (await limiter.check([subject])).allowed
+    refused = await limiter.check([subject])
+    assert not refused.allowed
+    assert refused.retry_after_seconds == 1  # one interval, not an hour

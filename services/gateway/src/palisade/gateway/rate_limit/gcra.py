@@ -5,6 +5,7 @@ microseconds. Per subject one stored value, the theoretical arrival time TAT; wi
 interval T = 60 s / rpm and delay tolerance tau = T * (burst - 1), a request at `now`:
 
     tat = max(TAT, now)             # a missing TAT, or one in the past, is a full bucket
+    if tat > now + tau + T: tat = now    # written by a clock ahead of ours (see _read)
     admitted iff tat - now <= tau   # i.e. now >= tat - tau
     then TAT := tat + T
 
@@ -56,11 +57,24 @@ class Outcome:
 
 def admit(now: int, limits: Sequence[Limit], stored: Sequence[int | None]) -> Outcome:
     """Checks every subject first, then advances every TAT, or none."""
-    tats = [now if t is None or t < now else t for t in stored]
+    tats = [_read(now, t, limit) for t, limit in zip(stored, limits, strict=True)]
     pairs = list(zip(tats, limits, strict=True))
     if any(tat - now > limit.tolerance_us for tat, limit in pairs):
         return Outcome(False, tuple(tats))
     return Outcome(True, tuple(tat + limit.interval_us for tat, limit in pairs))
+
+
+def _read(now: int, stored: int | None, limit: Limit) -> int:
+    """The TAT a check works from. No admission ever stores more than now + tau + T, so a
+    stored TAT beyond that was written by a clock ahead of this one (a wall clock stepped
+    back, or a replica's clock ahead by more than tau + T): read it as unknown, a full
+    bucket, rather than refuse the subject until this clock catches up (an hour's step would
+    lock it out for an hour). The cost is at most one burst per such anomaly."""
+    if stored is None or stored < now:
+        return now
+    if stored > now + limit.tolerance_us + limit.interval_us:
+        return now
+    return stored
 
 
 def _ceil_seconds(us: int) -> int:

@@ -37,7 +37,7 @@ EXPIRY_SLACK_MS = 60_000
 
 # KEYS[i]: subject i's TAT. ARGV[1]: now (us). ARGV[2i], ARGV[2i+1]: subject i's T and tau (us).
 # ARGV[2n+2]: expiry slack (ms). Returns {admitted (1/0), tat_1, ..., tat_n}: the new TATs if
-# admitted, else max(stored, now). Same arithmetic as gcra.admit, all integers below 2**53;
+# admitted, else the stored TAT as gcra.admit reads it. Same arithmetic as gcra.admit, all integers below 2**53;
 # values are written with %.0f because tostring() would keep only 14 significant digits.
 _SCRIPT = """
 local now = tonumber(ARGV[1])
@@ -46,9 +46,11 @@ local tats = {}
 local admitted = 1
 for i = 1, n do
   local tat = tonumber(redis.call('GET', KEYS[i]) or '')
+  local interval, tau = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
   if tat == nil or tat < now then tat = now end
+  if tat > now + tau + interval then tat = now end
   tats[i] = tat
-  if tat - now > tonumber(ARGV[2 * i + 1]) then admitted = 0 end
+  if tat - now > tau then admitted = 0 end
 end
 if admitted == 1 then
   local slack = tonumber(ARGV[2 * n + 2])
