@@ -1,4 +1,5 @@
-"""The revocation feed (SECURITY.md 24): exact JSON round-trip, and the in-process fan-out."""
+"""The revocation feed (SECURITY.md 24): exact JSON round-trip, and the in-process fan-out
+seen through auth's notice adapter (the generic feed: libs/common/tests)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from palisade.auth import revocation
 from palisade.auth.revocation import LocalRevocationFeed, RevocationNotice
+from palisade.common import revocation_feed as common_feed
 
 WHEN = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
 
@@ -150,7 +152,7 @@ async def test_a_subscriber_that_fails_still_leaves() -> None:
 
 
 async def test_a_stuck_subscriber_is_dropped_without_blocking_the_others() -> None:
-    limit = revocation._QUEUE_LIMIT
+    limit = common_feed._QUEUE_LIMIT
     feed = LocalRevocationFeed()
     async with feed.subscribe() as stuck, feed.subscribe() as live:
         notices = [_notice(i) for i in range(limit + 5)]
@@ -172,7 +174,7 @@ async def test_a_stuck_subscriber_is_dropped_without_blocking_the_others() -> No
 
 
 async def test_a_slow_subscriber_under_the_limit_is_kept(monkeypatch) -> None:
-    monkeypatch.setattr(revocation, "_QUEUE_LIMIT", 3)
+    monkeypatch.setattr(common_feed, "_QUEUE_LIMIT", 3)
     feed = LocalRevocationFeed()
     async with feed.subscribe() as slow:
         for i in range(3):
@@ -183,7 +185,7 @@ async def test_a_slow_subscriber_under_the_limit_is_kept(monkeypatch) -> None:
 
 
 async def test_a_dropped_subscriber_gets_nothing_more(monkeypatch) -> None:
-    monkeypatch.setattr(revocation, "_QUEUE_LIMIT", 2)
+    monkeypatch.setattr(common_feed, "_QUEUE_LIMIT", 2)
     feed = LocalRevocationFeed()
     async with feed.subscribe() as stuck, feed.subscribe() as live:
         for i in range(4):
@@ -212,3 +214,15 @@ async def test_notices_are_numbered_in_order_and_heartbeats_name_the_latest() ->
         (3, True),
     ]
     assert [e.notice for e in events[:3]] == [_notice(i) for i in range(1, 4)]
+
+
+async def test_notices_travel_as_their_json_payload() -> None:
+    # The payload is to_dict(): what the outbox stores and Redis carries, unchanged by the
+    # move to the common feed (replicas of two versions share a channel during a deploy).
+    feed = LocalRevocationFeed()
+    async with feed._feed.subscribe() as raw, feed.subscribe() as typed:
+        await feed.publish(_notice(1))
+        assert await anext(raw) == common_feed.FeedEvent(1, _notice(1).to_dict())
+        assert await anext(typed) == revocation.FeedEvent(1, _notice(1))
+        assert await feed.skip() == 2
+        assert feed.sequence == 2

@@ -16,7 +16,7 @@ from datetime import timedelta
 
 import pytest
 
-from palisade.gateway import edge_auth
+from palisade.gateway import feed_follower
 from palisade_api.auth.v1 import auth_pb2
 
 from .conftest import TOKEN
@@ -24,7 +24,7 @@ from .conftest import TOKEN
 
 @pytest.fixture(autouse=True)
 def _reconnect_at_once(monkeypatch) -> None:
-    monkeypatch.setattr(edge_auth, "_RECONNECT_SECONDS", 0.0)
+    monkeypatch.setattr(feed_follower, "_RECONNECT_SECONDS", 0.0)
 
 
 async def _until(condition, what: str) -> None:

@@ -158,7 +158,7 @@ async def test_a_validation_racing_a_revocation_is_not_cached() -> None:
     keys = KeySource.fixed(ServiceKeys.generate("gateway"))
     signer = AssertionSigner(keys=keys, clock=clock, ttl_seconds=60)
     edge = EdgeAuthenticator(stub=SlowAuth(), signer=signer, cache=cache, timeout=1)
-    edge._receive(auth_pb2.Revocation(heartbeat=True))  # the feed has caught up
+    edge.revocations.receive(auth_pb2.Revocation(heartbeat=True))  # the feed has caught up
     pending = asyncio.create_task(edge.grant_for("plsd_at_" + "A" * 43))
     await asyncio.sleep(0)
     cache.evict([], ["s1"])  # the revocation notice arrives while auth is answering

@@ -65,7 +65,7 @@ def parts() -> tuple[EdgeAuthenticator, GatedAuth, TokenCache]:
     )
     auth = GatedAuth(clock)
     edge = EdgeAuthenticator(stub=auth, signer=signer, cache=cache, timeout=1)
-    edge._receive(auth_pb2.Revocation(heartbeat=True))  # the feed has caught up
+    edge.revocations.receive(auth_pb2.Revocation(heartbeat=True))  # the feed has caught up
     return edge, auth, cache
 
 
@@ -136,7 +136,7 @@ async def test_without_a_live_feed_every_request_asks_auth_itself(parts) -> None
     """No notice can bump the generation while the feed is down: a request that arrives
     after a revocation must not join a check that began before it (review finding)."""
     edge, auth, _ = parts
-    edge._lose()  # the stream dropped: the cache stops trusting it
+    edge.revocations.lose()  # the stream dropped: the cache stops trusting it
     waiting = [asyncio.create_task(edge.grant_for(TOKEN)) for _ in range(3)]
     await _settle()
     assert auth.calls == [TOKEN, TOKEN, TOKEN]

@@ -1,24 +1,16 @@
 """The revocation feed: every ended session and its access tokens, announced to each gateway.
 
-Production: a Redis pub/sub channel (every gateway replica subscribes through
-WatchRevocations on some auth replica). Embedded default: an in-process fan-out inside the
-auth process, served to the gateway's process by the WatchRevocations stream. The database
-stays the authority; the feed only makes caches forget within a second instead of at their
-maximum age.
-
-The feed is gap-proof: every notice carries a sequence number (one global sequence with
-Redis: INCR and PUBLISH run in one Lua script, so numbers follow the channel's order), and
-heartbeats name the latest number published. A subscriber that sees a number skipped, or
-hears no heartbeat for a while, knows it may have missed a notice and forgets its cache.
-Notices reach the feed from a durable outbox (palisade.auth.revocation_outbox), so a failed
-publish is retried, never dropped.
+The numbered, gap-proof feed itself (Redis with one global sequence, or an in-process fan-out)
+is palisade.common.revocation_feed, shared with the apikeys service; this module is auth's
+typed face on it: a RevocationNotice goes out as its to_dict() payload and comes back as a
+notice, so auth's code (the servicer's WatchRevocations, the relay) deals in notices only.
+Subscribers see the feed through WatchRevocations; notices reach it from a durable outbox
+(palisade.auth.revocation_outbox).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -27,10 +19,11 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
-log = logging.getLogger("palisade.auth.revocation")
+from palisade.common import revocation_feed as common
+
+# The channel's base name (the Redis database number is appended) and the sequence's key.
 CHANNEL = "palisade:revocations"
 SEQUENCE_KEY = "palisade:revocations:sequence"
-_QUEUE_LIMIT = 10_000
 
 
 @dataclass(frozen=True)
@@ -82,6 +75,8 @@ class FeedEvent:
 
 
 class RevocationFeed(Protocol):
+    """palisade.common.revocation_feed.RevocationFeed, in notices instead of payloads."""
+
     async def publish(self, notice: RevocationNotice) -> int:
         """Numbers and delivers a notice; returns its number. Raises if it was not sent."""
         ...
@@ -100,108 +95,54 @@ class RevocationFeed(Protocol):
         ...
 
 
-class LocalRevocationFeed:
+class _NoticeFeed:
+    """A common feed carrying RevocationNotice payloads."""
+
+    def __init__(self, feed: common.RevocationFeed) -> None:
+        self._feed = feed
+
+    async def publish(self, notice: RevocationNotice) -> int:
+        return await self._feed.publish(notice.to_dict())
+
+    async def heartbeat(self) -> None:
+        await self._feed.heartbeat()
+
+    async def skip(self) -> int:
+        return await self._feed.skip()
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[AsyncIterator[FeedEvent]]:
+        async with self._feed.subscribe() as events:
+
+            async def notices() -> AsyncIterator[FeedEvent]:
+                async for event in events:
+                    payload = event.payload
+                    notice = None if payload is None else RevocationNotice.from_dict(payload)
+                    yield FeedEvent(event.sequence, notice)
+
+            yield notices()
+
+
+class LocalRevocationFeed(_NoticeFeed):
     def __init__(self) -> None:
-        self._subscribers: set[asyncio.Queue[FeedEvent]] = set()
-        self._sequence = 0
+        self._local = common.LocalRevocationFeed()
+        super().__init__(self._local)
 
     @property
     def sequence(self) -> int:
-        return self._sequence
-
-    async def publish(self, notice: RevocationNotice) -> int:
-        self._sequence += 1
-        self._fan_out(FeedEvent(self._sequence, notice))
-        return self._sequence
-
-    async def heartbeat(self) -> None:
-        self._fan_out(FeedEvent(self._sequence))
-
-    async def skip(self) -> int:
-        self._sequence += 1
-        return self._sequence
-
-    def _fan_out(self, event: FeedEvent) -> None:
-        for queue in list(self._subscribers):
-            if queue.full():  # a stuck subscriber must not stall revocation for the others
-                log.error("revocation subscriber is not keeping up; dropping it")
-                self._subscribers.discard(queue)
-                continue
-            queue.put_nowait(event)
-
-    @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[AsyncIterator[FeedEvent]]:
-        queue: asyncio.Queue[FeedEvent] = asyncio.Queue(_QUEUE_LIMIT)
-        self._subscribers.add(queue)
-
-        async def events() -> AsyncIterator[FeedEvent]:
-            # Dropped (only ever with a full queue): the stream ends, so the subscriber
-            # reconnects instead of resuming with notices missing.
-            while queue in self._subscribers:
-                yield await queue.get()
-
-        try:
-            yield events()
-        finally:
-            self._subscribers.discard(queue)
+        return self._local.sequence
 
 
-# One script each, so numbering and publishing are one atomic step on the Redis server: the
-# channel carries notices in sequence order, and a heartbeat is never ahead of the notice it
-# names (whichever auth replica sends it).
-_PUBLISH = """
-local n = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', ARGV[1], '{"q":' .. n .. ',"n":' .. ARGV[2] .. '}')
-return n
-"""
-_HEARTBEAT = """
-local n = tonumber(redis.call('GET', KEYS[1]) or '0')
-redis.call('PUBLISH', ARGV[1], '{"q":' .. n .. ',"n":null}')
-return n
-"""
-
-
-def _database_number(redis: Redis) -> int:
-    return int(redis.connection_pool.connection_kwargs.get("db", 0))
-
-
-class RedisRevocationFeed:
+class RedisRevocationFeed(_NoticeFeed):
     def __init__(
         self, redis: Redis, *, channel: str | None = None, sequence_key: str = SEQUENCE_KEY
     ) -> None:
-        self._redis = redis
-        # Pub/sub channels are global to a Redis server while keys live in one numbered
-        # database: two deployments on one server (different databases) must not share a
-        # channel, or each would see the other's numbering as gaps and keep flushing caches.
-        self._channel = channel or f"{CHANNEL}:db{_database_number(redis)}"
-        self._key = sequence_key
-        self._publish = redis.register_script(_PUBLISH)
-        self._heartbeat = redis.register_script(_HEARTBEAT)
-
-    async def publish(self, notice: RevocationNotice) -> int:
-        return int(await self._publish(keys=[self._key], args=[self._channel, notice.to_json()]))
-
-    async def heartbeat(self) -> None:
-        await self._heartbeat(keys=[self._key], args=[self._channel])
-
-    async def skip(self) -> int:
-        return int(await self._redis.incr(self._key))
-
-    @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[AsyncIterator[FeedEvent]]:
-        pubsub = self._redis.pubsub()
-        await pubsub.subscribe(self._channel)
-
-        async def events() -> AsyncIterator[FeedEvent]:
-            async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    doc = json.loads(message["data"])
-                    body = doc["n"]
-                    notice = None if body is None else RevocationNotice.from_dict(body)
-                    yield FeedEvent(int(doc["q"]), notice)
-
-        try:
-            yield events()
-        finally:
-            await pubsub.unsubscribe(self._channel)
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        """channel: an exact channel name (tests); by default CHANNEL for this database."""
+        super().__init__(
+            common.RedisRevocationFeed(
+                redis,
+                channel=channel or CHANNEL,
+                sequence_key=sequence_key,
+                exact_channel=bool(channel),
+            )
+        )

@@ -1,55 +1,31 @@
-"""Revocation notices from a durable outbox: a notice commits with the revocation it announces.
+"""Auth's revocation outbox: RevocationNotice rows, relayed to auth's revocation feed.
 
-Publishing straight after commit lost the notice whenever the publish failed (Redis briefly
-away, the process stopping between commit and publish), and gateways kept the revoked token
-cached for up to their maximum age. Now the notice is a row written in the revocation's own
-transaction; RevocationRelay publishes rows in order and deletes each once the feed took it,
-retrying the rest every pass, so a notice is delayed by an outage but never dropped. Delivery
-is at-least-once (a relay that dies between publishing and committing publishes again):
-eviction is idempotent. On Postgres, replicas take turns by an advisory lock.
-
-The relay also sends the feed's heartbeats, and only after a pass that left the outbox empty:
-while notices cannot be published, gateways stop hearing heartbeats and stop trusting their
-caches (see palisade.gateway.edge_auth), instead of trusting a feed that is silently failing.
+The outbox and its relay (a notice commits with its revocation; the relay publishes rows in
+order, retries what failed, skips what cannot be read, beats only when drained, and takes
+turns across replicas by a Postgres advisory lock) are palisade.common.revocation_outbox,
+shared with the apikeys service. This module binds them to auth: its table (migration 0005,
+whose columns the common table repeats), its lock key, and notices instead of payloads.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from sqlalchemy import BigInteger, Column, Integer, Table, Text, delete, func, insert, select, text
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from palisade.auth.revocation import RevocationFeed, RevocationNotice
 from palisade.auth.store import AuthTransaction, metadata
+from palisade.common import revocation_outbox as common
 from palisade.common.clock import Clock
-from palisade.common.db import UTCDateTime
-from palisade.common.tasks import running_in_background
-
-log = logging.getLogger("palisade.auth.revocation_outbox")
+from palisade.common.revocation_feed import FeedEvent
 
 # pg_try_advisory_xact_lock key that serialises relay passes across replicas (any fixed
 # 64-bit number that no other lock in this database uses: "palisade revocation relay").
 _RELAY_LOCK_KEY = 0x7061_6C69_7265_7631
-_LOCK_NOT_AVAILABLE = "55P03"
 
-revocation_outbox = Table(
-    "revocation_outbox",
-    metadata,
-    Column(
-        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    ),
-    Column("created_at", UTCDateTime(), nullable=False),
-    # RevocationNotice.to_json(): token hashes (SHA-256, not the tokens), ids and a reason.
-    Column("notice", Text, nullable=False),
-)
+revocation_outbox = common.revocation_outbox_table(metadata)
 
 
 class RevocationOutbox:
@@ -62,24 +38,47 @@ class RevocationOutbox:
     """
 
     def __init__(self, *, clock: Clock) -> None:
-        self._clock = clock
-        self._wake = asyncio.Event()
+        self.payloads = common.RevocationOutbox(table=revocation_outbox, clock=clock)
 
     async def enqueue(self, tx: AuthTransaction, notice: RevocationNotice) -> None:
-        await tx.conn.execute(
-            insert(revocation_outbox).values(created_at=self._clock.now(), notice=notice.to_json())
-        )
+        await self.payloads.enqueue(tx.conn, notice.to_dict())
 
     def notify(self) -> None:
         """Wakes this process's relay now instead of at its next pass; call after commit."""
-        self._wake.set()
+        self.payloads.notify()
 
     async def wait(self) -> None:
-        await self._wake.wait()
-        self._wake.clear()
+        await self.payloads.wait()
 
 
-class RevocationRelay:
+class _PayloadFeed:
+    """Auth's notice feed seen as a common payload feed, for the common relay."""
+
+    def __init__(self, feed: RevocationFeed) -> None:
+        self._feed = feed
+
+    async def publish(self, payload: dict[str, Any]) -> int:
+        return await self._feed.publish(RevocationNotice.from_dict(payload))
+
+    async def heartbeat(self) -> None:
+        await self._feed.heartbeat()
+
+    async def skip(self) -> int:
+        return await self._feed.skip()
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[AsyncIterator[FeedEvent]]:
+        async with self._feed.subscribe() as events:
+
+            async def payloads() -> AsyncIterator[FeedEvent]:
+                async for event in events:
+                    notice = event.notice
+                    yield FeedEvent(event.sequence, None if notice is None else notice.to_dict())
+
+            yield payloads()
+
+
+class RevocationRelay(common.RevocationRelay):
     def __init__(
         self,
         *,
@@ -90,123 +89,14 @@ class RevocationRelay:
         batch_size: int = 100,
         turn_wait_ms: int = 1000,
     ) -> None:
-        if heartbeat_seconds <= 0 or batch_size < 1 or turn_wait_ms < 1:
-            raise ValueError("heartbeat_seconds, batch_size and turn_wait_ms must be > 0")
-        self._engine = engine
-        self._feed = feed
-        self._outbox = outbox
-        self._heartbeat_seconds = heartbeat_seconds
-        self._batch_size = batch_size
-        self._turn_wait_ms = turn_wait_ms
-
-    async def relay_once(self) -> bool:
-        """Publishes pending notices in order, deleting each once published; returns whether
-        the outbox is now empty. A failed publish leaves its row (and the later ones) for the
-        next pass.
-
-        On Postgres a pass holds a transaction-scoped advisory lock, so replicas take turns
-        instead of publishing the same rows twice (which used up two feed numbers for one
-        revocation). A replica waits for the lock (a pass takes milliseconds) so a notice it
-        just committed goes out at once; if the holder is stuck (say, on a Redis that stopped
-        answering) it gives up after turn_wait_ms and reports "not drained", and sends no
-        heartbeat that would vouch for notices it has not seen published.
-        The deletes commit with the pass; if the process dies first, the rows are published
-        again (at-least-once, and eviction is idempotent)."""
-        while True:
-            async with self._engine.begin() as conn:
-                if conn.dialect.name == "postgresql" and not await _take_turn(
-                    conn, self._turn_wait_ms
-                ):
-                    return False
-                rows = (
-                    await conn.execute(
-                        select(revocation_outbox.c.id, revocation_outbox.c.notice)
-                        .order_by(revocation_outbox.c.id)
-                        .limit(self._batch_size)
-                    )
-                ).all()
-                if not rows:
-                    return True
-                for row_id, raw in rows:
-                    if not await self._publish(row_id, raw):
-                        return False  # leaving the block commits the rows already published
-                    await conn.execute(
-                        delete(revocation_outbox).where(revocation_outbox.c.id == row_id)
-                    )
-            if len(rows) < self._batch_size:
-                return True
-
-    async def _publish(self, row_id: int, raw: str) -> bool:
-        """Puts one row on the feed; returns whether the feed took it."""
-        try:
-            notice = _readable(raw)
-            if notice is None:
-                # Left in place it would stop every later notice and every heartbeat for
-                # good; dropped silently it would lose a revocation. Using up its number makes
-                # every gateway see a gap and empty its cache instead.
-                sequence = await self._feed.skip()
-                log.error(
-                    "unreadable revocation notice; gateways will empty their caches",
-                    extra={"row_id": row_id, "sequence": sequence},
-                )
-            else:
-                await self._feed.publish(notice)
-        except Exception as error:
-            log.warning(
-                "could not publish a revocation; will retry",
-                extra={"error": type(error).__name__},
-            )
-            return False
-        return True
-
-    async def beat(self) -> bool:
-        """Sends one heartbeat if the outbox is drained; returns whether one was sent."""
-        try:
-            if not await self.relay_once():
-                return False
-            await self._feed.heartbeat()
-        except Exception as error:
-            log.warning("revocation heartbeat failed", extra={"error": type(error).__name__})
-            return False
-        return True
-
-    async def run(self) -> None:
-        """Relays and beats until cancelled: woken by notify(), and at least every
-        heartbeat_seconds (wall time: heartbeats are a liveness signal between processes)."""
-        last_beat = float("-inf")
-        while True:
-            if time.monotonic() - last_beat >= self._heartbeat_seconds:
-                if await self.beat():
-                    last_beat = time.monotonic()
-            else:
-                with contextlib.suppress(Exception):
-                    await self.relay_once()
-            wait = max(0.0, last_beat + self._heartbeat_seconds - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait or self._heartbeat_seconds):
-                    await self._outbox.wait()
-
-    @asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        async with running_in_background(self.run(), name="palisade-revocation-relay"):
-            yield
-
-
-async def _take_turn(conn: AsyncConnection, wait_ms: int) -> bool:
-    """Waits up to wait_ms for the relay lock, held until this transaction ends."""
-    await conn.execute(text(f"SET LOCAL lock_timeout = '{int(wait_ms)}ms'"))
-    try:
-        await conn.execute(select(func.pg_advisory_xact_lock(_RELAY_LOCK_KEY)))
-    except DBAPIError as error:
-        if getattr(error.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
-            return False
-        raise
-    return True
-
-
-def _readable(raw: str) -> RevocationNotice | None:
-    """The notice a row holds, or None if it cannot be read (e.g. written by a newer format)."""
-    try:
-        return RevocationNotice.from_dict(json.loads(raw))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
+        super().__init__(
+            engine=engine,
+            feed=_PayloadFeed(feed),
+            outbox=outbox.payloads,
+            lock_key=_RELAY_LOCK_KEY,
+            heartbeat_seconds=heartbeat_seconds,
+            batch_size=batch_size,
+            turn_wait_ms=turn_wait_ms,
+            # A row this version cannot turn into a notice is skipped (a gap), not retried.
+            validate=RevocationNotice.from_dict,
+        )

@@ -1,19 +1,15 @@
 """Authentication at the edge: bearer access tokens validated by auth, cached, revoked live.
 
-The cache is trusted only while the revocation feed is known to be complete: the stream is
-subscribed, a heartbeat has been heard within the deadline (about 2 s; auth beats every
-0.5 s), and every notice's sequence number followed the last. A reconnect, a sequence gap, a
-heartbeat naming a notice never received, or a silent stream (a half-open connection looks
-alive forever otherwise) empties the cache, and nothing is cached again until the feed has
-caught up (resubscribed and a heartbeat heard). So a missed revocation can never outlive the
-heartbeat deadline.
+The cache is trusted only while auth's revocation feed is known to be complete (subscribed,
+a heartbeat within the deadline, no notice number skipped; see palisade.gateway.feed_follower,
+which empties the cache whenever that stops being so). So a missed revocation can never
+outlive the heartbeat deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import re
 import uuid
 from collections.abc import Callable
@@ -24,21 +20,14 @@ import grpc
 
 from palisade.common.caller import AssertionSigner
 from palisade.common.clock import Clock
+from palisade.gateway.feed_follower import FeedFollower, FeedLost
 from palisade.gateway.problems import trailers_of
 from palisade.gateway.token_cache import Grant, TokenCache
 from palisade_api.auth.v1 import auth_pb2
 
-log = logging.getLogger("palisade.gateway.auth")
 _AUTH_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 _BEARER = re.compile(r"(?i:bearer) +([A-Za-z0-9_\-]{1,256})")  # the scheme is case-insensitive
-_RECONNECT_SECONDS = 0.5
-# How often (wall time) a quiet stream is checked against the heartbeat deadline, which is
-# itself measured on the injectable clock.
-_WATCH_SECONDS = 0.25
-
-
-class FeedLost(Exception):
-    """The revocation feed can no longer be trusted to be complete."""
+__all__ = ["AuthenticationFailed", "CacheStats", "EdgeAuthenticator", "FeedLost", "bearer_token"]
 
 
 class AuthenticationFailed(Exception):
@@ -81,12 +70,14 @@ class EdgeAuthenticator:
         self._timeout = timeout
         self._on_lookup = on_lookup
         self._clock = clock or cache.clock
-        self._deadline = heartbeat_deadline_seconds
-        # Caching is allowed only while caught up (see the module docstring).
-        self._caught_up = False
-        self._sequence: int | None = None  # the last notice number seen on this stream
-        self._heard_at = float("-inf")  # when the stream last said anything (clock seconds)
-        self._lost = asyncio.Event()  # set when the cache stopped trusting the stream
+        self.revocations = FeedFollower(
+            name="revocation",
+            open_stream=self._watch_revocations,
+            on_notice=lambda notice: cache.evict(notice.access_token_hashes, notice.session_ids),
+            on_reset=cache.clear,
+            clock=self._clock,
+            heartbeat_deadline_seconds=heartbeat_deadline_seconds,
+        )
         # Validations in flight, by (token hash, cache generation when they started): requests
         # that miss the cache for the same token at once share one call to auth instead of
         # each making its own (every connection of a client shares its token, so when its
@@ -98,52 +89,17 @@ class EdgeAuthenticator:
     @property
     def feed_connected(self) -> bool:
         """Whether the feed is caught up, so validations are cached."""
-        return self._caught_up
-
-    def _overdue(self) -> bool:
-        # The clock is the wall clock: stepped back (NTP, a resumed VM), the time since the
-        # last word is negative and would stay under the deadline for as long as the step.
-        # Not knowing how long the stream has been silent, trust ends as if overdue.
-        silent = self._clock.timestamp() - self._heard_at
-        return silent < 0 or silent > self._deadline
-
-    def _feed_trusted(self) -> bool:
-        """Whether cached answers may be used; a missed heartbeat deadline ends the trust."""
-        if not self._caught_up:
-            return False
-        if self._overdue():
-            log.warning("revocation feed silent past its deadline; cache cleared")
-            self._lose()
-            return False
-        return True
-
-    def _lose(self) -> None:
-        self._caught_up = False
-        self._sequence = None
-        self._cache.clear()
-        self._lost.set()
+        return self.revocations.caught_up
 
     def _receive(self, message: Any) -> None:
-        """Applies one stream message; raises FeedLost when a notice may have been missed."""
-        self._heard_at = self._clock.timestamp()
-        if message.heartbeat:
-            if self._sequence is None:  # the first heartbeat since subscribing: caught up
-                self._sequence = message.sequence
-                # Bumps the generation: a validation that started before now (when notices
-                # could still be missed) must not cache its answer.
-                self._cache.clear()
-                self._caught_up = True
-            elif message.sequence != self._sequence:
-                # Ahead: a notice never arrived. Behind: the sequence restarted (Redis lost it).
-                raise FeedLost("heartbeat does not match the notices received")
-            return
-        self._cache.evict(message.access_token_hashes, message.session_ids)
-        if self._sequence is None:
-            return  # not caught up yet: the first heartbeat sets the position
-        if message.sequence > self._sequence + 1:
-            raise FeedLost("sequence gap")
-        # One behind or less is a repeat (delivery is at-least-once): evicted again, harmless.
-        self._sequence = max(self._sequence, message.sequence)
+        # Kept for bench/p1_token_cache.py, which marks the feed caught up by hand.
+        self.revocations.receive(message)
+
+    def _watch_revocations(self) -> Any:
+        return self._stub.WatchRevocations(
+            auth_pb2.WatchRevocationsRequest(),
+            metadata=self._service_metadata("WatchRevocations"),
+        )
 
     def _service_metadata(self, method: str) -> tuple[tuple[str, str], ...]:
         # Per call (and per reconnect): an assertion is bound to its method and used once.
@@ -158,7 +114,7 @@ class EdgeAuthenticator:
     async def grant_for(self, token: str) -> Grant:
         """The grant behind an access token; raises AuthenticationFailed or grpc errors."""
         token_hash = hashlib.sha256(token.encode("ascii")).digest()
-        trusted = self._feed_trusted()
+        trusted = self.revocations.trusted()
         grant = self._cache.get(token_hash) if trusted else None
         self._on_lookup(grant is not None)
         if grant is not None:
@@ -210,7 +166,7 @@ class EdgeAuthenticator:
         )
         # Cache only what a live feed can revoke, and only if no eviction (a revocation notice,
         # a feed reconnect, catching up) happened while auth was answering: it may be stale.
-        if self._cache.generation == generation and self._feed_trusted():
+        if self._cache.generation == generation and self.revocations.trusted():
             self._cache.put(token_hash, grant)
         return grant
 
@@ -220,55 +176,4 @@ class EdgeAuthenticator:
 
     async def follow_revocations(self) -> None:
         """Evicts revoked tokens as auth announces them; runs until cancelled."""
-        while True:
-            call: Any = None
-            try:
-                call = self._stub.WatchRevocations(
-                    auth_pb2.WatchRevocationsRequest(),
-                    metadata=self._service_metadata("WatchRevocations"),
-                )
-                # Auth says so once it has subscribed: from then on no revocation is missed.
-                # (A call that failed early also returns initial metadata, just without it.)
-                metadata: Any = await call.initial_metadata()
-                if ("x-palisade-subscribed", "1") not in tuple(metadata or ()):
-                    raise ConnectionError("revocation feed did not confirm the subscription")
-                self._lost.clear()
-                self._heard_at = self._clock.timestamp()  # the heartbeat deadline starts now
-                stream = call.__aiter__()
-                while True:
-                    self._receive(await self._next_message(stream))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any failure: forget everything, reconnect
-                log.warning(
-                    "revocation feed lost; cache cleared", extra={"error": type(exc).__name__}
-                )
-            finally:
-                if call is not None and hasattr(call, "cancel"):
-                    call.cancel()
-            self._lose()
-            await asyncio.sleep(_RECONNECT_SECONDS)
-
-    async def _next_message(self, stream: Any) -> Any:
-        """The stream's next message; FeedLost if it ends, stays silent past the heartbeat
-        deadline, or the cache gave up on it meanwhile (a lookup saw the deadline pass)."""
-        message = asyncio.ensure_future(anext(stream))
-        lost = asyncio.ensure_future(self._lost.wait())
-        try:
-            while True:
-                done, _ = await asyncio.wait(
-                    {message, lost}, timeout=_WATCH_SECONDS, return_when=asyncio.FIRST_COMPLETED
-                )
-                if message in done:
-                    try:
-                        return message.result()
-                    except StopAsyncIteration:
-                        raise FeedLost("revocation stream ended") from None
-                if lost in done:
-                    raise FeedLost("cache stopped trusting the stream")
-                if self._overdue():
-                    raise FeedLost("no heartbeat within the deadline")
-        finally:
-            for task in (message, lost):
-                if not task.done():
-                    task.cancel()
+        await self.revocations.follow()
