@@ -169,7 +169,11 @@ async def _fake_auth(
 @pytest.fixture
 def apikeys_factory(tmp_path: Path) -> Callable[..., AbstractAsyncContextManager[Harness]]:
     def start(
-        database_url: str, *, redis_url: str | None = None, **overrides: Any
+        database_url: str,
+        *,
+        redis_url: str | None = None,
+        relay_notices: bool = False,
+        **overrides: Any,
     ) -> AbstractAsyncContextManager[Harness]:
         @asynccontextmanager
         async def running() -> AsyncIterator[Harness]:
@@ -196,8 +200,6 @@ def apikeys_factory(tmp_path: Path) -> Callable[..., AbstractAsyncContextManager
                     "grpc_port": 0,
                     "metrics_port": 0,
                     "shutdown_grace_seconds": 1,
-                    # Notices are sent by hand (run_once) unless a test waits for the relay.
-                    "notice_poll_seconds": 3600,
                 }
                 master = read_document(
                     CryptoSettings(data_dir=tmp_path).resolved_edge_keys_master_file()
@@ -208,7 +210,9 @@ def apikeys_factory(tmp_path: Path) -> Callable[..., AbstractAsyncContextManager
                 values["auth_target"] = f"127.0.0.1:{auth_port}"
                 values.update(overrides)
                 settings = ApiKeysSettings(**values)
-                server = await stack.enter_async_context(serve_apikeys(settings, clock=clock))
+                server = await stack.enter_async_context(
+                    serve_apikeys(settings, clock=clock, relay_notices=relay_notices)
+                )
                 signing = DeferredSigning(
                     audience="apikeys",
                     signer_for=lambda issuer: AssertionSigner(

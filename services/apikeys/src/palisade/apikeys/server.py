@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -78,9 +78,11 @@ async def serve_apikeys(
     clock: Clock | None = None,
     edges: Sequence[Edge] = EDGES,
     notice_sender: NoticeSender | None = None,
+    relay_notices: bool = True,
 ) -> AsyncIterator[ApiKeysServer]:
     """Starts the apikeys service; stops it gracefully on exit (edges: tests may add some;
-    notice_sender: default, auth's SendNotice at settings.auth_target)."""
+    notice_sender: default, auth's SendNotice at settings.auth_target; relay_notices=False:
+    tests that drive the notice relay by hand)."""
     clock = clock or SystemClock()
     keys = open_service_keys(settings, SERVICE_NAME, now=clock.timestamp(), edges=edges)
     async with AsyncExitStack() as stack:
@@ -182,7 +184,7 @@ async def serve_apikeys(
                 add_servicers=add_servicers,
             ) as running,
             revocation_relay.running(),
-            notice_relay.running(),
+            notice_relay.running() if relay_notices else nullcontext(),
         ):
             yield ApiKeysServer(
                 running,
