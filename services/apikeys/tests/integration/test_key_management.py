@@ -6,7 +6,6 @@ import asyncio
 from datetime import timedelta
 
 import grpc
-import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from palisade.common.api_key_format import lookup_hash
