@@ -248,7 +248,7 @@ class KeyLifecycle:
                 now,
                 user_id=person.user_id,
                 workspace_id=record.workspace_id,
-                details=key_details(record),
+                details={**key_details(record), "scopes": " ".join(record.scopes)},
                 ip=actor.ip or "",
                 user_agent=actor.user_agent or "",
             ),

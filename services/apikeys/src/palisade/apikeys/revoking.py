@@ -77,7 +77,7 @@ class KeyRevoker:
                     now,
                     user_id=record.created_by,
                     workspace_id=record.workspace_id,
-                    details=key_details(record),
+                    details={**key_details(record), "reason": reason},
                     ip=actor.ip or "",
                     user_agent=actor.user_agent or "",
                 ),
@@ -101,8 +101,15 @@ def history(kind: str, now: datetime, actor: Actor) -> KeyEvent:
 
 
 def key_details(record: KeyRecord) -> dict[str, str]:
-    """What a notice email may show of a key: its name, display prefix and last four."""
-    return {"key_name": record.name, "key_prefix": record.prefix, "key_last4": record.last4}
+    """What a notice email may show of a key (auth's catalogue): never the key itself."""
+    return {
+        "key_name": record.name,
+        "key_type": record.type,
+        "key_mode": record.mode,
+        "key_id": record.id,
+        "key_prefix": record.prefix,
+        "key_last4": record.last4,
+    }
 
 
 def security_event(
