@@ -83,7 +83,7 @@ def suite_behind_gateway(
     production_backends: bool = False,
     auth_env: dict[str, str] | None = None,
 ) -> Iterator[GatewayProcess]:
-    """Crypto and auth and a gateway process, ready to serve.
+    """Crypto, auth, apikeys and a gateway process, ready to serve.
 
     By default on the embedded SQLite: enough where the measured requests are token-cache hits,
     which touch no database. With production_backends, crypto and auth each get a fresh Postgres
@@ -116,18 +116,36 @@ def suite_behind_gateway(
                 },
             )
         )
+        apikeys_env = {
+            "PALISADE_APIKEYS_CRYPTO_TARGET": f"127.0.0.1:{crypto.port}",
+            "PALISADE_APIKEYS_AUTH_TARGET": f"127.0.0.1:{auth.port}",
+        }
+        if production_backends:
+            apikeys_env["PALISADE_APIKEYS_DATABASE_URL"] = stack.enter_context(
+                fresh_postgres_database()
+            )
+            apikeys_env["PALISADE_APIKEYS_REDIS_URL"] = REDIS_URL
+        apikeys = stack.enter_context(
+            running_service("palisade.apikeys", "PALISADE_APIKEYS_", data_dir, apikeys_env)
+        )
         http_port, metrics_port = free_port(), free_port()
         env = {
             "PALISADE_DATA_DIR": str(data_dir),
             "PALISADE_GATEWAY_HTTP_PORT": str(http_port),
             "PALISADE_GATEWAY_METRICS_PORT": str(metrics_port),
             "PALISADE_GATEWAY_AUTH_TARGET": f"127.0.0.1:{auth.port}",
+            "PALISADE_GATEWAY_APIKEYS_TARGET": f"127.0.0.1:{apikeys.port}",
             "PALISADE_GATEWAY_LOG_LEVEL": "WARNING",
+            # One signed-in bench user sends thousands of requests a second: the per-user
+            # limit would refuse most of them, and the benches measure serving, not refusing.
+            # (P4 sets its own limits to measure the limiter itself.)
+            "PALISADE_GATEWAY_USER_RATE_LIMIT_PER_MINUTE": str(10**9),
+            "PALISADE_GATEWAY_USER_RATE_LIMIT_BURST": str(10**6),
             **(extra_env or {}),
         }
         ready = f"http://127.0.0.1:{http_port}/readyz"
         pid = stack.enter_context(http_process(["-m", "palisade.gateway", "serve"], env, ready))
-        pids = {"crypto": crypto.pid, "auth": auth.pid, "gateway": pid}
+        pids = {"crypto": crypto.pid, "auth": auth.pid, "apikeys": apikeys.pid, "gateway": pid}
         yield GatewayProcess(http_port, metrics_port, pid, pids)
 
 

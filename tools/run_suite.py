@@ -45,6 +45,7 @@ class ServiceSpec:
 SERVICES = [
     ServiceSpec("crypto", "palisade.crypto", 50051, 9101),
     ServiceSpec("auth", "palisade.auth", 50052, 9102),
+    ServiceSpec("apikeys", "palisade.apikeys", 50053, 9103),
     ServiceSpec("gateway", "palisade.gateway", 8080, 9100, protocol="http"),
 ]
 

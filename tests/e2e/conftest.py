@@ -1,4 +1,4 @@
-"""The whole suite (crypto, auth, gateway) on free ports, reached over real HTTP."""
+"""The whole suite (crypto, auth, apikeys, gateway) on free ports, reached over real HTTP."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import aiohttp
 import pytest
 from aiosmtpd.smtp import SMTP
 
+from palisade.apikeys.config import ApiKeysSettings
+from palisade.apikeys.server import serve_apikeys
 from palisade.auth.config import AuthSettings
 from palisade.auth.server import serve_auth
 from palisade.common.clock import ManualClock
@@ -88,27 +90,14 @@ class Suite:
     gateway_settings: GatewaySettings
     mail: SmtpCatcher = field(default_factory=SmtpCatcher)
     auth_database_url: str = ""
+    apikeys_database_url: str = ""
 
     def auth_database_dump(self) -> bytes:
         """Every row of every auth table, as bytes: for "no plaintext at rest" checks."""
-        import psycopg
-        from sqlalchemy.engine import make_url
+        return database_dump(self.auth_database_url)
 
-        url = make_url(self.auth_database_url).set(drivername="postgresql")
-        dump = bytearray()
-        with psycopg.connect(url.render_as_string(hide_password=False)) as conn:
-            tables = conn.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-            ).fetchall()
-            for (table,) in tables:
-                for row in conn.execute(f'SELECT * FROM "{table}"').fetchall():
-                    for value in row:
-                        if isinstance(value, bytes | memoryview):
-                            dump += bytes(value)
-                        elif value is not None:
-                            dump += str(value).encode()
-                        dump += b"\x00"
-        return bytes(dump)
+    def apikeys_database_dump(self) -> bytes:
+        return database_dump(self.apikeys_database_url)
 
     async def json_call(self, method: str, path: str, **kwargs):
         """(status, parsed JSON body or None, headers)."""
@@ -153,6 +142,28 @@ class Suite:
         return _json.loads(body)
 
 
+def database_dump(database_url: str) -> bytes:
+    """Every row of every table of a Postgres database, as bytes."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url).set(drivername="postgresql")
+    dump = bytearray()
+    with psycopg.connect(url.render_as_string(hide_password=False)) as conn:
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
+        for (table,) in tables:
+            for row in conn.execute(f'SELECT * FROM "{table}"').fetchall():
+                for value in row:
+                    if isinstance(value, bytes | memoryview):
+                        dump += bytes(value)
+                    elif value is not None:
+                        dump += str(value).encode()
+                    dump += b"\x00"
+    return bytes(dump)
+
+
 @pytest.fixture
 async def suite(
     tmp_path: Path, postgres_database_factory, redis_url: str, smtp
@@ -185,27 +196,50 @@ async def suite(
                 clock=clock,
             )
         )
+        apikeys_database_url = postgres_database_factory()
+        apikeys = await stack.enter_async_context(
+            serve_apikeys(
+                ApiKeysSettings(
+                    **common,
+                    database_url=apikeys_database_url,
+                    redis_url=redis_url,
+                    crypto_target=crypto.running.target,
+                    auth_target=auth.running.target,
+                    notice_poll_seconds=0.05,
+                ),
+                clock=clock,
+            )
+        )
         gateway_settings = GatewaySettings(
             data_dir=tmp_path,
             http_port=0,
             metrics_port=0,
             auth_target=auth.running.target,
+            apikeys_target=apikeys.running.target,
+            redis_url=redis_url,
             max_body_bytes=16 * 1024,
             shutdown_grace_seconds=1,
         )
         gateway = await stack.enter_async_context(serve_gateway(gateway_settings, clock=clock))
         http = await stack.enter_async_context(aiohttp.ClientSession())
-        suite = Suite(gateway, http, clock, gateway_settings, catcher, auth_database_url)
-        await _wait_for_revocation_feed(suite)
+        suite = Suite(
+            gateway,
+            http,
+            clock,
+            gateway_settings,
+            catcher,
+            auth_database_url,
+            apikeys_database_url,
+        )
+        await wait_for_feeds(gateway)
         yield suite
 
 
-async def _wait_for_revocation_feed(suite: Suite) -> None:
-    """Readiness, not timing: the gateway caches tokens only once it follows revocations."""
-    import asyncio
-
+async def wait_for_feeds(gateway: GatewayServer) -> None:
+    """Readiness, not timing: the gateway caches tokens and keys only once it follows both
+    revocation feeds."""
     for _ in range(500):
-        if suite.gateway.edge.feed_connected:
+        if gateway.edge.feed_connected and gateway.keys.feed_connected:
             return
         await asyncio.sleep(0.01)
-    raise AssertionError("the gateway never connected to the revocation feed")
+    raise AssertionError("the gateway never connected to the revocation feeds")

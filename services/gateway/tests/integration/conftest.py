@@ -23,10 +23,11 @@ from palisade.common.caller import AssertionSigner
 from palisade.common.clock import ManualClock
 from palisade.common.edge_keys import KeySource, ServiceKeys
 from palisade.common.edges import EDGES, Edge
-from palisade.gateway.app import Gateway, Upstreams
+from palisade.gateway.app import Gateway, RateLimitPolicy, Upstreams
 from palisade.gateway.edge_auth import EdgeAuthenticator
 from palisade.gateway.http_server import make_runner
 from palisade.gateway.metrics import GatewayMetrics
+from palisade.gateway.rate_limit import Limit, LocalRateLimiter
 from palisade.gateway.routes import build_routes
 from palisade.gateway.token_cache import TokenCache
 from palisade_api.auth.v1 import auth_pb2
@@ -221,6 +222,9 @@ async def gateway() -> AsyncIterator[Harness]:
         timeout=1,
         max_body_bytes=16 * 1024,
         cors_origins=[],
+        rate_limits=RateLimitPolicy(
+            limiter=LocalRateLimiter(clock=clock), user_limit=Limit(60_000, 10_000)
+        ),
     )
     follower = asyncio.create_task(edge.follow_revocations())
     runner = make_runner(app.application())  # the production runner: its logging is tested

@@ -56,7 +56,8 @@ async def test_whoami_refusals_are_problems(gateway) -> None:
         ({}, 401, "unauthenticated"),
         ({"Authorization": "Basic dXNlcjpwYXNz"}, 401, "invalid_token"),
         ({"Authorization": f"Bearer {OTHER_TOKEN}"}, 401, "session_revoked"),  # auth says no
-        ({"Authorization": "Bearer sk_live_" + "A" * 32}, 403, "people_only"),
+        # Keys may ask too; a made-up one is refused by its checksum, before any lookup.
+        ({"Authorization": "Bearer sk_live_" + "A" * 38}, 401, "invalid_api_key"),
     ]
     for headers, status, code in cases:
         got, answer_headers, body = await gateway.call("GET", "/v1/whoami", headers=headers)
@@ -64,7 +65,7 @@ async def test_whoami_refusals_are_problems(gateway) -> None:
         assert answer_headers["Content-Type"].startswith(PROBLEM)
         if status == 401:
             assert answer_headers["WWW-Authenticate"] == "Bearer"
-    assert "sk_live_" + "A" * 32 not in gateway.auth.validations  # keys are never sent to auth
+    assert "sk_live_" + "A" * 38 not in gateway.auth.validations  # keys are never sent to auth
     # Authentication comes first; then no input is taken, not even from the query string.
     status, _, body = await gateway.call("GET", "/v1/whoami?token=x")
     assert (status, json.loads(body)["code"]) == (401, "unauthenticated")
@@ -85,7 +86,10 @@ async def test_openapi_lists_whoami_with_bearer_security(gateway) -> None:
     assert operation["security"] == [{"bearer": []}]
     schema_ref = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
     schema = document["components"]["schemas"][schema_ref.rsplit("/", 1)[1]]
-    assert set(schema["required"]) == {"userId", "workspaceId", "role", "sessionId", "expiresAt"}
+    assert set(schema["required"]) == {"workspaceId"}  # a person's fields, or a key's
+    assert {"userId", "role", "sessionId", "expiresAt", "apiKeyId", "scopes"} <= set(
+        schema["properties"]
+    )
     for status_code in ("400", "401", "403", "503"):
         problem = operation["responses"][status_code]["content"][PROBLEM]["schema"]
         assert problem == {"$ref": "#/components/schemas/Problem"}

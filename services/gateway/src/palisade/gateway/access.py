@@ -1,8 +1,8 @@
 """Who may use a route: the access rule from the proto, applied to the verified caller.
 
 Credentials are told apart by their prefix: access tokens (`plsd_at_`) stand for people, API
-keys (`pk_…`/`sk_…`) for integrations. API-key verification is an interface here; the API-key
-service (a later issue) provides the implementation. Until then no key is accepted anywhere.
+keys (`pk_…`/`sk_…`) for integrations. API-key verification is an interface here;
+palisade.gateway.key_auth implements it over the apikeys service.
 """
 
 from __future__ import annotations
@@ -34,11 +34,23 @@ class KeyGrant:
     scopes: frozenset[str]
     publishable: bool
     allowed_origins: tuple[str, ...]
+    mode: str = "live"  # "live" | "test": travels in the caller assertion
+    created_by: str = ""  # the person whose user rate limit the key also spends
+    requests_per_minute: int = 0
+    burst: int = 0
+    # When the key stops working (Unix seconds; inf: never), and whether that moment is its
+    # expiry (answer key_expired) or the end of a rotation overlap (invalid_api_key).
+    valid_until: float = float("inf")
+    valid_until_is_expiry: bool = False
 
 
 class ApiKeyVerifier(Protocol):
-    async def verify(self, key: str, *, origin: str | None) -> KeyGrant:
+    async def verify(self, key: str, *, origin: str | None, client_ip: str = "") -> KeyGrant:
         """The key's grant; raises for unknown, revoked, expired or origin-mismatched keys."""
+        ...
+
+    def forget_workspace(self, workspace_id: str) -> None:
+        """Drops a workspace's cached keys (after a key change through this replica)."""
         ...
 
 

@@ -35,6 +35,14 @@ from palisade.gateway.http_server import expect_handler
 from palisade.gateway.metrics import GatewayMetrics
 from palisade.gateway.openapi import openapi_document
 from palisade.gateway.problems import from_rpc_error, problem
+from palisade.gateway.rate_limit import (
+    Decision,
+    Limit,
+    RateLimiter,
+    RateLimiterUnavailable,
+    Subject,
+    rate_limit_headers,
+)
 from palisade.gateway.routes import MethodNotAllowed, Route, RouteNotFound, match
 from palisade.gateway.token_cache import Grant
 from palisade.gateway.transcode import BadRequest, build_request, render
@@ -43,6 +51,27 @@ from palisade_api.common.v1 import access_pb2
 log = logging.getLogger("palisade.gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ROUTE_TEMPLATE = web.RequestKey("route_template", str)
+RATE_LIMIT = web.RequestKey("rate_limit", Decision)
+
+
+class RateLimited(Exception):
+    def __init__(self, decision: Decision) -> None:
+        super().__init__("rate limited")
+        self.decision = decision
+
+
+class LimiterDown(Exception):
+    """The shared rate-limit store is unreachable and the policy is to fail closed."""
+
+
+@dataclass(frozen=True)
+class RateLimitPolicy:
+    """Who is limited how, and what happens when the counters cannot be reached."""
+
+    limiter: RateLimiter
+    user_limit: Limit
+    fail_open: bool = False  # bearer tokens and secret keys
+    fail_open_publishable: bool = False
 
 
 @dataclass
@@ -65,9 +94,11 @@ class Gateway:
         timeout: float,
         max_body_bytes: int,
         cors_origins: list[str],
+        rate_limits: RateLimitPolicy,
         api_keys: ApiKeyVerifier | None = None,
     ) -> None:
         self._api_keys = api_keys
+        self._limits = rate_limits
         self._routes = routes
         self._upstreams = upstreams
         self._signer = signer
@@ -145,6 +176,9 @@ class Gateway:
             finally:
                 request_id_var.reset(token)
             response.headers["X-Request-Id"] = request_id
+            limited = request.get(RATE_LIMIT)
+            if limited is not None:
+                response.headers.update(rate_limit_headers(limited))
             response.headers["Cache-Control"] = "no-store"  # every answer is someone's own
             response.headers["X-Content-Type-Options"] = "nosniff"
             response.headers["Referrer-Policy"] = "no-referrer"
@@ -168,6 +202,15 @@ class Gateway:
             return problem(
                 401, code=exc.code, detail=exc.detail, headers={"WWW-Authenticate": "Bearer"}
             )
+        if isinstance(exc, RateLimited):
+            return problem(
+                429,
+                code="rate_limited",
+                detail="too many requests; retry after the time in Retry-After",
+                headers=rate_limit_headers(exc.decision),
+            )
+        if isinstance(exc, LimiterDown):
+            return problem(503, code="unavailable", detail="rate limiting is unavailable")
         if isinstance(exc, grpc.aio.AioRpcError):
             return from_rpc_error(exc)
         if isinstance(exc, ConnectionError):  # the client went away: nobody to answer
@@ -181,7 +224,9 @@ class Gateway:
         if origin and origin in self._cors:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
-            response.headers["Access-Control-Expose-Headers"] = "X-Request-Id, Retry-After"
+            response.headers["Access-Control-Expose-Headers"] = (
+                "X-Request-Id, Retry-After, RateLimit, RateLimit-Policy"
+            )
 
     # -- the API ------------------------------------------------------------------------------
 
@@ -195,59 +240,124 @@ class Gateway:
         except MethodNotAllowed as exc:
             return problem(405, headers={"Allow": ", ".join(exc.allowed)})
         request[ROUTE_TEMPLATE] = route.template
-        grant = None
+        ip = self._client_ip(request)
+        grant: Grant | None = None
+        key: KeyGrant | None = None
         if route.access.access == access_pb2.ACCESS_USER:  # who asks, before what they send
-            credential = bearer_token(request.headers.get("Authorization"))
-            if is_api_key(credential):
-                check_key_allowed(route.access)  # people-only routes refuse keys unverified
-                # No route admits keys yet: the API-key service will verify them here.
-                check_key(route.access, await self._verify_key(credential, request))
-            grant = await self._edge.grant_for(credential)
-            check_person(route.access, grant)
+            grant, key = await self._authenticate(request, route.access, ip)
         raw = await request.read()
         message = build_request(
             route, params, list(request.query.items()), raw, request.content_type
         )
-        metadata = self._caller_metadata(request, route, grant)
+        metadata = self._caller_metadata(request, route, ip, grant, key)
         response = await self._calls[route.full_method](
             message, metadata=metadata, timeout=self._timeout
         )
-        if grant is not None and route.audience == "auth" and route.http_method != "GET":
-            # Logout, revocations, password changes: this replica must refuse the affected
-            # tokens on the very next request, before the feed's notice arrives. Only auth
-            # ends sessions; a write to any other service keeps the caller's cached token.
-            self._edge.forget_user(grant.user_id)
+        if grant is not None and route.http_method != "GET":
+            if route.audience == "auth":
+                # Logout, revocations, password changes: this replica must refuse the affected
+                # tokens on the very next request, before the feed's notice arrives. Only auth
+                # ends sessions; a write elsewhere keeps the caller's cached token.
+                self._edge.forget_user(grant.user_id)
+            elif route.audience == "apikeys" and self._api_keys is not None:
+                # Likewise for keys revoked or rotated through this replica.
+                self._api_keys.forget_workspace(grant.workspace_id)
         status, body = render(route, response)
         if body is None:
             return web.Response(status=status)
         return web.Response(status=status, body=body, content_type="application/json")
 
-    async def _whoami(self, request: web.Request) -> web.StreamResponse:
-        """The caller's grant, from the token cache: no backend call on a hit."""
+    async def _authenticate(
+        self, request: web.Request, rule: access_pb2.AccessRule, ip: str
+    ) -> tuple[Grant | None, KeyGrant | None]:
+        """The verified caller (a person or a key), its rate limit spent, its access checked.
+
+        Limits are spent only once the credential verified, so a forged or unknown key never
+        spends anyone's budget; and before the role or scope check, so refused calls count.
+        """
         credential = bearer_token(request.headers.get("Authorization"))
         if is_api_key(credential):
-            check_key_allowed(whoami.ACCESS)  # people only: refused before any lookup
+            check_key_allowed(rule)  # people-only routes refuse keys unverified
+            key = await self._verify_key(credential, request, ip)
+            await self._spend(
+                request,
+                (
+                    Subject("key", f"key:{key.key_id}", Limit(key.requests_per_minute, key.burst)),
+                    Subject("user", f"user:{key.created_by}", self._limits.user_limit),
+                ),
+                fail_open=(
+                    self._limits.fail_open_publishable
+                    if key.publishable
+                    else self._limits.fail_open
+                ),
+            )
+            check_key(rule, key)
+            return None, key
         grant = await self._edge.grant_for(credential)
-        check_person(whoami.ACCESS, grant)
+        await self._spend(
+            request,
+            (Subject("user", f"user:{grant.user_id}", self._limits.user_limit),),
+            fail_open=self._limits.fail_open,
+        )
+        check_person(rule, grant)
+        return grant, None
+
+    async def _spend(
+        self, request: web.Request, subjects: tuple[Subject, ...], *, fail_open: bool
+    ) -> None:
+        """Spends one request of every subject's limit (or none), noting the headers' state;
+        raises RateLimited, or LimiterDown when the counters are unreachable and the policy
+        for this kind of caller is to fail closed."""
+        try:
+            decision = await self._limits.limiter.check(subjects)
+        except RateLimiterUnavailable:
+            if fail_open:
+                log.warning("rate limiter unavailable; request let through unlimited")
+                return
+            log.warning("rate limiter unavailable; request refused")
+            raise LimiterDown() from None
+        if not decision.allowed:
+            raise RateLimited(decision)
+        request[RATE_LIMIT] = decision
+
+    async def _whoami(self, request: web.Request) -> web.StreamResponse:
+        """The caller's grant, from the token or key cache: no backend call on a hit."""
+        grant, key = await self._authenticate(request, whoami.ACCESS, self._client_ip(request))
         if request.query_string or request.body_exists:  # who asks, before what they send
             raise BadRequest(400, "invalid_request", "this route takes no query or body")
-        return web.Response(body=whoami.whoami_body(grant), content_type="application/json")
+        if key is not None:
+            body = whoami.key_body(key)
+        else:
+            assert grant is not None  # _authenticate returns a person or a key
+            body = whoami.whoami_body(grant)
+        return web.Response(body=body, content_type="application/json")
 
     async def _magic_link_page(self, request: web.Request) -> web.StreamResponse:
         # The query (the link's token) is the page script's business: nothing here reads it,
         # and no backend is called, so a link scanner's GET consumes nothing.
         return magic_link_page.page_response()
 
-    async def _verify_key(self, credential: str, request: web.Request) -> KeyGrant:
+    async def _verify_key(self, credential: str, request: web.Request, ip: str) -> KeyGrant:
         if self._api_keys is None:
             raise AuthenticationFailed("invalid_api_key", "API keys are not accepted here")
-        return await self._api_keys.verify(credential, origin=request.headers.get("Origin"))
+        return await self._api_keys.verify(
+            credential, origin=request.headers.get("Origin"), client_ip=ip
+        )
 
-    def _caller_metadata(self, request: web.Request, route: Route, grant: Grant | None) -> Any:
+    def _client_ip(self, request: web.Request) -> str:
         peer = request.remote or ""
         # Every X-Forwarded-For line: some proxies add a line instead of appending to one.
         forwarded = ", ".join(request.headers.getall("X-Forwarded-For", [])) or None
-        ip = client_ip(peer, forwarded, self._trusted)
+        return client_ip(peer, forwarded, self._trusted)
+
+    def _caller_metadata(
+        self,
+        request: web.Request,
+        route: Route,
+        ip: str,
+        grant: Grant | None,
+        key: KeyGrant | None,
+    ) -> Any:
         agent = request.headers.get("User-Agent")
         request_id = request_id_var.get() or uuid.uuid4().hex
         if grant is not None:
@@ -260,6 +370,21 @@ class Gateway:
                 session_id=grant.session_id,
                 client_ip=ip,
                 user_agent=agent,
+                role=grant.role,
+                authenticated_at=int(grant.authenticated_at) or None,
+            )
+        elif key is not None:
+            assertion = self._signer.sign(
+                audience=route.audience,
+                method=route.full_method,
+                principal=f"apikey:{key.key_id}",
+                request_id=request_id,
+                workspace_id=key.workspace_id,
+                scopes=sorted(key.scopes),
+                client_ip=ip,
+                user_agent=agent,
+                key_mode=key.mode,
+                acting_user_id=key.created_by,
             )
         else:
             assertion = self._signer.sign(

@@ -32,6 +32,7 @@ class GatewaySettings(CommonSettings):
     metrics_port: int = Field(default=9100, ge=0, le=65535)
     # The services behind the gateway.
     auth_target: str = "127.0.0.1:50052"
+    apikeys_target: str = "127.0.0.1:50053"
     # More services, by the audience their caller assertions name (JSON in the environment:
     # {"echo": {"proto_module": "...", "service": "...", "target": "host:port"}}). Empty by
     # default; the benchmarks put a bare echo service here (bench/p3_forwarded.py).
@@ -46,6 +47,20 @@ class GatewaySettings(CommonSettings):
     # The token cache is emptied (and nothing cached) when the revocation feed stays silent
     # this long: auth sends a heartbeat every 0.5 s, so this means a dead or half-open feed.
     revocation_heartbeat_deadline_seconds: float = Field(default=2.0, gt=0)
+    # Verified API keys kept in memory (evicted by the key revocation feed, and by age).
+    key_cache_entries: int = Field(default=100_000, ge=1)
+    key_cache_seconds: float = Field(default=60.0, gt=0)
+    # Rate limits: counters in Redis when set (shared by every replica), else in this process
+    # (exact on one machine). Every authenticated request spends its person's limit (a key's
+    # creator for key requests); key requests also spend the key's own (set per key).
+    redis_url: str | None = None
+    user_rate_limit_per_minute: int = Field(default=3000, ge=1)
+    user_rate_limit_burst: int = Field(default=300, ge=1)
+    # With Redis unreachable: False (the default) answers 503 rather than serve unlimited
+    # traffic; True lets requests through unlimited. Bearer tokens and secret keys follow the
+    # first, publishable keys (browser traffic, often the product's widget) the second.
+    rate_limit_fail_open: bool = False
+    rate_limit_fail_open_publishable: bool = False
     # Deadline for one call to a backend service.
     upstream_timeout_seconds: float = Field(default=10.0, gt=0)
     # Browser origins allowed to call the API (CORS); none by default.
@@ -54,6 +69,7 @@ class GatewaySettings(CommonSettings):
     @field_validator("extra_upstreams")
     @classmethod
     def _auth_is_built_in(cls, value: dict[str, ExtraUpstream]) -> dict[str, ExtraUpstream]:
-        if "auth" in value:
-            raise ValueError("auth is built in (set auth_target instead)")
+        for built_in in ("auth", "apikeys"):
+            if built_in in value:
+                raise ValueError(f"{built_in} is built in (set {built_in}_target instead)")
         return value

@@ -163,6 +163,8 @@ class EdgeAuthenticator:
             reply.role,
             reply.session_id,
             reply.expires_at.ToSeconds(),
+            # The session's login: immutable, so safe to cache with the grant.
+            reply.authenticated_at.ToSeconds() if reply.HasField("authenticated_at") else 0.0,
         )
         # Cache only what a live feed can revoke, and only if no eviction (a revocation notice,
         # a feed reconnect, catching up) happened while auth was answering: it may be stale.

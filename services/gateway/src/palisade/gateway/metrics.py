@@ -1,4 +1,5 @@
-"""The gateway's metrics: requests by route template and status, latency, token cache use."""
+"""The gateway's metrics: requests by route template and status, latency, token and key cache
+use."""
 
 from __future__ import annotations
 
@@ -33,6 +34,14 @@ class GatewayMetrics:
             ("result",),
             registry=registry,
         )
+        self.key_cache = Counter(
+            "palisade_gateway_key_cache_lookups_total",
+            "API-key cache lookups (a miss asks the apikeys service).",
+            ("result",),
+            registry=registry,
+        )
+        self._key_hit = self.key_cache.labels("hit")
+        self._key_miss = self.key_cache.labels("miss")
         # Labelled children, resolved once: labels() validates and locks on every call, a
         # measurable share of a cached request's cost (PERFORMANCE.md P2).
         self._hit = self.token_cache.labels("hit")
@@ -55,3 +64,6 @@ class GatewayMetrics:
 
     def token_cache_lookup(self, hit: bool) -> None:
         (self._hit if hit else self._miss).inc()
+
+    def key_cache_lookup(self, hit: bool) -> None:
+        (self._key_hit if hit else self._key_miss).inc()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 
 from palisade.common.caller import AssertionSigner
 from palisade.common.clock import Clock, SystemClock
@@ -17,14 +18,17 @@ from palisade.common.edges import EDGES, Edge
 from palisade.common.grpc_client import insecure_channel
 from palisade.common.metrics import start_metrics_endpoint
 from palisade.common.tasks import running_in_background
-from palisade.gateway.app import Gateway, Upstreams
+from palisade.gateway.app import Gateway, RateLimitPolicy, Upstreams
 from palisade.gateway.client_ip import parse_networks
 from palisade.gateway.config import SERVICE_NAME, GatewaySettings
 from palisade.gateway.edge_auth import EdgeAuthenticator
 from palisade.gateway.http_server import make_runner
+from palisade.gateway.key_auth import KeyAuthenticator, KeyCache, UsageRecorder
 from palisade.gateway.metrics import GatewayMetrics
+from palisade.gateway.rate_limit import Limit, LocalRateLimiter, RateLimiter, RedisRateLimiter
 from palisade.gateway.routes import build_routes, service_descriptor
 from palisade.gateway.token_cache import TokenCache
+from palisade_api.apikeys.v1 import apikeys_pb2, apikeys_pb2_grpc
 from palisade_api.auth.v1 import auth_pb2, auth_pb2_grpc
 
 log = logging.getLogger("palisade.gateway.server")
@@ -37,6 +41,9 @@ class GatewayServer:
     cache: TokenCache
     edge: EdgeAuthenticator
     registry: CollectorRegistry
+    key_cache: KeyCache
+    keys: KeyAuthenticator
+    usage: UsageRecorder
 
     @property
     def base_url(self) -> str:
@@ -52,8 +59,10 @@ async def serve_gateway(
     async with AsyncExitStack() as stack:
         auth_channel = insecure_channel(settings.auth_target)
         stack.push_async_callback(auth_channel.close, None)
+        apikeys_channel = insecure_channel(settings.apikeys_target)
+        stack.push_async_callback(apikeys_channel.close, None)
         signer = AssertionSigner(keys=keys, clock=clock, ttl_seconds=settings.assertion_ttl_seconds)
-        for audience in ("auth", *settings.extra_upstreams):
+        for audience in ("auth", "apikeys", *settings.extra_upstreams):
             signer.require_edge(audience)  # an upstream without an edge key: fail at start
         registry = CollectorRegistry()
         metrics = GatewayMetrics(registry)
@@ -71,8 +80,42 @@ async def serve_gateway(
             clock=clock,
             heartbeat_deadline_seconds=settings.revocation_heartbeat_deadline_seconds,
         )
-        services = [(auth_pb2.DESCRIPTOR.services_by_name["AuthService"], "auth")]
-        channels = {"auth": auth_channel}
+        key_cache = KeyCache(
+            max_entries=settings.key_cache_entries,
+            max_age_seconds=settings.key_cache_seconds,
+            clock=clock,
+        )
+        apikeys_stub = apikeys_pb2_grpc.ApiKeysServiceStub(apikeys_channel)
+        usage = UsageRecorder(
+            stub=apikeys_stub,
+            signer=signer,
+            clock=clock,
+            timeout=settings.upstream_timeout_seconds,
+        )
+        key_auth = KeyAuthenticator(
+            stub=apikeys_stub,
+            signer=signer,
+            cache=key_cache,
+            usage=usage,
+            timeout=settings.upstream_timeout_seconds,
+            clock=clock,
+            heartbeat_deadline_seconds=settings.revocation_heartbeat_deadline_seconds,
+            on_lookup=metrics.key_cache_lookup,
+        )
+        limiter: RateLimiter
+        if settings.redis_url:
+            redis = Redis.from_url(
+                settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
+            )
+            stack.push_async_callback(redis.aclose)
+            limiter = RedisRateLimiter(redis, clock=clock)
+        else:
+            limiter = LocalRateLimiter(clock=clock)
+        services = [
+            (auth_pb2.DESCRIPTOR.services_by_name["AuthService"], "auth"),
+            (apikeys_pb2.DESCRIPTOR.services_by_name["ApiKeysService"], "apikeys"),
+        ]
+        channels = {"auth": auth_channel, "apikeys": apikeys_channel}
         for audience, upstream in settings.extra_upstreams.items():
             services.append((service_descriptor(upstream.proto_module, upstream.service), audience))
             channels[audience] = insecure_channel(upstream.target)
@@ -87,9 +130,24 @@ async def serve_gateway(
             timeout=settings.upstream_timeout_seconds,
             max_body_bytes=settings.max_body_bytes,
             cors_origins=settings.cors_origins,
+            rate_limits=RateLimitPolicy(
+                limiter=limiter,
+                user_limit=Limit(
+                    settings.user_rate_limit_per_minute, settings.user_rate_limit_burst
+                ),
+                fail_open=settings.rate_limit_fail_open,
+                fail_open_publishable=settings.rate_limit_fail_open_publishable,
+            ),
+            api_keys=key_auth,
         )
         await stack.enter_async_context(
             running_in_background(edge.follow_revocations(), name="palisade-revocation-follower")
+        )
+        await stack.enter_async_context(
+            running_in_background(key_auth.follow_revocations(), name="palisade-key-follower")
+        )
+        await stack.enter_async_context(
+            running_in_background(usage.run(), name="palisade-key-usage")
         )
         runner = make_runner(
             gateway.application(), shutdown_seconds=settings.shutdown_grace_seconds
@@ -104,4 +162,4 @@ async def serve_gateway(
         endpoint = start_metrics_endpoint(settings.metrics_host, settings.metrics_port, registry)
         stack.callback(endpoint.stop)
         log.info("serving", extra={"http_port": port, "metrics_port": endpoint.port})
-        yield GatewayServer(port, endpoint.port, cache, edge, registry)
+        yield GatewayServer(port, endpoint.port, cache, edge, registry, key_cache, key_auth, usage)

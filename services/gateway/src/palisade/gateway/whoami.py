@@ -1,8 +1,8 @@
 """`GET /v1/whoami`: who the bearer token stands for, answered by the gateway itself.
 
 It needs nothing but the validated grant, so on a token-cache hit it makes no gRPC call at all:
-the cheapest authenticated request there is (PERFORMANCE.md P2 measures it). People only: an
-API key is not a person and gets 403 people_only, as on every people-only route.
+the cheapest authenticated request there is (P2 measures it). API keys may ask too (who a key
+is: its id, workspace, type, mode and scopes), answered from the key cache: P4 measures that.
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import time
 
+from palisade.gateway.access import KeyGrant
 from palisade.gateway.openapi import LocalOperation, error_responses
 from palisade.gateway.token_cache import Grant
 from palisade_api.common.v1 import access_pb2
 
 PATH = "/v1/whoami"
 # Declared like a proto route's rule, and checked by the same functions: any signed-in person.
-ACCESS = access_pb2.AccessRule(access=access_pb2.ACCESS_USER)
+ACCESS = access_pb2.AccessRule(access=access_pb2.ACCESS_USER, api_keys=True)
 
 
 # Built once: json.dumps with separators makes a new encoder per call (this is the hot path
@@ -37,10 +38,29 @@ def whoami_body(grant: Grant) -> bytes:
     ).encode()
 
 
+def key_body(key: KeyGrant) -> bytes:
+    """The same answer for an API key: who the key is, never the key."""
+    return _ENCODER.encode(
+        {
+            "apiKeyId": key.key_id,
+            "workspaceId": key.workspace_id,
+            "type": "publishable" if key.publishable else "secret",
+            "mode": key.mode,
+            "scopes": sorted(key.scopes),
+        }
+    ).encode()
+
+
 _SCHEMA = {
     "type": "object",
-    "required": ["userId", "workspaceId", "role", "sessionId", "expiresAt"],
+    "description": "a person (userId, role, sessionId, expiresAt) or an API key (apiKeyId, "
+    "type, mode, scopes)",
+    "required": ["workspaceId"],
     "properties": {
+        "apiKeyId": {"type": "string"},
+        "type": {"type": "string", "enum": ["secret", "publishable"]},
+        "mode": {"type": "string", "enum": ["live", "test"]},
+        "scopes": {"type": "array", "items": {"type": "string"}},
         "userId": {"type": "string"},
         "workspaceId": {"type": "string"},
         "role": {"type": "string"},
@@ -58,7 +78,7 @@ OPERATION = LocalOperation(
     path=PATH,
     operation={
         "operationId": "WhoAmI",
-        "summary": "Who the bearer access token stands for (answered by the gateway)",
+        "summary": "Who the bearer access token or API key stands for (answered by the gateway)",
         "security": [{"bearer": []}],
         "responses": {
             "200": {
@@ -67,8 +87,9 @@ OPERATION = LocalOperation(
                     "application/json": {"schema": {"$ref": "#/components/schemas/WhoAmI"}}
                 },
             },
-            # 400: a query string or a body; 403: an API key; 503: auth unreachable on a miss.
-            **error_responses(("400", "401", "403", "503")),
+            # 400: a query string or a body; 403: a publishable key from a foreign origin;
+            # 429: rate limited; 503: a backend unreachable on a cache miss.
+            **error_responses(("400", "401", "403", "429", "503")),
         },
     },
     schemas={"WhoAmI": _SCHEMA},

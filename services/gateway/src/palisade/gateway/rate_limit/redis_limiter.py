@@ -37,8 +37,9 @@ EXPIRY_SLACK_MS = 60_000
 
 # KEYS[i]: subject i's TAT. ARGV[1]: now (us). ARGV[2i], ARGV[2i+1]: subject i's T and tau (us).
 # ARGV[2n+2]: expiry slack (ms). Returns {admitted (1/0), tat_1, ..., tat_n}: the new TATs if
-# admitted, else the stored TAT as gcra.admit reads it. Same arithmetic as gcra.admit, all integers below 2**53;
-# values are written with %.0f because tostring() would keep only 14 significant digits.
+# admitted, else the stored TAT as gcra.admit reads it. Same arithmetic as gcra.admit, all
+# integers below 2**53; values are written with %.0f because tostring() would keep only 14
+# significant digits.
 _SCRIPT = """
 local now = tonumber(ARGV[1])
 local n = #KEYS
