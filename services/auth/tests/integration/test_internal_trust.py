@@ -55,19 +55,20 @@ def _signed(auth, method: str, issuer: str = "gateway", **claims) -> str:
 
 
 async def test_crypto_with_only_its_own_keys_cannot_call_auth_as_the_gateway(auth) -> None:
-    # What a compromised crypto service has: its own file, with one edge (auth->crypto).
+    # What a compromised crypto service has: its own file, with the edges into crypto.
     own = read_document(auth.settings.resolved_internal_keys_file("crypto"))
-    assert set(own.edges) == {"auth:crypto"}
-    key = own.edges["auth:crypto"].keys[0]
-    for header_issuer in ("gateway", "crypto", "auth"):
-        token = _hand_signed(auth, header_issuer, key.kid, key.secret)
-        assert not await _assertion_accepted(auth, token)
+    assert set(own.edges) == {"auth:crypto", "apikeys:crypto"}
+    for edge in own.edges.values():
+        key = edge.keys[0]
+        for header_issuer in ("gateway", "crypto", "auth", "apikeys"):
+            token = _hand_signed(auth, header_issuer, key.kid, key.secret)
+            assert not await _assertion_accepted(auth, token)
     # And auth's own file holds no key it could use to pass for the gateway elsewhere.
     auth_keys = KeySource(
         service="auth", path=auth.settings.resolved_internal_keys_file("auth")
     ).current
     assert set(auth_keys.signing) == {"crypto"}
-    assert set(auth_keys.verifying) == {"gateway"}
+    assert set(auth_keys.verifying) == {"gateway", "apikeys"}
 
 
 async def test_the_gateway_is_believed(auth) -> None:

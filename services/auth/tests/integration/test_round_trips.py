@@ -153,6 +153,37 @@ async def test_refresh_is_one_read_one_transaction_and_one_encrypt(auth, trips) 
     assert trips.of("Refresh") == (7, 1, {"Encrypt": 1})
 
 
+async def test_validate_access_token_is_one_statement_in_one_transaction(auth, trips) -> None:
+    """The gateway's cache miss: the grant (authenticated_at included) comes from one SELECT;
+    last_seen_at is written at most once a minute, not on this validation."""
+    await auth.sign_up("validate@example.com")
+    tokens = await auth.login("validate@example.com")
+    trips.clear()
+    grant = await auth.validate(tokens.access_token)
+    assert grant.HasField("authenticated_at")
+    assert trips.of("ValidateAccessToken") == (1, 1, {})
+
+
+async def test_list_team_members_is_two_statements_and_one_decrypt(auth, trips) -> None:
+    """The membership check, the page, and one Decrypt call for every name and email on it."""
+    owner = await auth.sign_up("team-owner@example.com")
+    others = [await auth.sign_up(f"team-{i}@example.com") for i in range(4)]
+    with auth.db() as conn:
+        for other in others:
+            conn.execute(
+                "INSERT INTO memberships (workspace_id, user_id, role, created_at)"
+                " VALUES (%s, %s, 'member', now())",
+                (owner.workspace_id, other.user_id),
+            )
+    grant = await auth.validate((await auth.login("team-owner@example.com")).access_token)
+    trips.clear()
+    listed = await auth.stub.ListTeamMembers(
+        pb.ListTeamMembersRequest(), metadata=auth.as_user(grant)
+    )
+    assert len(listed.members) == 5
+    assert trips.of("ListTeamMembers") == (2, 0, {"Decrypt": 1})
+
+
 async def test_transactions_never_get_an_autocommit_connection(auth) -> None:
     """Direct reads run in autocommit on the driver's own pool: the pool that serves
     transactions (whose SELECT ... FOR UPDATE locks depend on being in one) never hands out

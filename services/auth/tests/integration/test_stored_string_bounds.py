@@ -100,6 +100,9 @@ BOUNDED_BY = {
     "webauthn_challenges.id": "generated",
     "webauthn_challenges.purpose": "constant",
     "webauthn_challenges.user_id": "generated",
+    "notice_requests.caller": "the verified service principal, notices check (<= 64)",
+    "notice_requests.idempotency_key": "notices._check (1 to 128 printable ASCII)",
+    "notice_requests.kind": "notice_catalogue constant",
 }
 
 

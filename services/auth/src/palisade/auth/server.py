@@ -20,6 +20,7 @@ from palisade.auth.local_keys import load_local_keys
 from palisade.auth.magic_links import MagicLinkPolicy, MagicLinks
 from palisade.auth.mail import MailQueue, MailRelay, build_mailer
 from palisade.auth.mfa_login import MfaLogins
+from palisade.auth.notices import SecurityNotices
 from palisade.auth.passkeys import Passkeys
 from palisade.auth.passwords import PasswordHasher
 from palisade.auth.recent_auth import RecentAuth
@@ -29,6 +30,7 @@ from palisade.auth.second_factor import MfaLimits, SecondFactors
 from palisade.auth.servicer import AuthServicer
 from palisade.auth.sessions import SessionManager, SessionPolicy
 from palisade.auth.store import MIGRATIONS_PACKAGE, AuthStore
+from palisade.auth.team import TeamDirectory
 from palisade.auth.throttle import (
     CounterLimiter,
     FailureCounts,
@@ -228,6 +230,10 @@ async def serve_auth(
             maxmind = MaxMindLocator(settings.geoip_database)
             stack.callback(maxmind.close)
             locator = maxmind
+        team = TeamDirectory(store=store, crypto=crypto)
+        notices = SecurityNotices(
+            store=store, crypto=crypto, mail=mail_queue, locator=locator, clock=clock
+        )
 
         def add_servicers(server: grpc.aio.Server) -> list[str]:
             auth_pb2_grpc.add_AuthServiceServicer_to_server(
@@ -241,6 +247,8 @@ async def serve_auth(
                     magic_links=magic_links,
                     passkeys=passkeys,
                     recent_auth=recent_auth,
+                    team=team,
+                    notices=notices,
                 ),
                 server,
             )

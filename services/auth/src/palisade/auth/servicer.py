@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -14,21 +14,27 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from palisade.auth.accounts import Accounts
 from palisade.auth.bounded import client_ip
 from palisade.auth.devices import describe_device
-from palisade.auth.errors import NotSignedIn
 from palisade.auth.geo import Locator
 from palisade.auth.magic_links import MagicLinks
 from palisade.auth.mfa_login import LoginResult, MfaLogins, MfaPending
+from palisade.auth.notices import NoticeRequest, SecurityNotices
 from palisade.auth.passkeys import PasskeyInfo, Passkeys
+from palisade.auth.principals import require_service, signed_in, workspace_reader
 from palisade.auth.recent_auth import RecentAuth
 from palisade.auth.revocation import RevocationFeed
 from palisade.auth.second_factor import SecondFactors
 from palisade.auth.sessions import ClientInfo, SessionManager
-from palisade.common.caller import Caller, require_caller, require_service_caller
+from palisade.auth.team import TeamDirectory
+from palisade.common.caller import Caller, require_caller
 from palisade_api.auth.v1 import auth_pb2 as pb
 from palisade_api.auth.v1 import auth_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
-USER_PREFIX = "user:"
+# Services that may have auth email security notices (SendNotice); the gateway alone
+# validates tokens and follows revocations.
+NOTICE_CALLERS = frozenset({"service:apikeys"})
+GATEWAY_CALLERS = frozenset({"service:gateway"})
+TEAM_READ_SCOPE = "team:read"
 
 
 def _client(caller: Caller) -> ClientInfo:
@@ -37,10 +43,9 @@ def _client(caller: Caller) -> ClientInfo:
 
 
 def _signed_in(caller: Caller) -> tuple[str, str, str | None]:
-    """(user id, workspace id, session id) of a signed-in user, or NotSignedIn."""
-    if not caller.principal.startswith(USER_PREFIX) or not caller.workspace_id:
-        raise NotSignedIn()
-    return caller.principal[len(USER_PREFIX) :], caller.workspace_id, caller.session_id
+    """(user id, workspace id, session id) of a signed-in person: API keys and services are
+    refused (PeopleOnly), anyone else is NotSignedIn."""
+    return signed_in(caller)
 
 
 def _timestamp(moment: datetime) -> Timestamp:
@@ -105,7 +110,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         magic_links: MagicLinks,
         passkeys: Passkeys,
         recent_auth: RecentAuth,
+        team: TeamDirectory,
+        notices: SecurityNotices,
     ) -> None:
+        self._team = team
+        self._notices = notices
         self._accounts = accounts
         self._factors = factors
         self._mfa = mfa
@@ -376,10 +385,59 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         await self._passkeys.delete(user_id=user_id, passkey_id=request.id, client=_client(caller))
         return pb.DeletePasskeyResponse()
 
+    # -- team ---------------------------------------------------------------------------------
+
+    async def ListTeamMembers(
+        self, request: pb.ListTeamMembersRequest, context: Context
+    ) -> pb.ListTeamMembersResponse:
+        reader = workspace_reader(require_caller(), TEAM_READ_SCOPE)
+        members, next_token = await self._team.members(
+            reader, page_size=request.page_size, page_token=request.page_token
+        )
+        return pb.ListTeamMembersResponse(
+            members=[
+                pb.TeamMember(
+                    user_id=m.user_id,
+                    name=m.name,
+                    email=m.email,
+                    role=m.role,
+                    joined_at=_timestamp(m.joined_at),
+                )
+                for m in members
+            ],
+            next_page_token=next_token,
+        )
+
+    # -- for other services -------------------------------------------------------------------
+
+    async def SendNotice(
+        self, request: pb.SendNoticeRequest, context: Context
+    ) -> pb.SendNoticeResponse:
+        caller = require_service(NOTICE_CALLERS)
+        recipients = await self._notices.send(
+            caller=caller.principal,
+            request=NoticeRequest(
+                kind=request.kind,
+                idempotency_key=request.idempotency_key,
+                user_id=request.user_id,
+                workspace_id=request.workspace_id,
+                roles=tuple(request.roles),
+                details=dict(request.details),
+                ip=request.ip,
+                user_agent=request.user_agent,
+                occurred_at=(
+                    request.occurred_at.ToDatetime(tzinfo=UTC)
+                    if request.HasField("occurred_at")
+                    else None
+                ),
+            ),
+        )
+        return pb.SendNoticeResponse(recipients=recipients)
+
     async def ValidateAccessToken(
         self, request: pb.ValidateAccessTokenRequest, context: Context
     ) -> pb.ValidateAccessTokenResponse:
-        require_service_caller()
+        require_service(GATEWAY_CALLERS)
         grant = await self._sessions.validate(request.access_token)
         return pb.ValidateAccessTokenResponse(
             user_id=grant.user_id,
@@ -387,12 +445,13 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             role=grant.role,
             session_id=grant.session_id,
             expires_at=_timestamp(grant.expires_at),
+            authenticated_at=_timestamp(grant.authenticated_at),
         )
 
     async def WatchRevocations(
         self, request: pb.WatchRevocationsRequest, context: Context
     ) -> AsyncIterator[pb.Revocation]:
-        require_service_caller()
+        require_service(GATEWAY_CALLERS)
         async with self._revocations.subscribe() as events:
             # Tells the subscriber it will miss nothing from here on.
             await context.send_initial_metadata((("x-palisade-subscribed", "1"),))

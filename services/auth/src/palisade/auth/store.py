@@ -154,6 +154,8 @@ class AccessGrant:
     session_expires_at: datetime
     session_last_seen_at: datetime
     user_disabled: bool
+    # The session's login (its creation): refreshes don't move it (see recent_auth.py).
+    authenticated_at: datetime
 
 
 # Statements on the hot paths, built once with named parameters. Each runs both inside
@@ -427,6 +429,7 @@ class AuthTransaction:
                     sessions.c.revoked_at,
                     sessions.c.absolute_expires_at,
                     sessions.c.last_seen_at,
+                    sessions.c.created_at.label("session_created_at"),
                     memberships.c.role,
                     users.c.disabled_at,
                 )
@@ -454,6 +457,7 @@ class AuthTransaction:
             session_expires_at=row.absolute_expires_at,
             session_last_seen_at=row.last_seen_at,
             user_disabled=row.disabled_at is not None,
+            authenticated_at=row.session_created_at,
         )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email import policy
 
@@ -30,6 +31,8 @@ _TS = UTCDateTime()
 # The crypto service refuses larger items (its max_item_bytes, 64 KiB by default); our
 # messages are a few KiB, so this is a guard against a template bug, not a working limit.
 MAX_MESSAGE_BYTES = 64 * 1024
+# Emails per Encrypt call in seal_many (the crypto service takes 1000 items by default).
+SEAL_BATCH = 500
 
 mail_outbox = Table(
     "mail_outbox",
@@ -105,6 +108,33 @@ class MailQueue:
             raise ValueError(f"email is {len(raw)} bytes, more than {MAX_MESSAGE_BYTES}")
         [ciphertext] = await self._crypto.encrypt([(raw, message_aad(mail_id))])
         return SealedEmail(id=mail_id, message_ct=ciphertext)
+
+    async def seal_many(self, emails: Sequence[OutgoingEmail]) -> list[SealedEmail | None]:
+        """seal() for several emails in one crypto call (per SEAL_BATCH emails), in order;
+        None in place of an email whose headers can't be built (e.g. an address the mail
+        layer can't carry): the others still go."""
+        built: list[tuple[str, bytes] | None] = []
+        for email in emails:
+            mail_id = f"mail_{uuid.uuid4().hex}"
+            try:
+                message = build_message(
+                    email, from_address=self._from, date=self._clock.now(), message_id=mail_id
+                )
+            except ValueError:
+                built.append(None)
+                continue
+            raw = message.as_bytes(policy=policy.default)
+            built.append((mail_id, raw) if len(raw) <= MAX_MESSAGE_BYTES else None)
+        ready = [item for item in built if item is not None]
+        sealed: dict[str, SealedEmail] = {}
+        for start in range(0, len(ready), SEAL_BATCH):
+            chunk = ready[start : start + SEAL_BATCH]
+            ciphertexts = await self._crypto.encrypt(
+                [(raw, message_aad(mail_id)) for mail_id, raw in chunk]
+            )
+            for (mail_id, _), ciphertext in zip(chunk, ciphertexts, strict=True):
+                sealed[mail_id] = SealedEmail(id=mail_id, message_ct=ciphertext)
+        return [None if item is None else sealed[item[0]] for item in built]
 
     async def enqueue(self, tx: AuthTransaction, sealed: SealedEmail) -> None:
         """Adds the email to tx (one INSERT); it is due at once and sent after commit."""
