@@ -106,8 +106,8 @@ def test_publishable_rules() -> None:
 
 def test_limits_and_overlaps() -> None:
     assert check_rate_limit((1, 1)) == RateLimit(1, 1)
-    assert check_rate_limit((100_000, 10_000)) == RateLimit(100_000, 10_000)
-    for bad in [(0, 1), (1, 0), (100_001, 1), (1, 10_001), (-1, -1)]:
+    assert check_rate_limit((1_000_000, 100_000)) == RateLimit(1_000_000, 100_000)
+    for bad in [(0, 1), (1, 0), (1_000_001, 1), (1, 100_001), (-1, -1)]:
         with pytest.raises(errors.InvalidRateLimit):
             check_rate_limit(bad)
     assert check_overlap(None, 3600) == 3600
