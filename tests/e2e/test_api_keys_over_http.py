@@ -364,23 +364,38 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.parametrize("fail_open", [False, True], ids=["fail-closed", "fail-open"])
-async def test_redis_down_follows_the_documented_policy(suite, fail_open) -> None:
+@pytest.mark.parametrize(
+    ("fail_open", "fail_open_publishable"),
+    [(False, False), (True, False), (False, True)],
+    ids=["fail-closed", "fail-open", "fail-open-publishable-only"],
+)
+async def test_redis_down_follows_the_documented_policy(
+    suite, fail_open, fail_open_publishable
+) -> None:
     token = await _owner(suite)
-    key, _ = await _create(suite, token)
+    secret, _ = await _create(suite, token)
+    publishable, _ = await _create(
+        suite, token, type="publishable", scopes=["chats:write"], allowedOrigins=[ORIGIN]
+    )
     settings = suite.gateway_settings.model_copy(
         update={
             "redis_url": f"redis://127.0.0.1:{_closed_port()}/0",
             "rate_limit_fail_open": fail_open,
+            "rate_limit_fail_open_publishable": fail_open_publishable,
         }
     )
     async with serve_gateway(settings, clock=suite.clock) as down:
         await wait_for_feeds(down)
-        for credential in (key, token):
+        for credential, lets_through in (
+            (secret, fail_open),
+            (token, fail_open),
+            (publishable, fail_open_publishable),
+        ):
             async with suite.http.get(
-                down.base_url + "/v1/whoami", headers={"Authorization": f"Bearer {credential}"}
+                down.base_url + "/v1/whoami",
+                headers={"Authorization": f"Bearer {credential}", "Origin": ORIGIN},
             ) as response:
-                if fail_open:
+                if lets_through:
                     assert response.status == 200
                     assert "RateLimit" not in response.headers
                 else:
