@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from pathlib import Path
 
 import aiohttp
 import pytest
-from aiosmtpd.smtp import SMTP
+from smtp_catcher import SmtpCatcher, serve_smtp_catcher
 
 from palisade.apikeys.config import ApiKeysSettings
 from palisade.apikeys.server import serve_apikeys
@@ -31,55 +28,11 @@ PASSWORD = "correct horse battery staple"
 PASSKEY_ORIGIN = "http://localhost:8080"
 
 
-class SmtpCatcher:
-    """A real SMTP server (aiosmtpd) on a free port that keeps what it receives."""
-
-    def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
-        self.arrived = asyncio.Event()
-
-    async def handle_DATA(self, server, session, envelope) -> str:  # aiosmtpd handler hook
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(message, EmailMessage)
-        self.messages.append(message)
-        self.arrived.set()
-        return "250 Message accepted for delivery"
-
-    async def wait_for(self, recipient: str, *, within: float = 10.0) -> EmailMessage:
-        """The first message to `recipient`, waiting for the relay to deliver it."""
-        async with asyncio.timeout(within):
-            while True:
-                for message in self.messages:
-                    if message["To"] == recipient:
-                        return message
-                self.arrived.clear()
-                await self.arrived.wait()
-
-    def to(self, recipient: str) -> list[EmailMessage]:
-        return [m for m in self.messages if m["To"] == recipient]
-
-
 @pytest.fixture
 async def smtp() -> AsyncIterator[tuple[SmtpCatcher, int]]:
     """Served on the test's own event loop, so the catcher's Event wakes the test directly."""
-    catcher = SmtpCatcher()
-    sessions: list[SMTP] = []
-
-    def session() -> SMTP:
-        sessions.append(SMTP(catcher))
-        return sessions[-1]
-
-    server = await asyncio.get_running_loop().create_server(session, "127.0.0.1", 0)
-    try:
-        yield catcher, server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        # A relay stopped mid-send leaves its connection open, and wait_closed() waits for
-        # every connection: close them rather than wait for aiosmtpd's idle timeout.
-        for smtp_session in sessions:
-            if smtp_session.transport is not None:
-                smtp_session.transport.close()
-        await server.wait_closed()
+    async with serve_smtp_catcher() as served:
+        yield served
 
 
 @dataclass

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -22,11 +23,13 @@ from palisade.auth.revocation import (
     SEQUENCE_KEY,
     FeedEvent,
     LocalRevocationFeed,
+    NoticeFeed,
     RedisRevocationFeed,
     RevocationNotice,
 )
 from palisade.auth.revocation_outbox import RevocationOutbox, RevocationRelay, revocation_outbox
 from palisade.auth.store import MIGRATIONS_PACKAGE, AuthStore
+from palisade.common import revocation_feed as common
 from palisade.common.clock import ManualClock
 from palisade.common.db import create_engine
 from palisade.common.migrations import upgrade
@@ -43,18 +46,26 @@ def _notice(i: int) -> RevocationNotice:
     )
 
 
-class FlakyFeed(LocalRevocationFeed):
-    """Refuses the next `failures` publishes (and heartbeats while it refuses)."""
+class FlakyPayloads(common.LocalRevocationFeed):
+    """Refuses the next `failures` publishes. The relay publishes to the common feed under
+    auth's notice feed (payloads), so that is where a Redis outage is staged."""
 
     def __init__(self, failures: int) -> None:
         super().__init__()
         self.failures = failures
 
-    async def publish(self, notice: RevocationNotice) -> int:
+    async def publish(self, payload: dict[str, Any]) -> int:
         if self.failures:
             self.failures -= 1
             raise ConnectionError("redis went away")
-        return await super().publish(notice)
+        return await super().publish(payload)
+
+
+class FlakyFeed(LocalRevocationFeed):
+    """Refuses the next `failures` publishes (and heartbeats while it refuses)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(FlakyPayloads(failures))
 
 
 @pytest.fixture
@@ -181,23 +192,26 @@ async def test_redis_relay_retries_until_redis_takes_the_notice(redis_pair, stor
     outbox = RevocationOutbox(clock=ManualClock())
 
     class Outage:
-        """Redis refusing for one pass, then the real feed."""
+        """Redis refusing for one pass, then the real feed (the common feed the relay uses)."""
 
         failures = 1
 
-        async def publish(self, notice: RevocationNotice) -> int:
+        async def publish(self, payload: dict[str, Any]) -> int:
             if self.failures:
                 self.failures -= 1
                 raise ConnectionError("redis went away")
-            return await feed.publish(notice)
+            return await feed.payloads.publish(payload)
 
         async def heartbeat(self) -> None:
-            await feed.heartbeat()
+            await feed.payloads.heartbeat()
+
+        async def skip(self) -> int:
+            return await feed.payloads.skip()
 
         def subscribe(self):
-            return feed.subscribe()
+            return feed.payloads.subscribe()
 
-    relay = RevocationRelay(engine=store._engine, feed=Outage(), outbox=outbox)
+    relay = RevocationRelay(engine=store._engine, feed=NoticeFeed(Outage()), outbox=outbox)
     async with feed.subscribe() as stream:
         async with store.transaction() as tx:
             await outbox.enqueue(tx, _notice(7))
@@ -210,10 +224,11 @@ async def test_redis_relay_retries_until_redis_takes_the_notice(redis_pair, stor
 # --- replicas take turns: one relay pass at a time on Postgres ---------------------------------
 
 
-class RecordingFeed(LocalRevocationFeed):
-    """Records what it publishes into a list shared by every replica's feed, yielding to the
-    event loop inside each publish so concurrent passes interleave; `gate`, when set, holds
-    every publish until it opens (a relay stuck on Redis)."""
+class RecordingFeed(common.LocalRevocationFeed):
+    """Records what it publishes (each notice's session id) into a list shared by every
+    replica's feed, yielding to the event loop inside each publish so concurrent passes
+    interleave; `gate`, when set, holds every publish until it opens (a relay stuck on Redis).
+    A common feed, as the relay publishes to the one under auth's notice feed."""
 
     def __init__(self, published: list[str], gate: asyncio.Event | None = None) -> None:
         super().__init__()
@@ -222,13 +237,13 @@ class RecordingFeed(LocalRevocationFeed):
         self.entered = asyncio.Event()
         self.heartbeats = 0
 
-    async def publish(self, notice: RevocationNotice) -> int:
+    async def publish(self, payload: dict[str, Any]) -> int:
         self.entered.set()
         if self.gate is not None:
             await self.gate.wait()
         await asyncio.sleep(0)
-        self.published.append(notice.session_ids[0])
-        return await super().publish(notice)
+        self.published.append(RevocationNotice.from_dict(payload).session_ids[0])
+        return await super().publish(payload)
 
     async def heartbeat(self) -> None:
         self.heartbeats += 1
@@ -255,7 +270,12 @@ async def test_replicas_take_turns_so_each_notice_is_published_once(replica_engi
         for i in range(40):
             await outbox.enqueue(tx, _notice(i))
     relays = [
-        RevocationRelay(engine=engine, feed=RecordingFeed(published), outbox=outbox, batch_size=8)
+        RevocationRelay(
+            engine=engine,
+            feed=LocalRevocationFeed(RecordingFeed(published)),
+            outbox=outbox,
+            batch_size=8,
+        )
         for engine in replica_engines
     ]
     for _ in range(3):
@@ -275,9 +295,14 @@ async def test_a_replica_waiting_on_a_stuck_relay_gives_up_without_a_heartbeat(
         await outbox.enqueue(tx, _notice(1))
     gate = asyncio.Event()
     stuck_feed, waiting_feed = RecordingFeed(published, gate), RecordingFeed(published)
-    stuck = RevocationRelay(engine=replica_engines[0], feed=stuck_feed, outbox=outbox)
+    stuck = RevocationRelay(
+        engine=replica_engines[0], feed=LocalRevocationFeed(stuck_feed), outbox=outbox
+    )
     waiting = RevocationRelay(
-        engine=replica_engines[1], feed=waiting_feed, outbox=outbox, turn_wait_ms=50
+        engine=replica_engines[1],
+        feed=LocalRevocationFeed(waiting_feed),
+        outbox=outbox,
+        turn_wait_ms=50,
     )
     holder = asyncio.create_task(stuck.relay_once())
     await asyncio.wait_for(stuck_feed.entered.wait(), timeout=5)

@@ -8,16 +8,14 @@ sleeping), and the test reads what a recipient's mail client would.
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 
 import grpc
 import pytest
-from aiosmtpd.smtp import SMTP
 from google.protobuf.timestamp_pb2 import Timestamp
+from smtp_catcher import SmtpCatcher, serve_smtp_catcher
 
 from palisade_api.auth.v1 import auth_pb2 as pb
 
@@ -34,49 +32,10 @@ KEY = {
 }
 
 
-class SmtpCatcher:
-    """A real SMTP server (aiosmtpd) that keeps each message and its envelope recipients."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[list[str], EmailMessage]] = []
-        self.arrived = asyncio.Event()
-
-    async def handle_DATA(self, server, session, envelope) -> str:  # aiosmtpd handler hook
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(message, EmailMessage)
-        self.messages.append((list(envelope.rcpt_tos), message))
-        self.arrived.set()
-        return "250 Message accepted for delivery"
-
-    async def until(self, count: int, *, within: float = 10.0) -> list[EmailMessage]:
-        async with asyncio.timeout(within):
-            while len(self.messages) < count:
-                self.arrived.clear()
-                await self.arrived.wait()
-        return [m for _, m in self.messages]
-
-    def to(self, recipient: str) -> list[EmailMessage]:
-        return [m for _, m in self.messages if m["To"] == recipient]
-
-
 @pytest.fixture
 async def smtp() -> AsyncIterator[tuple[SmtpCatcher, int]]:
-    catcher = SmtpCatcher()
-    sessions: list[SMTP] = []
-
-    def session() -> SMTP:
-        sessions.append(SMTP(catcher))
-        return sessions[-1]
-
-    server = await asyncio.get_running_loop().create_server(session, "127.0.0.1", 0)
-    try:
-        yield catcher, server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        for smtp_session in sessions:
-            if smtp_session.transport is not None:
-                smtp_session.transport.close()
-        await server.wait_closed()
+    async with serve_smtp_catcher() as served:
+        yield served
 
 
 @pytest.fixture
@@ -158,7 +117,7 @@ async def test_the_owners_of_a_workspace_get_the_notice_and_no_one_else(mailed) 
     assert sent == 2
     messages = await catcher.until(2)
     assert sorted(m["To"] for m in messages) == ["ada@example.com", "dorothy@example.com"]
-    assert sorted(r for rcpts, _ in catcher.messages for r in rcpts) == [
+    assert sorted(r for rcpts in catcher.recipients for r in rcpts) == [
         "ada@example.com",
         "dorothy@example.com",
     ]
@@ -276,7 +235,7 @@ async def test_details_cannot_add_headers_lines_or_key_material(mailed) -> None:
     assert await _send(auth, request) == 2
     messages = await catcher.until(2)
     assert catcher.to("mallory@example.com") == []
-    assert sorted(r for rcpts, _ in catcher.messages for r in rcpts) == [
+    assert sorted(r for rcpts in catcher.recipients for r in rcpts) == [
         "ada@example.com",
         "dorothy@example.com",
     ]

@@ -3,9 +3,10 @@
 The numbered, gap-proof feed itself (Redis with one global sequence, or an in-process fan-out)
 is palisade.common.revocation_feed, shared with the apikeys service; this module is auth's
 typed face on it: a RevocationNotice goes out as its to_dict() payload and comes back as a
-notice, so auth's code (the servicer's WatchRevocations, the relay) deals in notices only.
-Subscribers see the feed through WatchRevocations; notices reach it from a durable outbox
-(palisade.auth.revocation_outbox).
+notice, so auth's code (the servicer's WatchRevocations) deals in notices only. Subscribers
+see the feed through WatchRevocations; notices reach it from a durable outbox
+(palisade.auth.revocation_outbox), whose common relay publishes the outbox's payloads straight
+to the common feed underneath (`payloads`), having checked that each reads as a notice.
 """
 
 from __future__ import annotations
@@ -94,12 +95,22 @@ class RevocationFeed(Protocol):
         """Yields the stream of events published from now on."""
         ...
 
+    @property
+    def payloads(self) -> common.RevocationFeed:
+        """The common feed underneath, carrying each notice as its to_dict() payload (what the
+        common relay publishes outbox rows to)."""
+        ...
 
-class _NoticeFeed:
+
+class NoticeFeed:
     """A common feed carrying RevocationNotice payloads."""
 
     def __init__(self, feed: common.RevocationFeed) -> None:
         self._feed = feed
+
+    @property
+    def payloads(self) -> common.RevocationFeed:
+        return self._feed
 
     async def publish(self, notice: RevocationNotice) -> int:
         return await self._feed.publish(notice.to_dict())
@@ -123,9 +134,10 @@ class _NoticeFeed:
             yield notices()
 
 
-class LocalRevocationFeed(_NoticeFeed):
-    def __init__(self) -> None:
-        self._local = common.LocalRevocationFeed()
+class LocalRevocationFeed(NoticeFeed):
+    def __init__(self, local: common.LocalRevocationFeed | None = None) -> None:
+        """local: the in-process common feed underneath (tests pass one that misbehaves)."""
+        self._local = common.LocalRevocationFeed() if local is None else local
         super().__init__(self._local)
 
     @property
@@ -133,7 +145,7 @@ class LocalRevocationFeed(_NoticeFeed):
         return self._local.sequence
 
 
-class RedisRevocationFeed(_NoticeFeed):
+class RedisRevocationFeed(NoticeFeed):
     def __init__(
         self, redis: Redis, *, channel: str | None = None, sequence_key: str = SEQUENCE_KEY
     ) -> None:

@@ -4,14 +4,12 @@ The outbox and its relay (a notice commits with its revocation; the relay publis
 order, retries what failed, skips what cannot be read, beats only when drained, and takes
 turns across replicas by a Postgres advisory lock) are palisade.common.revocation_outbox,
 shared with the apikeys service. This module binds them to auth: its table (migration 0005,
-whose columns the common table repeats), its lock key, and notices instead of payloads.
+whose columns the common table repeats), its lock key, notices instead of payloads on the way
+in, and a check that each row reads as a notice on the way out (the relay publishes the
+payload itself to the common feed under auth's notice feed).
 """
 
 from __future__ import annotations
-
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -19,7 +17,6 @@ from palisade.auth.revocation import RevocationFeed, RevocationNotice
 from palisade.auth.store import AuthTransaction, metadata
 from palisade.common import revocation_outbox as common
 from palisade.common.clock import Clock
-from palisade.common.revocation_feed import FeedEvent
 
 # pg_try_advisory_xact_lock key that serialises relay passes across replicas (any fixed
 # 64-bit number that no other lock in this database uses: "palisade revocation relay").
@@ -51,33 +48,6 @@ class RevocationOutbox:
         await self.payloads.wait()
 
 
-class _PayloadFeed:
-    """Auth's notice feed seen as a common payload feed, for the common relay."""
-
-    def __init__(self, feed: RevocationFeed) -> None:
-        self._feed = feed
-
-    async def publish(self, payload: dict[str, Any]) -> int:
-        return await self._feed.publish(RevocationNotice.from_dict(payload))
-
-    async def heartbeat(self) -> None:
-        await self._feed.heartbeat()
-
-    async def skip(self) -> int:
-        return await self._feed.skip()
-
-    @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[AsyncIterator[FeedEvent]]:
-        async with self._feed.subscribe() as events:
-
-            async def payloads() -> AsyncIterator[FeedEvent]:
-                async for event in events:
-                    notice = event.notice
-                    yield FeedEvent(event.sequence, None if notice is None else notice.to_dict())
-
-            yield payloads()
-
-
 class RevocationRelay(common.RevocationRelay):
     def __init__(
         self,
@@ -91,7 +61,9 @@ class RevocationRelay(common.RevocationRelay):
     ) -> None:
         super().__init__(
             engine=engine,
-            feed=_PayloadFeed(feed),
+            # Outbox rows are notices' to_dict() payloads: they go to the common feed as they
+            # are, once validate has read them as notices.
+            feed=feed.payloads,
             outbox=outbox.payloads,
             lock_key=_RELAY_LOCK_KEY,
             heartbeat_seconds=heartbeat_seconds,
