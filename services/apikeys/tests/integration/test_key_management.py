@@ -135,8 +135,8 @@ BAD_CREATES = [
         "invalid_origin",
     ),
     ({"rate_limit": pb.RateLimit(requests_per_minute=0, burst=10)}, "invalid_rate_limit"),
-    ({"rate_limit": pb.RateLimit(requests_per_minute=100_001, burst=10)}, "invalid_rate_limit"),
-    ({"rate_limit": pb.RateLimit(requests_per_minute=10, burst=10_001)}, "invalid_rate_limit"),
+    ({"rate_limit": pb.RateLimit(requests_per_minute=1_000_001, burst=10)}, "invalid_rate_limit"),
+    ({"rate_limit": pb.RateLimit(requests_per_minute=10, burst=100_001)}, "invalid_rate_limit"),
     ({"rate_limit": pb.RateLimit(requests_per_minute=-5, burst=-1)}, "invalid_rate_limit"),
 ]
 
