@@ -222,8 +222,10 @@ async def gateway() -> AsyncIterator[Harness]:
         timeout=1,
         max_body_bytes=16 * 1024,
         cors_origins=[],
+        # On a clock of its own: these tests move (and step back) the gateway's clock to test
+        # caches and feeds; the limiter has its own tests (test_rate_limit_*).
         rate_limits=RateLimitPolicy(
-            limiter=LocalRateLimiter(clock=clock), user_limit=Limit(60_000, 10_000)
+            limiter=LocalRateLimiter(clock=ManualClock()), user_limit=Limit(60_000, 10_000)
         ),
     )
     follower = asyncio.create_task(edge.follow_revocations())

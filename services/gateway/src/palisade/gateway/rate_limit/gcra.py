@@ -5,7 +5,7 @@ microseconds. Per subject one stored value, the theoretical arrival time TAT; wi
 interval T = 60 s / rpm and delay tolerance tau = T * (burst - 1), a request at `now`:
 
     tat = max(TAT, now)             # a missing TAT, or one in the past, is a full bucket
-    if tat > now + tau + T: tat = now    # written by a clock ahead of ours (see _read)
+    if tat > now + tau + T: tat = now + tau + T    # a clock ahead of ours wrote it (_read)
     admitted iff tat - now <= tau   # i.e. now >= tat - tau
     then TAT := tat + T
 
@@ -51,30 +51,40 @@ def validate(subjects: Sequence[Subject]) -> tuple[Subject, ...]:
 @dataclass(frozen=True)
 class Outcome:
     allowed: bool
-    # Per subject: the new TAT if admitted, else max(stored TAT, now) (unchanged state).
+    # Per subject: the new TAT if admitted, else the TAT as read (see _read).
     tats: tuple[int, ...]
+    # On a refusal, the subjects whose TAT _read clamped: stored as read. This gives and takes
+    # no budget on this clock; it only keeps a future TAT from refusing the subject for long.
+    rewrites: tuple[int, ...] = ()
 
 
 def admit(now: int, limits: Sequence[Limit], stored: Sequence[int | None]) -> Outcome:
     """Checks every subject first, then advances every TAT, or none."""
-    tats = [_read(now, t, limit) for t, limit in zip(stored, limits, strict=True)]
+    reads = [_read(now, t, limit) for t, limit in zip(stored, limits, strict=True)]
+    tats = [tat for tat, _ in reads]
     pairs = list(zip(tats, limits, strict=True))
     if any(tat - now > limit.tolerance_us for tat, limit in pairs):
-        return Outcome(False, tuple(tats))
+        rewrites = tuple(i for i, (_, clamped) in enumerate(reads) if clamped)
+        return Outcome(False, tuple(tats), rewrites)
     return Outcome(True, tuple(tat + limit.interval_us for tat, limit in pairs))
 
 
-def _read(now: int, stored: int | None, limit: Limit) -> int:
-    """The TAT a check works from. No admission ever stores more than now + tau + T, so a
-    stored TAT beyond that was written by a clock ahead of this one (a wall clock stepped
-    back, or a replica's clock ahead by more than tau + T): read it as unknown, a full
-    bucket, rather than refuse the subject until this clock catches up (an hour's step would
-    lock it out for an hour). The cost is at most one burst per such anomaly."""
+def _read(now: int, stored: int | None, limit: Limit) -> tuple[int, bool]:
+    """The TAT a check works from, and whether it was clamped.
+
+    No admission stores more than now + tau + T (a drained bucket), so a stored TAT beyond
+    that was written by a clock ahead of this one: a replica a few milliseconds ahead (NTP
+    skew) writing a drained bucket, or this clock stepped back. It reads as a drained bucket
+    on this clock, now + tau + T, and is stored so (even on a refusal), so the subject waits
+    one interval T rather than until this clock catches up (an hour after a step of an hour),
+    and no replica ever reads a drained bucket as a fuller one: skew between replicas costs at
+    most the skew itself in extra capacity, never a burst."""
     if stored is None or stored < now:
-        return now
-    if stored > now + limit.tolerance_us + limit.interval_us:
-        return now
-    return stored
+        return now, False
+    drained = now + limit.tolerance_us + limit.interval_us
+    if stored > drained:
+        return drained, True
+    return stored, False
 
 
 def _ceil_seconds(us: int) -> int:

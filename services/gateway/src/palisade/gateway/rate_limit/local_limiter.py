@@ -50,9 +50,13 @@ class LocalRateLimiter:
             for subject, tat in zip(chosen, outcome.tats, strict=True):
                 self._tats[subject.id] = tat
                 heapq.heappush(self._expiries, (tat, subject.id))
-            if len(self._expiries) > 2 * len(self._tats) + 1024:
-                self._expiries = [(tat, key) for key, tat in self._tats.items()]
-                heapq.heapify(self._expiries)
+        else:
+            for index in outcome.rewrites:  # subjects that exist already: no new room needed
+                self._tats[chosen[index].id] = outcome.tats[index]
+                heapq.heappush(self._expiries, (outcome.tats[index], chosen[index].id))
+        if len(self._expiries) > 2 * len(self._tats) + 1024:
+            self._expiries = [(tat, key) for key, tat in self._tats.items()]
+            heapq.heapify(self._expiries)
         return decide(now, chosen, outcome)
 
     def _drop_full(self, now: int) -> None:

@@ -44,22 +44,32 @@ _SCRIPT = """
 local now = tonumber(ARGV[1])
 local n = #KEYS
 local tats = {}
+local clamped = {}
 local admitted = 1
+local slack = tonumber(ARGV[2 * n + 2])
+local function store(i, tat)
+  local ttl = math.floor((tat - now) / 1000) + 1 + slack
+  redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', string.format('%.0f', ttl))
+end
 for i = 1, n do
   local tat = tonumber(redis.call('GET', KEYS[i]) or '')
   local interval, tau = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
   if tat == nil or tat < now then tat = now end
-  if tat > now + tau + interval then tat = now end
+  if tat > now + tau + interval then
+    tat = now + tau + interval
+    clamped[i] = true
+  end
   tats[i] = tat
   if tat - now > tau then admitted = 0 end
 end
 if admitted == 1 then
-  local slack = tonumber(ARGV[2 * n + 2])
   for i = 1, n do
-    local tat = tats[i] + tonumber(ARGV[2 * i])
-    tats[i] = tat
-    local ttl = math.floor((tat - now) / 1000) + 1 + slack
-    redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', string.format('%.0f', ttl))
+    tats[i] = tats[i] + tonumber(ARGV[2 * i])
+    store(i, tats[i])
+  end
+else
+  for i = 1, n do
+    if clamped[i] then store(i, tats[i]) end
   end
 end
 local reply = {admitted}
