@@ -114,8 +114,16 @@ class KeyLifecycle:
             )
             if overlap == 0:
                 await self._revoker.announce(tx, old, now, actor, reason="rotated")
-        if overlap == 0:
-            self._revocations.notify()
+            else:
+                # Not a revocation yet, but every gateway caches the old key as valid without
+                # end: the notice makes them forget it, and their next lookup learns when the
+                # overlap ends (otherwise a gateway could serve it until its cache entry aged
+                # out, past a short overlap; a review finding).
+                hashes = await tx.lookup_hashes([old.id])
+                await self._revocations.enqueue(
+                    tx.conn, revocation_notice(hashes, [old.id], "rotated", now)
+                )
+        self._revocations.notify()
         self._notices.notify()
         return minted.created
 
