@@ -10,8 +10,8 @@ from palisade.auth.throttle import (
     LoginThrottle,
     MemoryFailureCounts,
     ThrottleLimits,
-    client_bucket,
 )
+from palisade.common.client_text import client_bucket
 from palisade.common.clock import ManualClock
 
 IP_LIMIT = 5

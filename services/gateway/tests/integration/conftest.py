@@ -23,9 +23,10 @@ from palisade.common.caller import AssertionSigner
 from palisade.common.clock import ManualClock
 from palisade.common.edge_keys import KeySource, ServiceKeys
 from palisade.common.edges import EDGES, Edge
-from palisade.gateway.app import Gateway, RateLimitPolicy, Upstreams
+from palisade.gateway.app import Gateway, Upstreams
 from palisade.gateway.edge_auth import EdgeAuthenticator
 from palisade.gateway.http_server import make_runner
+from palisade.gateway.limits import RateLimitPolicy
 from palisade.gateway.metrics import GatewayMetrics
 from palisade.gateway.rate_limit import Limit, LocalRateLimiter
 from palisade.gateway.routes import build_routes

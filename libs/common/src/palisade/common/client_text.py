@@ -71,3 +71,20 @@ def describe_device(agent: str | None, max_chars: int) -> str:
     if result.os and result.os.family and result.os.family != "Other":
         name = f"{name} on {clip(result.os.family, _MAX_FAMILY)}"
     return clip(name.strip(), max_chars)
+
+
+def client_bucket(ip: str | None) -> str | None:
+    """What a client's counters are keyed by: an IPv4 address, or an IPv6 /64 (one subscriber
+    gets a whole /64, so counting per /128 would give an attacker unlimited addresses). An
+    IPv4-mapped IPv6 address counts as its IPv4 address; anything else as given."""
+    if not ip:
+        return None
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
+    return str(address)

@@ -23,8 +23,9 @@ from palisade.auth.mfa_login import LoginResult, MfaLogins
 from palisade.auth.mfa_store import MfaRecords
 from palisade.auth.sessions import ClientInfo, SessionManager
 from palisade.auth.store import AuthStore, AuthTransaction
-from palisade.auth.throttle import Counter, CounterLimiter, LoginThrottle, client_bucket
+from palisade.auth.throttle import Counter, CounterLimiter, LoginThrottle
 from palisade.auth.tokens import TokenKind, check_token, new_token, token_hash
+from palisade.common.client_text import client_bucket
 from palisade.common.clock import Clock
 from palisade.common.crypto_client import CryptoClient, Normalization
 from palisade.common.errors import PalisadeError

@@ -16,13 +16,13 @@ Redis TTLs only garbage-collect. Both stores implement the same contract.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from dataclasses import dataclass
 from typing import Protocol
 
 from redis.asyncio import Redis
 
 from palisade.auth.errors import Throttled
+from palisade.common.client_text import client_bucket
 from palisade.common.clock import Clock
 
 
@@ -48,23 +48,6 @@ class Counter:
     key: str
     limit: int
     window: int
-
-
-def client_bucket(ip: str | None) -> str | None:
-    """What a client's counters are keyed by: an IPv4 address, or an IPv6 /64 (one subscriber
-    gets a whole /64, so counting per /128 would give an attacker unlimited addresses). An
-    IPv4-mapped IPv6 address counts as its IPv4 address; anything else as given."""
-    if not ip:
-        return None
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
-    return str(address)
 
 
 class FailureCounts(Protocol):

@@ -32,17 +32,17 @@ from palisade.gateway.access import (
 from palisade.gateway.client_ip import Network, client_ip
 from palisade.gateway.edge_auth import AuthenticationFailed, EdgeAuthenticator, bearer_token
 from palisade.gateway.http_server import expect_handler
+from palisade.gateway.limits import (
+    LimiterDown,
+    RateLimited,
+    RateLimitPolicy,
+    key_subjects,
+    person_subjects,
+)
 from palisade.gateway.metrics import GatewayMetrics
 from palisade.gateway.openapi import openapi_document
 from palisade.gateway.problems import from_rpc_error, problem
-from palisade.gateway.rate_limit import (
-    Decision,
-    Limit,
-    RateLimiter,
-    RateLimiterUnavailable,
-    Subject,
-    rate_limit_headers,
-)
+from palisade.gateway.rate_limit import Decision, Limit, Subject, rate_limit_headers
 from palisade.gateway.routes import MethodNotAllowed, Route, RouteNotFound, match
 from palisade.gateway.token_cache import Grant
 from palisade.gateway.transcode import BadRequest, build_request, render
@@ -52,26 +52,9 @@ log = logging.getLogger("palisade.gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ROUTE_TEMPLATE = web.RequestKey("route_template", str)
 RATE_LIMIT = web.RequestKey("rate_limit", Decision)
-
-
-class RateLimited(Exception):
-    def __init__(self, decision: Decision) -> None:
-        super().__init__("rate limited")
-        self.decision = decision
-
-
-class LimiterDown(Exception):
-    """The shared rate-limit store is unreachable and the policy is to fail closed."""
-
-
-@dataclass(frozen=True)
-class RateLimitPolicy:
-    """Who is limited how, and what happens when the counters cannot be reached."""
-
-    limiter: RateLimiter
-    user_limit: Limit
-    fail_open: bool = False  # bearer tokens and secret keys
-    fail_open_publishable: bool = False
+# Public routes where anyone can make the backend look something up (a key found in public):
+# limited per client network, as key lookups that miss the cache are.
+_LOOKUP_ROUTES = frozenset({"/palisade.apikeys.v1.ApiKeysService/ReportLeak"})
 
 
 @dataclass
@@ -245,6 +228,8 @@ class Gateway:
         key: KeyGrant | None = None
         if route.access.access == access_pb2.ACCESS_USER:  # who asks, before what they send
             grant, key = await self._authenticate(request, route.access, ip)
+        elif route.full_method in _LOOKUP_ROUTES:
+            await self._limits.spend_client_lookup(ip)
         raw = await request.read()
         message = build_request(
             route, params, list(request.query.items()), raw, request.content_type
@@ -281,9 +266,12 @@ class Gateway:
             key = await self._verify_key(credential, request, ip)
             await self._spend(
                 request,
-                (
-                    Subject("key", f"key:{key.key_id}", Limit(key.requests_per_minute, key.burst)),
-                    Subject("user", f"user:{key.created_by}", self._limits.user_limit),
+                key_subjects(
+                    key.key_id,
+                    Limit(key.requests_per_minute, key.burst),
+                    key.created_by,
+                    key.publishable,
+                    self._limits.user_limit,
                 ),
                 fail_open=(
                     self._limits.fail_open_publishable
@@ -296,7 +284,7 @@ class Gateway:
         grant = await self._edge.grant_for(credential)
         await self._spend(
             request,
-            (Subject("user", f"user:{grant.user_id}", self._limits.user_limit),),
+            person_subjects(grant.user_id, self._limits.user_limit),
             fail_open=self._limits.fail_open,
         )
         check_person(rule, grant)
@@ -308,17 +296,9 @@ class Gateway:
         """Spends one request of every subject's limit (or none), noting the headers' state;
         raises RateLimited, or LimiterDown when the counters are unreachable and the policy
         for this kind of caller is to fail closed."""
-        try:
-            decision = await self._limits.limiter.check(subjects)
-        except RateLimiterUnavailable:
-            if fail_open:
-                log.warning("rate limiter unavailable; request let through unlimited")
-                return
-            log.warning("rate limiter unavailable; request refused")
-            raise LimiterDown() from None
-        if not decision.allowed:
-            raise RateLimited(decision)
-        request[RATE_LIMIT] = decision
+        decision = await self._limits.spend(subjects, fail_open=fail_open)
+        if decision is not None:
+            request[RATE_LIMIT] = decision
 
     async def _whoami(self, request: web.Request) -> web.StreamResponse:
         """The caller's grant, from the token or key cache: no backend call on a hit."""

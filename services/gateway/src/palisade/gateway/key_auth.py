@@ -35,6 +35,7 @@ from palisade.common.clock import Clock
 from palisade.gateway.access import Forbidden, KeyGrant
 from palisade.gateway.edge_auth import AuthenticationFailed
 from palisade.gateway.feed_follower import FeedFollower
+from palisade.gateway.limits import RateLimitPolicy
 from palisade.gateway.problems import trailers_of
 from palisade.gateway.token_cache import IndexedCache
 from palisade_api.apikeys.v1 import apikeys_pb2
@@ -162,6 +163,7 @@ class KeyAuthenticator:
         self._timeout = timeout
         self._clock = clock
         self._refused: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self._limits: RateLimitPolicy | None = None
         self._feed = FeedFollower(
             name="key revocations",
             open_stream=lambda: self._stub.WatchRevocations(
@@ -178,9 +180,13 @@ class KeyAuthenticator:
     def feed_connected(self) -> bool:
         return self._feed.caught_up
 
+    def limit_lookups(self, limits: RateLimitPolicy) -> None:
+        """Spend a client's lookup budget on every cache miss (see palisade.gateway.limits)."""
+        self._limits = limits
+
     async def verify(self, key: str, *, origin: str | None, client_ip: str = "") -> KeyGrant:
         try:
-            shape_of(key)
+            shape = shape_of(key)
         except MalformedKey:
             raise AuthenticationFailed("invalid_api_key", "invalid API key") from None
         key_hash = hashlib.sha256(key.encode("ascii")).digest()
@@ -189,7 +195,8 @@ class KeyAuthenticator:
         grant = self._cache.get(key_hash) if trusted else None
         self._on_lookup(grant is not None)
         if grant is None:
-            grant = await self._lookup(key_hash, now, cache=trusted)
+            publishable = shape.type == "publishable"
+            grant = await self._lookup(key_hash, now, client_ip, publishable, cache=trusted)
         if now >= grant.valid_until:  # expired, or its rotation overlap ended
             self._cache.evict_hashes((key_hash,))
             raise _refusal(_ended_code(grant))
@@ -200,12 +207,18 @@ class KeyAuthenticator:
         self._usage.note(grant.key_id, client_ip)
         return grant
 
-    async def _lookup(self, key_hash: bytes, now: float, *, cache: bool) -> KeyGrant:
+    async def _lookup(
+        self, key_hash: bytes, now: float, client_ip: str, publishable: bool, *, cache: bool
+    ) -> KeyGrant:
         refused = self._refused.get(key_hash)
         if refused is not None:
             if now < refused[1]:
                 raise _refusal(refused[0])
             del self._refused[key_hash]
+        if self._limits is not None and cache:
+            # A genuine miss. (While the feed is not trusted every request looks the key up,
+            # as for tokens; counting those would refuse honest traffic during a feed outage.)
+            await self._limits.spend_client_lookup(client_ip, publishable=publishable)
         generation = self._cache.generation
         try:
             reply = await self._stub.VerifyApiKey(
@@ -216,9 +229,13 @@ class KeyAuthenticator:
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.UNAUTHENTICATED:
                 raise
-            code = trailers_of(error).get("palisade-error-code", "invalid_api_key")
+            code = trailers_of(error).get("palisade-error-code", "")
             if code not in ("invalid_api_key", "key_expired"):
-                code = "invalid_api_key"
+                # The key service refused the gateway itself (e.g. its caller assertion during
+                # an edge-key rotation or clock skew): says nothing about the key, so nothing is
+                # cached and the client sees an outage, not a verdict on its key.
+                log.warning("key verification refused the gateway", extra={"code": code})
+                raise
             self._remember_refusal(key_hash, code, now)
             raise _refusal(code) from None
         grant = _grant_of(reply)

@@ -18,12 +18,13 @@ from palisade.common.edges import EDGES, Edge
 from palisade.common.grpc_client import insecure_channel
 from palisade.common.metrics import start_metrics_endpoint
 from palisade.common.tasks import running_in_background
-from palisade.gateway.app import Gateway, RateLimitPolicy, Upstreams
+from palisade.gateway.app import Gateway, Upstreams
 from palisade.gateway.client_ip import parse_networks
 from palisade.gateway.config import SERVICE_NAME, GatewaySettings
 from palisade.gateway.edge_auth import EdgeAuthenticator
 from palisade.gateway.http_server import make_runner
 from palisade.gateway.key_auth import KeyAuthenticator, KeyCache, UsageRecorder
+from palisade.gateway.limits import RateLimitPolicy
 from palisade.gateway.metrics import GatewayMetrics
 from palisade.gateway.rate_limit import Limit, LocalRateLimiter, RateLimiter, RedisRateLimiter
 from palisade.gateway.routes import build_routes, service_descriptor
@@ -111,6 +112,16 @@ async def serve_gateway(
             limiter = RedisRateLimiter(redis, clock=clock)
         else:
             limiter = LocalRateLimiter(clock=clock)
+        limits = RateLimitPolicy(
+            limiter=limiter,
+            user_limit=Limit(settings.user_rate_limit_per_minute, settings.user_rate_limit_burst),
+            client_lookup_limit=Limit(
+                settings.client_lookup_limit_per_minute, settings.client_lookup_limit_burst
+            ),
+            fail_open=settings.rate_limit_fail_open,
+            fail_open_publishable=settings.rate_limit_fail_open_publishable,
+        )
+        key_auth.limit_lookups(limits)
         services = [
             (auth_pb2.DESCRIPTOR.services_by_name["AuthService"], "auth"),
             (apikeys_pb2.DESCRIPTOR.services_by_name["ApiKeysService"], "apikeys"),
@@ -130,14 +141,7 @@ async def serve_gateway(
             timeout=settings.upstream_timeout_seconds,
             max_body_bytes=settings.max_body_bytes,
             cors_origins=settings.cors_origins,
-            rate_limits=RateLimitPolicy(
-                limiter=limiter,
-                user_limit=Limit(
-                    settings.user_rate_limit_per_minute, settings.user_rate_limit_burst
-                ),
-                fail_open=settings.rate_limit_fail_open,
-                fail_open_publishable=settings.rate_limit_fail_open_publishable,
-            ),
+            rate_limits=limits,
             api_keys=key_auth,
         )
         await stack.enter_async_context(
