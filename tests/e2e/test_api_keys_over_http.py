@@ -356,6 +356,15 @@ async def test_no_key_in_plaintext_in_the_database(suite) -> None:
             key.encode().hex().encode(),
         ):
             assert form not in dump
+    # A revoked key is never shown again, not even a test key (a review finding).
+    status, _, _ = await suite.call(
+        "POST", f"/v1/api-keys/{api_key['id']}/revoke", token=token, json={}
+    )
+    assert status == 204
+    status, body, _ = await suite.json_call(
+        "POST", f"/v1/api-keys/{api_key['id']}/reveal", token=token, json={}
+    )
+    assert (status, body["code"]) == (409, "key_not_active")
 
 
 def _closed_port() -> int:

@@ -35,12 +35,21 @@ def test_states() -> None:
 
 def test_page_tokens_round_trip_and_refuse_garbage() -> None:
     assert decode_key_position("") is None
-    assert decode_key_position(encode(NOW, "key_1")) == (NOW, "key_1")
+    key_id = "key_" + "0a" * 16
+    assert decode_key_position(encode(NOW, key_id)) == (NOW, key_id)
     assert decode_event_position(encode(NOW, 7)) == (NOW, 7)
-    for bad in ["!", "e30", encode(NOW, 7), "a" * 500, encode(NOW, "x" * 41)]:
+    for bad in [
+        "!",
+        "e30",
+        encode(NOW, 7),
+        "a" * 500,
+        encode(NOW, "x" * 41),
+        encode(NOW, "key_1"),
+        encode(NOW, key_id + "\x00"),
+    ]:
         with pytest.raises(InvalidPageToken):
             decode_key_position(bad)
-    for bad in [encode(NOW, "key_1"), encode(NOW, -1), encode(NOW, True)]:
+    for bad in [encode(NOW, key_id), encode(NOW, -1), encode(NOW, True), encode(NOW, 2**63)]:
         with pytest.raises(InvalidPageToken):
             decode_event_position(bad)
     assert page_size(0) == 50

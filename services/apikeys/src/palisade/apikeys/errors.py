@@ -104,9 +104,10 @@ class KeyNotFound(NotFound):
 
 
 class KeyNotActive(PalisadeError):
-    status = grpc.StatusCode.FAILED_PRECONDITION
+    # A conflict with the key's current state: 409 at the gateway.
+    status = grpc.StatusCode.ABORTED
     code = "key_not_active"
-    default_message = "only an active key can be rotated"
+    default_message = "the key is not active (revoked, expired or already rotated)"
 
 
 class InvalidApiKey(Unauthenticated):

@@ -139,6 +139,8 @@ class KeyLifecycle:
             raise KeyNotFound()
         if record.type != "secret" or record.mode != "test":
             raise NotRevealable()
+        if record.state(self._clock.now()) not in (ACTIVE, EXPIRING):
+            raise KeyNotActive()  # a revoked or expired key is never shown again
         [plain] = await self._crypto.decrypt([(secret_ct, secret_aad(record.workspace_id, key_id))])
         now = self._clock.now()
         async with self._store.transaction() as tx:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from datetime import UTC, datetime
 
 from palisade.apikeys.errors import InvalidPageToken
@@ -29,6 +30,9 @@ def encode(moment: datetime, item: str | int) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
+_KEY_ID = re.compile(r"key_[0-9a-f]{32}")
+
+
 def _decode(token: str) -> tuple[datetime, object]:
     if len(token) > _MAX_TOKEN_CHARS or not token.isascii():
         raise InvalidPageToken()
@@ -36,18 +40,19 @@ def _decode(token: str) -> tuple[datetime, object]:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         moment_text, item = json.loads(raw)
         moment = datetime.fromisoformat(moment_text)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        if moment.tzinfo is None:
+            raise InvalidPageToken()
+        # astimezone overflows for moments at the calendar's edges ("0001-01-01T00:00+01:00").
+        return moment.astimezone(UTC), item
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError):
         raise InvalidPageToken() from None
-    if moment.tzinfo is None:
-        raise InvalidPageToken()
-    return moment.astimezone(UTC), item
 
 
 def decode_key_position(token: str) -> tuple[datetime, str] | None:
     if not token:
         return None
     moment, item = _decode(token)
-    if not isinstance(item, str) or len(item) > 40:
+    if not isinstance(item, str) or not _KEY_ID.fullmatch(item):
         raise InvalidPageToken()
     return moment, item
 
@@ -56,6 +61,6 @@ def decode_event_position(token: str) -> tuple[datetime, int] | None:
     if not token:
         return None
     moment, item = _decode(token)
-    if not isinstance(item, int) or isinstance(item, bool) or item < 0:
-        raise InvalidPageToken()
+    if not isinstance(item, int) or isinstance(item, bool) or not 0 <= item < 2**63:
+        raise InvalidPageToken()  # a bigint column: larger would fail in the database
     return moment, item

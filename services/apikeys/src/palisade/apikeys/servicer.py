@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -63,8 +64,13 @@ def _gateway() -> None:
         raise PermissionDenied("only the gateway may call this method")
 
 
+_KEY_ID = re.compile(r"key_[0-9a-f]{32}")
+
+
 def _key_id(raw: str) -> str:
-    if not raw or len(raw) > ID_CHARS:
+    """A key id as the service mints them; anything else (a NUL, which Postgres refuses in
+    text, included) names no key."""
+    if len(raw) > ID_CHARS or not _KEY_ID.fullmatch(raw):
         raise KeyNotFound()
     return raw
 
@@ -170,7 +176,10 @@ class ApiKeysServicer(apikeys_pb2_grpc.ApiKeysServiceServicer):
     ) -> pb.ListApiKeyEventsResponse:
         person = manager_of(require_caller())
         page = await self._queries.events(
-            person.workspace_id, request.id, size=request.page_size, token=request.page_token
+            person.workspace_id,
+            _key_id(request.id),
+            size=request.page_size,
+            token=request.page_token,
         )
         return pb.ListApiKeyEventsResponse(
             events=[_event(e) for e in page.items], next_page_token=page.next_token

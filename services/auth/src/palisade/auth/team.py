@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -83,6 +84,9 @@ def encode_page_token(joined_at: datetime, user_id: str) -> str:
     return base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
 
 
+_USER_ID = re.compile(r"usr_[0-9a-f]{32}")
+
+
 def decode_page_token(token: str) -> tuple[datetime, str]:
     if len(token) > _MAX_TOKEN_LENGTH or not token.isascii():
         raise InvalidPageToken()
@@ -92,7 +96,9 @@ def decode_page_token(token: str) -> tuple[datetime, str]:
         user_id = body["u"]
     except (binascii.Error, ValueError, KeyError, TypeError):
         raise InvalidPageToken() from None
-    if not isinstance(user_id, str) or not user_id or joined_at.tzinfo is None:
+    # A user id as auth mints them: anything else (a NUL, refused by Postgres in text) is no
+    # position in the list.
+    if not isinstance(user_id, str) or not _USER_ID.fullmatch(user_id) or joined_at.tzinfo is None:
         raise InvalidPageToken()
     return joined_at, user_id
 

@@ -118,6 +118,9 @@ def _too_deep(value: Any, allowed: int) -> bool:
 # Secrets never travel in URLs (they end up in logs, proxies and browser history): a field
 # whose name says it is one is never filled from the query string.
 _SECRET_WORDS = ("token", "password", "secret", "code", "key", "credential")
+# ...except list cursors, which hold no secret (an opaque position in a list the caller may
+# read anyway) and have no other way in on a GET.
+_NOT_SECRETS = frozenset({"page_token"})
 
 
 def is_query_field(field: FieldDescriptor) -> bool:
@@ -125,7 +128,7 @@ def is_query_field(field: FieldDescriptor) -> bool:
     return (
         field.message_type is None
         and not field.is_repeated
-        and not any(word in field.name for word in _SECRET_WORDS)
+        and (field.name in _NOT_SECRETS or not any(word in field.name for word in _SECRET_WORDS))
     )
 
 
