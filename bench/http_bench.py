@@ -139,8 +139,8 @@ def suite_behind_gateway(
             # One signed-in bench user sends thousands of requests a second: the per-user
             # limit would refuse most of them, and the benches measure serving, not refusing.
             # (P4 sets its own limits to measure the limiter itself.)
-            "PALISADE_GATEWAY_USER_RATE_LIMIT_PER_MINUTE": str(10**9),
-            "PALISADE_GATEWAY_USER_RATE_LIMIT_BURST": str(10**6),
+            "PALISADE_GATEWAY_USER_RATE_LIMIT_PER_MINUTE": str(60_000_000),
+            "PALISADE_GATEWAY_USER_RATE_LIMIT_BURST": str(1_000_000),
             **(extra_env or {}),
         }
         ready = f"http://127.0.0.1:{http_port}/readyz"

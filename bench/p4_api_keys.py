@@ -11,8 +11,8 @@ hit; >= 0.8 of P2's throughput.
   the key; the owner's bearer token on the same gateway (also one limit check in Redis); and,
   for P2 exactly as P2 runs, the bearer token on a second suite whose gateway limits in process.
 - Counted while measuring: Redis commands (INFO commandstats, before and after, over the
-  requests the gateway answered on the route), the gateway's key-cache misses, and the apikeys
-  service's VerifyApiKey calls (its gRPC metrics): both must stay at zero.
+  requests the gateway answered on the route) and the gateway's key-cache misses (each one
+  VerifyApiKey call; an entry ages out after 60 s, so a run of trials sees a few).
 
 Run it alone: it counts every command the Redis server executes.
 """
@@ -123,9 +123,12 @@ def main() -> dict[str, float]:
             keyed = http_load(gateway.http_port, ROUTE, headers=[f"Authorization: Bearer {key}"])
             spent = requests_answered(gateway.metrics_port, ROUTE) - answered
             after = _redis_commands()
-            # INFO itself is one command per snapshot; everything else is the gateway's.
-            total = sum(after.values()) - sum(commands.values()) - 1
-            commands_per_request.append(total / spent)
+            # Commands clients sent: INFO (one per snapshot) aside, and without the GET and
+            # SET the script runs inside Redis (commandstats counts those too; nothing else
+            # in this suite sends GET or SET, as auth and apikeys run without Redis here).
+            delta = {name: after[name] - commands.get(name, 0) for name in after}
+            sent = sum(delta.values()) - 1 - delta.get("get", 0) - delta.get("set", 0)
+            commands_per_request.append(sent / spent)
             evalsha_per_request.append((after["evalsha"] - commands.get("evalsha", 0)) / spent)
             key_rates.append(keyed["rate"])
             bearer = http_load(gateway.http_port, ROUTE, headers=[f"Authorization: Bearer {token}"])
@@ -148,10 +151,14 @@ def main() -> dict[str, float]:
             ("ratio key / P2", f"{ratio_p2:.2f}   target >= 0.8"),
             ("ratio key / bearer on the same gateway", f"{ratio_same:.2f}"),
             (
-                "Redis commands per key request, at most",
-                f"{round_trips:.3f}   (EVALSHA {max(evalsha_per_request):.3f}; target <= 1)",
+                "Redis commands sent per key request, at most",
+                f"{round_trips:.3f}   (EVALSHA {max(evalsha_per_request):.3f}; target <= 1; "
+                "concurrent ones share a pipeline)",
             ),
-            ("key-cache misses while measuring", f"{key_misses:.0f}   (no VerifyApiKey call)"),
+            (
+                "key-cache misses while measuring",
+                f"{key_misses:.0f}   (VerifyApiKey calls: entries age out after 60 s)",
+            ),
         ],
     )
     return {"p4_ratio_to_p2": ratio_p2, "p4_redis_commands_per_request": round_trips}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -172,6 +173,7 @@ async def test_redis_and_local_decide_identically_for_the_same_clock(redis: Redi
 @pytest.mark.redis
 async def test_one_evalsha_per_check_and_nothing_else(redis_url: str) -> None:
     sent: list[str] = []
+    writes: list[int] = []
 
     class Counting(Connection):
         async def send_packed_command(
@@ -183,7 +185,10 @@ async def test_one_evalsha_per_check_and_nothing_else(redis_url: str) -> None:
                 packed = command
             else:
                 packed = b"".join(command)
-            sent.append(packed.split(b"\r\n")[2].decode().upper())
+            # Every command of the write (a pipeline packs several), and the writes themselves.
+            names = re.findall(rb"\*\d+\r\n\$\d+\r\n([A-Za-z|]+)\r\n", packed)
+            sent.extend(name.decode().upper() for name in names)
+            writes.append(len(names))
             await super().send_packed_command(command, check_health)
 
     pool = ConnectionPool.from_url(redis_url, connection_class=Counting, socket_timeout=2)
@@ -194,11 +199,14 @@ async def test_one_evalsha_per_check_and_nothing_else(redis_url: str) -> None:
         await limiter.check([k, u])  # connects, and loads the script if Redis lacks it
         assert len([c for c in sent if c in ("EVALSHA", "SCRIPT", "EVAL")]) <= 3
         sent.clear()
+        writes.clear()
         for _ in range(25):
             await limiter.check([k, u])
         await limiter.check([k])
         await asyncio.gather(*(limiter.check([u]) for _ in range(10)))
         assert sent.count("EVALSHA") == 36
+        # One round trip per check at most: checks that arrive together share one.
+        assert len(writes) < 36
         assert [c for c in sent if c not in ("EVALSHA", "CLIENT", "SELECT", "HELLO")] == []
     finally:
         await redis.aclose()
@@ -330,3 +338,21 @@ async def test_a_read_only_replica_is_unavailable() -> None:
         finally:
             await redis.aclose()
     assert b"EVALSHA" in fake.commands
+
+
+async def test_a_flushed_script_is_loaded_again_and_the_checks_still_count(
+    redis_url: str,
+) -> None:
+    # A restarted (or flushed) Redis forgets scripts: the calls that met NOSCRIPT are sent
+    # again after SCRIPT LOAD, within the same check, and each is counted exactly once.
+    # (SCRIPT FLUSH empties the whole server's script cache: redis-py reloads its own.)
+    redis = Redis.from_url(redis_url)
+    try:
+        limiter = RedisRateLimiter(redis, clock=ManualClock())
+        subject = key("flush", 3)
+        assert (await limiter.check([subject])).allowed
+        await redis.script_flush()
+        results = await asyncio.gather(*(limiter.check([subject]) for _ in range(4)))
+        assert [r.allowed for r in results].count(True) == 2
+    finally:
+        await redis.aclose()

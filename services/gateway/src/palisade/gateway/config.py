@@ -54,13 +54,13 @@ class GatewaySettings(CommonSettings):
     # (exact on one machine). Every authenticated request spends its person's limit (a key's
     # creator for key requests); key requests also spend the key's own (set per key).
     redis_url: str | None = None
-    user_rate_limit_per_minute: int = Field(default=3000, ge=1)
-    user_rate_limit_burst: int = Field(default=300, ge=1)
+    user_rate_limit_per_minute: int = Field(default=3000, ge=1, le=60_000_000)
+    user_rate_limit_burst: int = Field(default=300, ge=1, le=1_000_000)
     # Key lookups that miss the key cache, and leak reports, per client network (an IPv4
     # address or IPv6 /64): checksums are public, so made-up keys that pass them are free to
     # make, and each would otherwise cost a call to the key service.
-    client_lookup_limit_per_minute: int = Field(default=600, ge=1)
-    client_lookup_limit_burst: int = Field(default=100, ge=1)
+    client_lookup_limit_per_minute: int = Field(default=600, ge=1, le=60_000_000)
+    client_lookup_limit_burst: int = Field(default=100, ge=1, le=1_000_000)
     # With Redis unreachable: False (the default) answers 503 rather than serve unlimited
     # traffic; True lets requests through unlimited. Bearer tokens and secret keys follow the
     # first, publishable keys (browser traffic, often the product's widget) the second.

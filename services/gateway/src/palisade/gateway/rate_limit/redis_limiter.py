@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from palisade.common.clock import Clock
+from palisade.gateway.rate_limit.batching import ScriptBatcher
 from palisade.gateway.rate_limit.gcra import Outcome, decide, now_us, validate
 from palisade.gateway.rate_limit.model import Decision, RateLimiterUnavailable, Subject
 
@@ -106,9 +107,10 @@ class RedisRateLimiter:
         self._prefix = key_prefix
         self._deadline = deadline_seconds
         self._turns = asyncio.Semaphore(max_in_flight)
-        # register_script: EVALSHA, and on NOSCRIPT (a restarted or flushed Redis) SCRIPT LOAD
-        # and EVALSHA again; in steady state exactly one command per check.
-        self._script = redis.register_script(_SCRIPT)
+        # EVALSHA, and on NOSCRIPT (a restarted or flushed Redis) SCRIPT LOAD and EVALSHA
+        # again; concurrent checks travel in one pipeline (batching.py). In steady state one
+        # command per check, and at most one round trip.
+        self._script = ScriptBatcher(redis, _SCRIPT)
 
     async def check(self, subjects: Sequence[Subject]) -> Decision:
         chosen = validate(subjects)
@@ -120,7 +122,7 @@ class RedisRateLimiter:
         keys = [self._prefix + subject.id for subject in chosen]
         try:
             async with asyncio.timeout(self._deadline), self._turns:
-                reply = await self._script(keys=keys, args=args)
+                reply = await self._script.call(keys, args)
         except (RedisError, OSError, TimeoutError) as exc:
             raise RateLimiterUnavailable(f"Redis could not answer: {type(exc).__name__}") from exc
         try:
