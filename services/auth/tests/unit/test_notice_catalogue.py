@@ -102,7 +102,9 @@ def test_the_mail_says_what_when_where_and_which_key() -> None:
 
 def test_page_tokens_round_trip_and_refuse_anything_else() -> None:
     moment = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
-    assert decode_page_token(encode_page_token(moment, "usr_1")) == (moment, "usr_1")
-    for bad in ("", "!!", "e30", "eyJ0IjogIngiLCAidSI6ICJ5In0", "x" * 300, "é"):
+    user_id = "usr_" + "0a" * 16
+    assert decode_page_token(encode_page_token(moment, user_id)) == (moment, user_id)
+    odd_ids = [encode_page_token(moment, u) for u in ("usr_1", user_id + "\x00", "")]
+    for bad in ("", "!!", "e30", "eyJ0IjogIngiLCAidSI6ICJ5In0", "x" * 300, "é", *odd_ids):
         with pytest.raises(InvalidPageToken):
             decode_page_token(bad)
