@@ -20,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import grpc
 from redis.asyncio import Redis
 
 log = logging.getLogger("palisade.common.revocation_feed")
@@ -176,3 +177,23 @@ class RedisRevocationFeed:
         finally:
             await pubsub.unsubscribe(self._channel)
             await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+# Initial metadata of a WatchRevocations stream: the service has subscribed to its feed, so the
+# gateway following the stream will miss nothing published from then on.
+SUBSCRIBED_METADATA = ("x-palisade-subscribed", "1")
+E = TypeVar("E")
+M = TypeVar("M")
+
+
+async def serve_subscription(
+    subscription: AbstractAsyncContextManager[AsyncIterator[E]],
+    context: grpc.aio.ServicerContext[Any, Any],
+    message: Callable[[E], M],
+) -> AsyncIterator[M]:
+    """A WatchRevocations stream: subscribes first, then says so (SUBSCRIBED_METADATA), then
+    yields message(event) for every notice and heartbeat."""
+    async with subscription as events:
+        await context.send_initial_metadata((SUBSCRIBED_METADATA,))
+        async for event in events:
+            yield message(event)

@@ -22,7 +22,7 @@ from palisade.apikeys.validation import key_settings
 from palisade.common.caller import require_caller, require_service_caller
 from palisade.common.clock import Clock
 from palisade.common.errors import PermissionDenied
-from palisade.common.revocation_feed import RevocationFeed
+from palisade.common.revocation_feed import FeedEvent, RevocationFeed, serve_subscription
 from palisade_api.apikeys.v1 import apikeys_pb2 as pb
 from palisade_api.apikeys.v1 import apikeys_pb2_grpc
 
@@ -228,21 +228,23 @@ class ApiKeysServicer(apikeys_pb2_grpc.ApiKeysServiceServicer):
         self, request: pb.WatchKeyRevocationsRequest, context: Context
     ) -> AsyncIterator[pb.KeyRevocation]:
         _gateway()
-        async with self._revocations.subscribe() as events:
-            # Tells the subscriber it will miss nothing from here on.
-            await context.send_initial_metadata((("x-palisade-subscribed", "1"),))
-            async for event in events:
-                if event.payload is None:
-                    yield pb.KeyRevocation(sequence=event.sequence, heartbeat=True)
-                    continue
-                notice = KeyRevocationNotice.from_payload(event.payload)
-                yield pb.KeyRevocation(
-                    key_hashes=list(notice.key_hashes),
-                    key_ids=list(notice.key_ids),
-                    reason=notice.reason,
-                    revoked_at=_timestamp(notice.revoked_at),
-                    sequence=event.sequence,
-                )
+        async for message in serve_subscription(
+            self._revocations.subscribe(), context, _revocation_message
+        ):
+            yield message
+
+
+def _revocation_message(event: FeedEvent) -> pb.KeyRevocation:
+    if event.payload is None:
+        return pb.KeyRevocation(sequence=event.sequence, heartbeat=True)
+    notice = KeyRevocationNotice.from_payload(event.payload)
+    return pb.KeyRevocation(
+        key_hashes=list(notice.key_hashes),
+        key_ids=list(notice.key_ids),
+        reason=notice.reason,
+        revoked_at=_timestamp(notice.revoked_at),
+        sequence=event.sequence,
+    )
 
 
 def _event(event: KeyEvent) -> pb.ApiKeyEvent:

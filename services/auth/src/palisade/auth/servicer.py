@@ -21,11 +21,12 @@ from palisade.auth.notices import NoticeRequest, SecurityNotices
 from palisade.auth.passkeys import PasskeyInfo, Passkeys
 from palisade.auth.principals import require_service, signed_in, workspace_reader
 from palisade.auth.recent_auth import RecentAuth
-from palisade.auth.revocation import RevocationFeed
+from palisade.auth.revocation import FeedEvent, RevocationFeed
 from palisade.auth.second_factor import SecondFactors
 from palisade.auth.sessions import ClientInfo, SessionManager
 from palisade.auth.team import TeamDirectory
 from palisade.common.caller import Caller, require_caller
+from palisade.common.revocation_feed import serve_subscription
 from palisade_api.auth.v1 import auth_pb2 as pb
 from palisade_api.auth.v1 import auth_pb2_grpc
 
@@ -452,19 +453,21 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: pb.WatchRevocationsRequest, context: Context
     ) -> AsyncIterator[pb.Revocation]:
         require_service(GATEWAY_CALLERS)
-        async with self._revocations.subscribe() as events:
-            # Tells the subscriber it will miss nothing from here on.
-            await context.send_initial_metadata((("x-palisade-subscribed", "1"),))
-            async for event in events:
-                notice = event.notice
-                if notice is None:
-                    yield pb.Revocation(sequence=event.sequence, heartbeat=True)
-                    continue
-                yield pb.Revocation(
-                    access_token_hashes=list(notice.access_token_hashes),
-                    session_ids=list(notice.session_ids),
-                    user_id=notice.user_id,
-                    reason=notice.reason,
-                    revoked_at=_timestamp(notice.revoked_at),
-                    sequence=event.sequence,
-                )
+        async for message in serve_subscription(
+            self._revocations.subscribe(), context, _revocation_message
+        ):
+            yield message
+
+
+def _revocation_message(event: FeedEvent) -> pb.Revocation:
+    notice = event.notice
+    if notice is None:
+        return pb.Revocation(sequence=event.sequence, heartbeat=True)
+    return pb.Revocation(
+        access_token_hashes=list(notice.access_token_hashes),
+        session_ids=list(notice.session_ids),
+        user_id=notice.user_id,
+        reason=notice.reason,
+        revoked_at=_timestamp(notice.revoked_at),
+        sequence=event.sequence,
+    )

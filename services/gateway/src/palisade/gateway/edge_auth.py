@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from palisade.common.caller import AssertionSigner
+from palisade.common.caller import CALLER_METADATA_KEY, AssertionSigner
 from palisade.common.clock import Clock
 from palisade.gateway.feed_follower import FeedFollower, FeedLost
 from palisade.gateway.problems import trailers_of
@@ -35,6 +35,21 @@ class AuthenticationFailed(Exception):
         super().__init__(detail)
         self.code = code
         self.detail = detail
+
+
+def own_call_metadata(
+    signer: AssertionSigner, audience: str, full_method: str
+) -> tuple[tuple[str, str], ...]:
+    """The gateway's assertion as itself (not for a client) for one call to a backend.
+
+    Per call (and per reconnect): an assertion is bound to its method and used once."""
+    token = signer.sign(
+        audience=audience,
+        method=full_method,
+        principal="service:gateway",
+        request_id=uuid.uuid4().hex,
+    )
+    return ((CALLER_METADATA_KEY, token),)
 
 
 def bearer_token(header: str | None) -> str:
@@ -102,14 +117,7 @@ class EdgeAuthenticator:
         )
 
     def _service_metadata(self, method: str) -> tuple[tuple[str, str], ...]:
-        # Per call (and per reconnect): an assertion is bound to its method and used once.
-        token = self._signer.sign(
-            audience="auth",
-            method=f"/{_AUTH_SERVICE}/{method}",
-            principal="service:gateway",
-            request_id=uuid.uuid4().hex,
-        )
-        return (("x-palisade-caller", token),)
+        return own_call_metadata(self._signer, "auth", f"/{_AUTH_SERVICE}/{method}")
 
     async def grant_for(self, token: str) -> Grant:
         """The grant behind an access token; raises AuthenticationFailed or grpc errors."""

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from palisade.common.clock import Clock
+from palisade.common.revocation_feed import SUBSCRIBED_METADATA
 
 log = logging.getLogger("palisade.gateway.feed")
 _RECONNECT_SECONDS = 0.5
@@ -117,7 +118,7 @@ class FeedFollower:
                 # The service says so once it has subscribed: from then on nothing is missed.
                 # (A call that failed early also returns initial metadata, just without it.)
                 metadata: Any = await call.initial_metadata()
-                if ("x-palisade-subscribed", "1") not in tuple(metadata or ()):
+                if SUBSCRIBED_METADATA not in tuple(metadata or ()):
                     raise ConnectionError(f"{self._name} feed did not confirm the subscription")
                 self._lost.clear()
                 self._heard_at = self._clock.timestamp()  # the heartbeat deadline starts now

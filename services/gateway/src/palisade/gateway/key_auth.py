@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -33,7 +32,7 @@ from palisade.common.api_key_format import MalformedKey, shape_of
 from palisade.common.caller import AssertionSigner
 from palisade.common.clock import Clock
 from palisade.gateway.access import Forbidden, KeyGrant
-from palisade.gateway.edge_auth import AuthenticationFailed
+from palisade.gateway.edge_auth import AuthenticationFailed, own_call_metadata
 from palisade.gateway.feed_follower import FeedFollower
 from palisade.gateway.limits import RateLimitPolicy
 from palisade.gateway.problems import trailers_of
@@ -70,13 +69,7 @@ class KeyCache(IndexedCache[KeyGrant]):
 
 def service_metadata(signer: AssertionSigner, method: str) -> tuple[tuple[str, str], ...]:
     """The gateway's own assertion for one call to the apikeys service (used once)."""
-    token = signer.sign(
-        audience="apikeys",
-        method=f"/{_SERVICE}/{method}",
-        principal="service:gateway",
-        request_id=uuid.uuid4().hex,
-    )
-    return (("x-palisade-caller", token),)
+    return own_call_metadata(signer, "apikeys", f"/{_SERVICE}/{method}")
 
 
 class UsageRecorder:
