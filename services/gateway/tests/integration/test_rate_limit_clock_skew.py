@@ -12,10 +12,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from redis.asyncio import Redis
 
 from palisade.common.clock import ManualClock
 from palisade.gateway.rate_limit import Limit, LocalRateLimiter, RedisRateLimiter, Subject
+from palisade.gateway.rate_limit.resp_client import RespClient
 
 pytestmark = [pytest.mark.redis]
 
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.redis]
 async def test_replica_10ms_behind_grants_a_second_full_burst(redis_url: str) -> None:
     ahead = ManualClock()
     behind = ManualClock(ahead.now() - timedelta(milliseconds=10))  # 10 ms of NTP skew
-    redis = Redis.from_url(redis_url)
+    redis = RespClient.from_url(redis_url)
     try:
         one = RedisRateLimiter(redis, clock=ahead)
         two = RedisRateLimiter(redis, clock=behind)
@@ -46,7 +46,7 @@ async def test_burst_one_limit_is_not_enforced_at_all_by_a_lagging_replica(
 ) -> None:
     ahead = ManualClock()
     behind = ManualClock(ahead.now() - timedelta(milliseconds=5))
-    redis = Redis.from_url(redis_url)
+    redis = RespClient.from_url(redis_url)
     try:
         one = RedisRateLimiter(redis, clock=ahead)
         two = RedisRateLimiter(redis, clock=behind)

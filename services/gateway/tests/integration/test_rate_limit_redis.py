@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
-from redis.asyncio import Connection, ConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
 
 from palisade.common.clock import ManualClock
 from palisade.gateway.rate_limit import (
@@ -29,6 +26,7 @@ from palisade.gateway.rate_limit import (
     rate_limit_headers,
 )
 from palisade.gateway.rate_limit.redis_limiter import EXPIRY_SLACK_MS
+from palisade.gateway.rate_limit.resp_client import RedisAddress, RespClient
 
 PREFIX = "palisade:ratelimit:"
 Factory = Callable[[ManualClock], RateLimiter]
@@ -42,12 +40,22 @@ def user(name: str, rpm: int, burst: int | None = None) -> Subject:
     return Subject("user", f"user:{name}", Limit(rpm, rpm if burst is None else burst))
 
 
-def client(url: str) -> Redis:
-    return Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+def client(url: str) -> RespClient:
+    return RespClient.from_url(url, connect_timeout=2, reply_timeout=2)
 
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    """redis-py, to look at what the limiter stored."""
+    connection = Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        yield connection
+    finally:
+        await connection.aclose()
+
+
+@pytest.fixture
+async def resp(redis_url: str) -> AsyncIterator[RespClient]:
     connection = client(redis_url)
     try:
         yield connection
@@ -147,10 +155,10 @@ async def test_two_gateways_on_separate_connections_enforce_one_limit(redis_url:
 
 
 @pytest.mark.redis
-async def test_redis_and_local_decide_identically_for_the_same_clock(redis: Redis) -> None:
+async def test_redis_and_local_decide_identically_for_the_same_clock(resp: RespClient) -> None:
     clock = ManualClock()
     local = LocalRateLimiter(clock=clock)
-    remote = RedisRateLimiter(redis, clock=clock)
+    remote = RedisRateLimiter(resp, clock=clock)
     users = [user("u1", 13, 5), user("u2", 600, 1)]
     keys = [
         (key("k1", 7, 3), users[0]),
@@ -170,51 +178,78 @@ async def test_redis_and_local_decide_identically_for_the_same_clock(redis: Redi
     assert min(seen.values()) > 100  # both branches well exercised
 
 
+class CountingProxy:
+    """A TCP relay on 127.0.0.1 between the limiter and the real Redis that records the name of
+    every command the limiter sends."""
+
+    def __init__(self, target: str) -> None:
+        address = RedisAddress.from_url(target)
+        self._target = (address.host, address.port)
+        self._db = address.db
+        self.sent: list[str] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}/{self._db}"
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
+        self._tasks.append(asyncio.ensure_future(self._pipe(upstream_reader, writer)))
+        try:
+            while header := await reader.readline():
+                parts = []
+                for _ in range(int(header[1:])):
+                    length_line = await reader.readline()
+                    data = await reader.readexactly(int(length_line[1:]) + 2)
+                    parts.append(length_line + data)
+                self.sent.append(parts[0].split(b"\r\n")[1].decode().upper())
+                upstream_writer.write(header + b"".join(parts))
+        finally:
+            upstream_writer.close()
+            writer.close()
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+
+
 @pytest.mark.redis
 async def test_one_evalsha_per_check_and_nothing_else(redis_url: str) -> None:
-    sent: list[str] = []
-    writes: list[int] = []
-
-    class Counting(Connection):
-        async def send_packed_command(
-            self, command: bytes | str | Iterable[bytes], check_health: bool = True
-        ) -> None:
-            if isinstance(command, str):
-                packed = command.encode()
-            elif isinstance(command, bytes):
-                packed = command
-            else:
-                packed = b"".join(command)
-            # Every command of the write (a pipeline packs several), and the writes themselves.
-            names = re.findall(rb"\*\d+\r\n\$\d+\r\n([A-Za-z|]+)\r\n", packed)
-            sent.extend(name.decode().upper() for name in names)
-            writes.append(len(names))
-            await super().send_packed_command(command, check_health)
-
-    pool = ConnectionPool.from_url(redis_url, connection_class=Counting, socket_timeout=2)
-    redis = Redis(connection_pool=pool)
-    try:
-        limiter = RedisRateLimiter(redis, clock=ManualClock())
-        k, u = key("a", 1000), user("b", 1000)
-        await limiter.check([k, u])  # connects, and loads the script if Redis lacks it
-        assert len([c for c in sent if c in ("EVALSHA", "SCRIPT", "EVAL")]) <= 3
-        sent.clear()
-        writes.clear()
-        for _ in range(25):
-            await limiter.check([k, u])
-        await limiter.check([k])
-        await asyncio.gather(*(limiter.check([u]) for _ in range(10)))
-        assert sent.count("EVALSHA") == 36
-        # One round trip per check at most: checks that arrive together share one.
-        assert len(writes) < 36
-        assert [c for c in sent if c not in ("EVALSHA", "CLIENT", "SELECT", "HELLO")] == []
-    finally:
-        await redis.aclose()
+    proxy = CountingProxy(redis_url)
+    async with proxy as url:
+        resp = client(url)
+        try:
+            limiter = RedisRateLimiter(resp, clock=ManualClock())
+            k, u = key("a", 1000), user("b", 1000)
+            await limiter.check([k, u])  # connects, and loads the script if Redis lacks it
+            assert len([c for c in proxy.sent if c in ("EVALSHA", "SCRIPT", "EVAL")]) <= 3
+            proxy.sent.clear()
+            writes_before = resp.writes
+            for _ in range(25):
+                await limiter.check([k, u])
+            await limiter.check([k])
+            await asyncio.gather(*(limiter.check([u]) for _ in range(10)))
+            assert proxy.sent == ["EVALSHA"] * 36
+            # One round trip per check at most: the ten issued together share one write.
+            assert resp.writes - writes_before == 27
+        finally:
+            await resp.aclose()
 
 
 @pytest.mark.redis
-async def test_state_is_one_expiring_key_per_subject_untouched_by_a_refusal(redis: Redis) -> None:
-    limiter = RedisRateLimiter(redis, clock=ManualClock())
+async def test_state_is_one_expiring_key_per_subject_untouched_by_a_refusal(
+    redis: Redis, resp: RespClient
+) -> None:
+    limiter = RedisRateLimiter(resp, clock=ManualClock())
     k, u = key("a", 60, 10), user("b", 6, 1)  # T = 1 s and 10 s
     assert (await limiter.check([k, u])).allowed
     assert sorted(await redis.keys("*")) == [f"{PREFIX}key:a".encode(), f"{PREFIX}user:b".encode()]
@@ -226,8 +261,8 @@ async def test_state_is_one_expiring_key_per_subject_untouched_by_a_refusal(redi
 
 
 @pytest.mark.redis
-async def test_a_redis_decision_puts_no_id_in_any_header(redis: Redis) -> None:
-    limiter = RedisRateLimiter(redis, clock=ManualClock())
+async def test_a_redis_decision_puts_no_id_in_any_header(resp: RespClient) -> None:
+    limiter = RedisRateLimiter(resp, clock=ManualClock())
     k, u = key("kid_SECRET_1", 100, 2), user("uid_SECRET_2", 600)
     for _ in range(3):
         text = repr(rate_limit_headers(await limiter.check([k, u])))
@@ -296,63 +331,80 @@ async def assert_unavailable_quickly(limiter: RedisRateLimiter, within: float) -
 
 
 async def test_a_closed_port_is_unavailable_quickly() -> None:
-    redis = Redis(
-        host="127.0.0.1",
-        port=closed_port(),
-        socket_connect_timeout=0.25,
-        socket_timeout=0.25,
-        retry=Retry(NoBackoff(), 0),
-    )
+    resp = RespClient(RedisAddress(port=closed_port()), connect_timeout=0.25, reply_timeout=0.25)
     try:
-        await assert_unavailable_quickly(RedisRateLimiter(redis, clock=ManualClock()), 1.0)
+        await assert_unavailable_quickly(RedisRateLimiter(resp, clock=ManualClock()), 1.0)
     finally:
-        await redis.aclose()
+        await resp.aclose()
 
 
-async def test_the_deadline_bounds_a_client_that_would_keep_retrying() -> None:
-    redis = Redis(host="127.0.0.1", port=closed_port())  # redis-py's default: 10 retries
-    try:
-        limiter = RedisRateLimiter(redis, clock=ManualClock(), deadline_seconds=0.2)
-        await assert_unavailable_quickly(limiter, 1.0)
-    finally:
-        await redis.aclose()
+async def test_a_handshake_that_never_completes_is_bounded_by_the_connect_timeout() -> None:
+    # The server accepts but never answers AUTH: connecting (handshake included) gives up.
+    fake = FakeRedis(reply=None)
+    async with fake as url:
+        resp = RespClient.from_url(
+            url.replace("redis://", "redis://:hunter2@"), connect_timeout=0.2, reply_timeout=5
+        )
+        try:
+            await assert_unavailable_quickly(RedisRateLimiter(resp, clock=ManualClock()), 1.0)
+        finally:
+            await resp.aclose()
+    assert fake.commands == [b"AUTH"]
 
 
 async def test_a_redis_that_never_answers_is_unavailable_at_the_deadline() -> None:
     async with FakeRedis(reply=None) as url:
-        redis = Redis.from_url(url)  # no socket timeout at all: the limiter's deadline decides
+        resp = RespClient.from_url(url, connect_timeout=1, reply_timeout=0.2)
         try:
-            limiter = RedisRateLimiter(redis, clock=ManualClock(), deadline_seconds=0.2)
+            limiter = RedisRateLimiter(resp, clock=ManualClock())
+            await assert_unavailable_quickly(limiter, 1.0)
+            # The silent connection was dropped: the next check tries a fresh one.
             await assert_unavailable_quickly(limiter, 1.0)
         finally:
-            await redis.aclose()
+            await resp.aclose()
 
 
 async def test_a_read_only_replica_is_unavailable() -> None:
     readonly = b"-READONLY You can't write against a read only replica.\r\n"
     fake = FakeRedis(reply=readonly)
     async with fake as url:
-        redis = Redis.from_url(url, socket_timeout=0.5, retry=Retry(NoBackoff(), 0))
+        resp = RespClient.from_url(url, connect_timeout=0.5, reply_timeout=0.5)
         try:
-            await assert_unavailable_quickly(RedisRateLimiter(redis, clock=ManualClock()), 1.0)
+            await assert_unavailable_quickly(RedisRateLimiter(resp, clock=ManualClock()), 1.0)
         finally:
-            await redis.aclose()
+            await resp.aclose()
     assert b"EVALSHA" in fake.commands
 
 
 async def test_a_flushed_script_is_loaded_again_and_the_checks_still_count(
-    redis_url: str,
+    redis: Redis, resp: RespClient
 ) -> None:
     # A restarted (or flushed) Redis forgets scripts: the calls that met NOSCRIPT are sent
-    # again after SCRIPT LOAD, within the same check, and each is counted exactly once.
-    # (SCRIPT FLUSH empties the whole server's script cache: redis-py reloads its own.)
-    redis = Redis.from_url(redis_url)
-    try:
-        limiter = RedisRateLimiter(redis, clock=ManualClock())
-        subject = key("flush", 3)
-        assert (await limiter.check([subject])).allowed
-        await redis.script_flush()
-        results = await asyncio.gather(*(limiter.check([subject]) for _ in range(4)))
-        assert [r.allowed for r in results].count(True) == 2
-    finally:
-        await redis.aclose()
+    # again after one SCRIPT LOAD, within the same check, and each is counted exactly once.
+    limiter = RedisRateLimiter(resp, clock=ManualClock())
+    subject = key("flush", 3)
+    assert (await limiter.check([subject])).allowed
+    await redis.script_flush()
+    results = await asyncio.gather(*(limiter.check([subject]) for _ in range(4)))
+    assert [r.allowed for r in results].count(True) == 2
+
+
+async def test_a_lost_connection_fails_its_checks_and_the_next_check_reconnects(
+    redis: Redis, resp: RespClient, redis_url: str
+) -> None:
+    limiter = RedisRateLimiter(resp, clock=ManualClock())
+    subject = key("reconnect", 100)
+    assert (await limiter.check([subject])).allowed
+    # Redis drops the limiter's connection (a restart, a failover, a proxy timeout).
+    db = RedisAddress.from_url(redis_url).db
+    ours = [c for c in await redis.client_list() if c["db"] == str(db) and c["cmd"] == "evalsha"]
+    assert len(ours) == 1
+    await redis.client_kill_filter(_id=ours[0]["id"])
+    outcomes = []
+    for _ in range(3):
+        try:
+            outcomes.append((await limiter.check([subject])).allowed)
+        except RateLimiterUnavailable:
+            outcomes.append(None)
+    # At most the first check after the kill can meet the dead socket; then it works again.
+    assert outcomes[1:] == [True, True]

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
 
 from palisade.common.caller import AssertionSigner
 from palisade.common.clock import Clock, SystemClock
@@ -27,6 +26,7 @@ from palisade.gateway.key_auth import KeyAuthenticator, KeyCache, UsageRecorder
 from palisade.gateway.limits import RateLimitPolicy
 from palisade.gateway.metrics import GatewayMetrics
 from palisade.gateway.rate_limit import Limit, LocalRateLimiter, RateLimiter, RedisRateLimiter
+from palisade.gateway.rate_limit.resp_client import RespClient
 from palisade.gateway.routes import build_routes, service_descriptor
 from palisade.gateway.token_cache import TokenCache
 from palisade_api.apikeys.v1 import apikeys_pb2, apikeys_pb2_grpc
@@ -105,9 +105,7 @@ async def serve_gateway(
         )
         limiter: RateLimiter
         if settings.redis_url:
-            redis = Redis.from_url(
-                settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
-            )
+            redis = RespClient.from_url(settings.redis_url, connect_timeout=1.0, reply_timeout=1.0)
             stack.push_async_callback(redis.aclose)
             limiter = RedisRateLimiter(redis, clock=clock)
         else:

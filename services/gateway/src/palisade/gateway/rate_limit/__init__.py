@@ -3,7 +3,8 @@ spent for all of a request's subjects at once or for none.
 
 - model: Limit, Subject, Decision, RateLimiter (the Protocol), RateLimiterUnavailable.
 - gcra: the algorithm, shared by both limiters so they decide identically.
-- redis_limiter: RedisRateLimiter, production (one EVALSHA per check, shared by replicas).
+- redis_limiter: RedisRateLimiter, production (one EVALSHA per check, shared by replicas),
+  over resp_client (a minimal pipelining Redis client) and scripts (EVALSHA, reload on NOSCRIPT).
 - local_limiter: LocalRateLimiter, the embedded default (in process, bounded memory).
 - headers: rate_limit_headers, the draft-ietf-httpapi-ratelimit-headers-11 fields.
 """

@@ -21,16 +21,13 @@ that every subject a request can name shares it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from palisade.common.clock import Clock
-from palisade.gateway.rate_limit.batching import ScriptBatcher
 from palisade.gateway.rate_limit.gcra import Outcome, decide, now_us, validate
 from palisade.gateway.rate_limit.model import Decision, RateLimiterUnavailable, Subject
+from palisade.gateway.rate_limit.resp_client import ReplyError, RespClient
+from palisade.gateway.rate_limit.scripts import RedisScript
 
 # Extra lifetime of a key past the moment its bucket is full again: covers clock differences
 # between gateways and Redis (and slow test runs against a ManualClock). Costs only memory.
@@ -83,34 +80,17 @@ class RedisRateLimiter:
     """GCRA on Redis: exact across every gateway replica sharing the Redis."""
 
     def __init__(
-        self,
-        redis: Redis,
-        *,
-        clock: Clock,
-        key_prefix: str = "palisade:ratelimit:",
-        deadline_seconds: float | None = 1.0,
-        max_in_flight: int = 50,
+        self, client: RespClient, *, clock: Clock, key_prefix: str = "palisade:ratelimit:"
     ) -> None:
-        """`deadline_seconds` bounds one check, waiting for a turn and the Redis client's own
-        retries included: the check is on every request's path, and a Redis that takes longer
-        is as good as down.
-
-        `max_in_flight` checks at most hold a connection at once; the others wait their turn.
-        redis-py's default pool (100 connections) raises instead of waiting once exhausted,
-        which would turn a burst of 200 parallel requests into "unavailable"; keep this below
-        the pool's size minus whatever else shares the client.
+        """`client` bounds how long a check may wait (its connect and reply timeouts): the
+        check is on every request's path, and a Redis that takes longer is as good as down.
         """
-        if max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
-        self._redis = redis
         self._clock = clock
         self._prefix = key_prefix
-        self._deadline = deadline_seconds
-        self._turns = asyncio.Semaphore(max_in_flight)
         # EVALSHA, and on NOSCRIPT (a restarted or flushed Redis) SCRIPT LOAD and EVALSHA
-        # again; concurrent checks travel in one pipeline (batching.py). In steady state one
-        # command per check, and at most one round trip.
-        self._script = ScriptBatcher(redis, _SCRIPT)
+        # again; checks issued in one event-loop turn share one write (resp_client.py). In
+        # steady state one command per check, and at most one round trip.
+        self._script = RedisScript(client, _SCRIPT)
 
     async def check(self, subjects: Sequence[Subject]) -> Decision:
         chosen = validate(subjects)
@@ -121,11 +101,12 @@ class RedisRateLimiter:
         args.append(EXPIRY_SLACK_MS)
         keys = [self._prefix + subject.id for subject in chosen]
         try:
-            async with asyncio.timeout(self._deadline), self._turns:
-                reply = await self._script.call(keys, args)
-        except (RedisError, OSError, TimeoutError) as exc:
+            reply = await self._script.call(keys, args)
+        except (ReplyError, OSError) as exc:
             raise RateLimiterUnavailable(f"Redis could not answer: {type(exc).__name__}") from exc
         try:
+            if not isinstance(reply, list):
+                raise TypeError("not an array")
             admitted, *tats = (int(value) for value in reply)
             outcome = Outcome(admitted == 1, tuple(tats))
             return decide(now, chosen, outcome)
