@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 
 from palisade.auth.errors import InvalidEmail
-from palisade.auth.passkey_errors import (
+from palisade.auth.passkeys.errors import (
     ChallengeInvalid,
     InvalidPasskeyCredential,
     PasskeyVerificationFailed,

@@ -13,9 +13,9 @@ import pytest_asyncio
 from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 
-from palisade.auth import passkeys as passkeys_module
+from palisade.auth.passkeys import service as passkeys_module
 from palisade.auth.errors import NotSignedIn
-from palisade.auth.passkey_errors import (
+from palisade.auth.passkeys.errors import (
     ChallengeInvalid,
     InvalidPasskeyCredential,
     InvalidPasskeyName,
@@ -25,8 +25,8 @@ from palisade.auth.passkey_errors import (
     PasskeyRegistrationFailed,
     PasskeyVerificationFailed,
 )
-from palisade.auth.passkey_store import PasskeyRecords, passkeys, webauthn_challenges
-from palisade.auth.passkey_store import webauthn_user_handles as handles_table
+from palisade.auth.passkeys.store import PasskeyRecords, passkeys, webauthn_challenges
+from palisade.auth.passkeys.store import webauthn_user_handles as handles_table
 from palisade.auth.store import metadata
 
 from .test_passkeys_support import CLIENT, RP_ID, crypto_service, passkey_env, softauthn

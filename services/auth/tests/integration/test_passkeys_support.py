@@ -23,12 +23,12 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from palisade.auth.accounts import EMAIL_INDEX_CONTEXT
+from palisade.auth.accounts.service import EMAIL_INDEX_CONTEXT
 from palisade.auth.local_keys import LocalKeys
-from palisade.auth.passkey_store import passkeys as passkeys_table
-from palisade.auth.passkeys import Passkeys
-from palisade.auth.revocation import LocalRevocationFeed
-from palisade.auth.sessions import ClientInfo, IssuedTokens, SessionManager, SessionPolicy
+from palisade.auth.passkeys.service import Passkeys
+from palisade.auth.passkeys.store import passkeys as passkeys_table
+from palisade.auth.sessions.manager import ClientInfo, IssuedTokens, SessionManager, SessionPolicy
+from palisade.auth.sessions.revocation import LocalRevocationFeed
 from palisade.auth.store import MIGRATIONS_PACKAGE, AuthStore, outbox, users
 from palisade.common.aad import associated_data
 from palisade.common.caller import AssertionSigner

@@ -9,7 +9,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from palisade.auth.tokens import TokenKind, new_token
+from palisade.auth.sessions.tokens import TokenKind, new_token
 from palisade_api.auth.v1 import auth_pb2 as pb
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]

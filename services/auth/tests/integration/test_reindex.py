@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from palisade.auth.accounts import EMAIL_INDEX_CONTEXT
+from palisade.auth.accounts.reindex import Reindexer, reindex_from_settings, token_version
+from palisade.auth.accounts.service import EMAIL_INDEX_CONTEXT
 from palisade.auth.config import AuthSettings
-from palisade.auth.mfa_store import backup_codes
-from palisade.auth.reindex import Reindexer, reindex_from_settings, token_version
-from palisade.auth.second_factor import BACKUP_CODE_INDEX_CONTEXT
+from palisade.auth.mfa.second_factor import BACKUP_CODE_INDEX_CONTEXT
+from palisade.auth.mfa.store import backup_codes
 from palisade.auth.store import MIGRATIONS_PACKAGE, AuthStore, users
 from palisade.common.aad import associated_data
 from palisade.common.caller import AssertionSigner

@@ -19,7 +19,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import func, insert, select
 
-from palisade.auth.revocation import (
+from palisade.auth.sessions.revocation import (
     SEQUENCE_KEY,
     FeedEvent,
     LocalRevocationFeed,
@@ -27,7 +27,11 @@ from palisade.auth.revocation import (
     RedisRevocationFeed,
     RevocationNotice,
 )
-from palisade.auth.revocation_outbox import RevocationOutbox, RevocationRelay, revocation_outbox
+from palisade.auth.sessions.revocation_outbox import (
+    RevocationOutbox,
+    RevocationRelay,
+    revocation_outbox,
+)
 from palisade.auth.store import MIGRATIONS_PACKAGE, AuthStore
 from palisade.common import revocation_feed as common
 from palisade.common.clock import ManualClock

@@ -139,7 +139,7 @@ async def test_login_input_errors_do_not_reveal_accounts(auth) -> None:
 
 async def test_known_and_unknown_emails_cost_the_same_hashing_work(auth, monkeypatch) -> None:
     """Timing parity without timing: both paths run exactly one Argon2 computation."""
-    from palisade.auth.passwords import PasswordHasher
+    from palisade.auth.passwords.hashing import PasswordHasher
 
     calls: list[str] = []
     real_verify, real_hash = PasswordHasher._verify, PasswordHasher.hash

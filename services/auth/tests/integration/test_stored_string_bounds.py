@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import String
 
 from palisade.auth import bounded
-from palisade.auth.mfa_store import magic_links
-from palisade.auth.passkey_store import passkeys
+from palisade.auth.mfa.store import magic_links
+from palisade.auth.passkeys.store import passkeys
 from palisade.auth.store import metadata, sessions, workspaces
 from palisade_api.auth.v1 import auth_pb2 as pb
 

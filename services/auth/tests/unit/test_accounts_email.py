@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from palisade.auth.accounts import MAX_EMAIL_LENGTH, normalize_email
+from palisade.auth.accounts.service import MAX_EMAIL_LENGTH, normalize_email
 from palisade.auth.errors import InvalidEmail
 
 

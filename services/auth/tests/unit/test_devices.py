@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from palisade.auth.bounded import DEVICE_CHARS, IP_CHARS, client_ip
-from palisade.auth.devices import describe_device
+from palisade.auth.sessions.devices import describe_device
 
 FIREFOX_LINUX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from palisade.auth.notice_catalogue import (
+from palisade.auth.mail.notice_catalogue import (
     CATALOGUE,
     InvalidNoticeDetails,
     NoticeContext,
@@ -17,7 +17,7 @@ from palisade.auth.notice_catalogue import (
     notice_kind,
     shown,
 )
-from palisade.auth.team import InvalidPageToken, decode_page_token, encode_page_token
+from palisade.auth.team.directory import InvalidPageToken, decode_page_token, encode_page_token
 from palisade.common.api_key_format import display_prefix, generate, last4
 
 CONTEXT = NoticeContext(

@@ -8,9 +8,9 @@ from collections import Counter
 import cbor2
 import pytest
 
-from palisade.auth.passkey_errors import InvalidPasskeyCredential, InvalidPasskeyName
-from palisade.auth.passkeys import clean_passkey_name
-from palisade.auth.webauthn_json import (
+from palisade.auth.passkeys.errors import InvalidPasskeyCredential, InvalidPasskeyName
+from palisade.auth.passkeys.service import clean_passkey_name
+from palisade.auth.passkeys.webauthn_json import (
     b64url_decode,
     b64url_encode,
     decoy_credentials,

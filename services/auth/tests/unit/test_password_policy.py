@@ -12,7 +12,7 @@ from palisade.auth.errors import (
     PasswordTooShort,
     WeakPassword,
 )
-from palisade.auth.password_policy import (
+from palisade.auth.passwords.policy import (
     MAX_LENGTH,
     MIN_LENGTH,
     check_length,
@@ -107,7 +107,7 @@ def _normalize_spy(monkeypatch) -> list[int]:
     """Records the length of every string password_policy hands to NFKC."""
     import unicodedata
 
-    from palisade.auth import password_policy
+    from palisade.auth.passwords import policy as password_policy
 
     seen: list[int] = []
     real = unicodedata.normalize

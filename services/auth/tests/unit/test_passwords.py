@@ -10,7 +10,7 @@ import argon2
 import bcrypt
 import pytest
 
-from palisade.auth.passwords import PasswordHasher, Verification, prepare
+from palisade.auth.passwords.hashing import PasswordHasher, Verification, prepare
 
 MEMORY_KIB = 19456
 TIME_COST = 2

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from palisade.auth import revocation
-from palisade.auth.revocation import LocalRevocationFeed, RevocationNotice
+from palisade.auth.sessions import revocation
+from palisade.auth.sessions.revocation import LocalRevocationFeed, RevocationNotice
 from palisade.common import revocation_feed as common_feed
 
 WHEN = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)

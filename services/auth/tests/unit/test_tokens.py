@@ -9,9 +9,9 @@ import secrets
 
 import pytest
 
-from palisade.auth import tokens
 from palisade.auth.errors import InvalidToken, WrongTokenType
-from palisade.auth.tokens import TokenKind, check_token, new_token, token_hash
+from palisade.auth.sessions import tokens
+from palisade.auth.sessions.tokens import TokenKind, check_token, new_token, token_hash
 from palisade.common.errors import Unauthenticated
 
 BODY = re.compile(r"[A-Za-z0-9_-]{43}")

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlparse
 import pyotp
 import pytest
 
-from palisade.auth import backup_codes, totp
+from palisade.auth.mfa import backup_codes, totp
 
 RFC_SECRET = base64.b32encode(b"12345678901234567890").decode()
 

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = AuthSettings()
     configure_logging(SERVICE_NAME, settings.log_level)
     if args.command == "reindex":
-        from palisade.auth.reindex import reindex_from_settings
+        from palisade.auth.accounts.reindex import reindex_from_settings
 
         result = asyncio.run(reindex_from_settings(settings, after=args.after))
         return 1 if result.collisions or result.unreadable else 0

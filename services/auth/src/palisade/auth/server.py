@@ -13,24 +13,28 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from palisade.auth.accounts import Accounts
+from palisade.auth.accounts.service import Accounts
 from palisade.auth.config import SERVICE_NAME, AuthSettings
-from palisade.auth.geo import Locator, MaxMindLocator, NullLocator
+from palisade.auth.links.magic import MagicLinkPolicy, MagicLinks
 from palisade.auth.local_keys import load_local_keys
-from palisade.auth.magic_links import MagicLinkPolicy, MagicLinks
 from palisade.auth.mail import MailQueue, MailRelay, build_mailer
-from palisade.auth.mfa_login import MfaLogins
-from palisade.auth.notices import SecurityNotices
-from palisade.auth.passkeys import Passkeys
-from palisade.auth.passwords import PasswordHasher
-from palisade.auth.recent_auth import RecentAuth
-from palisade.auth.revocation import LocalRevocationFeed, RedisRevocationFeed, RevocationFeed
-from palisade.auth.revocation_outbox import RevocationOutbox, RevocationRelay
-from palisade.auth.second_factor import MfaLimits, SecondFactors
+from palisade.auth.mail.notices import SecurityNotices
+from palisade.auth.mfa.login import MfaLogins
+from palisade.auth.mfa.second_factor import MfaLimits, SecondFactors
+from palisade.auth.passkeys.service import Passkeys
+from palisade.auth.passwords.hashing import PasswordHasher
 from palisade.auth.servicer import AuthServicer
-from palisade.auth.sessions import SessionManager, SessionPolicy
+from palisade.auth.sessions.geo import Locator, MaxMindLocator, NullLocator
+from palisade.auth.sessions.manager import SessionManager, SessionPolicy
+from palisade.auth.sessions.recent_auth import RecentAuth
+from palisade.auth.sessions.revocation import (
+    LocalRevocationFeed,
+    RedisRevocationFeed,
+    RevocationFeed,
+)
+from palisade.auth.sessions.revocation_outbox import RevocationOutbox, RevocationRelay
 from palisade.auth.store import MIGRATIONS_PACKAGE, AuthStore
-from palisade.auth.team import TeamDirectory
+from palisade.auth.team.directory import TeamDirectory
 from palisade.auth.throttle import (
     CounterLimiter,
     FailureCounts,

@@ -11,20 +11,20 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from palisade.auth.accounts import Accounts
+from palisade.auth.accounts.principals import require_service, signed_in, workspace_reader
+from palisade.auth.accounts.service import Accounts
 from palisade.auth.bounded import client_ip
-from palisade.auth.devices import describe_device
-from palisade.auth.geo import Locator
-from palisade.auth.magic_links import MagicLinks
-from palisade.auth.mfa_login import LoginResult, MfaLogins, MfaPending
-from palisade.auth.notices import NoticeRequest, SecurityNotices
-from palisade.auth.passkeys import PasskeyInfo, Passkeys
-from palisade.auth.principals import require_service, signed_in, workspace_reader
-from palisade.auth.recent_auth import RecentAuth
-from palisade.auth.revocation import FeedEvent, RevocationFeed
-from palisade.auth.second_factor import SecondFactors
-from palisade.auth.sessions import ClientInfo, SessionManager
-from palisade.auth.team import TeamDirectory
+from palisade.auth.links.magic import MagicLinks
+from palisade.auth.mail.notices import NoticeRequest, SecurityNotices
+from palisade.auth.mfa.login import LoginResult, MfaLogins, MfaPending
+from palisade.auth.mfa.second_factor import SecondFactors
+from palisade.auth.passkeys.service import PasskeyInfo, Passkeys
+from palisade.auth.sessions.devices import describe_device
+from palisade.auth.sessions.geo import Locator
+from palisade.auth.sessions.manager import ClientInfo, SessionManager
+from palisade.auth.sessions.recent_auth import RecentAuth
+from palisade.auth.sessions.revocation import FeedEvent, RevocationFeed
+from palisade.auth.team.directory import TeamDirectory
 from palisade.common.caller import Caller, require_caller
 from palisade.common.revocation_feed import serve_subscription
 from palisade_api.auth.v1 import auth_pb2 as pb

@@ -36,16 +36,16 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from palisade.auth.bounded import client_ip
-from palisade.auth.devices import describe_device
-from palisade.auth.geo import Locator
 from palisade.auth.mail import MailQueue, OutgoingEmail
-from palisade.auth.notice_catalogue import (
+from palisade.auth.mail.notice_catalogue import (
     NoticeContext,
     NoticeKind,
     check_details,
     notice_email,
     notice_kind,
 )
+from palisade.auth.sessions.devices import describe_device
+from palisade.auth.sessions.geo import Locator
 from palisade.auth.store import TS, AuthStore, AuthTransaction, memberships, metadata, users
 from palisade.auth.store import workspaces as workspaces_table
 from palisade.common.aad import associated_data

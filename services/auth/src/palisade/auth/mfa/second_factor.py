@@ -16,15 +16,15 @@ import uuid
 from dataclasses import dataclass
 from typing import NoReturn
 
-from palisade.auth import backup_codes, totp
 from palisade.auth.errors import (
     InvalidMfaCode,
     MfaInputInvalid,
     TotpAlreadyEnabled,
     TotpNotEnrolled,
 )
-from palisade.auth.mfa_store import MfaRecords
-from palisade.auth.sessions import ClientInfo
+from palisade.auth.mfa import backup_codes, totp
+from palisade.auth.mfa.store import MfaRecords
+from palisade.auth.sessions.manager import ClientInfo
 from palisade.auth.store import AuthStore, AuthTransaction
 from palisade.auth.throttle import Counter, CounterLimiter
 from palisade.common.aad import associated_data

@@ -57,7 +57,7 @@ from webauthn.helpers.structs import (
     UserVerificationRequirement,
 )
 
-from palisade.auth.passkey_errors import InvalidPasskeyCredential
+from palisade.auth.passkeys.errors import InvalidPasskeyCredential
 
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 # Generous bounds: real responses are a few hundred bytes (attestation with certificates, a few

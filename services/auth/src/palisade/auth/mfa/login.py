@@ -12,11 +12,11 @@ from datetime import timedelta
 from typing import NoReturn
 
 from palisade.auth.errors import InvalidCredentials, InvalidMfaToken, Throttled
-from palisade.auth.mfa_store import MfaRecords
-from palisade.auth.second_factor import METHODS, SecondFactorProof, SecondFactors
-from palisade.auth.sessions import ClientInfo, IssuedTokens, SessionManager
+from palisade.auth.mfa.second_factor import METHODS, SecondFactorProof, SecondFactors
+from palisade.auth.mfa.store import MfaRecords
+from palisade.auth.sessions.manager import ClientInfo, IssuedTokens, SessionManager
+from palisade.auth.sessions.tokens import TokenKind, check_token, new_token, token_hash
 from palisade.auth.store import AuthStore, AuthTransaction
-from palisade.auth.tokens import TokenKind, check_token, new_token, token_hash
 from palisade.common.clock import Clock
 from palisade.common.errors import PalisadeError
 from palisade.common.outbox import SecurityEvent

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import and_, bindparam, or_, select
 
-from palisade.auth.principals import NotAMember, WorkspaceReader
+from palisade.auth.accounts.principals import NotAMember, WorkspaceReader
 from palisade.auth.store import AuthStore, memberships, users
 from palisade.common.aad import associated_data
 from palisade.common.crypto_client import CryptoClient

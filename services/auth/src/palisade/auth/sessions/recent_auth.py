@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from palisade.auth.errors import RecentAuthRequired
-from palisade.auth.sessions import ClientInfo
+from palisade.auth.sessions.manager import ClientInfo
 from palisade.auth.store import AuthStore
 from palisade.common.clock import Clock
 from palisade.common.outbox import SecurityEvent

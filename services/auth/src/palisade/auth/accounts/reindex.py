@@ -29,9 +29,9 @@ from sqlalchemy import Column, and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from palisade.auth.accounts import EMAIL_INDEX_CONTEXT, _pii_aad
-from palisade.auth.mfa_store import backup_codes
-from palisade.auth.second_factor import BACKUP_CODE_INDEX_CONTEXT, _backup_code_aad
+from palisade.auth.accounts.service import EMAIL_INDEX_CONTEXT, _pii_aad
+from palisade.auth.mfa.second_factor import BACKUP_CODE_INDEX_CONTEXT, _backup_code_aad
+from palisade.auth.mfa.store import backup_codes
 from palisade.auth.store import users
 from palisade.common.crypto_client import CryptoClient, CryptoFailure, Normalization
 

@@ -27,8 +27,9 @@ from palisade.auth.errors import (
     TokenExpired,
     TokenReused,
 )
-from palisade.auth.revocation import RevocationNotice
-from palisade.auth.revocation_outbox import RevocationOutbox
+from palisade.auth.sessions.revocation import RevocationNotice
+from palisade.auth.sessions.revocation_outbox import RevocationOutbox
+from palisade.auth.sessions.tokens import TokenKind, check_token, new_token, token_hash
 from palisade.auth.store import (
     LIVE_SESSIONS,
     REFRESH_TOKEN_AND_SESSION,
@@ -39,7 +40,6 @@ from palisade.auth.store import (
     refresh_token_and_session,
     session_from,
 )
-from palisade.auth.tokens import TokenKind, check_token, new_token, token_hash
 from palisade.common.aad import associated_data
 from palisade.common.clock import Clock
 from palisade.common.crypto_client import CryptoClient

@@ -13,17 +13,17 @@ import uuid
 from dataclasses import dataclass
 from typing import NoReturn
 
-from palisade.auth.emails import existing_account_email, seal_or_decoy
+from palisade.auth.accounts.profile_read import read_profile
 from palisade.auth.errors import InvalidCredentials, InvalidEmail, InvalidName
 from palisade.auth.local_keys import LocalKeys
 from palisade.auth.mail import MailQueue, SealedEmail
-from palisade.auth.mfa_login import LoginResult, MfaLogins
-from palisade.auth.mfa_store import MfaRecords
-from palisade.auth.password_policy import check_length, check_new_password
-from palisade.auth.passwords import PasswordHasher
-from palisade.auth.profile_read import read_profile
-from palisade.auth.revocation import RevocationNotice
-from palisade.auth.sessions import ClientInfo, SessionManager
+from palisade.auth.mail.templates import existing_account_email, seal_or_decoy
+from palisade.auth.mfa.login import LoginResult, MfaLogins
+from palisade.auth.mfa.store import MfaRecords
+from palisade.auth.passwords.hashing import PasswordHasher
+from palisade.auth.passwords.policy import check_length, check_new_password
+from palisade.auth.sessions.manager import ClientInfo, SessionManager
+from palisade.auth.sessions.revocation import RevocationNotice
 from palisade.auth.store import AuthStore, DuplicateEmail, UserRow
 from palisade.auth.throttle import LoginThrottle
 from palisade.common.aad import associated_data

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from palisade.auth.revocation import RevocationFeed, RevocationNotice
+from palisade.auth.sessions.revocation import RevocationFeed, RevocationNotice
 from palisade.auth.store import AuthTransaction, metadata
 from palisade.common import revocation_outbox as common
 from palisade.common.clock import Clock

@@ -31,10 +31,10 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from webauthn.helpers.structs import AuthenticationCredential, RegistrationCredential
 
-from palisade.auth.accounts import EMAIL_INDEX_CONTEXT, normalize_email
+from palisade.auth.accounts.service import EMAIL_INDEX_CONTEXT, normalize_email
 from palisade.auth.errors import NotSignedIn
 from palisade.auth.local_keys import LocalKeys
-from palisade.auth.passkey_errors import (
+from palisade.auth.passkeys.errors import (
     ChallengeInvalid,
     InvalidPasskeyCredential,
     InvalidPasskeyName,
@@ -44,7 +44,7 @@ from palisade.auth.passkey_errors import (
     PasskeyRegistrationFailed,
     PasskeyVerificationFailed,
 )
-from palisade.auth.passkey_store import (
+from palisade.auth.passkeys.store import (
     AUTHENTICATION,
     CHALLENGE_ID_PREFIX,
     REGISTRATION,
@@ -52,9 +52,7 @@ from palisade.auth.passkey_store import (
     PasskeyRecords,
     PasskeyRow,
 )
-from palisade.auth.sessions import ClientInfo, IssuedTokens, SessionManager
-from palisade.auth.store import AuthStore, AuthTransaction
-from palisade.auth.webauthn_json import (
+from palisade.auth.passkeys.webauthn_json import (
     Descriptor,
     VerificationFailed,
     creation_options,
@@ -66,6 +64,8 @@ from palisade.auth.webauthn_json import (
     verify_assertion,
     verify_registration,
 )
+from palisade.auth.sessions.manager import ClientInfo, IssuedTokens, SessionManager
+from palisade.auth.store import AuthStore, AuthTransaction
 from palisade.common.aad import associated_data
 from palisade.common.clock import Clock
 from palisade.common.crypto_client import CryptoClient, Normalization

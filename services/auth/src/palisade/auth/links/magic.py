@@ -14,17 +14,17 @@ from datetime import timedelta
 from typing import NoReturn
 from urllib.parse import quote
 
-from palisade.auth.accounts import EMAIL_INDEX_CONTEXT, normalize_email
-from palisade.auth.emails import magic_link_email, seal_or_decoy
+from palisade.auth.accounts.service import EMAIL_INDEX_CONTEXT, normalize_email
 from palisade.auth.errors import InvalidCredentials, InvalidMagicLink
 from palisade.auth.local_keys import LocalKeys
 from palisade.auth.mail import MailQueue
-from palisade.auth.mfa_login import LoginResult, MfaLogins
-from palisade.auth.mfa_store import MfaRecords
-from palisade.auth.sessions import ClientInfo, SessionManager
+from palisade.auth.mail.templates import magic_link_email, seal_or_decoy
+from palisade.auth.mfa.login import LoginResult, MfaLogins
+from palisade.auth.mfa.store import MfaRecords
+from palisade.auth.sessions.manager import ClientInfo, SessionManager
+from palisade.auth.sessions.tokens import TokenKind, check_token, new_token, token_hash
 from palisade.auth.store import AuthStore, AuthTransaction
 from palisade.auth.throttle import Counter, CounterLimiter, LoginThrottle
-from palisade.auth.tokens import TokenKind, check_token, new_token, token_hash
 from palisade.common.client_text import client_bucket
 from palisade.common.clock import Clock
 from palisade.common.crypto_client import CryptoClient, Normalization

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import and_, bindparam, exists, func, select
 
-from palisade.auth.mfa_store import totp_credentials
-from palisade.auth.passkey_store import passkeys
+from palisade.auth.mfa.store import totp_credentials
+from palisade.auth.passkeys.store import passkeys
 from palisade.auth.store import AuthStore, memberships, users
 
 

@@ -5,8 +5,8 @@ is palisade.common.revocation_feed, shared with the apikeys service; this module
 typed face on it: a RevocationNotice goes out as its to_dict() payload and comes back as a
 notice, so auth's code (the servicer's WatchRevocations) deals in notices only. Subscribers
 see the feed through WatchRevocations; notices reach it from a durable outbox
-(palisade.auth.revocation_outbox), whose common relay publishes the outbox's payloads straight
-to the common feed underneath (`payloads`), having checked that each reads as a notice.
+(palisade.auth.sessions.revocation_outbox), whose common relay publishes the outbox's payloads
+straight to the common feed underneath (`payloads`), having checked that each reads as a notice.
 """
 
 from __future__ import annotations
