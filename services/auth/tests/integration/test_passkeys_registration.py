@@ -13,8 +13,8 @@ import pytest_asyncio
 from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 
-from palisade.auth.passkeys import service as passkeys_module
 from palisade.auth.errors import NotSignedIn
+from palisade.auth.passkeys import registration as passkeys_module
 from palisade.auth.passkeys.errors import (
     ChallengeInvalid,
     InvalidPasskeyCredential,

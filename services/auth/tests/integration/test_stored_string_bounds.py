@@ -12,7 +12,8 @@ from sqlalchemy import String
 from palisade.auth import bounded
 from palisade.auth.mfa.store import magic_links
 from palisade.auth.passkeys.store import passkeys
-from palisade.auth.store import metadata, sessions, workspaces
+from palisade.auth.sessions.store import sessions
+from palisade.auth.store import metadata, workspaces
 from palisade_api.auth.v1 import auth_pb2 as pb
 
 LONG_VERSION_UA = (

@@ -9,11 +9,11 @@ import cbor2
 import pytest
 
 from palisade.auth.passkeys.errors import InvalidPasskeyCredential, InvalidPasskeyName
-from palisade.auth.passkeys.service import clean_passkey_name
+from palisade.auth.passkeys.management import clean_passkey_name
+from palisade.auth.passkeys.webauthn_ceremony import decoy_credentials
 from palisade.auth.passkeys.webauthn_json import (
     b64url_decode,
     b64url_encode,
-    decoy_credentials,
     parse_authentication,
     parse_registration,
     transports_of,

@@ -18,7 +18,8 @@ from palisade.auth.links.magic import MagicLinks
 from palisade.auth.mail.notices import NoticeRequest, SecurityNotices
 from palisade.auth.mfa.login import LoginResult, MfaLogins, MfaPending
 from palisade.auth.mfa.second_factor import SecondFactors
-from palisade.auth.passkeys.service import PasskeyInfo, Passkeys
+from palisade.auth.passkeys.management import PasskeyInfo
+from palisade.auth.passkeys.service import Passkeys
 from palisade.auth.sessions.devices import describe_device
 from palisade.auth.sessions.geo import Locator
 from palisade.auth.sessions.manager import ClientInfo, SessionManager

@@ -29,17 +29,17 @@ from palisade.auth.errors import (
 )
 from palisade.auth.sessions.revocation import RevocationNotice
 from palisade.auth.sessions.revocation_outbox import RevocationOutbox
-from palisade.auth.sessions.tokens import TokenKind, check_token, new_token, token_hash
-from palisade.auth.store import (
+from palisade.auth.sessions.store import (
     LIVE_SESSIONS,
     REFRESH_TOKEN_AND_SESSION,
     AccessGrant,
-    AuthStore,
-    AuthTransaction,
+    SessionRecords,
     SessionRow,
     refresh_token_and_session,
     session_from,
 )
+from palisade.auth.sessions.tokens import TokenKind, check_token, new_token, token_hash
+from palisade.auth.store import AuthStore, AuthTransaction
 from palisade.common.aad import associated_data
 from palisade.common.clock import Clock
 from palisade.common.crypto_client import CryptoClient
@@ -112,7 +112,7 @@ class SessionManager:
             seconds=policy.remember_me_absolute_seconds if remember_me else policy.absolute_seconds
         )
         session_id = f"ses_{uuid.uuid4().hex}"
-        await tx.insert_session(
+        await SessionRecords(tx).insert_session(
             SessionRow(
                 id=session_id,
                 user_id=user_id,
@@ -128,7 +128,7 @@ class SessionManager:
         )
         access, refresh = new_token(TokenKind.ACCESS), new_token(TokenKind.REFRESH)
         access_expiry = await self._add_access_token(tx, access, session_id, now, absolute)
-        await tx.insert_refresh_token(
+        await SessionRecords(tx).insert_refresh_token(
             token_hash=token_hash(refresh),
             session_id=session_id,
             now=now,
@@ -183,7 +183,7 @@ class SessionManager:
         absolute: datetime,
     ) -> datetime:
         expiry = min(now + timedelta(seconds=self._policy.access_seconds), absolute)
-        await tx.insert_access_token(
+        await SessionRecords(tx).insert_access_token(
             token_hash=token_hash(access), session_id=session_id, now=now, expires_at=expiry
         )
         return expiry
@@ -198,7 +198,8 @@ class SessionManager:
         replay: RevocationNotice | None = None
         async with self._store.transaction() as tx:
             now = self._clock.now()
-            found = await tx.lock_refresh_token(presented)
+            records = SessionRecords(tx)
+            found = await records.lock_refresh_token(presented)
             if found is None:
                 raise InvalidToken()
             token, session = found
@@ -224,8 +225,8 @@ class SessionManager:
                     tx, access, session.id, now, session.absolute_expires_at
                 )
                 if successor_ct is not None and token.rotated_at is None:
-                    await tx.mark_rotated(presented, now, successor_ct)
-                    await tx.insert_refresh_token(
+                    await records.mark_rotated(presented, now, successor_ct)
+                    await records.insert_refresh_token(
                         token_hash=token_hash(successor),
                         session_id=session.id,
                         now=now,
@@ -237,7 +238,7 @@ class SessionManager:
                     stored_successor_ct = None
                 else:
                     stored_successor_ct = token.successor_ct
-                await tx.touch_session(session.id, now, client.ip)
+                await records.touch_session(session.id, now, client.ip)
                 await tx.emit(
                     SecurityEvent(
                         type="session.refreshed",
@@ -288,7 +289,7 @@ class SessionManager:
     async def validate(self, access_token: str) -> AccessGrant:
         presented = check_token(access_token, TokenKind.ACCESS)
         async with self._store.transaction() as tx:
-            grant = await tx.access_grant(presented)
+            grant = await SessionRecords(tx).access_grant(presented)
             if grant is None:
                 raise InvalidToken()
             now = self._clock.now()
@@ -297,7 +298,7 @@ class SessionManager:
             if now >= grant.expires_at or now >= grant.session_expires_at:
                 raise TokenExpired()
             if now - grant.session_last_seen_at >= _TOUCH_INTERVAL:
-                await tx.touch_session(grant.session_id, now, None)
+                await SessionRecords(tx).touch_session(grant.session_id, now, None)
         return grant
 
     # -- revocation ---------------------------------------------------------------------------
@@ -316,7 +317,7 @@ class SessionManager:
         """Ends the user's given sessions (or all, None), except `keep`; returns how many."""
         async with self._store.transaction() as tx:
             now = self._clock.now()
-            live = await tx.sessions_of(user_id, now)
+            live = await SessionRecords(tx).sessions_of(user_id, now)
             if session_ids is not None:
                 wanted = set(session_ids)
                 if not wanted <= {s.id for s in live}:
@@ -343,7 +344,7 @@ class SessionManager:
         """Ends all the user's live sessions but `keep` inside the caller's transaction, so
         they end with the change that causes it (a new password); announce() after commit."""
         now = self._clock.now()
-        live = await tx.sessions_of(user_id, now)
+        live = await SessionRecords(tx).sessions_of(user_id, now)
         return await self._revoke_in(
             tx,
             [s for s in live if s.id != keep],
@@ -370,7 +371,7 @@ class SessionManager:
         event_type: str,
     ) -> RevocationNotice:
         ids = [s.id for s in targets]
-        hashes = await tx.revoke_sessions(ids, now, reason)
+        hashes = await SessionRecords(tx).revoke_sessions(ids, now, reason)
         for session in targets:
             await tx.emit(
                 SecurityEvent(

@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from palisade.auth.errors import RecentAuthRequired
 from palisade.auth.sessions.manager import ClientInfo
+from palisade.auth.sessions.store import SessionRecords
 from palisade.auth.store import AuthStore
 from palisade.common.clock import Clock
 from palisade.common.outbox import SecurityEvent
@@ -26,7 +27,7 @@ class RecentAuth:
     ) -> None:
         """Raises RecentAuthRequired (and records the refusal) unless the login is recent."""
         async with self._store.transaction() as tx:
-            session = await tx.session(session_id) if session_id else None
+            session = await SessionRecords(tx).session(session_id) if session_id else None
             if (
                 session is not None
                 and session.user_id == user_id
