@@ -41,3 +41,6 @@ class ApiKeysSettings(CommonSettings):
     # after how many failed attempts one is given up (auth deduplicates by idempotency key).
     notice_poll_seconds: float = Field(default=5.0, gt=0)
     notice_max_attempts: int = Field(default=10, ge=1)
+    # How often expired keys are looked for, to record their `expired` history entry and
+    # security event (a key stops working at its expiry regardless; this is the record).
+    expiry_record_seconds: float = Field(default=30.0, gt=0)

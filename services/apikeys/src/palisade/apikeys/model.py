@@ -150,3 +150,14 @@ class Usage:
     key_id: str
     used_at: datetime
     ip: str | None
+
+
+def expired_event(record: KeyRecord, now: datetime) -> KeyEvent | None:
+    """The `expired` history entry of a key whose validity ended by `now` (its expiry, or its
+    rotation overlap's end), or None: still valid, or revoked before it could expire."""
+    until = record.valid_until
+    if until is None or until > now:
+        return None
+    if record.revoked_at is not None and record.revoked_at <= until:
+        return None
+    return KeyEvent("expired", until, SYSTEM.principal)

@@ -9,11 +9,18 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Generic, TypeVar
 
 from palisade.apikeys.errors import InvalidApiKey, InvalidUsage, KeyExpired, KeyNotFound
-from palisade.apikeys.model import KeyEvent, KeyRecord, RateLimit, Usage, Verified, valid_until
+from palisade.apikeys.model import (
+    KeyEvent,
+    KeyRecord,
+    RateLimit,
+    Usage,
+    Verified,
+    expired_event,
+    valid_until,
+)
 from palisade.apikeys.paging import (
     decode_event_position,
     decode_key_position,
@@ -83,8 +90,10 @@ class KeyQueries:
             if record is None:
                 raise KeyNotFound()
             stored = await tx.events(key_id, before=before, limit=limit + 1)
+            # Until the expiry recorder has stored it, the end of validity is shown as it is.
+            recorded = await tx.has_event(key_id, "expired")
         found = list(stored)
-        expired = _expired_event(record, self._clock.now())
+        expired = None if recorded else expired_event(record, self._clock.now())
         # Synthesized events sort by (time, id 0): after stored events of the same moment.
         if expired is not None and (before is None or (expired.occurred_at, expired.id) < before):
             found.append(expired)
@@ -153,12 +162,3 @@ class KeyQueries:
             async with self._store.transaction() as tx:
                 await tx.record_usage(ordered)
         return len(latest)
-
-
-def _expired_event(record: KeyRecord, now: datetime) -> KeyEvent | None:
-    until = record.valid_until
-    if until is None or until > now:
-        return None
-    if record.revoked_at is not None and record.revoked_at <= until:
-        return None  # it was revoked before it could expire
-    return KeyEvent("expired", until, "system")

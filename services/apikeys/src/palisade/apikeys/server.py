@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from palisade.apikeys.access import RecentAuth
 from palisade.apikeys.config import SERVICE_NAME, ApiKeysSettings
+from palisade.apikeys.expiry import ExpiryRecorder
 from palisade.apikeys.lifecycle import KeyLifecycle
 from palisade.apikeys.model import RateLimit
 from palisade.apikeys.notices import AuthNoticeSender, NoticeOutbox, NoticeRelay, NoticeSender
@@ -59,6 +60,7 @@ class ApiKeysServer:
     revocations: RevocationFeed
     revocation_relay: RevocationRelay
     notice_relay: NoticeRelay
+    expiry: ExpiryRecorder
     registry: CollectorRegistry
     engine: AsyncEngine  # for tests that look at the tables
 
@@ -157,6 +159,9 @@ async def serve_apikeys(
             default_rate_limit=default_rate_limit(settings),
             max_usages=settings.max_usage_batch,
         )
+        expiry = ExpiryRecorder(
+            store=store, clock=clock, interval_seconds=settings.expiry_record_seconds
+        )
         registry = CollectorRegistry()
 
         def add_servicers(server: grpc.aio.Server) -> list[str]:
@@ -185,6 +190,7 @@ async def serve_apikeys(
             ) as running,
             revocation_relay.running(),
             notice_relay.running() if relay_notices else nullcontext(),
+            expiry.running(),
         ):
             yield ApiKeysServer(
                 running,
@@ -193,6 +199,7 @@ async def serve_apikeys(
                 feed,
                 revocation_relay,
                 notice_relay,
+                expiry,
                 registry,
                 engine,
             )

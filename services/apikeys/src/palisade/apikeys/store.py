@@ -239,6 +239,35 @@ class KeysTransaction:
         )
         return bool(result.rowcount)
 
+    async def due_expiries(self, now: datetime, *, limit: int) -> list[KeyRecord]:
+        """Keys whose validity (expiry or rotation overlap) has ended and whose end is not
+        recorded yet, oldest first."""
+        ended = or_(api_keys.c.expires_at <= now, api_keys.c.overlap_ends_at <= now)
+        query = (
+            select(*_KEY_COLUMNS)
+            .where(api_keys.c.expiry_recorded_at.is_(None), ended)
+            .order_by(api_keys.c.created_at, api_keys.c.id)
+            .limit(limit)
+        )
+        return [record_from(row) for row in await self.conn.execute(query)]
+
+    async def mark_expiry_recorded(self, key_id: str, *, now: datetime) -> bool:
+        """Claims the recording of a key's expiry; False if another recorder already did."""
+        result = await self.conn.execute(
+            update(api_keys)
+            .where(api_keys.c.id == key_id, api_keys.c.expiry_recorded_at.is_(None))
+            .values(expiry_recorded_at=now)
+        )
+        return bool(result.rowcount)
+
+    async def has_event(self, key_id: str, event_type: str) -> bool:
+        query = (
+            select(api_key_events.c.id)
+            .where(api_key_events.c.key_id == key_id, api_key_events.c.type == event_type)
+            .limit(1)
+        )
+        return (await self.conn.execute(query)).first() is not None
+
     async def add_event(self, key_id: str, workspace_id: str, event: KeyEvent) -> None:
         await self.conn.execute(
             insert(api_key_events).values(

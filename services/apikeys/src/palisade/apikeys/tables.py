@@ -62,6 +62,9 @@ api_keys = Table(
     Column("overlap_ends_at", TS, nullable=True),
     Column("last_used_at", TS, nullable=True),
     Column("last_used_ip", String(IP_CHARS), nullable=True),
+    # Set once the expiry recorder has written the key's `expired` history and security event
+    # (or found it revoked first): each key's expiry is recorded exactly once.
+    Column("expiry_recorded_at", TS, nullable=True),
 )
 Index("ix_api_keys_workspace_created", api_keys.c.workspace_id, api_keys.c.created_at)
 
