@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import String
 
 from palisade.auth import bounded
-from palisade.auth.mfa.store import magic_links
+from palisade.auth.links.tables import magic_links
 from palisade.auth.passkeys.store import passkeys
 from palisade.auth.sessions.store import sessions
 from palisade.auth.store import metadata, workspaces

@@ -15,6 +15,8 @@ from typing import NoReturn
 
 from palisade.auth.accounts.profile_read import read_profile
 from palisade.auth.errors import InvalidCredentials, InvalidEmail, InvalidName
+from palisade.auth.links.single_use import SingleUseTokens
+from palisade.auth.links.tables import MAGIC_LINK, MAGIC_LINK_TABLE
 from palisade.auth.local_keys import LocalKeys
 from palisade.auth.mail import MailQueue, SealedEmail
 from palisade.auth.mail.templates import existing_account_email, seal_or_decoy
@@ -106,6 +108,8 @@ class Accounts:
         self._throttle = throttle
         self._local_keys = local_keys  # throttle keys survive index-key rotation
         self._clock = clock
+        # A password change retires the magic links sent before it.
+        self._magic_links = SingleUseTokens(table=MAGIC_LINK_TABLE, purpose=MAGIC_LINK, clock=clock)
 
     async def _email_tokens(self, email: str) -> list[str]:
         """Blind-index tokens of email under every usable index key, primary first."""
@@ -355,9 +359,8 @@ class Accounts:
                 user.id, user.password_hash, new_hash, now, changed=True
             ):
                 return None
-            records = MfaRecords(tx)
-            await records.retire_magic_links(user.id, now)
-            await records.retire_mfa_challenges(user.id, now)
+            await self._magic_links.retire(tx, user.id)
+            await MfaRecords(tx).retire_mfa_challenges(user.id, now)
             await tx.emit(
                 SecurityEvent(
                     type="user.password_changed",

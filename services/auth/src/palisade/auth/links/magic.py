@@ -1,10 +1,11 @@
 """Magic links: a one-time sign-in link by email.
 
 Requesting always answers the same way (202, same work: a blind-index lookup and one sealed
-email, real or not) for known and unknown emails. The token is 256 bits from the CSPRNG,
-stored as SHA-256, valid 15 minutes and used up by one conditional UPDATE. The link opens a
-confirm page (the gateway's); only its POST redeems, so link scanners can't burn the token.
-A user with a second factor gets an mfaToken, not a session.
+email, real or not) for known and unknown emails. The token comes from the single-use token
+core (single_use.py): 256 bits from the CSPRNG, stored as SHA-256, valid 15 minutes and used
+up by one conditional UPDATE. The link opens a confirm page (the gateway's); only its POST
+redeems, so link scanners can't burn the token. A user with a second factor gets an mfaToken,
+not a session.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ from typing import NoReturn
 from urllib.parse import quote
 
 from palisade.auth.accounts.service import EMAIL_INDEX_CONTEXT, normalize_email
+from palisade.auth.bounded import IP_CHARS, clip_optional
 from palisade.auth.errors import InvalidCredentials, InvalidMagicLink
+from palisade.auth.links.single_use import SingleUseTokens
+from palisade.auth.links.tables import MAGIC_LINK, MAGIC_LINK_TABLE
 from palisade.auth.local_keys import LocalKeys
 from palisade.auth.mail import MailQueue
 from palisade.auth.mail.templates import magic_link_email, seal_or_decoy
 from palisade.auth.mfa.login import LoginResult, MfaLogins
-from palisade.auth.mfa.store import MfaRecords
 from palisade.auth.sessions.manager import ClientInfo, SessionManager
-from palisade.auth.sessions.tokens import TokenKind, check_token, new_token, token_hash
 from palisade.auth.store import AuthStore, AuthTransaction
 from palisade.auth.throttle import Counter, CounterLimiter, LoginThrottle
 from palisade.common.client_text import client_bucket
@@ -70,6 +72,7 @@ class MagicLinks:
         self._local_keys = local_keys
         self._policy = policy
         self._clock = clock
+        self._tokens = SingleUseTokens(table=MAGIC_LINK_TABLE, purpose=MAGIC_LINK, clock=clock)
 
     def _counters(self, email_key: str, ip: str | None, *, known: bool) -> list[Counter]:
         policy = self._policy
@@ -107,7 +110,7 @@ class MagicLinks:
         async with self._store.transaction() as tx:
             user = await tx.user_by_email_index(tokens)
         known = user is not None and not user.disabled
-        token = new_token(TokenKind.MAGIC_LINK)
+        token = self._tokens.new_token()
         message = magic_link_email(
             to=email, link=self._link(token), minutes=self._policy.token_seconds // 60
         )
@@ -115,12 +118,13 @@ class MagicLinks:
         async with self._store.transaction() as tx:
             now = self._clock.now()
             if user is not None and sealed is not None:
-                await MfaRecords(tx).insert_magic_link(
-                    token_hash=token_hash(token),
+                await self._tokens.issue(
+                    tx,
+                    token=token,
                     user_id=user.id,
-                    now=now,
-                    expires_at=now + timedelta(seconds=self._policy.token_seconds),
-                    ip=client.ip,
+                    lifetime=timedelta(seconds=self._policy.token_seconds),
+                    retire_siblings=False,  # earlier links stay valid until one is used
+                    values={"requested_ip": clip_optional(client.ip, IP_CHARS)},  # client-supplied
                 )
                 await self._mail.enqueue(tx, sealed)
             await tx.emit(
@@ -140,17 +144,14 @@ class MagicLinks:
 
     async def redeem(self, *, token: str, client: ClientInfo) -> LoginResult:
         try:
-            link_hash = check_token(token, TokenKind.MAGIC_LINK)
+            self._tokens.check(token)
         except PalisadeError:
             await self._failed(client, "malformed")
         async with self._store.transaction() as tx:
-            now = self._clock.now()
-            records = MfaRecords(tx)
-            user_id = await records.consume_magic_link(link_hash, now)
-            if user_id is not None:
-                # The user's other links die with this one: one sign-in per email round.
-                await records.retire_magic_links(user_id, now)
-                return await self._sign_in(tx, user_id, client)
+            # The user's other links die with this one: one sign-in per email round.
+            redeemed = await self._tokens.redeem(tx, token, retire_siblings=True)
+            if redeemed is not None:
+                return await self._sign_in(tx, redeemed.user_id, client)
         # Unknown, used or expired: one answer; the caller learns nothing more.
         await self._failed(client, "invalid")
 

@@ -1,4 +1,4 @@
-"""Tables and queries for second factors, pending MFA logins and magic links.
+"""Tables and queries for second factors and pending MFA logins (magic links: links/).
 
 Every single-use secret is consumed by one conditional UPDATE (`... WHERE used_at IS NULL`)
 whose row count decides the winner, so any number of concurrent requests, on any number of
@@ -29,7 +29,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
 
-from palisade.auth.bounded import IP_CHARS, clip_optional
 from palisade.auth.store import AuthTransaction, metadata
 from palisade.common.db import UTCDateTime
 
@@ -69,16 +68,6 @@ mfa_challenges = Table(
     Column("created_at", TS, nullable=False),
     Column("expires_at", TS, nullable=False),
     Column("used_at", TS, nullable=True),
-)
-magic_links = Table(
-    "magic_links",
-    metadata,
-    Column("token_hash", LargeBinary(32), primary_key=True),
-    Column("user_id", String(40), ForeignKey("users.id"), nullable=False, index=True),
-    Column("created_at", TS, nullable=False),
-    Column("expires_at", TS, nullable=False),
-    Column("used_at", TS, nullable=True),
-    Column("requested_ip", String(64), nullable=True),
 )
 
 
@@ -280,50 +269,5 @@ class MfaRecords:
         await self._conn.execute(
             update(mfa_challenges)
             .where(mfa_challenges.c.user_id == user_id, mfa_challenges.c.used_at.is_(None))
-            .values(used_at=now)
-        )
-
-    # -- magic links ------------------------------------------------------------------------
-
-    async def insert_magic_link(
-        self,
-        *,
-        token_hash: bytes,
-        user_id: str,
-        now: datetime,
-        expires_at: datetime,
-        ip: str | None,
-    ) -> None:
-        await self._conn.execute(
-            insert(magic_links).values(
-                token_hash=token_hash,
-                user_id=user_id,
-                created_at=now,
-                expires_at=expires_at,
-                requested_ip=clip_optional(ip, IP_CHARS),  # client-supplied
-            )
-        )
-
-    async def consume_magic_link(self, token_hash: bytes, now: datetime) -> str | None:
-        """The link's user if this call used it up; None if unknown, used or expired."""
-        user_id: str | None = (
-            await self._conn.execute(
-                update(magic_links)
-                .where(
-                    magic_links.c.token_hash == token_hash,
-                    magic_links.c.used_at.is_(None),
-                    magic_links.c.expires_at > now,
-                )
-                .values(used_at=now)
-                .returning(magic_links.c.user_id)
-            )
-        ).scalar_one_or_none()
-        return user_id
-
-    async def retire_magic_links(self, user_id: str, now: datetime) -> None:
-        """Ends every outstanding link of the user (after one is used, or the password changes)."""
-        await self._conn.execute(
-            update(magic_links)
-            .where(magic_links.c.user_id == user_id, magic_links.c.used_at.is_(None))
             .values(used_at=now)
         )
