@@ -1,0 +1,1 @@
+"""Accounts: sign-up, password login and change, the profile, callers (principals), reindex."""

@@ -1,0 +1,1 @@
+"""The team member list of a workspace."""
