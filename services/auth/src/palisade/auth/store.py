@@ -50,6 +50,8 @@ users = Table(
     Column("created_at", TS, nullable=False),
     Column("password_changed_at", TS, nullable=False),
     Column("disabled_at", TS, nullable=True),
+    # Set when the owner of the address proves it by any emailed link (migration 0007).
+    Column("email_verified_at", TS, nullable=True),
 )
 workspaces = Table(
     "workspaces",

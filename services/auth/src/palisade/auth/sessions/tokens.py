@@ -24,6 +24,12 @@ class TokenKind(Enum):
     # Between a correct password (or magic link) and the second factor; single-use, 5 min.
     MFA = "plsd_mfa_"
     MAGIC_LINK = "plsd_ml_"
+    # Single-use emailed links of the account lifecycle (links/): each purpose its own prefix,
+    # so a token pasted into the wrong form is refused before any lookup.
+    EMAIL_VERIFICATION = "plsd_ev_"
+    PASSWORD_RESET = "plsd_pr_"  # noqa: S105 (a prefix, not a secret)
+    NOT_ME = "plsd_nm_"
+    INVITATION = "plsd_inv_"
 
 
 def new_token(kind: TokenKind) -> str:
