@@ -41,9 +41,7 @@ def upgrade() -> None:
         sa.Column("new_email_ct", sa.LargeBinary, nullable=True),
         sa.Column("new_email_index", sa.String(128), nullable=True),
     )
-    op.create_index(
-        "ix_account_tokens_user_purpose", "account_tokens", ["user_id", "purpose"]
-    )
+    op.create_index("ix_account_tokens_user_purpose", "account_tokens", ["user_id", "purpose"])
 
 
 def downgrade() -> None:
