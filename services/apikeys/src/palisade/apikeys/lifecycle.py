@@ -130,6 +130,13 @@ class KeyLifecycle:
     async def revoke(self, person: Person, key_id: str) -> None:
         await self._revoker.revoke(person, key_id)
 
+    async def revoke_keys_of_user(
+        self, user_id: str, workspace_id: str | None, *, actor: Actor, reason: str
+    ) -> int:
+        return await self._revoker.revoke_keys_of_user(
+            user_id, workspace_id, actor=actor, reason=reason
+        )
+
     async def reveal(self, person: Person, key_id: str) -> str:
         await self._recent_auth.require(person, action="reveal_api_key")
         async with self._store.transaction() as tx:

@@ -21,6 +21,9 @@ from palisade.common.clock import Clock
 from palisade.common.outbox import SecurityEvent
 from palisade.common.revocation_outbox import RevocationOutbox
 
+# Keys revoked per transaction by revoke_keys_of_user.
+_USER_BATCH = 200
+
 
 class KeyRevoker:
     def __init__(
@@ -56,20 +59,47 @@ class KeyRevoker:
         self._wake(revoked)
         return revoked
 
+    async def revoke_keys_of_user(
+        self, user_id: str, workspace_id: str | None, *, actor: Actor, reason: str
+    ) -> int:
+        """Revokes every live key the person created (in one workspace, or all): a member
+        removed, an account disabled or deleted. Returns how many this call revoked.
+
+        Batches of _USER_BATCH keys per transaction, so a person with thousands of keys never
+        holds one long lock; a retried call revokes what is left and counts only that. The
+        creator gets no per-key email: auth tells them (and the workspace) what happened.
+        """
+        revoked = 0
+        while True:
+            async with self._store.transaction() as tx:
+                records = await tx.live_keys_of_creator(user_id, workspace_id, limit=_USER_BATCH)
+                for record in records:
+                    if await self.revoke_in(tx, record, actor, reason=reason, notify=False):
+                        revoked += 1
+            self._wake(bool(records))
+            if len(records) < _USER_BATCH:
+                return revoked
+
     def _wake(self, revoked: bool) -> None:
         if revoked:
             self._revocations.notify()
             self._notices.notify()
 
     async def revoke_in(
-        self, tx: KeysTransaction, record: KeyRecord, actor: Actor, *, reason: str
+        self,
+        tx: KeysTransaction,
+        record: KeyRecord,
+        actor: Actor,
+        *,
+        reason: str,
+        notify: bool = True,
     ) -> bool:
         now = self._clock.now()
         if not await tx.revoke(record.id, now=now, reason=reason):
             return False
         await self.announce(tx, record, now, actor, reason=reason)
         # The creator hears of it when someone else (or an operator) ended their key.
-        if record.created_by != actor.user_id:
+        if notify and record.created_by != actor.user_id:
             await self._notices.enqueue(
                 tx.conn,
                 Notice(

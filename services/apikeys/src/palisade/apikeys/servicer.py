@@ -14,14 +14,14 @@ from palisade.apikeys.access import actor_of, manager_of
 from palisade.apikeys.client_text import client_ip
 from palisade.apikeys.errors import InvalidExpiry, KeyNotFound
 from palisade.apikeys.lifecycle import CreatedKey, KeyLifecycle
-from palisade.apikeys.model import KeyEvent, KeyRecord, RateLimit, Usage
+from palisade.apikeys.model import Actor, KeyEvent, KeyRecord, RateLimit, Usage
 from palisade.apikeys.queries import KeyQueries
 from palisade.apikeys.revocations import KeyRevocationNotice
 from palisade.apikeys.tables import ID_CHARS
 from palisade.apikeys.validation import key_settings
 from palisade.common.caller import require_caller, require_service_caller
 from palisade.common.clock import Clock
-from palisade.common.errors import PermissionDenied
+from palisade.common.errors import InvalidArgument, PermissionDenied
 from palisade.common.revocation_feed import FeedEvent, RevocationFeed, serve_subscription
 from palisade_api.apikeys.v1 import apikeys_pb2 as pb
 from palisade_api.apikeys.v1 import apikeys_pb2_grpc
@@ -29,6 +29,11 @@ from palisade_api.apikeys.v1 import apikeys_pb2_grpc
 Context = grpc.aio.ServicerContext[Any, Any]
 # The gateway is the only service that verifies keys and follows their revocation.
 GATEWAY = "service:gateway"
+AUTH = "service:auth"
+# Why auth may ask for a person's keys to end (stored as each key's revoke reason).
+_USER_REVOCATION_REASONS = frozenset({"member_removed", "account_disabled", "account_deleted"})
+_USER_ID = re.compile(r"usr_[0-9a-f]{32}")
+_WORKSPACE_ID = re.compile(r"ws_[0-9a-f]{32}")
 
 
 def _timestamp(moment: datetime) -> Timestamp:
@@ -223,6 +228,28 @@ class ApiKeysServicer(apikeys_pb2_grpc.ApiKeysServiceServicer):
                 usages.append(Usage(usage.key_id, used_at, client_ip(usage.ip)))
         await self._queries.record_usage(usages)
         return pb.RecordKeyUsageResponse()
+
+    async def RevokeKeysOfUser(
+        self, request: pb.RevokeKeysOfUserRequest, context: Context
+    ) -> pb.RevokeKeysOfUserResponse:
+        caller = require_service_caller()
+        if caller.principal != AUTH:
+            raise PermissionDenied("only auth may call this method")
+        if request.reason not in _USER_REVOCATION_REASONS:
+            raise InvalidArgument(
+                "reason is not one of " + ", ".join(sorted(_USER_REVOCATION_REASONS))
+            )
+        if not _USER_ID.fullmatch(request.user_id):
+            raise InvalidArgument("user_id is not a user id")
+        if request.workspace_id and not _WORKSPACE_ID.fullmatch(request.workspace_id):
+            raise InvalidArgument("workspace_id is not a workspace id")
+        revoked = await self._lifecycle.revoke_keys_of_user(
+            request.user_id,
+            request.workspace_id or None,
+            actor=Actor(AUTH),
+            reason=request.reason,
+        )
+        return pb.RevokeKeysOfUserResponse(revoked=revoked)
 
     async def WatchRevocations(
         self, request: pb.WatchKeyRevocationsRequest, context: Context

@@ -197,6 +197,21 @@ class KeysTransaction:
         query = query.order_by(api_keys.c.created_at.desc(), api_keys.c.id.desc()).limit(limit)
         return [record_from(row) for row in await self.conn.execute(query)]
 
+    async def live_keys_of_creator(
+        self, user_id: str, workspace_id: str | None, *, limit: int
+    ) -> list[KeyRecord]:
+        """Keys the person created that are not revoked (in one workspace, or all), locked for
+        the revoking transaction, in id order (as every other multi-key writer locks them)."""
+        query = select(*_KEY_COLUMNS).where(
+            api_keys.c.created_by == user_id, api_keys.c.revoked_at.is_(None)
+        )
+        if workspace_id is not None:
+            query = query.where(api_keys.c.workspace_id == workspace_id)
+        query = query.order_by(api_keys.c.id).limit(limit)
+        if self.conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        return [record_from(row) for row in await self.conn.execute(query)]
+
     async def count_keys(self, workspace_id: str | None = None) -> int:
         query = select(func.count()).select_from(api_keys)
         if workspace_id is not None:
