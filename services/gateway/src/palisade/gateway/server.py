@@ -51,6 +51,14 @@ class GatewayServer:
         return f"http://127.0.0.1:{self.http_port}"
 
 
+# The auth service's other public services (one proto file per domain).
+_AUTH_SERVICES = (
+    ("palisade_api.auth.v1.account_pb2", "AccountService"),
+    ("palisade_api.auth.v1.password_reset_pb2", "PasswordResetService"),
+    ("palisade_api.auth.v1.team_pb2", "TeamService"),
+)
+
+
 @asynccontextmanager
 async def serve_gateway(
     settings: GatewaySettings, *, clock: Clock | None = None, edges: Sequence[Edge] = EDGES
@@ -122,6 +130,7 @@ async def serve_gateway(
         key_auth.limit_lookups(limits)
         services = [
             (auth_pb2.DESCRIPTOR.services_by_name["AuthService"], "auth"),
+            *((service_descriptor(module, name), "auth") for module, name in _AUTH_SERVICES),
             (apikeys_pb2.DESCRIPTOR.services_by_name["ApiKeysService"], "apikeys"),
         ]
         channels = {"auth": auth_channel, "apikeys": apikeys_channel}
