@@ -1,5 +1,5 @@
 """The HTTP application: one dispatcher for every annotated route, plus the gateway's own
-routes (health, /openapi.json, /v1/whoami and the magic-link confirm page)."""
+routes (health, /openapi.json, /v1/whoami and the confirm pages behind emailed links)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from palisade.common.caller import AssertionSigner
 from palisade.common.logs import request_id_var, safe_request_id
-from palisade.gateway import magic_link_page, whoami
+from palisade.gateway import link_pages, whoami
 from palisade.gateway.access import (
     ApiKeyVerifier,
     Forbidden,
@@ -112,7 +112,7 @@ class Gateway:
             ("/readyz", self._readyz),
             ("/openapi.json", self._openapi),
             (whoami.PATH, self._whoami),
-            (magic_link_page.PATH, self._magic_link_page),
+            *((page.path, _link_page(page)) for page in link_pages.PAGES),
         ):
             framed = self._framed(self._local_get(path, handler))
             app.router.add_route("*", path, framed, expect_handler=expect_handler)
@@ -228,6 +228,10 @@ class Gateway:
         key: KeyGrant | None = None
         if route.access.access == access_pb2.ACCESS_USER:  # who asks, before what they send
             grant, key = await self._authenticate(request, route.access, ip)
+        elif route.access.bearer_optional and "Authorization" in request.headers:
+            # A public route that answers a signed-in person differently: a bearer sent is
+            # checked like any other (API keys refused: such rules never admit them).
+            grant, key = await self._authenticate(request, route.access, ip)
         elif route.full_method in _LOOKUP_ROUTES:
             await self._limits.spend_client_lookup(ip)
         raw = await request.read()
@@ -311,11 +315,6 @@ class Gateway:
             assert grant is not None  # _authenticate returns a person or a key
             body = whoami.whoami_body(grant)
         return web.Response(body=body, content_type="application/json")
-
-    async def _magic_link_page(self, request: web.Request) -> web.StreamResponse:
-        # The query (the link's token) is the page script's business: nothing here reads it,
-        # and no backend is called, so a link scanner's GET consumes nothing.
-        return magic_link_page.page_response()
 
     async def _verify_key(self, credential: str, request: web.Request, ip: str) -> KeyGrant:
         if self._api_keys is None:
@@ -414,6 +413,17 @@ class Gateway:
                 status=503, body=json.dumps(body).encode(), content_type="application/json"
             )
         return web.json_response({"status": "ready"})
+
+
+def _link_page(page: link_pages.LinkPage) -> Handler:
+    """The handler of a page behind an emailed link."""
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        # The query (the link's token) is the page script's business: nothing here reads it,
+        # and no backend is called, so a link scanner's GET consumes nothing.
+        return page.response()
+
+    return serve
 
 
 async def _hide_server_banner(request: web.Request, response: web.StreamResponse) -> None:
