@@ -26,7 +26,7 @@ from palisade.gateway.rate_limit import (
     rate_limit_headers,
 )
 from palisade.gateway.rate_limit.redis_limiter import EXPIRY_SLACK_MS
-from palisade.gateway.rate_limit.resp_client import RedisAddress, RespClient
+from palisade.gateway.rate_limit.resp_client import BackingOff, RedisAddress, RespClient
 
 PREFIX = "palisade:ratelimit:"
 Factory = Callable[[ManualClock], RateLimiter]
@@ -408,3 +408,36 @@ async def test_a_lost_connection_fails_its_checks_and_the_next_check_reconnects(
             outcomes.append(None)
     # At most the first check after the kill can meet the dead socket; then it works again.
     assert outcomes[1:] == [True, True]
+
+
+@pytest.mark.redis
+async def test_a_real_redis_refusing_the_password_is_backed_off_and_never_quoted(
+    redis_url: str,
+) -> None:
+    # No such user on the test Redis: AUTH is refused (WRONGPASS). The refusal reaches the
+    # caller as RateLimiterUnavailable naming no password; the next checks fail at once
+    # (backoff) without another connection attempt, until the backoff has passed.
+    password = "s3cret-Hunter2"
+    address = RedisAddress.from_url(redis_url)
+    url = f"redis://palisade-nobody:{password}@{address.host}:{address.port}/{address.db}"
+    now = [0.0]
+    resp = RespClient.from_url(url, connect_timeout=2, reply_timeout=2, monotonic=lambda: now[0])
+    limiter = RedisRateLimiter(resp, clock=ManualClock())
+    try:
+        for _ in range(3):
+            with pytest.raises(RateLimiterUnavailable) as refused:
+                await limiter.check([key("a", 10)])
+            chain: list[BaseException] = []
+            error: BaseException | None = refused.value
+            while error is not None:
+                chain.append(error)
+                error = error.__cause__ or error.__context__
+            assert all(password not in f"{e!s}{e!r}" for e in chain)
+            assert password not in repr(resp._address)
+        assert isinstance(chain[-1], BackingOff)  # the third: no attempt made
+        now[0] += 2.0
+        with pytest.raises(RateLimiterUnavailable) as again:
+            await limiter.check([key("a", 10)])
+        assert not isinstance(again.value.__cause__, BackingOff)  # a real attempt again
+    finally:
+        await resp.aclose()

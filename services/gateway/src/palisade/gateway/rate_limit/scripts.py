@@ -11,7 +11,13 @@ import asyncio
 import hashlib
 from collections.abc import Sequence
 
-from palisade.gateway.rate_limit.resp_client import Reply, ReplyError, RespClient, encode
+from palisade.gateway.rate_limit.resp_client import (
+    Reply,
+    ReplyError,
+    RespClient,
+    encode,
+    retrieve_exception,
+)
 
 
 class RedisScript:
@@ -36,6 +42,8 @@ class RedisScript:
     async def _load(self) -> None:
         if self._loading is None or self._loading.done():
             self._loading = asyncio.ensure_future(self._send_load())
+            # Its callers may all have given up (shield): its failure is still seen.
+            self._loading.add_done_callback(retrieve_exception)
         await asyncio.shield(self._loading)
 
     async def _send_load(self) -> None:
