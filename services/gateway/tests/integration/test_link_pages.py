@@ -37,7 +37,7 @@ PAGES = {
         [">Change my password</button>", "Your password was changed; sign in again"],
     ),
     "/auth/invitation": (
-        "plsd_in_",
+        "plsd_inv_",
         "/v1/auth/invitations/accept",
         ["<h1>Accept the invitation</h1>", "I already have an account"],
     ),
