@@ -74,11 +74,42 @@ class AuthHarness:
     def gateway_service(self):
         return self.signing.marker("gateway")
 
-    async def sign_up(self, email: str, password: str = PASSWORD, name: str = "Ada Lovelace"):
-        return await self.stub.SignUp(
+    async def sign_up(
+        self,
+        email: str,
+        password: str = PASSWORD,
+        name: str = "Ada Lovelace",
+        *,
+        verified: bool = True,
+    ):
+        """Signs up; the address is then marked verified (verified=False: left unverified,
+        so TOTP and passkey enrolment are refused, accounts/restrictions.py)."""
+        answer = await self.stub.SignUp(
             pb.SignUpRequest(email=email, password=password, name=name),
             metadata=self.anonymous(),
         )
+        if verified:
+            # A taken address answers with a decoy id that names no row: nothing is updated.
+            await self.verify_email(answer.user_id, must_exist=False)
+        return answer
+
+    async def verify_email(self, user_id: str, *, must_exist: bool = True) -> None:
+        """Marks the account's address verified, as proving it by an emailed link does.
+
+        A direct database update: the verification RPC is built separately, and these tests
+        are about what a verified (or unverified) account may do, not how it got so. Call it
+        before logging in: proving an address ends the sessions created before the proof, so
+        a session that exists already keeps its unverified restrictions."""
+        url = make_url(self.auth_db_url).set(drivername="postgresql")
+        async with await psycopg.AsyncConnection.connect(
+            url.render_as_string(hide_password=False), autocommit=True
+        ) as conn:
+            updated = await conn.execute(
+                "UPDATE users SET email_verified_at = COALESCE(email_verified_at, %s)"
+                " WHERE id = %s",
+                (self.clock.now(), user_id),
+            )
+            assert updated.rowcount == 1 or not must_exist, f"no user {user_id}"
 
     async def login(
         self,
@@ -153,11 +184,13 @@ def auth_factory(tmp_path: Path, postgres_database_factory, postgres_url: str, r
                 usage_sync_seconds=3600,
                 shutdown_grace_seconds=1,
             )
+            # Tests that run on both backends pass their own (e.g. the database_url fixture's).
+            auth_db_url = str(overrides.pop("database_url", postgres_url))
             async with AsyncExitStack() as stack:
                 crypto = await stack.enter_async_context(serve_crypto(crypto_settings, clock=clock))
                 settings = auth_settings(
                     tmp_path,
-                    postgres_url,
+                    auth_db_url,
                     redis_url if use_redis else None,
                     crypto.running.grpc_port,
                     **overrides,
@@ -183,7 +216,7 @@ def auth_factory(tmp_path: Path, postgres_database_factory, postgres_url: str, r
                     clock,
                     master,
                     signing,
-                    postgres_url,
+                    auth_db_url,
                     settings,
                     crypto_server=crypto,
                 )

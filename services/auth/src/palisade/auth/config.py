@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from palisade.auth.accounts.restrictions import DEFAULT_RESTRICTIONS, check_actions
 from palisade.common.settings import CommonSettings
 
 SERVICE_NAME = "auth"
@@ -20,6 +21,13 @@ class AuthSettings(CommonSettings):
     metrics_port: int = Field(default=9102, ge=0, le=65535)
     # Where the crypto service listens (PII and refresh successors are encrypted there).
     crypto_target: str = "127.0.0.1:50051"
+    # Where the apikeys service listens: a removed member's or a disabled account's API keys
+    # are revoked there (RevokeKeysOfUser, from the key revocation outbox; auth starts and
+    # queues requests while apikeys is not up yet).
+    apikeys_target: str = "127.0.0.1:50053"
+    # How often the key revocation relay looks for requests to (re)send; a request made in
+    # this process wakes it at once.
+    key_revocation_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     # Redis for login throttling and the revocation channel; unset: in-process stand-ins
     # (correct for the single auth process of the embedded default).
     redis_url: str | None = None
@@ -75,6 +83,10 @@ class AuthSettings(CommonSettings):
     totp_issuer: str = "Palisade"
     # Disabling TOTP, new backup codes, passkey changes: the session's login must be this recent.
     recent_auth_seconds: int = Field(default=600, ge=30)
+    # What an account may not do before its email address is verified (JSON list of
+    # "create_api_keys", "invite_members", "enrol_second_factor"); "enrol_second_factor" is
+    # always added (pre-hijacking defence, see accounts/restrictions.py).
+    unverified_restrictions: tuple[str, ...] = DEFAULT_RESTRICTIONS
 
     magic_link_seconds: int = Field(default=900, ge=60, le=3600)
     # Magic-link requests within the window: per (email, client IP or IPv6 /64), so one
@@ -83,6 +95,27 @@ class AuthSettings(CommonSettings):
     magic_link_email_requests: int = Field(default=20, ge=1)
     magic_link_ip_requests: int = Field(default=20, ge=1)
     magic_link_window_seconds: int = Field(default=900, ge=1)
+
+    # Email verification and email change (links to {public_base_url}/auth/verify-email):
+    # how long a link works; resends per user, and email-change requests per user, within
+    # the window (each answers 429 rate_limited past its limit).
+    email_verification_seconds: int = Field(default=24 * 3600, ge=600, le=7 * 24 * 3600)
+    email_change_seconds: int = Field(default=24 * 3600, ge=600, le=7 * 24 * 3600)
+    email_verification_resends: int = Field(default=3, ge=1, le=100)
+    email_change_requests: int = Field(default=5, ge=1, le=100)
+    email_link_window_seconds: int = Field(default=3600, ge=60)
+    # PKCE-bound magic links: wrong or missing verifiers per (link, client network) within
+    # magic_link_window_seconds before that client is refused (429) for that link.
+    magic_link_verifier_failures: int = Field(default=5, ge=1, le=100)
+
+    # Password reset: how long an emailed link works (SECURITY.md 42: 30 minutes), and the
+    # requests counted within the window: per (email, client IP or IPv6 /64) and per email
+    # from everywhere (over either: answered 202 as usual, nothing sent), per client (429).
+    password_reset_seconds: int = Field(default=1800, ge=300, le=3600)
+    password_reset_email_ip_requests: int = Field(default=3, ge=1)
+    password_reset_email_requests: int = Field(default=10, ge=1)
+    password_reset_ip_requests: int = Field(default=20, ge=1)
+    password_reset_window_seconds: int = Field(default=900, ge=1)
 
     # Outgoing email: SMTP when smtp_host is set; otherwise .eml files in mail_dir
     # (default <data dir>/mail), the embedded default.
@@ -102,6 +135,11 @@ class AuthSettings(CommonSettings):
     # the pause between batches, so a run against production leaves room for live traffic.
     reindex_batch_size: int = Field(default=200, ge=1, le=1000)
     reindex_pause_seconds: float = Field(default=0.2, ge=0)
+
+    @field_validator("unverified_restrictions")
+    @classmethod
+    def _known_actions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return check_actions(value)
 
     def resolved_local_keys_file(self) -> Path:
         return self.local_keys_file or self.data_dir / "keys" / "auth-local.json"

@@ -134,3 +134,65 @@ class TotpNotEnrolled(PalisadeError):
 class InvalidMagicLink(Unauthenticated):
     code = "invalid_magic_link"
     default_message = "this sign-in link is invalid, expired or already used"
+
+
+# -- email verification, email change, PKCE-bound magic links ---------------------------------
+
+
+class InvalidVerificationLink(InvalidArgument):
+    code = "invalid_verification_link"
+    default_message = "this verification link is invalid, expired, already used or replaced"
+
+
+class EmailUnavailable(PalisadeError):
+    """An email change's new address was taken by another account before it was confirmed."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    code = "email_unavailable"
+    default_message = "this address can no longer be used for your account; nothing was changed"
+
+
+class InvalidCodeChallenge(InvalidArgument):
+    code = "invalid_code_challenge"
+    default_message = (
+        "codeChallenge must be the base64url (no padding) SHA-256 of a verifier: 43 characters"
+        " of A-Z, a-z, 0-9, '-' and '_'"
+    )
+
+
+class InvalidCodeVerifier(InvalidArgument):
+    code = "invalid_code_verifier"
+    default_message = (
+        "codeVerifier must be 43 to 128 characters of A-Z, a-z, 0-9, '-', '.', '_', '~'"
+    )
+
+
+class CodeVerifierRequired(Unauthenticated):
+    code = "code_verifier_required"
+    default_message = (
+        "this sign-in link was requested with a code challenge: open it in the browser or app"
+        " that asked for it"
+    )
+
+
+class CodeVerifierMismatch(Unauthenticated):
+    code = "code_verifier_mismatch"
+    default_message = (
+        "this sign-in link belongs to another browser or app: open it where it was requested"
+    )
+
+
+# -- password reset ---------------------------------------------------------------------------
+
+
+class InvalidResetToken(Unauthenticated):
+    """Unknown, used, replaced by a newer link, or its account can no longer sign in: one
+    answer, so the link's holder learns nothing about the account."""
+
+    code = "invalid_reset_token"
+    default_message = "this password-reset link is invalid, already used or replaced; ask again"
+
+
+class ResetTokenExpired(Unauthenticated):
+    code = "reset_token_expired"
+    default_message = "this password-reset link has expired; ask for a new one"

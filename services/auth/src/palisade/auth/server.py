@@ -13,16 +13,29 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from palisade.auth.account_servicer import SERVICE_NAME as ACCOUNT_SERVICE
+from palisade.auth.account_servicer import AccountServicer
+from palisade.auth.accounts.email_change import EmailChanges
+from palisade.auth.accounts.key_revocation_relay import (
+    ApiKeysRevoker,
+    KeyRevocationRelay,
+    KeyRevoker,
+)
+from palisade.auth.accounts.restrictions import INVITE_MEMBERS, UnverifiedRestrictions
 from palisade.auth.accounts.service import Accounts
+from palisade.auth.accounts.verification import EmailLinkPolicy, EmailVerifications
 from palisade.auth.config import SERVICE_NAME, AuthSettings
 from palisade.auth.links.magic import MagicLinkPolicy, MagicLinks
 from palisade.auth.local_keys import load_local_keys
 from palisade.auth.mail import MailQueue, MailRelay, build_mailer
+from palisade.auth.mail.account_notices import AccountNotices
 from palisade.auth.mail.notices import SecurityNotices
 from palisade.auth.mfa.login import MfaLogins
 from palisade.auth.mfa.second_factor import MfaLimits, SecondFactors
 from palisade.auth.passkeys.service import Passkeys
+from palisade.auth.password_reset_servicer import PasswordResetServicer
 from palisade.auth.passwords.hashing import PasswordHasher
+from palisade.auth.passwords.reset import PasswordResetPolicy, PasswordResets
 from palisade.auth.servicer import AuthServicer
 from palisade.auth.sessions.geo import Locator, MaxMindLocator, NullLocator
 from palisade.auth.sessions.manager import SessionManager, SessionPolicy
@@ -35,6 +48,11 @@ from palisade.auth.sessions.revocation import (
 from palisade.auth.sessions.revocation_outbox import RevocationOutbox, RevocationRelay
 from palisade.auth.store import MIGRATIONS_PACKAGE, AuthStore
 from palisade.auth.team.directory import TeamDirectory
+from palisade.auth.team.invitations import Invitations
+from palisade.auth.team.joining import Joining
+from palisade.auth.team.membership import TeamMembership
+from palisade.auth.team.workspaces import Workspaces
+from palisade.auth.team_servicer import TeamServicer
 from palisade.auth.throttle import (
     CounterLimiter,
     FailureCounts,
@@ -53,7 +71,15 @@ from palisade.common.edges import EDGES, Edge
 from palisade.common.grpc_client import ServiceIdentity, insecure_channel
 from palisade.common.grpc_server import RunningServer, run_server
 from palisade.common.migrations import upgrade
-from palisade_api.auth.v1 import auth_pb2, auth_pb2_grpc
+from palisade_api.auth.v1 import (
+    account_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    password_reset_pb2,
+    password_reset_pb2_grpc,
+    team_pb2,
+    team_pb2_grpc,
+)
 
 log = logging.getLogger("palisade.auth.server")
 
@@ -68,6 +94,7 @@ class AuthServer:
     mail_relay: MailRelay
     engine: AsyncEngine  # for tests that count round trips
     reads: DirectReads
+    key_revocation_relay: KeyRevocationRelay | None = None
 
 
 def session_policy(settings: AuthSettings) -> SessionPolicy:
@@ -89,6 +116,29 @@ def magic_link_policy(settings: AuthSettings) -> MagicLinkPolicy:
         ip_requests=settings.magic_link_ip_requests,
         email_ip_requests=settings.magic_link_email_ip_requests,
         window_seconds=settings.magic_link_window_seconds,
+        verifier_failures=settings.magic_link_verifier_failures,
+    )
+
+
+def password_reset_policy(settings: AuthSettings) -> PasswordResetPolicy:
+    return PasswordResetPolicy(
+        public_base_url=settings.public_base_url,
+        token_seconds=settings.password_reset_seconds,
+        email_ip_requests=settings.password_reset_email_ip_requests,
+        email_requests=settings.password_reset_email_requests,
+        ip_requests=settings.password_reset_ip_requests,
+        window_seconds=settings.password_reset_window_seconds,
+    )
+
+
+def email_link_policy(settings: AuthSettings) -> EmailLinkPolicy:
+    return EmailLinkPolicy(
+        public_base_url=settings.public_base_url,
+        verification_seconds=settings.email_verification_seconds,
+        change_seconds=settings.email_change_seconds,
+        resends=settings.email_verification_resends,
+        change_requests=settings.email_change_requests,
+        window_seconds=settings.email_link_window_seconds,
     )
 
 
@@ -104,9 +154,14 @@ def throttle_limits(settings: AuthSettings) -> ThrottleLimits:
 
 @asynccontextmanager
 async def serve_auth(
-    settings: AuthSettings, *, clock: Clock | None = None, edges: Sequence[Edge] = EDGES
+    settings: AuthSettings,
+    *,
+    clock: Clock | None = None,
+    edges: Sequence[Edge] = EDGES,
+    key_revoker: KeyRevoker | None = None,
 ) -> AsyncIterator[AuthServer]:
-    """Starts the auth service; stops it gracefully on exit (edges: tests may add some)."""
+    """Starts the auth service; stops it gracefully on exit (edges: tests may add some;
+    key_revoker: default, apikeys' RevokeKeysOfUser at settings.apikeys_target)."""
     clock = clock or SystemClock()
     keys = open_service_keys(settings, SERVICE_NAME, now=clock.timestamp(), edges=edges)
     local_keys = load_local_keys(
@@ -149,6 +204,15 @@ async def serve_auth(
         reads = DirectReads.open(engine, pool_size=pool_size + max_overflow)
         stack.push_async_callback(reads.close)
         store = AuthStore(engine=engine, reads=reads)
+        locator: Locator = NullLocator()
+        if settings.geoip_database:
+            maxmind = MaxMindLocator(settings.geoip_database)
+            stack.callback(maxmind.close)
+            locator = maxmind
+        mail_queue = MailQueue(crypto=crypto, clock=clock, from_address=settings.mail_from)
+        account_notices = AccountNotices(
+            store=store, crypto=crypto, mail=mail_queue, locator=locator, clock=clock
+        )
         revocation_outbox = RevocationOutbox(clock=clock)
         revocation_relay = RevocationRelay(
             engine=engine,
@@ -162,6 +226,7 @@ async def serve_auth(
             revocations=revocation_outbox,
             policy=session_policy(settings),
             clock=clock,
+            restrictions=UnverifiedRestrictions.from_setting(settings.unverified_restrictions),
         )
         throttle = LoginThrottle(counts=counts, limits=throttle_limits(settings), clock=clock)
         limiter = CounterLimiter(counts=counts, clock=clock)
@@ -172,6 +237,7 @@ async def serve_auth(
             limiter=limiter,
             limits=MfaLimits(settings.mfa_failures, settings.mfa_window_seconds),
             issuer=settings.totp_issuer,
+            notices=account_notices,
         )
         mfa = MfaLogins(
             store=store,
@@ -180,7 +246,16 @@ async def serve_auth(
             clock=clock,
             token_seconds=settings.mfa_token_seconds,
         )
-        mail_queue = MailQueue(crypto=crypto, clock=clock, from_address=settings.mail_from)
+        email_links = email_link_policy(settings)
+        verifications = EmailVerifications(
+            store=store,
+            crypto=crypto,
+            sessions=sessions,
+            mail=mail_queue,
+            limiter=limiter,
+            policy=email_links,
+            clock=clock,
+        )
         accounts = Accounts(
             store=store,
             crypto=crypto,
@@ -190,8 +265,10 @@ async def serve_auth(
             local_keys=local_keys,
             mfa=mfa,
             mail=mail_queue,
+            notices=account_notices,
             public_base_url=settings.public_base_url,
             clock=clock,
+            verifications=verifications,
         )
         mail_relay = MailRelay(
             engine=engine,
@@ -224,19 +301,80 @@ async def serve_auth(
             rp_name=settings.passkey_rp_name,
             origins=settings.passkey_origins,
             challenge_seconds=settings.passkey_challenge_seconds,
+            notices=account_notices,
         )
         recent_auth = RecentAuth(
             store=store, clock=clock, max_age_seconds=settings.recent_auth_seconds
         )
+        email_changes = EmailChanges(
+            store=store,
+            crypto=crypto,
+            sessions=sessions,
+            mail=mail_queue,
+            notices=account_notices,
+            verifications=verifications,
+            limiter=limiter,
+            throttle=throttle,
+            local_keys=local_keys,
+            policy=email_links,
+            clock=clock,
+        )
+        verifications.changes = email_changes  # the one confirm route serves both
         registry = CollectorRegistry()
-        locator: Locator = NullLocator()
-        if settings.geoip_database:
-            maxmind = MaxMindLocator(settings.geoip_database)
-            stack.callback(maxmind.close)
-            locator = maxmind
+        if key_revoker is None:
+            signer.require_edge("apikeys")  # fail at start, not when a revocation is due
+            # A channel connects lazily: auth starts (and queues requests) before apikeys.
+            apikeys_channel = insecure_channel(settings.apikeys_target)
+            stack.push_async_callback(apikeys_channel.close, None)
+            key_revoker = ApiKeysRevoker(
+                channel=apikeys_channel,
+                identity=ServiceIdentity(name=SERVICE_NAME, signer=signer),
+            )
+        key_revocation_relay = KeyRevocationRelay(
+            engine=engine,
+            revoker=key_revoker,
+            clock=clock,
+            registry=registry,
+            poll_seconds=settings.key_revocation_poll_seconds,
+        )
         team = TeamDirectory(store=store, crypto=crypto)
+        membership = TeamMembership(store=store, crypto=crypto, sessions=sessions, clock=clock)
+        invitations = Invitations(
+            store=store,
+            crypto=crypto,
+            mail=mail_queue,
+            public_base_url=settings.public_base_url,
+            # The one setting the gateway enforces too (accounts/restrictions.py).
+            unverified_may_invite=INVITE_MEMBERS not in settings.unverified_restrictions,
+            clock=clock,
+        )
+        joining = Joining(
+            store=store,
+            crypto=crypto,
+            hasher=hasher,
+            sessions=sessions,
+            tokens=invitations.tokens,
+            clock=clock,
+        )
+        workspaces = Workspaces(store=store, sessions=sessions, clock=clock)
         notices = SecurityNotices(
             store=store, crypto=crypto, mail=mail_queue, locator=locator, clock=clock
+        )
+
+        password_resets = PasswordResets(
+            store=store,
+            crypto=crypto,
+            hasher=hasher,
+            sessions=sessions,
+            factors=factors,
+            mfa=mfa,
+            mail=mail_queue,
+            notices=account_notices,
+            limiter=limiter,
+            throttle=throttle,
+            local_keys=local_keys,
+            policy=password_reset_policy(settings),
+            clock=clock,
         )
 
         def add_servicers(server: grpc.aio.Server) -> list[str]:
@@ -256,7 +394,30 @@ async def serve_auth(
                 ),
                 server,
             )
-            return [auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name]
+            password_reset_pb2_grpc.add_PasswordResetServiceServicer_to_server(
+                PasswordResetServicer(resets=password_resets), server
+            )
+            account_pb2_grpc.add_AccountServiceServicer_to_server(
+                AccountServicer(
+                    verifications=verifications, changes=email_changes, recent_auth=recent_auth
+                ),
+                server,
+            )
+            team_pb2_grpc.add_TeamServiceServicer_to_server(
+                TeamServicer(
+                    membership=membership,
+                    invitations=invitations,
+                    joining=joining,
+                    workspaces=workspaces,
+                ),
+                server,
+            )
+            return [
+                auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+                team_pb2.DESCRIPTOR.services_by_name["TeamService"].full_name,
+                ACCOUNT_SERVICE,
+                password_reset_pb2.DESCRIPTOR.services_by_name["PasswordResetService"].full_name,
+            ]
 
         verifier = AssertionVerifier(
             keys=keys, clock=clock, replay_cache_entries=settings.replay_cache_entries
@@ -271,7 +432,16 @@ async def serve_auth(
             ) as running,
             mail_relay.running(),
             revocation_relay.running(),
+            key_revocation_relay.running(),
         ):
             yield AuthServer(
-                running, accounts, sessions, revocations, registry, mail_relay, engine, reads
+                running,
+                accounts,
+                sessions,
+                revocations,
+                registry,
+                mail_relay,
+                engine,
+                reads,
+                key_revocation_relay=key_revocation_relay,
             )

@@ -177,6 +177,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             workspace_id=profile.workspace_id,
             role=profile.role,
             mfa=pb.MfaStatus(totp=profile.totp_enabled, passkeys=profile.passkeys),
+            email_verified=profile.email_verified,
         )
 
     async def ListSessions(
@@ -267,14 +268,19 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: pb.RequestMagicLinkRequest, context: Context
     ) -> pb.RequestMagicLinkResponse:
         caller = require_caller()
-        await self._magic_links.request(email=request.email, client=_client(caller))
+        await self._magic_links.request(
+            email=request.email, client=_client(caller), code_challenge=request.code_challenge
+        )
         return pb.RequestMagicLinkResponse()
 
     async def RedeemMagicLink(
         self, request: pb.RedeemMagicLinkRequest, context: Context
     ) -> pb.TokenResponse:
         caller = require_caller()
-        return _tokens(await self._magic_links.redeem(token=request.token, client=_client(caller)))
+        issued = await self._magic_links.redeem(
+            token=request.token, client=_client(caller), code_verifier=request.code_verifier
+        )
+        return _tokens(issued)
 
     async def PasskeyLoginOptions(
         self, request: pb.PasskeyLoginOptionsRequest, context: Context
@@ -448,6 +454,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             session_id=grant.session_id,
             expires_at=_timestamp(grant.expires_at),
             authenticated_at=_timestamp(grant.authenticated_at),
+            restrictions=list(grant.restrictions),
         )
 
     async def WatchRevocations(

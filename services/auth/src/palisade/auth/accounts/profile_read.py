@@ -1,4 +1,5 @@
-"""`GET /v1/me` in one statement: the user's sealed PII, role in the workspace, and MFA status.
+"""`GET /v1/me` in one statement: the user's sealed PII, role in the workspace, MFA status and
+whether the address is verified.
 
 The busiest authenticated read there is, so it is one prebuilt SELECT, run as a direct read
 (palisade.common.direct_reads: autocommit, one round trip, straight on the driver) instead of
@@ -23,6 +24,7 @@ class ProfileRow:
     role: str
     totp_enabled: bool  # confirmed, not a pending enrolment
     passkeys: int
+    email_verified: bool = False
 
 
 _PROFILE = (
@@ -40,6 +42,7 @@ _PROFILE = (
         .where(passkeys.c.user_id == users.c.id)
         .scalar_subquery()
         .label("passkeys"),
+        users.c.email_verified_at,
     )
     .join_from(
         users,
@@ -58,11 +61,12 @@ async def read_profile(store: AuthStore, user_id: str, workspace_id: str) -> Pro
     row = await store.reads.one(_PROFILE, {"user_id": user_id, "workspace_id": workspace_id})
     if row is None:
         return None
-    email_ct, name_ct, role, totp_enabled, passkey_count = row
+    email_ct, name_ct, role, totp_enabled, passkey_count, verified_at = row
     return ProfileRow(
         email_ct=bytes(email_ct),
         name_ct=bytes(name_ct),
         role=role,
         totp_enabled=bool(totp_enabled),
         passkeys=int(passkey_count),
+        email_verified=verified_at is not None,
     )

@@ -14,12 +14,21 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from palisade.auth.accounts.profile_read import read_profile
+from palisade.auth.accounts.verification import (
+    EmailVerifications,
+    PreparedVerification,
+    email_verified,
+)
 from palisade.auth.errors import InvalidCredentials, InvalidEmail, InvalidName
 from palisade.auth.links.single_use import SingleUseTokens
 from palisade.auth.links.tables import MAGIC_LINK, MAGIC_LINK_TABLE
 from palisade.auth.local_keys import LocalKeys
 from palisade.auth.mail import MailQueue, SealedEmail
-from palisade.auth.mail.templates import existing_account_email, seal_or_decoy
+from palisade.auth.mail.account_notices import PASSWORD_CHANGED, AccountNotices, PendingNotice
+from palisade.auth.mail.templates import (
+    existing_account_email,
+    unverified_account_email,
+)
 from palisade.auth.mfa.login import LoginResult, MfaLogins
 from palisade.auth.mfa.store import MfaRecords
 from palisade.auth.passwords.hashing import PasswordHasher
@@ -81,6 +90,7 @@ class Profile:
     role: str
     totp_enabled: bool
     passkeys: int
+    email_verified: bool = False
 
 
 class Accounts:
@@ -95,10 +105,14 @@ class Accounts:
         local_keys: LocalKeys,
         mfa: MfaLogins,
         mail: MailQueue,
+        notices: AccountNotices,
         public_base_url: str,
         clock: Clock,
+        verifications: EmailVerifications,
     ) -> None:
         self._store = store
+        self._verifications = verifications
+        self._notices = notices
         self._mfa = mfa
         self._mail = mail
         self._public_base_url = public_base_url
@@ -128,11 +142,16 @@ class Accounts:
         user_id, workspace_id = f"usr_{uuid.uuid4().hex}", f"ws_{uuid.uuid4().hex}"
         tokens = await self._email_tokens(email)
         password_hash = await self._hasher.hash(password)  # also for a known email: same cost
-        # Sealed either way (same cost); queued only if the address already has an account.
-        notice = await seal_or_decoy(
-            self._mail,
-            existing_account_email(to=email, sign_in_url=self._public_base_url),
-            deliver=True,
+        # All sealed either way (same cost): a new account's verification link is queued; for
+        # a taken address, the owner's notice (its own wording when the owner never proved
+        # the address: the account may be someone else's pre-hijack of it).
+        verification = self._verifications.prepare(email)
+        verified_notice, unverified_notice, verification_mail = await self._mail.seal_many(
+            [
+                existing_account_email(to=email, sign_in_url=self._public_base_url),
+                unverified_account_email(to=email, sign_in_url=self._public_base_url),
+                verification.email,
+            ]
         )
         email_ct, name_ct = await self._crypto.encrypt(
             [
@@ -152,9 +171,11 @@ class Accounts:
                     email_ct=email_ct,
                     name_ct=name_ct,
                     password_hash=password_hash,
-                    notice=notice,
+                    notices=(verified_notice, unverified_notice),
                     notice_key=notice_key,
                     client=client,
+                    verification=verification,
+                    verification_mail=verification_mail,
                 )
                 break
             except DuplicateEmail:
@@ -176,12 +197,15 @@ class Accounts:
         email_ct: bytes,
         name_ct: bytes,
         password_hash: str,
-        notice: SealedEmail | None,
+        notices: tuple[SealedEmail | None, SealedEmail | None],
         notice_key: str,
         client: ClientInfo,
+        verification: PreparedVerification,
+        verification_mail: SealedEmail | None,
     ) -> bool:
-        """The new account, or (taken address) the event and the owner's notice; True if a
-        notice was queued. Raises DuplicateEmail if a parallel sign-up got there first."""
+        """The new account and its verification link, or (taken address) the event and the
+        owner's notice (notices: for a verified owner, for an unverified one); True if an
+        email was queued. Raises DuplicateEmail if a parallel sign-up got there first."""
         async with self._store.transaction() as tx:
             now = self._clock.now()
             existing = await tx.user_by_email_index(tokens)
@@ -199,6 +223,8 @@ class Accounts:
                         reason="email_in_use",
                     )
                 )
+                verified = await email_verified(tx, existing.id)
+                notice = notices[0] if verified else notices[1]
                 # One notice per address per window: a stranger can't flood the owner.
                 if notice is not None and await self._throttle.notice_allowed(notice_key):
                     await self._mail.enqueue(tx, notice)
@@ -228,7 +254,17 @@ class Accounts:
                     device=client.device,
                 )
             )
-            return False
+            if verification_mail is None:
+                return False
+            await self._verifications.issue_in(
+                tx,
+                user_id=user_id,
+                prepared=verification,
+                sealed=verification_mail,
+                client=client,
+                now=now,
+            )
+            return True
 
     async def login(
         self, *, email: str, password: str, remember_me: bool, client: ClientInfo
@@ -334,20 +370,30 @@ class Accounts:
                 await self._change_refused(user_id, client)
             check_new_password(new, email=email.decode())
             new_hash = await self._hasher.hash(new)
-            notice = await self._store_new_password(user, new_hash, session_id, client)
+            told = await self._notices.prepare(
+                PASSWORD_CHANGED, user_id=user.id, to=email.decode(), client=client
+            )
+            notice = await self._store_new_password(user, new_hash, session_id, client, told)
             if notice is not None:
                 await self._throttle.accepted(account_key, client.ip)
                 await self._sessions.announce(notice)
+                self._notices.notify()
                 return
             async with self._store.transaction() as tx:  # changed meanwhile: check again
                 user = await tx.user(user_id)
         await self._change_refused(user_id, client)
 
     async def _store_new_password(
-        self, user: UserRow, new_hash: str, session_id: str | None, client: ClientInfo
+        self,
+        user: UserRow,
+        new_hash: str,
+        session_id: str | None,
+        client: ClientInfo,
+        told: PendingNotice | None,
     ) -> RevocationNotice | None:
         """One transaction: the new hash (if the old one is still the verified one), the end
-        of the user's other sessions, links and pending second steps, and the event.
+        of the user's other sessions, links and pending second steps, the event and the
+        owner's notice.
 
         None if the hash changed since it was verified. A login racing this either locked the
         row first (its session is committed before this reads the sessions, and ends here) or
@@ -361,6 +407,7 @@ class Accounts:
                 return None
             await self._magic_links.retire(tx, user.id)
             await MfaRecords(tx).retire_mfa_challenges(user.id, now)
+            await self._notices.enqueue(tx, told)
             await tx.emit(
                 SecurityEvent(
                     type="user.password_changed",
@@ -416,4 +463,5 @@ class Accounts:
             row.role,
             totp_enabled=row.totp_enabled,
             passkeys=row.passkeys,
+            email_verified=row.email_verified,
         )

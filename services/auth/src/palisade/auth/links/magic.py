@@ -5,21 +5,44 @@ email, real or not) for known and unknown emails. The token comes from the singl
 core (single_use.py): 256 bits from the CSPRNG, stored as SHA-256, valid 15 minutes and used
 up by one conditional UPDATE. The link opens a confirm page (the gateway's); only its POST
 redeems, so link scanners can't burn the token. A user with a second factor gets an mfaToken,
-not a session.
+not a session. Redeeming a link proves the address (accounts/address_proof.py).
+
+PKCE-style binding (RFC 7636's S256): a request may carry codeChallenge, the base64url SHA-256
+of a verifier the requesting client keeps; such a link redeems only with that verifier, so a
+link opened in another browser, or read from the mailbox by someone else, signs nobody in.
+A wrong or missing verifier consumes nothing: the challenge is written once, with the row, and
+never changes, so checking it before the core's conditional UPDATE is as good as inside it, and
+the rightful client can still use the link. Such failures are counted per (link, client
+network) and answer 429 past magic_link_verifier_failures in the window (a verifier has 256
+bits or more when made as RFC 7636 says, so this is hygiene, not the defence).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import NoReturn
 from urllib.parse import quote
 
+from sqlalchemy import select
+
+from palisade.auth.accounts.address_proof import AddressProof, prove_address
 from palisade.auth.accounts.service import EMAIL_INDEX_CONTEXT, normalize_email
 from palisade.auth.bounded import IP_CHARS, clip_optional
-from palisade.auth.errors import InvalidCredentials, InvalidMagicLink
+from palisade.auth.errors import (
+    CodeVerifierMismatch,
+    CodeVerifierRequired,
+    InvalidCodeChallenge,
+    InvalidCodeVerifier,
+    InvalidCredentials,
+    InvalidMagicLink,
+)
 from palisade.auth.links.single_use import SingleUseTokens
-from palisade.auth.links.tables import MAGIC_LINK, MAGIC_LINK_TABLE
+from palisade.auth.links.tables import MAGIC_LINK, MAGIC_LINK_TABLE, magic_links
 from palisade.auth.local_keys import LocalKeys
 from palisade.auth.mail import MailQueue
 from palisade.auth.mail.templates import magic_link_email, seal_or_decoy
@@ -34,6 +57,29 @@ from palisade.common.errors import PalisadeError
 from palisade.common.outbox import SecurityEvent
 
 CONFIRM_PATH = "/auth/magic-link"
+# S256 challenge: base64url, no padding, of a 32-byte digest. Verifier: RFC 7636 4.1.
+_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
+_VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
+
+
+def code_challenge(verifier: str) -> str:
+    """The S256 challenge of a verifier (RFC 7636 4.2)."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def check_code_challenge(challenge: str) -> str | None:
+    """None for no challenge; the challenge if well-formed; raises InvalidCodeChallenge."""
+    if not challenge:
+        return None
+    if not _CHALLENGE.fullmatch(challenge):
+        raise InvalidCodeChallenge()
+    return challenge
+
+
+def verifier_matches(verifier: str, challenge: str) -> bool:
+    """Constant-time comparison of the verifier's S256 challenge with the stored one."""
+    return hmac.compare_digest(code_challenge(verifier).encode(), challenge.encode("ascii"))
 
 
 @dataclass(frozen=True)
@@ -45,6 +91,8 @@ class MagicLinkPolicy:
     window_seconds: int
     # Per (email, client): what one stranger can spend of an email's allowance.
     email_ip_requests: int = 5
+    # Wrong or missing verifiers for a bound link, per (link, client network).
+    verifier_failures: int = 5
 
 
 class MagicLinks:
@@ -96,8 +144,9 @@ class MagicLinks:
     def _link(self, token: str) -> str:
         return f"{self._policy.public_base_url.rstrip('/')}{CONFIRM_PATH}?token={quote(token)}"
 
-    async def request(self, *, email: str, client: ClientInfo) -> None:
+    async def request(self, *, email: str, client: ClientInfo, code_challenge: str = "") -> None:
         email = normalize_email(email)
+        challenge = check_code_challenge(code_challenge)  # malformed: 400, before any work
         tokens = await self._crypto.blind_index(
             email, Normalization.EMAIL, EMAIL_INDEX_CONTEXT, all_versions=True
         )
@@ -124,7 +173,10 @@ class MagicLinks:
                     user_id=user.id,
                     lifetime=timedelta(seconds=self._policy.token_seconds),
                     retire_siblings=False,  # earlier links stay valid until one is used
-                    values={"requested_ip": clip_optional(client.ip, IP_CHARS)},  # client-supplied
+                    values={
+                        "requested_ip": clip_optional(client.ip, IP_CHARS),  # client-supplied
+                        "code_challenge": challenge,
+                    },
                 )
                 await self._mail.enqueue(tx, sealed)
             await tx.emit(
@@ -142,23 +194,84 @@ class MagicLinks:
         if sealed is not None:
             self._mail.notify()
 
-    async def redeem(self, *, token: str, client: ClientInfo) -> LoginResult:
+    async def redeem(
+        self, *, token: str, client: ClientInfo, code_verifier: str = ""
+    ) -> LoginResult:
         try:
-            self._tokens.check(token)
+            digest = self._tokens.check(token)
         except PalisadeError:
             await self._failed(client, "malformed")
+        if code_verifier and not _VERIFIER.fullmatch(code_verifier):
+            raise InvalidCodeVerifier()
+        await self._check_binding(digest, code_verifier, client)
+        proof: AddressProof | None = None
         async with self._store.transaction() as tx:
             # The user's other links die with this one: one sign-in per email round.
             redeemed = await self._tokens.redeem(tx, token, retire_siblings=True)
             if redeemed is not None:
-                return await self._sign_in(tx, redeemed.user_id, client)
+                proof, result = await self._sign_in(tx, redeemed.user_id, client)
+        if proof is not None:
+            await proof.announce(self._sessions)  # after commit: pre-proof sessions ended
+            return result
         # Unknown, used or expired: one answer; the caller learns nothing more.
         await self._failed(client, "invalid")
 
-    async def _sign_in(self, tx: AuthTransaction, user_id: str, client: ClientInfo) -> LoginResult:
+    async def _check_binding(self, digest: bytes, verifier: str, client: ClientInfo) -> None:
+        """Raises unless the link is unbound or the verifier is its challenge's. Consumes
+        nothing: an unknown, used or expired link passes here and fails in redeem."""
+        async with self._store.transaction() as tx:
+            challenge = await self._challenge(tx, digest, self._clock.now())
+        if challenge is None:
+            return
+        bucket = client_bucket(client.ip) or "unknown"
+        failures = Counter(
+            f"ml:verifier:{digest.hex()}:{bucket}",
+            self._policy.verifier_failures,
+            self._policy.window_seconds,
+        )
+        await self._limiter.check([failures])
+        if verifier and verifier_matches(verifier, challenge):
+            return
+        await self._limiter.hit([failures])
+        reason = "verifier_mismatch" if verifier else "verifier_required"
+        await self._failed(
+            client, reason, CodeVerifierMismatch if verifier else CodeVerifierRequired
+        )
+
+    async def _challenge(self, tx: AuthTransaction, digest: bytes, now: datetime) -> str | None:
+        """The live link's code challenge (None: unbound, or no live link)."""
+        value = (
+            await tx.conn.execute(
+                select(magic_links.c.code_challenge).where(
+                    magic_links.c.token_hash == digest,
+                    magic_links.c.used_at.is_(None),
+                    magic_links.c.expires_at > now,
+                )
+            )
+        ).scalar_one_or_none()
+        return None if value is None else str(value)
+
+    async def _sign_in(
+        self, tx: AuthTransaction, user_id: str, client: ClientInfo
+    ) -> tuple[AddressProof, LoginResult]:
         user = await tx.user(user_id)
         if user is None or user.disabled:
             raise InvalidCredentials()
+        # The link reached the address: proven. Before the new session, which must outlive
+        # a first proof's end of the earlier ones.
+        proof = await prove_address(
+            tx,
+            user_id,
+            now=self._clock.now(),
+            sessions=self._sessions,
+            client=client,
+            via="magic_link",
+        )
+        return proof, await self._sign_in_proven(tx, user_id, client)
+
+    async def _sign_in_proven(
+        self, tx: AuthTransaction, user_id: str, client: ClientInfo
+    ) -> LoginResult:
         if await self._mfa.required(tx, user_id):
             return await self._mfa.begin(
                 tx, user_id=user_id, first_factor="magic_link", remember_me=False, client=client
@@ -167,7 +280,12 @@ class MagicLinks:
             tx, user_id=user_id, remember_me=False, client=client, method="magic_link"
         )
 
-    async def _failed(self, client: ClientInfo, reason: str) -> NoReturn:
+    async def _failed(
+        self,
+        client: ClientInfo,
+        reason: str,
+        error: type[PalisadeError] = InvalidMagicLink,
+    ) -> NoReturn:
         async with self._store.transaction() as tx:
             await tx.emit(
                 SecurityEvent(
@@ -180,4 +298,4 @@ class MagicLinks:
                     reason=f"magic_link_{reason}",
                 )
             )
-        raise InvalidMagicLink()
+        raise error()

@@ -51,3 +51,7 @@ ACCOUNT_TOKENS = TokenTable(account_tokens)
 EMAIL_VERIFICATION = Purpose("email_verification", TokenKind.EMAIL_VERIFICATION)
 PASSWORD_RESET = Purpose("password_reset", TokenKind.PASSWORD_RESET)
 NOT_ME = Purpose("not_me", TokenKind.NOT_ME)
+# An email change's confirmation link: sent to the NEW address, it carries the same prefix and
+# lands on the same page and route as a verification link (it verifies that address), but
+# its row also holds the address (sealed) it moves the account to.
+EMAIL_CHANGE = Purpose("email_change", TokenKind.EMAIL_VERIFICATION)

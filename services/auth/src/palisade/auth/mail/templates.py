@@ -42,6 +42,101 @@ def existing_account_email(*, to: str, sign_in_url: str) -> OutgoingEmail:
     return OutgoingEmail(to=to, subject="Sign-up attempt with your email address", text=text)
 
 
+def unverified_account_email(*, to: str, sign_in_url: str) -> OutgoingEmail:
+    """To the holder of an address whose account has never proven it, when someone signs up
+    with it again: the account may not be theirs (pre-hijacking), and this says how to take it
+    over."""
+    text = (
+        "Someone tried to create a Palisade account with this email address. An account with"
+        " this address already exists, but it has never been verified: if you did not create"
+        " it, someone else may have, using your address.\n\n"
+        f"To take it over, ask for a sign-in link or a password reset for this address at"
+        f" {sign_in_url} and use it: everyone signed in to the account until then is signed"
+        " out, and a password reset replaces any password they set.\n"
+        "If you created the account yourself, sign in and verify your address.\n"
+    )
+    return OutgoingEmail(to=to, subject="Sign-up attempt with your email address", text=text)
+
+
+def verification_email(*, to: str, link: str, hours: int) -> OutgoingEmail:
+    text = (
+        "Confirm that this is your email address for Palisade:\n\n"
+        f"{link}\n\n"
+        f"The link works once, for {hours} hours; a newer link replaces it. If you didn't"
+        " create a Palisade account, ignore this email.\n"
+    )
+    page = (
+        "<p>Confirm that this is your email address for Palisade:</p>"
+        f'<p><a href="{html.escape(link)}">Verify my address</a></p>'
+        f"<p>The link works once, for {hours} hours. If you didn't create a Palisade"
+        " account, ignore this email.</p>"
+    )
+    return OutgoingEmail(to=to, subject="Verify your Palisade email address", text=text, html=page)
+
+
+def email_change_email(*, to: str, link: str, hours: int) -> OutgoingEmail:
+    text = (
+        "Someone signed in to Palisade asked to use this address to sign in from now on.\n"
+        "If it was you, confirm it here:\n\n"
+        f"{link}\n\n"
+        f"The link works once, for {hours} hours. If it wasn't you, ignore this email:"
+        " nothing changes unless the link is used.\n"
+    )
+    page = (
+        "<p>Someone signed in to Palisade asked to use this address to sign in from now on."
+        " If it was you, confirm it:</p>"
+        f'<p><a href="{html.escape(link)}">Use this address</a></p>'
+        f"<p>The link works once, for {hours} hours. If it wasn't you, ignore this email.</p>"
+    )
+    return OutgoingEmail(
+        to=to, subject="Confirm your new Palisade email address", text=text, html=page
+    )
+
+
+def address_in_use_email(*, to: str) -> OutgoingEmail:
+    """To the owner of an address someone else asked to move their account to."""
+    text = (
+        "Someone signed in to another Palisade account asked to change its email address to"
+        " this one, which already belongs to your account. Nothing was changed, and your"
+        " account is not affected.\n"
+    )
+    return OutgoingEmail(to=to, subject="Someone tried to use your email address", text=text)
+
+
+def password_reset_email(*, to: str, link: str, minutes: int) -> OutgoingEmail:
+    # Text only: the decoy sealed for an unknown address (seal_or_decoy) then costs the same.
+    text = (
+        "Someone asked to reset the password of the Palisade account with this email"
+        " address. To choose a new password, open this link:\n\n"
+        f"{link}\n\n"
+        f"It works once, for {minutes} minutes, and only the newest link you were sent works."
+        " Resetting signs out every session of the account. If you didn't ask for it, ignore"
+        " this email: your password stays as it is.\n"
+    )
+    return OutgoingEmail(to=to, subject="Reset your Palisade password", text=text)
+
+
+def invitation_email(*, to: str, link: str, workspace: str, role: str, days: int) -> OutgoingEmail:
+    """A team invitation. The workspace's name is a member's text: shown escaped in HTML and
+    never put in a header."""
+    text = (
+        f'You\'re invited to join the workspace "{workspace}" on Palisade as {role}.\n\n'
+        f"Accept the invitation here:\n\n{link}\n\n"
+        f"The link works once, for {days} days, and only for this email address. If you"
+        " weren't expecting it, ignore this email.\n"
+    )
+    page = (
+        f"<p>You're invited to join the workspace <b>{html.escape(workspace)}</b> on Palisade"
+        f" as {html.escape(role)}.</p>"
+        f'<p><a href="{html.escape(link)}">Accept the invitation</a></p>'
+        f"<p>The link works once, for {days} days, and only for this email address. If you"
+        " weren't expecting it, ignore this email.</p>"
+    )
+    return OutgoingEmail(
+        to=to, subject="You're invited to a Palisade workspace", text=text, html=page
+    )
+
+
 async def seal_or_decoy(
     queue: MailQueue, email: OutgoingEmail, *, deliver: bool
 ) -> SealedEmail | None:

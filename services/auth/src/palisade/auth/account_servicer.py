@@ -1,0 +1,65 @@
+"""Thin gRPC adapter for AccountService (account.proto): email verification and email change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from palisade.auth.accounts.email_change import EmailChanges
+from palisade.auth.accounts.principals import signed_in
+from palisade.auth.accounts.verification import EmailVerifications
+from palisade.auth.bounded import client_ip
+from palisade.auth.sessions.devices import describe_device
+from palisade.auth.sessions.manager import ClientInfo
+from palisade.auth.sessions.recent_auth import RecentAuth
+from palisade.common.caller import Caller, require_caller
+from palisade_api.auth.v1 import account_pb2 as pb
+from palisade_api.auth.v1 import account_pb2_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AccountService"].full_name
+
+
+def _client(caller: Caller) -> ClientInfo:
+    return ClientInfo(ip=client_ip(caller.client_ip), device=describe_device(caller.user_agent))
+
+
+class AccountServicer(account_pb2_grpc.AccountServiceServicer):
+    def __init__(
+        self,
+        *,
+        verifications: EmailVerifications,
+        changes: EmailChanges,
+        recent_auth: RecentAuth,
+    ) -> None:
+        self._verifications = verifications
+        self._changes = changes
+        self._recent_auth = recent_auth
+
+    async def ConfirmEmailVerification(
+        self, request: pb.ConfirmEmailVerificationRequest, context: Context
+    ) -> pb.ConfirmEmailVerificationResponse:
+        caller = require_caller()
+        await self._verifications.confirm(token=request.token, client=_client(caller))
+        return pb.ConfirmEmailVerificationResponse()
+
+    async def ResendEmailVerification(
+        self, request: pb.ResendEmailVerificationRequest, context: Context
+    ) -> pb.ResendEmailVerificationResponse:
+        caller = require_caller()
+        user_id, _, _ = signed_in(caller)
+        await self._verifications.resend(user_id=user_id, client=_client(caller))
+        return pb.ResendEmailVerificationResponse()
+
+    async def RequestEmailChange(
+        self, request: pb.RequestEmailChangeRequest, context: Context
+    ) -> pb.RequestEmailChangeResponse:
+        caller = require_caller()
+        user_id, _, session_id = signed_in(caller)
+        client = _client(caller)
+        await self._recent_auth.require(
+            user_id=user_id, session_id=session_id, client=client, action="RequestEmailChange"
+        )
+        await self._changes.request(user_id=user_id, new_email=request.new_email, client=client)
+        return pb.RequestEmailChangeResponse()
