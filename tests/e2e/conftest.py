@@ -44,6 +44,8 @@ class Suite:
     mail: SmtpCatcher = field(default_factory=SmtpCatcher)
     auth_database_url: str = ""
     apikeys_database_url: str = ""
+    # Who signed up through sign_up(), by email: for verify_email().
+    user_ids: dict[str, str] = field(default_factory=dict)
 
     def auth_database_dump(self) -> bytes:
         """Every row of every auth table, as bytes: for "no plaintext at rest" checks."""
@@ -81,18 +83,52 @@ class Suite:
             body = await response.read()
             return response.status, response.headers.copy(), body  # case-insensitive
 
-    async def sign_up_and_log_in(self, email: str) -> dict:
-        status, _, _ = await self.call(
+    async def sign_up(self, email: str, *, verified: bool = True) -> str:
+        """Signs up over HTTP and returns the user id; the address is then marked verified
+        (verified=False: left unverified, so the routes of accounts/restrictions.py refuse)."""
+        status, body, _ = await self.json_call(
             "POST", "/v1/auth/signup", json={"email": email, "password": PASSWORD, "name": "Ada"}
         )
-        assert status == 201
-        status, _, body = await self.call(
+        assert status == 201, body
+        # A second sign-up on a taken address answers alike with a decoy id: keep the first.
+        self.user_ids.setdefault(email, body["userId"])
+        if verified:
+            await self.verify_email(email)
+        return self.user_ids[email]
+
+    async def verify_email(self, email: str) -> None:
+        """Marks the address of an account made by sign_up() verified, as proving it by an
+        emailed link does.
+
+        A direct database update: the verification route is built separately, and these tests
+        are about what a verified (or unverified) account may do, not how it got so. Log in
+        afterwards: proving an address ends the sessions created before the proof, so a
+        session that exists already keeps its unverified restrictions (and the gateway may
+        have cached them with its token)."""
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.auth_database_url).set(drivername="postgresql")
+        async with await psycopg.AsyncConnection.connect(
+            url.render_as_string(hide_password=False), autocommit=True
+        ) as conn:
+            updated = await conn.execute(
+                "UPDATE users SET email_verified_at = COALESCE(email_verified_at, %s)"
+                " WHERE id = %s",
+                (self.clock.now(), self.user_ids[email]),
+            )
+            assert updated.rowcount == 1, f"no user signed up as {email}"
+
+    async def log_in(self, email: str) -> dict:
+        status, body, _ = await self.json_call(
             "POST", "/v1/auth/login", json={"email": email, "password": PASSWORD}
         )
         assert status == 200, body
-        import json as _json
+        return dict(body)
 
-        return _json.loads(body)
+    async def sign_up_and_log_in(self, email: str, *, verified: bool = True) -> dict:
+        await self.sign_up(email, verified=verified)
+        return await self.log_in(email)
 
 
 def database_dump(database_url: str) -> bytes:
@@ -118,8 +154,18 @@ def database_dump(database_url: str) -> bytes:
 
 
 @pytest.fixture
+def auth_overrides() -> dict[str, object]:
+    """Extra AuthSettings for the suite's auth service; a test module overrides this fixture."""
+    return {}
+
+
+@pytest.fixture
 async def suite(
-    tmp_path: Path, postgres_database_factory, redis_url: str, smtp
+    tmp_path: Path,
+    postgres_database_factory,
+    redis_url: str,
+    smtp,
+    auth_overrides: dict[str, object],
 ) -> AsyncIterator[Suite]:
     catcher, smtp_port = smtp
     clock = ManualClock(datetime.now(UTC))
@@ -145,6 +191,7 @@ async def suite(
                     smtp_host="127.0.0.1",
                     smtp_port=smtp_port,
                     smtp_security="none",
+                    **auth_overrides,
                 ),
                 clock=clock,
             )

@@ -25,8 +25,11 @@ from sqlalchemy import select, update
 
 from palisade.auth.accounts.service import EMAIL_INDEX_CONTEXT
 from palisade.auth.local_keys import LocalKeys
+from palisade.auth.mail import MailQueue
+from palisade.auth.mail.account_notices import AccountNotices
 from palisade.auth.passkeys.service import Passkeys
 from palisade.auth.passkeys.store import passkeys as passkeys_table
+from palisade.auth.sessions.geo import NullLocator
 from palisade.auth.sessions.manager import ClientInfo, IssuedTokens, SessionManager, SessionPolicy
 from palisade.auth.sessions.revocation import LocalRevocationFeed
 from palisade.auth.store import MIGRATIONS_PACKAGE, AuthStore, outbox, users
@@ -74,8 +77,11 @@ class PasskeyEnv:
     clock: ManualClock
     engine: Any
 
-    async def add_user(self, email: str, name: str = "Ada Lovelace") -> str:
-        """A user with a workspace, stored as sign-up stores one (encrypted PII, blind index)."""
+    async def add_user(
+        self, email: str, name: str = "Ada Lovelace", *, verified: bool = True
+    ) -> str:
+        """A user with a workspace, stored as sign-up stores one (encrypted PII, blind index),
+        its address then marked verified (verified=False: no passkey may be registered)."""
         user_id, workspace_id = f"usr_{uuid.uuid4().hex}", f"ws_{uuid.uuid4().hex}"
         [token] = await self.crypto.blind_index(email, Normalization.EMAIL, EMAIL_INDEX_CONTEXT)
         email_ct, name_ct = await self.crypto.encrypt(
@@ -98,7 +104,19 @@ class PasskeyEnv:
             await tx.insert_membership(
                 workspace_id=workspace_id, user_id=user_id, role="owner", now=now
             )
+        if verified:
+            await self.set_verified(user_id, True)
         return user_id
+
+    async def set_verified(self, user_id: str, verified: bool) -> None:
+        """Sets (or clears) users.email_verified_at directly, as proving the address by an
+        emailed link would set it: the verification ceremony is not what these tests test."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(users)
+                .where(users.c.id == user_id)
+                .values(email_verified_at=self.clock.now() if verified else None)
+            )
 
     async def disable(self, user_id: str) -> None:
         async with self.engine.begin() as conn:
@@ -217,6 +235,15 @@ async def passkey_env(
             rp_name="Palisade",
             origins=(ORIGIN, "http://127.0.0.1:8080"),
             challenge_seconds=challenge_seconds,
+            notices=AccountNotices(
+                store=store,
+                crypto=crypto.client,
+                mail=MailQueue(
+                    crypto=crypto.client, clock=crypto.clock, from_address="auth@example.com"
+                ),
+                locator=NullLocator(),
+                clock=crypto.clock,
+            ),
         )
         yield PasskeyEnv(passkeys, store, sessions, crypto.client, crypto.clock, engine)
     finally:

@@ -113,10 +113,23 @@ class SpyAuth:
     hold: asyncio.Event | None = None
     heartbeat_on_subscribe: bool = True  # as auth does within 0.5 s; off to test catching up
 
-    def allow(self, token: str, *, user: str = "usr_1", session: str = "ses_1") -> None:
+    def allow(
+        self,
+        token: str,
+        *,
+        user: str = "usr_1",
+        session: str = "ses_1",
+        restrictions: Sequence[str] = (),
+    ) -> None:
+        """restrictions: what an unverified account may not do (empty: a verified one)."""
         expires = Timestamp(seconds=int(self.clock.timestamp()) + 3600)
         self.valid[token] = auth_pb2.ValidateAccessTokenResponse(
-            user_id=user, workspace_id="ws_1", role="owner", session_id=session, expires_at=expires
+            user_id=user,
+            workspace_id="ws_1",
+            role="owner",
+            session_id=session,
+            expires_at=expires,
+            restrictions=list(restrictions),
         )
 
     async def ValidateAccessToken(self, request: Any, **_options: Any) -> Any:

@@ -83,6 +83,7 @@ class UserRow:
     name_ct: bytes
     password_hash: str
     disabled: bool
+    email_verified: bool = False  # users.email_verified_at is set
 
 
 class AuthTransaction:
@@ -224,6 +225,7 @@ def _user(row: object) -> UserRow:
         name_ct=m["name_ct"],
         password_hash=m["password_hash"],
         disabled=m["disabled_at"] is not None,
+        email_verified=m["email_verified_at"] is not None,
     )
 
 

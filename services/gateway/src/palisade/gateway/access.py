@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from palisade.gateway.problems import EMAIL_NOT_VERIFIED
 from palisade.gateway.token_cache import Grant
 from palisade_api.common.v1 import access_pb2
 
@@ -59,9 +60,12 @@ def is_api_key(credential: str) -> bool:
 
 
 def check_person(rule: access_pb2.AccessRule, grant: Grant) -> None:
-    """Raises Forbidden unless the signed-in user's role is one the route allows."""
+    """Raises Forbidden unless the signed-in user's role is one the route allows and the
+    route's action is not one their account may not perform before verifying its address."""
     if rule.roles and grant.role not in rule.roles:
         raise Forbidden("insufficient_role", "your role in this workspace does not allow this")
+    if rule.restricted_action and rule.restricted_action in grant.restrictions:
+        raise Forbidden(EMAIL_NOT_VERIFIED, "verify your email address before you do this")
 
 
 def check_key_allowed(rule: access_pb2.AccessRule) -> None:

@@ -173,6 +173,9 @@ class EdgeAuthenticator:
             reply.expires_at.ToSeconds(),
             # The session's login: immutable, so safe to cache with the grant.
             reply.authenticated_at.ToSeconds() if reply.HasField("authenticated_at") else 0.0,
+            # Fixed for the session's life (auth ends older sessions when an address is first
+            # proven), so cached with the grant like the rest.
+            frozenset(reply.restrictions),
         )
         # Cache only what a live feed can revoke, and only if no eviction (a revocation notice,
         # a feed reconnect, catching up) happened while auth was answering: it may be stale.

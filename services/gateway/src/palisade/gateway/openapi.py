@@ -44,8 +44,8 @@ _FREE_FORM: dict[str, dict[str, Any]] = {
 ERROR_STATUSES = {
     "400": "Invalid request",
     "401": "Not signed in or token invalid",
-    "403": "Signed in, but not allowed: insufficient role or scope, people only, or a recent "
-    "authentication is required",
+    "403": "Signed in, but not allowed: insufficient role or scope, people only, a recent "
+    "authentication is required, or the account's email address is not verified yet",
     "404": "Not found",
     "409": "Conflict with the current state (e.g. already exists)",
     "413": "Body too large",
@@ -144,6 +144,13 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
     }
     if success == "204":
         operation["responses"]["204"] = {"description": "Done"}
+        if method.output_type.fields:  # a non-empty answer is a 200 (transcode.render)
+            operation["responses"]["200"] = {
+                "description": "Not done yet: the next step",
+                "content": {
+                    "application/json": {"schema": schemas.ref(method.output_type, request=False)}
+                },
+            }
     else:  # 200, 201 and 202 always carry a JSON object, `{}` for an empty message
         operation["responses"][success] = {
             "description": "Success",

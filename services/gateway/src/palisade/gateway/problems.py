@@ -10,6 +10,9 @@ import grpc
 from aiohttp import web
 
 PROBLEM_TYPE = "application/problem+json"
+# 403: the route's action (AccessRule.restricted_action) is barred until the person verifies
+# their email address (see palisade.gateway.access.check_person).
+EMAIL_NOT_VERIFIED = "email_not_verified"
 
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,

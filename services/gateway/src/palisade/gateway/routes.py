@@ -90,6 +90,9 @@ def build_routes(services: list[tuple[ServiceDescriptor, str]]) -> list[Route]:
             access = options.Extensions[access_pb2.access]
             if access.access == access_pb2.ACCESS_UNSPECIFIED:
                 raise ValueError(f"{method.full_name} is public but declares no access rule")
+            if access.restricted_action and access.access != access_pb2.ACCESS_USER:
+                # Only signed-in people carry restrictions: the rule would never apply.
+                raise ValueError(f"{method.full_name}: restricted_action on a route not for people")
             verb, template = _verb(rule)
             shape = (verb, _VARIABLE.sub("{}", template))  # /a/{id} and /a/{name} collide
             earlier = claimed.get(shape)

@@ -27,6 +27,10 @@ class Grant:
     session_id: str
     expires_at: float  # Unix seconds
     authenticated_at: float = 0.0  # the session's login (Unix seconds): for "recent auth"
+    # Actions the person may not perform until their address is verified (AccessRule
+    # restricted_action values; empty once verified). Cached with the token: auth ends every
+    # older session when an address is proven first, so a session's list never changes.
+    restrictions: frozenset[str] = frozenset()
 
 
 class IndexedCache(Generic[G]):

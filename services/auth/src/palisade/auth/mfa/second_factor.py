@@ -16,11 +16,17 @@ import uuid
 from dataclasses import dataclass
 from typing import NoReturn
 
+from palisade.auth.accounts.restrictions import require_verified
 from palisade.auth.errors import (
     InvalidMfaCode,
     MfaInputInvalid,
     TotpAlreadyEnabled,
     TotpNotEnrolled,
+)
+from palisade.auth.mail.account_notices import (
+    BACKUP_CODES_REGENERATED,
+    TOTP_DISABLED,
+    AccountNotices,
 )
 from palisade.auth.mfa import backup_codes, totp
 from palisade.auth.mfa.store import MfaRecords
@@ -80,8 +86,10 @@ class SecondFactors:
         limiter: CounterLimiter,
         limits: MfaLimits,
         issuer: str,
+        notices: AccountNotices,
     ) -> None:
         self._store = store
+        self._notices = notices
         self._crypto = crypto
         self._clock = clock
         self._limiter = limiter
@@ -104,6 +112,8 @@ class SecondFactors:
             current = await MfaRecords(tx).totp(user_id)
         if user is None:
             raise TotpNotEnrolled()
+        # Before the address is proven, no factor of the signer-up's own (pre-hijacking).
+        require_verified(email_verified=user.email_verified)
         if current is not None and current.confirmed:
             raise TotpAlreadyEnabled()
         secret = totp.new_secret()
@@ -123,9 +133,13 @@ class SecondFactors:
         """A valid code turns TOTP on; returns the first set of backup codes."""
         await self._limiter.acquire(self._counters(user_id))
         async with self._store.transaction() as tx:
+            user = await tx.user(user_id)
             pending = await MfaRecords(tx).totp(user_id)
-        if pending is None:
+        if user is None or pending is None:
             raise TotpNotEnrolled()
+        # An enrolment started before the address was proven (or before this rule) never
+        # completes while it still is not.
+        require_verified(email_verified=user.email_verified)
         if pending.confirmed:
             raise TotpAlreadyEnabled()
         secret = await self._secret(user_id, pending.secret_ct)
@@ -145,22 +159,28 @@ class SecondFactors:
         return codes
 
     async def disable_totp(self, *, user_id: str, client: ClientInfo) -> None:
+        told = await self._notices.prepare(TOTP_DISABLED, user_id=user_id, client=client)
         async with self._store.transaction() as tx:
             if not await MfaRecords(tx).delete_totp(user_id):
                 raise TotpNotEnrolled()
+            await self._notices.enqueue(tx, told)
             await tx.emit(self._event("mfa.totp_disabled", user_id, client))
+        self._notices.notify()
 
     async def regenerate_backup_codes(self, *, user_id: str, client: ClientInfo) -> list[str]:
         if not await self.totp_enabled(user_id):
             raise TotpNotEnrolled()
         codes, rows = await self._new_backup_codes(user_id)
+        told = await self._notices.prepare(BACKUP_CODES_REGENERATED, user_id=user_id, client=client)
         async with self._store.transaction() as tx:
             records = MfaRecords(tx)
             row = await records.totp(user_id)
             if row is None or not row.confirmed:
                 raise TotpNotEnrolled()
             await records.replace_backup_codes(user_id, rows, self._clock.now())
+            await self._notices.enqueue(tx, told)
             await tx.emit(self._event("mfa.backup_codes_regenerated", user_id, client))
+        self._notices.notify()
         return codes
 
     async def _new_backup_codes(

@@ -13,7 +13,9 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from webauthn.helpers.structs import RegistrationCredential
 
+from palisade.auth.accounts.restrictions import EmailNotVerified, require_verified
 from palisade.auth.errors import NotSignedIn
+from palisade.auth.mail.account_notices import PASSKEY_ADDED
 from palisade.auth.passkeys.ceremony import PasskeyCeremonies, Refused, descriptors, log
 from palisade.auth.passkeys.errors import (
     InvalidPasskeyCredential,
@@ -47,6 +49,8 @@ class PasskeyRegistration(PasskeyCeremonies):
             user = await tx.user(user_id)
             if user is None or user.disabled:
                 raise NotSignedIn()
+            # Before the address is proven, no passkey of the signer-up's own (pre-hijacking).
+            require_verified(email_verified=user.email_verified)
             if await PasskeyRecords(tx).count(user_id) >= MAX_PASSKEYS:
                 raise PasskeyLimitReached()
         email, name = await self._crypto.decrypt(
@@ -103,6 +107,10 @@ class PasskeyRegistration(PasskeyCeremonies):
                     self._event("passkey.registration_failed", user_id, client, "malformed")
                 )
             raise
+        told = await self._notices.prepare(
+            PASSKEY_ADDED, user_id=user_id, client=client, details={"passkey_name": label}
+        )
+        failure: Exception | None = None
         async with self._store.transaction() as tx:
             try:
                 passkey_id = await self._register(
@@ -114,8 +122,11 @@ class PasskeyRegistration(PasskeyCeremonies):
                 )
                 failure = refused.error
             else:
-                return passkey_id
-        raise failure  # after the commit: the challenge stays used, the failure is recorded
+                await self._notices.enqueue(tx, told)
+        if failure is not None:
+            raise failure  # after the commit: the challenge stays used, the failure is recorded
+        self._notices.notify()
+        return passkey_id
 
     async def _register(
         self,
@@ -133,6 +144,8 @@ class PasskeyRegistration(PasskeyCeremonies):
         user = await tx.user(user_id)
         if user is None or user.disabled:
             raise Refused("user_disabled", NotSignedIn())
+        if not user.email_verified:
+            raise Refused("email_not_verified", EmailNotVerified())
         try:
             verified = verify_registration(
                 parsed, challenge=challenge.challenge, rp_id=self._rp_id, origins=self._origins

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from palisade.auth.accounts.restrictions import DEFAULT as DEFAULT_RESTRICTIONS
+from palisade.auth.accounts.restrictions import UnverifiedRestrictions
 from palisade.auth.errors import (
     InvalidCredentials,
     InvalidToken,
@@ -87,12 +89,14 @@ class SessionManager:
         revocations: RevocationOutbox,
         policy: SessionPolicy,
         clock: Clock,
+        restrictions: UnverifiedRestrictions = DEFAULT_RESTRICTIONS,
     ) -> None:
         self._store = store
         self._crypto = crypto
         self._revocations = revocations
         self._policy = policy
         self._clock = clock
+        self._restrictions = restrictions
 
     # -- issuing ------------------------------------------------------------------------------
 
@@ -104,20 +108,31 @@ class SessionManager:
         workspace_id: str,
         remember_me: bool,
         client: ClientInfo,
+        continues: SessionRow | None = None,
     ) -> IssuedTokens:
-        """Creates a session (a token family) inside the caller's transaction."""
+        """Creates a session (a token family) inside the caller's transaction.
+
+        continues: a live session of the same login this one carries on in another workspace
+        (a workspace switch): the new session keeps its login time, absolute expiry and
+        remember-me, so moving between workspaces never counts as a fresh login (recent auth)
+        nor lengthens a session.
+        """
         now = self._clock.now()
         policy = self._policy
+        if continues is not None:
+            remember_me = continues.remember_me
         absolute = now + timedelta(
             seconds=policy.remember_me_absolute_seconds if remember_me else policy.absolute_seconds
         )
+        if continues is not None:
+            absolute = continues.absolute_expires_at
         session_id = f"ses_{uuid.uuid4().hex}"
         await SessionRecords(tx).insert_session(
             SessionRow(
                 id=session_id,
                 user_id=user_id,
                 workspace_id=workspace_id,
-                created_at=now,
+                created_at=now if continues is None else continues.created_at,
                 last_seen_at=now,
                 absolute_expires_at=absolute,
                 remember_me=remember_me,
@@ -299,7 +314,10 @@ class SessionManager:
                 raise TokenExpired()
             if now - grant.session_last_seen_at >= _TOUCH_INTERVAL:
                 await SessionRecords(tx).touch_session(grant.session_id, now, None)
-        return grant
+        # From the same statement's row: no extra read per validation.
+        return replace(
+            grant, restrictions=self._restrictions.of(email_verified=grant.email_verified)
+        )
 
     # -- revocation ---------------------------------------------------------------------------
 
@@ -354,6 +372,56 @@ class SessionManager:
             client=client,
             event_type=event_type,
         )
+
+    async def revoke_where_in(
+        self,
+        tx: AuthTransaction,
+        *,
+        user_id: str,
+        workspace_id: str | None = None,
+        session_ids: Collection[str] | None = None,
+        reason: str,
+        actor: str,
+        client: ClientInfo,
+        event_type: str,
+    ) -> RevocationNotice:
+        """Ends the user's live sessions in one workspace and/or among session_ids (None: no
+        such condition) inside the caller's transaction: a member removed, a workspace left
+        for another. announce() after commit."""
+        now = self._clock.now()
+        live = await SessionRecords(tx).sessions_of(user_id, now)
+        targets = [
+            s
+            for s in live
+            if (workspace_id is None or s.workspace_id == workspace_id)
+            and (session_ids is None or s.id in session_ids)
+        ]
+        return await self._revoke_in(
+            tx, targets, now, reason, actor=actor, client=client, event_type=event_type
+        )
+
+    async def refresh_grants_in(
+        self, tx: AuthTransaction, *, user_id: str, workspace_id: str, reason: str
+    ) -> RevocationNotice:
+        """Makes every gateway forget what it cached about the user's live sessions in the
+        workspace, without ending them: their next request is validated again and carries
+        what changed (a new role). Queued in the caller's transaction, published by the same
+        durable relay as revocations (a notice naming sessions, and no token hashes); the
+        sessions stay valid in the database. announce() after commit."""
+        now = self._clock.now()
+        live = await SessionRecords(tx).sessions_of(user_id, now)
+        ids = tuple(s.id for s in live if s.workspace_id == workspace_id)
+        notice = RevocationNotice((), ids, user_id, reason, now)
+        if ids:
+            await self._revocations.enqueue(tx, notice)
+        return notice
+
+    async def live_session(self, tx: AuthTransaction, session_id: str) -> SessionRow | None:
+        """The session, if it is live (not revoked, within its absolute expiry)."""
+        session = await SessionRecords(tx).session(session_id)
+        if session is None or session.revoked_at is not None:
+            return None
+        return session if self._clock.now() < session.absolute_expires_at else None
 
     async def announce(self, notice: RevocationNotice) -> None:
         """After the transaction of revoke_all_in() has committed."""

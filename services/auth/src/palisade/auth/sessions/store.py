@@ -103,6 +103,10 @@ class AccessGrant:
     user_disabled: bool
     # The session's login (its creation): refreshes don't move it (see recent_auth.py).
     authenticated_at: datetime
+    # Whether the account's address is verified (users.email_verified_at, same statement).
+    email_verified: bool = False
+    # What the account may not do yet (accounts/restrictions.py); filled in by validate().
+    restrictions: tuple[str, ...] = ()
 
 
 # Statements on the hot paths, built once with named parameters. Each runs both inside
@@ -255,6 +259,7 @@ class SessionRecords:
                     sessions.c.created_at.label("session_created_at"),
                     memberships.c.role,
                     users.c.disabled_at,
+                    users.c.email_verified_at,
                 )
                 .join(sessions, sessions.c.id == access_tokens.c.session_id)
                 .join(users, users.c.id == sessions.c.user_id)
@@ -281,4 +286,5 @@ class SessionRecords:
             session_last_seen_at=row.last_seen_at,
             user_disabled=row.disabled_at is not None,
             authenticated_at=row.session_created_at,
+            email_verified=row.email_verified_at is not None,
         )
