@@ -254,26 +254,33 @@ class KeysTransaction:
         )
         return bool(result.rowcount)
 
-    async def due_expiries(self, now: datetime, *, limit: int) -> list[KeyRecord]:
-        """Keys whose validity (expiry or rotation overlap) has ended and whose end is not
-        recorded yet, oldest first."""
+    async def due_expiries(self, now: datetime, *, after: str = "", limit: int) -> list[str]:
+        """Ids of the keys whose validity (expiry or rotation overlap) has ended and whose end
+        is not recorded yet, in id order (the order every multi-key writer locks rows in),
+        after `after`. Served by the partial indexes of migration 0003."""
         ended = or_(api_keys.c.expires_at <= now, api_keys.c.overlap_ends_at <= now)
         query = (
-            select(*_KEY_COLUMNS)
-            .where(api_keys.c.expiry_recorded_at.is_(None), ended)
-            .order_by(api_keys.c.created_at, api_keys.c.id)
+            select(api_keys.c.id)
+            .where(api_keys.c.expiry_recorded_at.is_(None), ended, api_keys.c.id > after)
+            .order_by(api_keys.c.id)
             .limit(limit)
         )
-        return [record_from(row) for row in await self.conn.execute(query)]
+        return [str(row[0]) for row in await self.conn.execute(query)]
 
-    async def mark_expiry_recorded(self, key_id: str, *, now: datetime) -> bool:
-        """Claims the recording of a key's expiry; False if another recorder already did."""
-        result = await self.conn.execute(
-            update(api_keys)
-            .where(api_keys.c.id == key_id, api_keys.c.expiry_recorded_at.is_(None))
-            .values(expiry_recorded_at=now)
-        )
-        return bool(result.rowcount)
+    async def claim_expiry(self, key_id: str, *, now: datetime) -> KeyRecord | None:
+        """Claims the recording of a key's expiry and returns the key as the claim found it,
+        or None if another recorder claimed it first. The row comes from the claiming UPDATE
+        itself, so it includes a revocation that committed after due_expiries read the key
+        (on Postgres the UPDATE waits for such a transaction and then reads its row)."""
+        row = (
+            await self.conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.expiry_recorded_at.is_(None))
+                .values(expiry_recorded_at=now)
+                .returning(*_KEY_COLUMNS)
+            )
+        ).first()
+        return None if row is None else record_from(row)
 
     async def has_event(self, key_id: str, event_type: str) -> bool:
         query = (

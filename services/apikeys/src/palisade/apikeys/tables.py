@@ -67,6 +67,25 @@ api_keys = Table(
     Column("expiry_recorded_at", TS, nullable=True),
 )
 Index("ix_api_keys_workspace_created", api_keys.c.workspace_id, api_keys.c.created_at)
+# The expiry recorder's due keys (migration 0003): only ends not recorded yet are indexed.
+PENDING_EXPIRY = and_(api_keys.c.expiry_recorded_at.is_(None), api_keys.c.expires_at.isnot(None))
+PENDING_OVERLAP_END = and_(
+    api_keys.c.expiry_recorded_at.is_(None), api_keys.c.overlap_ends_at.isnot(None)
+)
+Index(
+    "ix_api_keys_expiry_due",
+    api_keys.c.expires_at,
+    postgresql_where=PENDING_EXPIRY,
+    sqlite_where=PENDING_EXPIRY,
+)
+Index(
+    "ix_api_keys_overlap_end_due",
+    api_keys.c.overlap_ends_at,
+    postgresql_where=PENDING_OVERLAP_END,
+    sqlite_where=PENDING_OVERLAP_END,
+)
+# Revoking every key a person created (RevokeKeysOfUser).
+Index("ix_api_keys_created_by", api_keys.c.created_by)
 
 api_key_events = Table(
     "api_key_events",
