@@ -16,8 +16,8 @@ PAGE = LinkPage(
     path=PATH,
     title="Sign out everywhere",
     intro=(
-        "If you did not sign in just now, press the button: every session of your account ends,"
-        " on every device."
+        "If the sign-in we emailed you about wasn't you, press the button: every session of your"
+        " account ends, on every device."
     ),
     body='<button type="button" id="not-me">This wasn\'t me: sign out everywhere</button>',
     script="""\
