@@ -67,7 +67,7 @@ async def test_crypto_with_only_its_own_keys_cannot_call_auth_as_the_gateway(aut
     auth_keys = KeySource(
         service="auth", path=auth.settings.resolved_internal_keys_file("auth")
     ).current
-    assert set(auth_keys.signing) == {"crypto"}
+    assert set(auth_keys.signing) == {"crypto", "apikeys"}
     assert set(auth_keys.verifying) == {"gateway", "apikeys"}
 
 

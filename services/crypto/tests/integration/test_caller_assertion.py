@@ -136,7 +136,7 @@ async def test_unparsable_bodies_are_refused_after_authentication(crypto, body) 
 async def test_a_service_holding_only_its_own_keys_cannot_call_as_the_gateway(crypto) -> None:
     """Auth, compromised, signs "as the gateway" with the only keys its file holds."""
     auth_file = crypto.master.for_service("auth")  # what auth's own key file holds
-    assert set(auth_file.edges) == {"apikeys:auth", "auth:crypto", "gateway:auth"}
+    assert set(auth_file.edges) == {"apikeys:auth", "auth:apikeys", "auth:crypto", "gateway:auth"}
     auth_key = auth_file.edges["auth:crypto"].keys[0]
     claims = {"iss": "gateway", "sub": "user:u_1"}
     for header_issuer in ("gateway", "auth"):

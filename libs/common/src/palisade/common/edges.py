@@ -53,6 +53,9 @@ EDGES: tuple[Edge, ...] = (
     # told to the workspace's owners through auth's security notices.
     Edge("apikeys", "crypto"),
     Edge("apikeys", "auth"),
+    # A member removed, an account disabled or deleted: auth asks apikeys to revoke the keys
+    # the person created (RevokeKeysOfUser, from auth's key revocation outbox).
+    Edge("auth", "apikeys"),
     # The bench-only echo backend behind the gateway (bench/p3_forwarded.py); it verifies
     # nothing, but the gateway signs for every upstream it forwards to.
     Edge("gateway", "echo", delegates=True),

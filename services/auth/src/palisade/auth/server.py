@@ -20,6 +20,7 @@ from palisade.auth.accounts.key_revocation_relay import (
     ApiKeysRevoker,
     KeyRevocationRelay,
     KeyRevoker,
+    apikeys_channel,
 )
 from palisade.auth.accounts.restrictions import INVITE_MEMBERS, UnverifiedRestrictions
 from palisade.auth.accounts.service import Accounts
@@ -323,11 +324,11 @@ async def serve_auth(
         registry = CollectorRegistry()
         if key_revoker is None:
             signer.require_edge("apikeys")  # fail at start, not when a revocation is due
-            # A channel connects lazily: auth starts (and queues requests) before apikeys.
-            apikeys_channel = insecure_channel(settings.apikeys_target)
-            stack.push_async_callback(apikeys_channel.close, None)
+            # It connects lazily: auth starts (and queues requests) before apikeys is up.
+            to_apikeys = apikeys_channel(settings.apikeys_target)
+            stack.push_async_callback(to_apikeys.close, None)
             key_revoker = ApiKeysRevoker(
-                channel=apikeys_channel,
+                channel=to_apikeys,
                 identity=ServiceIdentity(name=SERVICE_NAME, signer=signer),
             )
         key_revocation_relay = KeyRevocationRelay(
