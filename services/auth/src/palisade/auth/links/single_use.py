@@ -12,7 +12,9 @@ password reset, email-change confirmation, team invitations and "this wasn't me"
 
 The core is parameterised by table (TokenTable): a table with a purpose column can hold many
 purposes; a purpose-specific table (magic_links, with `used_at`) holds exactly one, and the core
-refuses to be built for any other purpose on it.
+refuses to be built for any other purpose on it. A token's owner is a user (the `user_id` column)
+everywhere but in team invitations, whose invitee may have no account yet: their table names
+another owner column (the invitation's own id), and the same rules apply to it.
 """
 
 from __future__ import annotations
@@ -40,14 +42,18 @@ class Purpose:
 
 @dataclass(frozen=True)
 class TokenTable:
-    """Where tokens live. Required columns: token_hash (LargeBinary(32), primary key), user_id,
-    created_at, expires_at and the consumed-at column; any others are the caller's `values`."""
+    """Where tokens live. Required columns: token_hash (LargeBinary(32), primary key or
+    unique), the owner column (user_id), created_at, expires_at and the consumed-at column; any
+    others are the caller's `values`."""
 
     table: Table
     consumed_column: str = "consumed_at"
     # None: the table holds one purpose only (`only_purpose`), with no purpose column.
     purpose_column: str | None = "purpose"
     only_purpose: str | None = None
+    # Whom a token belongs to: what issue's and retire's `user_id` and RedeemedToken.user_id
+    # hold, and what siblings share.
+    owner_column: str = "user_id"
 
     def __post_init__(self) -> None:
         if (self.purpose_column is None) == (self.only_purpose is None):
@@ -84,6 +90,7 @@ class SingleUseTokens:
         self._purpose = purpose
         self._clock = clock
         self._consumed = table.column(table.consumed_column)
+        self._owner = table.column(table.owner_column)
 
     @property
     def purpose(self) -> Purpose:
@@ -119,7 +126,8 @@ class SingleUseTokens:
         if retire_siblings:
             await self._retire(tx, user_id, now)
         row: dict[str, object] = dict(values or {})
-        row.update(token_hash=digest, user_id=user_id, created_at=now, expires_at=now + lifetime)
+        row.update(token_hash=digest, created_at=now, expires_at=now + lifetime)
+        row[self._spec.owner_column] = user_id
         if self._spec.purpose_column is not None:
             row[self._spec.purpose_column] = self._purpose.name
         await tx.conn.execute(insert(self._table).values(**row))
@@ -146,14 +154,15 @@ class SingleUseTokens:
                     self._table.c.expires_at > now,
                 )
                 .values({self._consumed: now})
-                .returning(self._table.c.user_id, self._table.c.created_at)
+                .returning(self._owner, self._table.c.created_at)
             )
         ).first()
         if won is None:
             return None
+        owner, created_at = won
         if retire_siblings:
-            await self._retire(tx, won.user_id, now)
-        return RedeemedToken(won.user_id, won.created_at)
+            await self._retire(tx, owner, now)
+        return RedeemedToken(owner, created_at)
 
     async def retire(self, tx: AuthTransaction, user_id: str) -> None:
         """Ends every outstanding token of this purpose the user has (e.g. the password
@@ -163,7 +172,7 @@ class SingleUseTokens:
     async def _retire(self, tx: AuthTransaction, user_id: str, now: datetime) -> None:
         await tx.conn.execute(
             update(self._table)
-            .where(self._table.c.user_id == user_id, *self._of_purpose(), self._consumed.is_(None))
+            .where(self._owner == user_id, *self._of_purpose(), self._consumed.is_(None))
             .values({self._consumed: now})
         )
 

@@ -8,34 +8,34 @@ opaque to clients and only positions the cursor inside the caller's own workspac
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import and_, bindparam, or_, select
 
 from palisade.auth.accounts.principals import NotAMember, WorkspaceReader
 from palisade.auth.store import AuthStore, memberships, users
+from palisade.auth.team.paging import (
+    InvalidPageSize,
+    InvalidPageToken,
+    decode_cursor,
+    encode_cursor,
+)
+from palisade.auth.team.paging import page_size as clamp_page_size
 from palisade.common.aad import associated_data
 from palisade.common.crypto_client import CryptoClient
-from palisade.common.errors import InvalidArgument
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 200  # two items each: 400 per Decrypt call, within crypto's 1000
-_MAX_TOKEN_LENGTH = 256
-
-
-class InvalidPageToken(InvalidArgument):
-    code = "invalid_page_token"
-    default_message = "pageToken is not one this list returned"
-
-
-class InvalidPageSize(InvalidArgument):
-    code = "invalid_page_size"
-    default_message = "pageSize must not be negative"
+__all__ = [
+    "InvalidPageSize",
+    "InvalidPageToken",
+    "Member",
+    "TeamDirectory",
+    "decode_page_token",
+    "encode_page_token",
+]
+# A user id as auth mints them (a page token's position).
+USER_ID = re.compile(r"usr_[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -80,27 +80,11 @@ def _pii_aad(user_id: str, field: str) -> bytes:
 
 
 def encode_page_token(joined_at: datetime, user_id: str) -> str:
-    body = json.dumps({"t": joined_at.astimezone(UTC).isoformat(), "u": user_id})
-    return base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
-
-
-_USER_ID = re.compile(r"usr_[0-9a-f]{32}")
+    return encode_cursor(joined_at, user_id)
 
 
 def decode_page_token(token: str) -> tuple[datetime, str]:
-    if len(token) > _MAX_TOKEN_LENGTH or not token.isascii():
-        raise InvalidPageToken()
-    try:
-        body = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        joined_at = datetime.fromisoformat(body["t"])
-        user_id = body["u"]
-    except (binascii.Error, ValueError, KeyError, TypeError):
-        raise InvalidPageToken() from None
-    # A user id as auth mints them: anything else (a NUL, refused by Postgres in text) is no
-    # position in the list.
-    if not isinstance(user_id, str) or not _USER_ID.fullmatch(user_id) or joined_at.tzinfo is None:
-        raise InvalidPageToken()
-    return joined_at, user_id
+    return decode_cursor(token, USER_ID)
 
 
 class TeamDirectory:
@@ -112,9 +96,7 @@ class TeamDirectory:
         self, reader: WorkspaceReader, *, page_size: int, page_token: str
     ) -> tuple[list[Member], str]:
         """A page of the reader's workspace and the next page's token ("" on the last)."""
-        if page_size < 0:
-            raise InvalidPageSize()
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        size = clamp_page_size(page_size)
         after = decode_page_token(page_token) if page_token else None
         workspace_id = reader.workspace_id
         # Membership again, from the database: an assertion says who the caller was when the
