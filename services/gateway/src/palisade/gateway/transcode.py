@@ -220,10 +220,15 @@ def build_request(
 
 def render(route: Route, response: Message) -> tuple[int, bytes | None]:
     """The success status and body: no body for 204, otherwise always a JSON object (`{}` for
-    an empty message, e.g. a 202), so a client can parse every 200/201/202 the same way."""
+    an empty message, e.g. a 202), so a client can parse every 200/201/202 the same way.
+
+    A 204 route whose answer is not empty has a next step to name instead of being done (a
+    password reset that needs the second factor: `{mfaRequired, methods}`): that is a 200."""
     status = route.access.success_status or 200
     if status == 204:
-        return status, None
+        if not response.ListFields():
+            return status, None
+        status = 200
     body = json_format.MessageToDict(response, preserving_proto_field_name=False)
     if _has_floats(response.DESCRIPTOR):
         body = _integral_floats_as_ints(body)
