@@ -9,7 +9,10 @@ logs in again: proving an address ends the sessions created before the proof.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from auth_email_links import token_in
 
 from .conftest import Suite
 
@@ -69,6 +72,33 @@ async def test_after_verification_a_new_session_may_do_all_of_it(suite: Suite) -
         "GET", "/v1/team/members", headers={"Authorization": f"Bearer {created['key']}"}
     )
     assert status == 200, members
+
+
+async def test_the_emailed_proof_ends_the_restricted_session_and_its_cached_grant(
+    suite: Suite,
+) -> None:
+    """Why the gateway may cache a token's restrictions: the first proof of an address ends
+    every session made before it, so no cached "unverified" outlives its session."""
+    email = "proof@example.com"
+    old = (await suite.sign_up_and_log_in(email, verified=False))["accessToken"]
+    await _refused_unverified(suite, "POST", "/v1/api-keys", KEY_BODY, old)  # cached now
+    token = token_in(await suite.mail.wait_for(email))  # the sign-up's verification email
+    status, _, body = await suite.call(
+        "POST", "/v1/auth/email-verification/confirm", json={"token": token}
+    )
+    assert status == 204, body
+    # The revocation feed evicts the old token from the gateway's cache (wall time: it
+    # crosses processes); it is refused, not served with its stale restrictions.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while (await suite.call("GET", "/v1/me", token=old))[0] != 401:
+        assert loop.time() < deadline, "the old session outlived the proof"
+        await asyncio.sleep(0.01)
+    status, problem, _ = await suite.json_call("POST", "/v1/api-keys", json=KEY_BODY, token=old)
+    assert status == 401, problem
+    access = (await suite.log_in(email))["accessToken"]
+    status, created, _ = await suite.json_call("POST", "/v1/api-keys", json=KEY_BODY, token=access)
+    assert status == 201, created
 
 
 @pytest.mark.parametrize("auth_overrides", [{"unverified_restrictions": ()}])
