@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import timedelta
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import text
 
 from palisade.common.api_key_format import lookup_hash
@@ -253,3 +255,20 @@ async def test_bad_ids_and_reasons_are_invalid_arguments(keys) -> None:
     assert (await states(keys, WS_ONE, ALICE))[created.api_key.id] == "active"
     # A well-formed id with no keys is no error: nothing to revoke.
     assert await revoke_of_user(keys, f"usr_{uuid.uuid4().hex}", WS_ONE, "member_removed") == 0
+
+
+async def test_keys_that_already_ended_are_left_as_they_ended(keys) -> None:
+    expiring_at = Timestamp()
+    expiring_at.FromDatetime(keys.clock.now() + timedelta(days=1))
+    expiring = await create(keys, ALICE, WS_ONE, expires_at=expiring_at)
+    rotated = await create(keys, ALICE, WS_ONE)
+    successor = await keys.stub.RotateApiKey(
+        pb.RotateApiKeyRequest(id=rotated.api_key.id, overlap_seconds=3600),
+        metadata=keys.person(ALICE, WS_ONE),
+    )
+    keys.clock.advance(timedelta(days=2))  # the expiry and the overlap have both ended
+    assert await revoke_of_user(keys, ALICE, WS_ONE, "member_removed") == 1
+    reasons = await revoke_reasons(keys)
+    assert reasons[successor.api_key.id] == "member_removed"
+    assert reasons[expiring.api_key.id] is None
+    assert reasons[rotated.api_key.id] in (None, "rotated")

@@ -72,7 +72,9 @@ class KeyRevoker:
         revoked = 0
         while True:
             async with self._store.transaction() as tx:
-                records = await tx.live_keys_of_creator(user_id, workspace_id, limit=_USER_BATCH)
+                records = await tx.live_keys_of_creator(
+                    user_id, workspace_id, now=self._clock.now(), limit=_USER_BATCH
+                )
                 for record in records:
                     if await self.revoke_in(tx, record, actor, reason=reason, notify=False):
                         revoked += 1

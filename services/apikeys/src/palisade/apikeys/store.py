@@ -198,12 +198,16 @@ class KeysTransaction:
         return [record_from(row) for row in await self.conn.execute(query)]
 
     async def live_keys_of_creator(
-        self, user_id: str, workspace_id: str | None, *, limit: int
+        self, user_id: str, workspace_id: str | None, *, now: datetime, limit: int
     ) -> list[KeyRecord]:
-        """Keys the person created that are not revoked (in one workspace, or all), locked for
-        the revoking transaction, in id order (as every other multi-key writer locks them)."""
+        """Keys the person created that still work at `now` (not revoked, not expired, not past
+        a rotation's overlap), in one workspace or all, locked for the revoking transaction, in
+        id order (as every other multi-key writer locks them). Dead keys stay as they ended."""
         query = select(*_KEY_COLUMNS).where(
-            api_keys.c.created_by == user_id, api_keys.c.revoked_at.is_(None)
+            api_keys.c.created_by == user_id,
+            api_keys.c.revoked_at.is_(None),
+            or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > now),
+            or_(api_keys.c.overlap_ends_at.is_(None), api_keys.c.overlap_ends_at > now),
         )
         if workspace_id is not None:
             query = query.where(api_keys.c.workspace_id == workspace_id)
