@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 from palisade.auth.local_keys import LocalKeys
+from palisade.auth.mail.account_notices import AccountNotices
 from palisade.auth.passkeys.errors import ChallengeInvalid
 from palisade.auth.passkeys.store import (
     CHALLENGE_ID_PREFIX,
@@ -64,12 +65,14 @@ class PasskeyCeremonies:
         rp_name: str,
         origins: Sequence[str],
         challenge_seconds: int,
+        notices: AccountNotices,
     ) -> None:
         if not rp_id or not rp_name or not origins:
             raise ValueError("passkeys need an rp id, an rp name and at least one origin")
         self._store = store
         self._crypto = crypto
         self._sessions = sessions
+        self._notices = notices
         self._local_keys = local_keys
         self._clock = clock
         self._rp_id = rp_id

@@ -6,6 +6,7 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
+from palisade.auth.mail.account_notices import PASSKEY_REMOVED
 from palisade.auth.passkeys.ceremony import PasskeyCeremonies
 from palisade.auth.passkeys.errors import InvalidPasskeyName, PasskeyNotFound
 from palisade.auth.passkeys.store import PasskeyRecords, PasskeyRow
@@ -72,8 +73,17 @@ class PasskeyManagement(PasskeyCeremonies):
 
     async def delete(self, *, user_id: str, passkey_id: str, client: ClientInfo) -> None:
         async with self._store.transaction() as tx:
+            row = await PasskeyRecords(tx).get(user_id, passkey_id)
+        if row is None:
+            raise PasskeyNotFound()
+        told = await self._notices.prepare(
+            PASSKEY_REMOVED, user_id=user_id, client=client, details={"passkey_name": row.name}
+        )
+        async with self._store.transaction() as tx:
             if not await PasskeyRecords(tx).delete(user_id, passkey_id):
                 raise PasskeyNotFound()
+            await self._notices.enqueue(tx, told)
             await tx.emit(
                 self._event("passkey.removed", user_id, client, details={"passkey_id": passkey_id})
             )
+        self._notices.notify()
