@@ -112,7 +112,14 @@ class Joining:
         if signed_in is not None:
             await self._require_address(signed_in.user_id, email)
         else:
-            account = await self._new_account(email, name, password)
+            try:
+                account = await self._new_account(email, name, password)
+            except SignInToAccept:
+                # The address may have an account because a parallel accept just made it:
+                # then this link is used up, and that is the answer.
+                async with self._store.transaction() as tx:
+                    self._require_open(await InvitationRecords(tx).by_token_hash(digest))
+                raise
         async with self._store.transaction() as tx:
             records = TeamRecords(tx)
             if not await records.lock_workspace(invitation.workspace_id):
