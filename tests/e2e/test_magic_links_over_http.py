@@ -43,7 +43,8 @@ async def _request(suite: Suite, email: str):
 async def _emailed_link(suite: Suite, email: str) -> str:
     status, _, _ = await _request(suite, email)
     assert status == 202
-    return _link_in(await suite.mail.wait_for(email))
+    # Sign-up sent its verification email first: the sign-in link is the one with its subject.
+    return _link_in(await suite.mail.wait_for(email, subject="Your Palisade sign-in link"))
 
 
 async def _redeem(suite: Suite, token: str):

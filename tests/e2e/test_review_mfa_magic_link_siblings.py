@@ -23,13 +23,13 @@ async def test_signing_in_with_one_link_kills_the_older_ones(suite: Suite) -> No
         status, _, _ = await suite.call("POST", "/v1/auth/magic-links", json={"email": email})
         assert status == 202
     for _ in range(100):
-        if len(suite.mail.to(email)) >= 2:
+        if len(suite.mail.to(email, subject="Your Palisade sign-in link")) >= 2:
             break
-        await suite.mail.wait_for(email)
+        await suite.mail.wait_for(email, subject="Your Palisade sign-in link")
         await asyncio.sleep(0.05)
     first, second = (
         _LINK.findall(m.get_body(preferencelist=("plain",)).get_content())[0]
-        for m in suite.mail.to(email)[:2]
+        for m in suite.mail.to(email, subject="Your Palisade sign-in link")[:2]
     )
     status, _, _ = await suite.json_call(
         "POST", "/v1/auth/magic-links/redeem", json={"token": second}

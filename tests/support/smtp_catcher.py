@@ -39,13 +39,15 @@ class SmtpCatcher:
         self.arrived.set()
         return "250 Message accepted for delivery"
 
-    async def wait_for(self, recipient: str, *, within: float = 10.0) -> EmailMessage:
-        """The first message to `recipient`, waiting for the relay to deliver it."""
+    async def wait_for(
+        self, recipient: str, *, within: float = 10.0, subject: str | None = None
+    ) -> EmailMessage:
+        """The first message to `recipient` (with that subject, if given), waiting for the
+        relay to deliver it."""
         async with asyncio.timeout(within):
             while True:
-                for message in self.messages:
-                    if message["To"] == recipient:
-                        return message
+                for message in self.to(recipient, subject=subject):
+                    return message
                 self.arrived.clear()
                 await self.arrived.wait()
 
@@ -57,8 +59,12 @@ class SmtpCatcher:
                 await self.arrived.wait()
         return list(self.messages)
 
-    def to(self, recipient: str) -> list[EmailMessage]:
-        return [m for m in self.messages if m["To"] == recipient]
+    def to(self, recipient: str, *, subject: str | None = None) -> list[EmailMessage]:
+        return [
+            m
+            for m in self.messages
+            if m["To"] == recipient and (subject is None or m["Subject"] == subject)
+        ]
 
 
 @asynccontextmanager

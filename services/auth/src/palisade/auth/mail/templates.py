@@ -47,9 +47,9 @@ def unverified_account_email(*, to: str, sign_in_url: str) -> OutgoingEmail:
     with it again: the account may not be theirs (pre-hijacking), and this says how to take it
     over."""
     text = (
-        "Someone tried to create a Palisade account with this email address. An account with"
-        " this address already exists, but it has never been verified: if you did not create"
-        " it, someone else may have, using your address.\n\n"
+        "Someone tried to create a Palisade account with this email address, which already"
+        " has one. That account has never been verified: if you did not create it, someone"
+        " else may have, using your address.\n\n"
         f"To take it over, ask for a sign-in link or a password reset for this address at"
         f" {sign_in_url} and use it: everyone signed in to the account until then is signed"
         " out, and a password reset replaces any password they set.\n"
