@@ -180,6 +180,8 @@ async def suite(
             )
         )
         auth_database_url = postgres_database_factory()
+        # Auth starts first but calls apikeys (key revocations): apikeys' port is chosen now.
+        apikeys_port = _free_port()
         auth = await stack.enter_async_context(
             serve_auth(
                 AuthSettings(
@@ -191,6 +193,7 @@ async def suite(
                     smtp_host="127.0.0.1",
                     smtp_port=smtp_port,
                     smtp_security="none",
+                    apikeys_target=f"127.0.0.1:{apikeys_port}",
                     **auth_overrides,
                 ),
                 clock=clock,
@@ -200,7 +203,7 @@ async def suite(
         apikeys = await stack.enter_async_context(
             serve_apikeys(
                 ApiKeysSettings(
-                    **common,
+                    **{**common, "grpc_port": apikeys_port},
                     database_url=apikeys_database_url,
                     redis_url=redis_url,
                     crypto_target=crypto.running.target,
@@ -233,6 +236,15 @@ async def suite(
         )
         await wait_for_feeds(gateway)
         yield suite
+
+
+def _free_port() -> int:
+    """A port nothing listens on right now (for a service started later)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 async def wait_for_feeds(gateway: GatewayServer) -> None:
