@@ -20,6 +20,10 @@ PREFIXES = {
     TokenKind.REFRESH: "plsd_rt_",
     TokenKind.MFA: "plsd_mfa_",
     TokenKind.MAGIC_LINK: "plsd_ml_",
+    TokenKind.EMAIL_VERIFICATION: "plsd_ev_",
+    TokenKind.PASSWORD_RESET: "plsd_pr_",
+    TokenKind.NOT_ME: "plsd_nm_",
+    TokenKind.INVITATION: "plsd_inv_",
 }
 # Each kind and another it must never be mistaken for.
 OTHER = {
@@ -27,6 +31,11 @@ OTHER = {
     TokenKind.REFRESH: TokenKind.ACCESS,
     TokenKind.MFA: TokenKind.MAGIC_LINK,
     TokenKind.MAGIC_LINK: TokenKind.MFA,
+    # Emailed links pasted into another link's form.
+    TokenKind.EMAIL_VERIFICATION: TokenKind.PASSWORD_RESET,
+    TokenKind.PASSWORD_RESET: TokenKind.MAGIC_LINK,
+    TokenKind.NOT_ME: TokenKind.EMAIL_VERIFICATION,
+    TokenKind.INVITATION: TokenKind.MAGIC_LINK,
 }
 
 
@@ -49,6 +58,13 @@ def test_new_token_is_prefix_plus_43_base64url_chars_of_32_bytes(kind) -> None:
 def test_prefixes_are_the_documented_ones() -> None:
     assert TokenKind.ACCESS.value == "plsd_at_"
     assert TokenKind.REFRESH.value == "plsd_rt_"
+    assert {kind: kind.value for kind in TokenKind} == PREFIXES
+
+
+def test_no_prefix_begins_another() -> None:
+    """check_token picks a token's kind by prefix: none may be read as another's."""
+    values = [kind.value for kind in TokenKind]
+    assert not [(a, b) for a in values for b in values if a != b and b.startswith(a)]
 
 
 @pytest.mark.parametrize("kind", list(TokenKind))
