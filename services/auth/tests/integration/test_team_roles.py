@@ -11,8 +11,6 @@ import pytest
 from sqlalchemy import select
 
 from palisade.auth.accounts.key_revocations import key_revocation_requests
-from palisade.auth.store import outbox
-
 from palisade_api.auth.v1 import team_pb2
 
 from .team_support import Team, refused, running_team
@@ -73,7 +71,7 @@ async def test_nobody_grants_above_their_role_or_changes_someone_above_it(team: 
 
 
 async def test_a_member_manages_nobody_whatever_the_assertion_claims(team: Team) -> None:
-    ada, grace, kay = await _workspace(team)
+    _, grace, kay = await _workspace(team)
     # The stub signs "role: owner" into every assertion: auth reads the role in its database.
     assert await refused(team.change_role(kay, grace.user_id, "member")) == (
         grpc.StatusCode.PERMISSION_DENIED,
