@@ -116,14 +116,27 @@ async def test_an_existing_person_joins_with_their_bearer_and_only_their_own(
     assert (status, body["code"]) == (401, "sign_in_required")
     status, body, _ = await _accept(suite, {"token": token}, mallory["accessToken"])
     assert (status, body["code"]) == (403, "invitation_email_mismatch")
+    # An API key is no person: refused at the gateway, the link untouched.
+    status, created, _ = await suite.json_call(
+        "POST",
+        "/v1/api-keys",
+        json={"name": "grace's", "type": "secret", "scopes": ["team:read"]},
+        token=grace["accessToken"],
+    )
+    assert status == 201, created
+    status, body, _ = await _accept(suite, {"token": token}, created["key"])
+    assert (status, body["code"]) == (403, "people_only")
+    status, body, _ = await _accept(suite, {"token": token}, "plsd_at_" + "A" * 43)
+    assert status == 401, body
     status, tokens, _ = await _accept(suite, {"token": token}, grace["accessToken"])
     assert status == 200, tokens
     status, workspaces, _ = await suite.json_call(
         "GET", "/v1/me/workspaces", token=tokens["accessToken"]
     )
-    assert [w["role"] for w in workspaces["workspaces"]] == ["owner", "member"]
+    by_role = {w["role"]: w["workspaceId"] for w in workspaces["workspaces"]}
+    assert sorted(by_role) == ["member", "owner"]
     # Back to her own workspace: a new session there, the one in Ada's ends.
-    own = workspaces["workspaces"][0]["workspaceId"]
+    own = by_role["owner"]
     status, switched, _ = await suite.json_call(
         "POST", "/v1/me/workspace", json={"workspaceId": own}, token=tokens["accessToken"]
     )
@@ -135,7 +148,7 @@ async def test_an_existing_person_joins_with_their_bearer_and_only_their_own(
     status, body, _ = await suite.json_call(
         "POST",
         "/v1/me/workspace",
-        json={"workspaceId": workspaces["workspaces"][0]["workspaceId"].replace("ws_", "ws_0")},
+        json={"workspaceId": own.replace("ws_", "ws_0")},
         token=switched["accessToken"],
     )
     assert (status, body["code"]) == (404, "not_found")

@@ -160,6 +160,8 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
         }
     if route.access.access == access_pb2.ACCESS_USER:
         operation["security"] = [{"bearer": []}]
+    elif route.access.bearer_optional:
+        operation["security"] = [{}, {"bearer": []}]  # anonymous, or a signed-in person
     else:
         operation["security"] = []
     parameters = [
