@@ -46,6 +46,9 @@ class Suite:
     apikeys_database_url: str = ""
     # Who signed up through sign_up(), by email: for verify_email().
     user_ids: dict[str, str] = field(default_factory=dict)
+    # Where crypto listens and whose keys are where: for operator commands run in a test.
+    crypto_target: str = ""
+    data_dir: Path | None = None
 
     def auth_database_dump(self) -> bytes:
         """Every row of every auth table, as bytes: for "no plaintext at rest" checks."""
@@ -234,6 +237,7 @@ async def suite(
             auth_database_url,
             apikeys_database_url,
         )
+        suite.crypto_target, suite.data_dir = crypto.running.target, tmp_path
         await wait_for_feeds(gateway)
         yield suite
 

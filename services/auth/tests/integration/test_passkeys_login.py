@@ -9,7 +9,7 @@ import base64
 import pytest
 import pytest_asyncio
 
-from palisade.auth.errors import InvalidEmail
+from palisade.auth.errors import AccountDisabled, InvalidEmail
 from palisade.auth.passkeys.errors import (
     ChallengeInvalid,
     InvalidPasskeyCredential,
@@ -308,9 +308,12 @@ async def test_user_handle_must_match_and_is_required_without_an_email(env, ada)
 async def test_disabled_user_cannot_log_in_with_a_passkey(env, ada) -> None:
     user_id, _, authn = ada
     await env.disable(user_id)
-    with pytest.raises(PasskeyVerificationFailed):
+    # The assertion verifies (it proves the credential), then the account's state is said.
+    with pytest.raises(AccountDisabled):
         await env.login(authn)
     assert await _reasons(env) == ["passkey_user_disabled"]
+    with pytest.raises(PasskeyVerificationFailed):  # a broken assertion learns nothing more
+        await env.login(authn, flip_signature_bit=True)
 
 
 # -- the signature counter (SECURITY.md 21) ----------------------------------------------------

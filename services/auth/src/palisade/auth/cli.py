@@ -1,4 +1,5 @@
-"""palisade-auth: run the auth service (`serve`, the default), apply its migrations, or re-index.
+"""palisade-auth: run the auth service (`serve`, the default), apply its migrations, re-index,
+or disable and enable accounts.
 
 palisade-auth serve                 run the gRPC service (default)
 palisade-auth migrate               apply database migrations and exit
@@ -6,6 +7,13 @@ palisade-auth reindex [--after ID]  move stored blind indexes to the primary ind
                                     version, then report the versions still in use to
                                     crypto (which `palisade-crypto keys retire --index`
                                     requires); resumable, idempotent, prints counts only
+palisade-auth users disable EMAIL   disable an account: its sessions end at once (every
+                                    gateway hears it), its API keys are revoked through
+                                    apikeys, its emailed links die; no way in works
+palisade-auth users enable EMAIL    let a disabled account sign in again
+
+`users` prints the user id, never the address; exit status 1 if no account has the address
+(or it is malformed), 3 if the database or crypto cannot be reached.
 """
 
 from __future__ import annotations
@@ -44,15 +52,24 @@ async def _migrate(settings: AuthSettings) -> None:
         await engine.dispose()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="palisade-auth", description="Palisade auth service")
-    parser.add_argument(
-        "command", nargs="?", default="serve", choices=["serve", "migrate", "reindex"]
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("serve", help="run the gRPC service (the default)")
+    commands.add_parser("migrate", help="apply database migrations and exit")
+    reindex = commands.add_parser("reindex", help="move blind indexes to the primary index key")
+    reindex.add_argument(
+        "--after", metavar="USER_ID", help="resume after this user id (printed by a run)"
     )
-    parser.add_argument(
-        "--after", metavar="USER_ID", help="reindex: resume after this user id (printed by a run)"
-    )
-    args = parser.parse_args(argv)
+    users = commands.add_parser("users", help="disable or enable an account")
+    actions = users.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, text in (("disable", "disable an account"), ("enable", "enable it again")):
+        actions.add_parser(action, help=text).add_argument("email", metavar="EMAIL")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     harden_process()
     settings = AuthSettings()
     configure_logging(SERVICE_NAME, settings.log_level)
@@ -61,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
 
         result = asyncio.run(reindex_from_settings(settings, after=args.after))
         return 1 if result.collisions or result.unreadable else 0
+    if args.command == "users":
+        from palisade.auth.accounts.disabling_cli import run_users_command
+
+        return asyncio.run(run_users_command(settings, args.action, args.email))
     if args.command == "migrate":
         asyncio.run(_migrate(settings))
     else:

@@ -196,3 +196,22 @@ class InvalidResetToken(Unauthenticated):
 class ResetTokenExpired(Unauthenticated):
     code = "reset_token_expired"
     default_message = "this password-reset link has expired; ask for a new one"
+
+
+# -- disabled accounts ------------------------------------------------------------------------
+
+
+class AccountDisabled(PermissionDenied):
+    """Answered only after the caller proved the credential (a right password, a valid link or
+    passkey assertion, a live refresh token): a wrong password still gets invalid_credentials,
+    so this says nothing to someone who does not hold the account's credentials."""
+
+    code = "account_disabled"
+    default_message = "this account has been disabled"
+
+
+class AccountNotFound(NotFound):
+    """An operator named an account that does not exist (the CLI; never answered to clients)."""
+
+    code = "account_not_found"
+    default_message = "no account has this email address"

@@ -19,7 +19,7 @@ from palisade.auth.accounts.verification import (
     PreparedVerification,
     email_verified,
 )
-from palisade.auth.errors import InvalidCredentials, InvalidEmail, InvalidName
+from palisade.auth.errors import AccountDisabled, InvalidCredentials, InvalidEmail, InvalidName
 from palisade.auth.links.single_use import SingleUseTokens
 from palisade.auth.links.tables import MAGIC_LINK, MAGIC_LINK_TABLE
 from palisade.auth.local_keys import LocalKeys
@@ -40,6 +40,7 @@ from palisade.auth.throttle import LoginThrottle
 from palisade.common.aad import associated_data
 from palisade.common.clock import Clock
 from palisade.common.crypto_client import CryptoClient, Normalization
+from palisade.common.errors import PalisadeError
 from palisade.common.outbox import SecurityEvent
 
 EMAIL_INDEX_CONTEXT = b"auth/user.email"
@@ -279,14 +280,14 @@ class Accounts:
         for _ in range(_VERIFY_ROUNDS):
             async with self._store.transaction() as tx:
                 user = await tx.user_by_email_index(tokens)
-            if user is None or user.disabled:
+            if user is None:
                 await self._hasher.burn(password)
-                await self._fail(
-                    account_key, client, user, "unknown_user" if user is None else "disabled"
-                )
+                await self._fail(account_key, client, user, "unknown_user")
             verification = await self._hasher.verify(user.password_hash, password)
             if not verification.ok:
                 await self._fail(account_key, client, user, "bad_password")
+            if user.disabled:  # only after the right password: no oracle for anyone else
+                await self._fail(account_key, client, user, "disabled", AccountDisabled())
             new_hash = await self._hasher.hash(password) if verification.needs_rehash else None
             result = await self._password_accepted(user, new_hash, remember_me, client)
             if result is not None:
@@ -329,7 +330,12 @@ class Accounts:
             )
 
     async def _fail(
-        self, account_key: str, client: ClientInfo, user: UserRow | None, reason: str
+        self,
+        account_key: str,
+        client: ClientInfo,
+        user: UserRow | None,
+        reason: str,
+        error: PalisadeError | None = None,
     ) -> NoReturn:
         async with self._store.transaction() as tx:
             await tx.emit(
@@ -344,7 +350,7 @@ class Accounts:
                     reason=reason,
                 )
             )
-        raise InvalidCredentials()
+        raise error or InvalidCredentials()
 
     async def change_password(
         self,

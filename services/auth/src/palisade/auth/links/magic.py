@@ -34,6 +34,7 @@ from palisade.auth.accounts.address_proof import AddressProof, prove_address
 from palisade.auth.accounts.service import EMAIL_INDEX_CONTEXT, normalize_email
 from palisade.auth.bounded import IP_CHARS, clip_optional
 from palisade.auth.errors import (
+    AccountDisabled,
     CodeVerifierMismatch,
     CodeVerifierRequired,
     InvalidCodeChallenge,
@@ -205,11 +206,14 @@ class MagicLinks:
             raise InvalidCodeVerifier()
         await self._check_binding(digest, code_verifier, client)
         proof: AddressProof | None = None
-        async with self._store.transaction() as tx:
-            # The user's other links die with this one: one sign-in per email round.
-            redeemed = await self._tokens.redeem(tx, token, retire_siblings=True)
-            if redeemed is not None:
-                proof, result = await self._sign_in(tx, redeemed.user_id, client)
+        try:
+            async with self._store.transaction() as tx:
+                # The user's other links die with this one: one sign-in per email round.
+                redeemed = await self._tokens.redeem(tx, token, retire_siblings=True)
+                if redeemed is not None:
+                    proof, result = await self._sign_in(tx, redeemed.user_id, client)
+        except AccountDisabled:
+            await self._failed(client, "account_disabled", AccountDisabled)
         if proof is not None:
             await proof.announce(self._sessions)  # after commit: pre-proof sessions ended
             return result
@@ -255,8 +259,10 @@ class MagicLinks:
         self, tx: AuthTransaction, user_id: str, client: ClientInfo
     ) -> tuple[AddressProof, LoginResult]:
         user = await tx.user(user_id)
-        if user is None or user.disabled:
+        if user is None:
             raise InvalidCredentials()
+        if user.disabled:  # the link verified; raising rolls its redemption back
+            raise AccountDisabled()
         # The link reached the address: proven. Before the new session, which must outlive
         # a first proof's end of the earlier ones.
         proof = await prove_address(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import NoReturn
 
-from palisade.auth.errors import InvalidCredentials, InvalidMfaToken, Throttled
+from palisade.auth.errors import AccountDisabled, InvalidCredentials, InvalidMfaToken, Throttled
 from palisade.auth.mfa.second_factor import METHODS, SecondFactorProof, SecondFactors
 from palisade.auth.mfa.store import MfaRecords
 from palisade.auth.sessions.manager import ClientInfo, IssuedTokens, SessionManager
@@ -117,6 +117,8 @@ class MfaLogins:
             await self._factors.record_failure(
                 user_id, client, "session.mfa_failed", "code_already_used"
             )
+        except AccountDisabled as disabled:  # the code was right: now it may say so
+            await self._refused(user_id, client, "account_disabled", disabled)
         await self._factors.clear_failures(user_id)
         return issued
 
@@ -155,8 +157,10 @@ class MfaLogins:
             if not await self._factors.use(tx, proof):
                 raise _CodeAlreadyUsed()
             user = await tx.user(user_id)
-            if user is None or user.disabled:
+            if user is None:
                 raise InvalidCredentials()
+            if user.disabled:  # rolls back: the code and the mfaToken stay unused
+                raise AccountDisabled()
             return await self._sessions.sign_in(
                 tx,
                 user_id=user_id,

@@ -19,6 +19,7 @@ from typing import Any
 from webauthn.helpers.structs import AuthenticationCredential
 
 from palisade.auth.accounts.service import EMAIL_INDEX_CONTEXT, normalize_email
+from palisade.auth.errors import AccountDisabled
 from palisade.auth.passkeys.ceremony import PasskeyCeremonies, Refused, descriptors, log
 from palisade.auth.passkeys.errors import InvalidPasskeyCredential, PasskeyVerificationFailed
 from palisade.auth.passkeys.store import AUTHENTICATION, ChallengeRow, PasskeyRecords, PasskeyRow
@@ -133,8 +134,8 @@ class PasskeyLogin(PasskeyCeremonies):
             if handle is None or not hmac.compare_digest(handle, presented):
                 raise Refused("passkey_user_handle_mismatch", refused)
         user = await tx.user(passkey.user_id)
-        if user is None or user.disabled:
-            raise Refused("passkey_user_disabled", refused)
+        if user is None:
+            raise Refused("passkey_user_missing", refused)
         if await tx.primary_membership(user.id) is None:
             raise Refused("passkey_no_workspace", refused)
         try:
@@ -170,6 +171,8 @@ class PasskeyLogin(PasskeyCeremonies):
         await records.record_use(
             passkey.id, sign_count=count, backed_up=verified.backed_up, now=now
         )
+        if user.disabled:  # the assertion verified (its counter is kept): now it may say so
+            raise Refused("passkey_user_disabled", AccountDisabled())
         return await self._sessions.sign_in(
             tx,
             user_id=user.id,

@@ -19,9 +19,11 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from palisade.auth.accounts.account_state import require_enabled
 from palisade.auth.accounts.restrictions import DEFAULT as DEFAULT_RESTRICTIONS
 from palisade.auth.accounts.restrictions import UnverifiedRestrictions
 from palisade.auth.errors import (
+    AccountDisabled,
     InvalidCredentials,
     InvalidToken,
     SessionNotFound,
@@ -117,6 +119,8 @@ class SessionManager:
         remember-me, so moving between workspaces never counts as a fresh login (recent auth)
         nor lengthens a session.
         """
+        # Under a share lock on the user row: a disable racing this login ends its session.
+        await require_enabled(tx, user_id)
         now = self._clock.now()
         policy = self._policy
         if continues is not None:
@@ -219,7 +223,9 @@ class SessionManager:
                 raise InvalidToken()
             token, session = found
             if session.revoked_at is not None:
-                raise SessionRevoked()
+                # Disabling ends every session; the token proves it was the holder's.
+                user = await tx.user(session.user_id)
+                raise AccountDisabled() if user is not None and user.disabled else SessionRevoked()
             if now >= session.absolute_expires_at or now >= token.expires_at:
                 raise TokenExpired()
             grace = timedelta(seconds=self._policy.grace_seconds)
