@@ -109,6 +109,12 @@ BOUNDED_BY = {
     "notice_requests.caller": "the verified service principal, notices check (<= 64)",
     "notice_requests.idempotency_key": "notices._check (1 to 128 printable ASCII)",
     "notice_requests.kind": "notice_catalogue constant",
+    "invitations.id": "generated (inv_ + uuid hex)",
+    "invitations.workspace_id": "generated (the inviter's session's workspace)",
+    "invitations.email_index": "crypto blind-index token",
+    "invitations.role": "team.roles.parse_role (a constant)",
+    "invitations.created_by": "generated",
+    "invitations.accepted_by": "generated",
 }
 
 
