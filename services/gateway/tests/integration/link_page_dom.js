@@ -2,7 +2,7 @@
 // prints what happened as JSON: what the page POSTed, what it showed, what it kept, where the
 // address bar ended up. Used by test_link_page_scripts.py; needs only Node.js.
 //
-// stdin: {html, url, storage?, storageRefuses?, answers: [{status, body} | "network"], steps}
+// stdin: {html, url, storage?, localStorage?, storageRefuses?, answers: [{status, body} | "network"], steps}
 // steps: {fill: id, value} | {click: id} | {submit: id}
 // The fake keeps what the scripts depend on: elements by id with their ancestors (a disabled
 // fieldset disables what it holds, a disabled control takes no click), checkbox change events,
@@ -82,6 +82,7 @@ async function main() {
   const url = new URL(input.url, "http://gateway.test");
   const location = {pathname: url.pathname, search: url.search};
   const storage = new Map(Object.entries(input.storage || {}));
+  const local = new Map(Object.entries(input.localStorage || {}));
   const answers = input.answers.slice();
 
   const window = {
@@ -101,6 +102,11 @@ async function main() {
         storage.set(k, String(v));
       },
       removeItem: (k) => { storage.delete(k); },
+    },
+    localStorage: {
+      getItem: (k) => (local.has(k) ? local.get(k) : null),
+      setItem: (k, v) => { local.set(k, String(v)); },
+      removeItem: (k) => { local.delete(k); },
     },
   };
   const document = {getElementById: (id) => byId.get(id) || null};
@@ -158,6 +164,7 @@ async function main() {
   }
   process.stdout.write(JSON.stringify({
     ...state, elements: snapshot, storage: Object.fromEntries(storage),
+    localStorage: Object.fromEntries(local),
     location: location.pathname + location.search, unanswered: answers.length,
   }));
 }

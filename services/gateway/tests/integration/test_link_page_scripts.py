@@ -88,6 +88,7 @@ class Browser:
         answers: list[Any],
         steps: list[dict[str, str]],
         storage: dict[str, str] | None = None,
+        local_storage: dict[str, str] | None = None,
         storage_refuses: bool = False,
     ) -> dict[str, Any]:
         status, _, body = await self._gateway.call("GET", url)
@@ -98,6 +99,7 @@ class Browser:
             "answers": answers,
             "steps": steps,
             "storage": storage or {},
+            "localStorage": local_storage or {},
             "storageRefuses": storage_refuses,
         }
         process = await asyncio.create_subprocess_exec(
@@ -230,6 +232,45 @@ async def test_magic_link_keeps_the_session(browser) -> None:
     assert _status(result) == "You're signed in."
     assert json.loads(result["storage"]["palisade.session"]) == TOKENS
     assert result["elements"]["sign-in"]["inactive"]  # used: not pressed twice
+
+
+VERIFIER_KEY = "palisade.magicLink.codeVerifier"
+VERIFIER = "v" * 43
+
+
+async def test_magic_link_sends_the_verifier_an_app_of_this_origin_kept(browser) -> None:
+    path = "/auth/magic-link"
+    result = await browser.run(
+        f"{path}?token={_token(path)}",
+        answers=[{"status": 200, "body": TOKENS}],
+        steps=_press(path),
+        local_storage={VERIFIER_KEY: VERIFIER},
+    )
+    [sent] = result["fetches"]
+    assert json.loads(sent["options"]["body"]) == {"token": _token(path), "codeVerifier": VERIFIER}
+    assert VERIFIER_KEY not in result["localStorage"]  # used up with the link
+
+
+async def test_magic_link_keeps_the_verifier_for_a_retry_after_a_busy_answer(browser) -> None:
+    path = "/auth/magic-link"
+    result = await browser.run(
+        f"{path}?token={_token(path)}",
+        answers=[BUSY],
+        steps=_press(path),
+        local_storage={VERIFIER_KEY: VERIFIER},
+    )
+    assert result["localStorage"] == {VERIFIER_KEY: VERIFIER}
+
+
+async def test_magic_link_without_a_kept_verifier_sends_the_token_alone(browser) -> None:
+    path = "/auth/magic-link"
+    result = await browser.run(
+        f"{path}?token={_token(path)}",
+        answers=[{"status": 200, "body": TOKENS}],
+        steps=_press(path),
+    )
+    [sent] = result["fetches"]
+    assert json.loads(sent["options"]["body"]) == {"token": _token(path)}
 
 
 async def test_magic_link_hands_the_second_factor_step_over(browser) -> None:

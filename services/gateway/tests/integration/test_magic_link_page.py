@@ -44,7 +44,8 @@ async def test_the_page_and_its_headers(gateway) -> None:
     assert ">Sign in</button>" in page
     # The script reads the token from the URL and POSTs it as JSON to the redeem route.
     assert "location.search" in page
-    assert 'post("/v1/auth/magic-links/redeem", {token: token})' in page
+    assert "var body = {token: token};" in page
+    assert 'post("/v1/auth/magic-links/redeem", body)' in page
     assert "body: JSON.stringify(body)" in page
     assert "setItem(key, JSON.stringify(body))" in page
     assert '"palisade.session"' in page

@@ -2,6 +2,13 @@
 
 It shows a "Sign in" button; the press POSTs the token to the redeem route, and the answer (the
 token response, or the pending second-factor step) is kept in sessionStorage for the app.
+
+PKCE-bound links (requested with a `codeChallenge`): an app on this origin that asked for the link
+keeps its verifier in localStorage under VERIFIER_STORAGE_KEY (localStorage, because the email
+opens the link in a new tab); the page sends it with the token and removes it once the link is
+used up (a success, or a final refusal). Opened anywhere else, a bound link signs nobody in:
+that is what binding is for. Apps that open links themselves (a deep link into a native app)
+keep the verifier their own way and call the redeem route directly.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from palisade.gateway.link_pages.common import LinkPage, js_string
 
 PATH = "/auth/magic-link"
 REDEEM_PATH = "/v1/auth/magic-links/redeem"
+VERIFIER_STORAGE_KEY = "palisade.magicLink.codeVerifier"
 
 PAGE = LinkPage(
     path=PATH,
@@ -23,10 +31,20 @@ PAGE = LinkPage(
     show("This sign-in link is incomplete. Ask for a new one.");
     return;
   }
+  function verifier() {
+    try { return window.localStorage.getItem(__VERIFIER_KEY__); } catch (e) { return null; }
+  }
+  function forgetVerifier() {
+    try { window.localStorage.removeItem(__VERIFIER_KEY__); } catch (e) { /* nothing kept */ }
+  }
   button.addEventListener("click", function () {
     button.disabled = true;
     show("Signing you in\\u2026");
-    post(__REDEEM__, {token: token}).then(function (answer) {
+    var body = {token: token};
+    var codeVerifier = verifier();
+    if (codeVerifier) { body.codeVerifier = codeVerifier; }
+    post(__REDEEM__, body).then(function (answer) {
+      if (answer.ok || !retryable(answer)) { forgetVerifier(); }
       if (answer.ok && answer.body.mfaRequired) {
         keep(MFA_KEY, answer.body);
         show("A second factor is needed to finish signing in.");
@@ -42,5 +60,7 @@ PAGE = LinkPage(
       show(NETWORK_FAILED);
     });
   });
-""".replace("__REDEEM__", js_string(REDEEM_PATH)),
+""".replace("__REDEEM__", js_string(REDEEM_PATH)).replace(
+        "__VERIFIER_KEY__", js_string(VERIFIER_STORAGE_KEY)
+    ),
 )
