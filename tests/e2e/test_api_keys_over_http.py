@@ -327,7 +327,11 @@ async def test_a_reported_leak_revokes_at_once_and_emails_the_owner(suite) -> No
     )
     assert status == 202
     await _eventually(lambda: _status(suite, key), 401, within=2.0)
-    mail = await suite.mail.wait_for("owner@example.com", within=10)
+    mail = await suite.mail.wait_for(
+        "owner@example.com",
+        within=10,
+        subject="An API key of your Palisade workspace was reported as leaked",
+    )
     text = mail.get_body(("plain",)).get_content()
     assert api_key["prefix"] in text
     assert key not in text

@@ -106,7 +106,7 @@ async def test_no_secret_reaches_the_logs(suite: Suite, caplog: pytest.LogCaptur
     )
     backup = codes["backupCodes"]
     await suite.call("POST", "/v1/auth/magic-links", json={"email": email})
-    message = await suite.mail.wait_for(email)
+    message = await suite.mail.wait_for(email, subject="Your Palisade sign-in link")
     [link_token] = _LINK.findall(message.get_body(preferencelist=("plain",)).get_content())
     _, redeemed, _ = await suite.json_call(
         "POST", "/v1/auth/magic-links/redeem", json={"token": link_token}
