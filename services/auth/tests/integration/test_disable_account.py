@@ -323,6 +323,24 @@ async def test_disabling_revokes_the_persons_keys_in_every_workspace(tmp_path, b
 
         await eventually(revoked)  # the commit woke the relay; it polls once a minute here
         assert (await stack.key_states(someone_elses))[someone_elses] is None
+
+        # A key made meanwhile through a gateway that still held a cached session (apikeys
+        # takes the gateway's word): the second sweep, a minute later, revokes it too.
+        late = (await stack.create_key(user_id, grant.workspace_id)).api_key.id
+
+        async def only_the_sweep_left() -> bool:
+            rows = await stack.pending_requests()
+            return len(rows) == 1 and rows[0].attempts == 0
+
+        await eventually(only_the_sweep_left)  # the first request's row goes once answered
+        [sweep] = await stack.pending_requests()
+        assert (sweep.reason, sweep.attempts) == (ACCOUNT_DISABLED, 0)
+        relay = stack.auth.key_revocation_relay
+        assert await relay.run_once() == 0  # not due yet
+        stack.clock.advance(timedelta(seconds=61))
+        assert await relay.run_once() == 1
+        assert (await stack.key_states(late))[late] == ACCOUNT_DISABLED
+        assert (await stack.key_states(someone_elses))[someone_elses] is None
         assert await stack.pending_requests() == []
 
 

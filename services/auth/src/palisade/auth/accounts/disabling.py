@@ -4,9 +4,10 @@ Disable is one transaction: users.disabled_at is set (first, so the row lock ord
 every login in flight, see account_state.py), every live session of the user ends (with its
 revocation notice in the outbox, so each gateway evicts the tokens at once), the revocation of
 the API keys the person created in every workspace is requested from apikeys (the durable
-key_revocations outbox), every outstanding emailed link (magic links, verification, reset,
-email change, "not me") is used up, and `account.disabled` is recorded with the operator as
-actor. Either all of it happens or none.
+key_revocations outbox; a second sweep a minute later catches a key created meanwhile through
+a gateway that still held a cached session), every outstanding emailed link (magic links,
+verification, reset, email change, "not me") is used up, and `account.disabled` is recorded
+with the operator as actor. Either all of it happens or none.
 
 After that no way in works: each login path answers account_disabled once the credential is
 proven, a refresh token answers the same, and ValidateAccessToken refuses the ended sessions.
@@ -22,12 +23,16 @@ enabled account changes and records nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import update
 
-from palisade.auth.accounts.key_revocations import ACCOUNT_DISABLED, request_key_revocation
+from palisade.auth.accounts.key_revocations import (
+    ACCOUNT_DISABLED,
+    request_key_revocation,
+    schedule_key_revocation,
+)
 from palisade.auth.accounts.service import EMAIL_INDEX_CONTEXT, normalize_email
 from palisade.auth.errors import AccountNotFound
 from palisade.auth.links.single_use import SingleUseTokens
@@ -41,6 +46,10 @@ from palisade.common.outbox import SecurityEvent
 # The CLI's principal in the security log (who disabled or enabled the account).
 OPERATOR_CLI = "operator:cli"
 _NO_CLIENT = ClientInfo(ip=None, device=None)
+# The second key revocation sweep: by then no gateway acts on a cached session of the person
+# (the revocation feed evicts at once; a gateway that hears no heartbeat for 2 s stops
+# trusting its cache), and a key creation in flight through one has long finished (10 s).
+SWEEP_AFTER = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,14 @@ class AccountDisabling:
             await _retire_account_tokens(tx, user_id, now)
             await request_key_revocation(
                 tx, user_id=user_id, workspace_id=None, reason=ACCOUNT_DISABLED
+            )
+            await schedule_key_revocation(
+                tx,
+                user_id=user_id,
+                workspace_id=None,
+                reason=ACCOUNT_DISABLED,
+                due=now + SWEEP_AFTER,
+                wall_delay=SWEEP_AFTER,
             )
             if changed:
                 await tx.emit(

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Column, Index, Integer, String, Table, insert
 
@@ -32,8 +32,11 @@ from palisade.auth.store import TS, AuthTransaction, metadata
 MEMBER_REMOVED = "member_removed"
 ACCOUNT_DISABLED = "account_disabled"
 ACCOUNT_DELETED = "account_deleted"
+# The address's owner proved it for the first time (accounts/address_proof.py): keys made by
+# whoever held the never-verified account before end.
+ACCOUNT_RECLAIMED = "account_reclaimed"
 # The reasons apikeys accepts (and stores as each key's revocation reason).
-REASONS = frozenset({MEMBER_REMOVED, ACCOUNT_DISABLED, ACCOUNT_DELETED})
+REASONS = frozenset({MEMBER_REMOVED, ACCOUNT_DISABLED, ACCOUNT_DELETED, ACCOUNT_RECLAIMED})
 
 # The flag request_key_revocation leaves in the connection's pool record (its `info`); the
 # relay's pool "checkin" listener takes it off and wakes the relay.
@@ -51,8 +54,8 @@ key_revocation_requests = Table(
     Column("reason", String(32), nullable=False),
     # Wall-clock time of the request (the relay's lag metric); ids and order only otherwise.
     Column("created_at", TS, nullable=False),
-    # NULL: never tried, due now. Then a relay's lease end while it is being sent, or the
-    # time of the next retry after a failure.
+    # NULL: never tried, due now (or, for a scheduled sweep, the time it becomes due). Then a
+    # relay's lease end while it is being sent, or the time of the next retry after a failure.
     Column("next_attempt_at", TS, nullable=True),
     Column("attempts", Integer, nullable=False),
     Column("last_error", String(200), nullable=True),
@@ -70,6 +73,42 @@ async def request_key_revocation(
     are bugs of the caller, and a row apikeys refuses would never go out. An empty
     workspace_id is refused too (the wire's "every workspace"): say None to mean it.
     """
+    await _queue(tx, user_id=user_id, workspace_id=workspace_id, reason=reason, due=None)
+    tx.conn.info[WAKE_FLAG] = True
+
+
+async def schedule_key_revocation(
+    tx: AuthTransaction,
+    *,
+    user_id: str,
+    workspace_id: str | None,
+    reason: str,
+    due: datetime,
+    wall_delay: timedelta,
+) -> None:
+    """Like request_key_revocation, but not sent before `due` (the relay's clock): a second
+    sweep after the moment no gateway can still act on a cached session of the person, for
+    a key created through such a cache after the first request was answered.
+    wall_delay: the same delay in wall-clock time, for the lag metric (counted from `due`)."""
+    await _queue(
+        tx,
+        user_id=user_id,
+        workspace_id=workspace_id,
+        reason=reason,
+        due=due,
+        created_at=datetime.now(UTC) + wall_delay,
+    )
+
+
+async def _queue(
+    tx: AuthTransaction,
+    *,
+    user_id: str,
+    workspace_id: str | None,
+    reason: str,
+    due: datetime | None,
+    created_at: datetime | None = None,
+) -> None:
     if reason not in REASONS:
         raise ValueError(f"unknown key revocation reason {reason!r}")
     if not _USER_ID.fullmatch(user_id):
@@ -83,10 +122,9 @@ async def request_key_revocation(
             workspace_id=workspace_id,
             reason=reason,
             # The transaction carries no clock; due-ness never depends on this value (a new
-            # row is due at once: next_attempt_at NULL), only the lag metric does.
-            created_at=datetime.now(UTC),
-            next_attempt_at=None,
+            # row is due at once: next_attempt_at NULL, or at `due`), only the lag metric does.
+            created_at=created_at or datetime.now(UTC),
+            next_attempt_at=due,
             attempts=0,
         )
     )
-    tx.conn.info[WAKE_FLAG] = True
