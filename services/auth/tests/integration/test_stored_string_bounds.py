@@ -97,6 +97,7 @@ BOUNDED_BY = {
     "account_tokens.user_id": "generated",
     "account_tokens.requested_ip": "bounded.client_ip, store clip",
     "account_tokens.new_email_index": "crypto blind-index token",
+    "account_tokens.session_id": "generated (the caller's session id)",
     "passkeys.id": "generated",
     "passkeys.user_id": "generated",
     "passkeys.transports": "webauthn_json.transports_of (known values, <= 8)",

@@ -31,7 +31,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 GATEWAY = "service:gateway"
 AUTH = "service:auth"
 # Why auth may ask for a person's keys to end (stored as each key's revoke reason).
-_USER_REVOCATION_REASONS = frozenset({"member_removed", "account_disabled", "account_deleted"})
+_USER_REVOCATION_REASONS = frozenset(
+    {"member_removed", "account_disabled", "account_deleted", "account_reclaimed"}
+)
 _USER_ID = re.compile(r"usr_[0-9a-f]{32}")
 _WORKSPACE_ID = re.compile(r"ws_[0-9a-f]{32}")
 

@@ -61,5 +61,7 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         await self._recent_auth.require(
             user_id=user_id, session_id=session_id, client=client, action="RequestEmailChange"
         )
-        await self._changes.request(user_id=user_id, new_email=request.new_email, client=client)
+        await self._changes.request(
+            user_id=user_id, new_email=request.new_email, client=client, session_id=session_id
+        )
         return pb.RequestEmailChangeResponse()

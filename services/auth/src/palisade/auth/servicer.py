@@ -221,6 +221,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> pb.RevokeAllSessionsResponse:
         caller = require_caller()
         user_id, _, current = _signed_in(caller)
+        # First: a change link asked for from a session about to end must not outlive it.
+        await self._accounts.end_pending_email_changes(user_id)
         await self._sessions.revoke(
             user_id=user_id,
             session_ids=None,

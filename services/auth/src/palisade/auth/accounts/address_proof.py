@@ -6,10 +6,22 @@ prove_address inside the transaction that consumes the secret.
 
 The first proof (users.email_verified_at NULL -> set) is where account pre-hijacking is undone:
 someone who signed up with another person's address before that person did (and kept a
-session) loses every session created before the proof, through the normal revocation path
-(committed with the proof, published on the revocation feed, so every gateway evicts the
-tokens at once), and any second step of a login they had pending. The proof is recorded as
-`email.verified`. Later proofs change nothing: the address was already the owner's.
+session) loses, in the proving transaction:
+- every session created before the proof, through the normal revocation path (committed with
+  the proof, published on the revocation feed, so every gateway evicts the tokens at once),
+  and any second step of a login they had pending;
+- every email-change link the account requested (one kept back would move the owner's
+  account to the holder's address later);
+- the API keys the account created, in every workspace (a key revocation request with the
+  reason account_reclaimed), and the invitations it sent that are still open;
+- when the proof is a magic link: the password. The account was never verified, so whoever
+  chose its password is unknown; it becomes unusable (passwords/hashing.py
+  UNUSABLE_PASSWORD_HASH, which no password verifies), `user.password_cleared` is recorded,
+  and the owner sets a password with a reset (the sign-in email says so). A first proof by
+  the verification link keeps the password: that link is the signer-up's own normal flow
+  (its email says not to confirm an account one did not create).
+The proof is recorded as `email.verified`. Later proofs change nothing: the address was
+already the owner's.
 
     async with store.transaction() as tx:
         ...                                             # consume the emailed token
@@ -24,16 +36,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
+from palisade.auth.accounts.key_revocations import ACCOUNT_RECLAIMED, request_key_revocation
+from palisade.auth.links.tables import EMAIL_CHANGE, account_tokens
 from palisade.auth.mfa.store import MfaRecords
+from palisade.auth.passwords.hashing import UNUSABLE_PASSWORD_HASH
 from palisade.auth.sessions.manager import ClientInfo, SessionManager
 from palisade.auth.sessions.revocation import RevocationNotice
 from palisade.auth.store import AuthTransaction, users
+from palisade.auth.team.invitation_records import InvitationRecords, invitations
 from palisade.common.outbox import SecurityEvent
 
 # Reason stored on (and published with) the sessions a first proof ends.
 PRE_PROOF_SESSIONS_REASON = "email_verified"
+# The proof whose first use also clears the password (see the module doc).
+MAGIC_LINK_PROOF = "magic_link"
 
 
 @dataclass(frozen=True)
@@ -84,6 +102,11 @@ async def prove_address(
     actor = actor or f"user:{user_id}"
     # Whoever held the account before its owner proved the address loses what they hold.
     await MfaRecords(tx).retire_mfa_challenges(user_id, now)
+    await retire_email_changes(tx, user_id, now)
+    if via == MAGIC_LINK_PROOF:
+        await _clear_password(tx, user_id, now=now, actor=actor, client=client)
+    await _revoke_open_invitations(tx, user_id, now=now, actor=actor, client=client)
+    await request_key_revocation(tx, user_id=user_id, workspace_id=None, reason=ACCOUNT_RECLAIMED)
     revocation = await sessions.revoke_all_in(
         tx,
         user_id=user_id,
@@ -105,3 +128,68 @@ async def prove_address(
         )
     )
     return AddressProof(first=True, revocation=revocation)
+
+
+async def retire_email_changes(tx: AuthTransaction, user_id: str, now: datetime) -> None:
+    """Uses up every outstanding email-change link of the user, in tx: whoever holds the
+    account now (its owner, after a first proof, a password change, a reset or "sign out
+    everywhere") must not have it moved later by a link requested before."""
+    await tx.conn.execute(
+        update(account_tokens)
+        .where(
+            account_tokens.c.user_id == user_id,
+            account_tokens.c.purpose == EMAIL_CHANGE.name,
+            account_tokens.c.consumed_at.is_(None),
+        )
+        .values(consumed_at=now)
+    )
+
+
+async def _clear_password(
+    tx: AuthTransaction, user_id: str, *, now: datetime, actor: str, client: ClientInfo
+) -> None:
+    # Unconditional: a login that verified the old hash re-checks it under the row lock
+    # (AuthTransaction.lock_password) and finds it gone.
+    await tx.conn.execute(
+        update(users)
+        .where(users.c.id == user_id)
+        .values(password_hash=UNUSABLE_PASSWORD_HASH, password_changed_at=now)
+    )
+    await tx.emit(
+        SecurityEvent(
+            type="user.password_cleared",
+            occurred_at=now,
+            actor=actor,
+            subject=user_id,
+            ip=client.ip,
+            device=client.device,
+            reason="first_proof_by_magic_link",
+        )
+    )
+
+
+async def _revoke_open_invitations(
+    tx: AuthTransaction, user_id: str, *, now: datetime, actor: str, client: ClientInfo
+) -> None:
+    rows = (
+        await tx.conn.execute(
+            select(invitations.c.id, invitations.c.workspace_id).where(
+                invitations.c.created_by == user_id, invitations.c.used_at.is_(None)
+            )
+        )
+    ).all()
+    workspace_of = {row.id: row.workspace_id for row in rows}
+    for invitation_id in await InvitationRecords(tx).close(list(workspace_of), now):
+        await tx.emit(
+            SecurityEvent(
+                type="invitation.revoked",
+                occurred_at=now,
+                actor=actor,
+                subject=invitation_id,
+                workspace_id=workspace_of[invitation_id],
+                ip=client.ip,
+                device=client.device,
+                reason="account_reclaimed",
+                details={"invitation_id": invitation_id},
+            )
+        )

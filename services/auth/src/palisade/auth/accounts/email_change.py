@@ -2,22 +2,31 @@
 
 Request (signed in, recent auth, rate limited per user): always 202, the same work for a free
 and a taken new address (one blind-index lookup, one Encrypt, two emails sealed):
+- first, whatever the lookup finds, the user's earlier change links are retired (in the same
+  transaction): only the newest request can complete, and whether an earlier link survives
+  says nothing about the new address;
 - free: the new address gets a `/auth/verify-email` link (purpose email_change in
   account_tokens, with the new address sealed under associated data binding the user and the
-  field `new_email`, and its blind index); a newer request retires the older link;
+  field `new_email`, its blind index, and the requesting session's id);
 - taken by another account: that account's owner is told someone tried to use their address
   (throttled per address); nothing is stored;
 - already the user's own address: nothing happens.
 The requester learns nothing about other accounts either way.
 
+A change link also dies when whoever holds the account may have changed: the address's first
+proof, a password change or reset, and "sign out everywhere" retire every change link of the
+user, and a link confirms only while the session that requested it is live (a link whose
+session ended is used up and answers 400 invalid_verification_link).
+
 Confirm (the link's POST, the same route as a verification): one transaction consumes the token,
-checks the address is still free, moves users.email_ct and email_index, proves the new address
-(accounts/address_proof.py: a first proof ends the earlier sessions; otherwise sessions keep
-working, the owner proved control by confirming), retires the links sent to the old address
-(magic links, verification and reset links, other change links) and queues the old address's
-"your email was changed" notice. An address taken between request and confirm answers 400
-email_unavailable (the unique email index is the guard against a racing sign-up or change;
-the token is used up only when the change, or that refusal, commits).
+checks the requesting session is live and the address is still free, moves users.email_ct and
+email_index, proves the new address (accounts/address_proof.py: a first proof ends the earlier
+sessions; otherwise sessions keep working, the owner proved control by confirming), retires
+the links sent to the old address (magic links, verification and reset links, other change
+links) and queues the old address's "your email was changed" notice. An address taken between
+request and confirm answers 400 email_unavailable (the unique email index is the guard against
+a racing sign-up or change; the token is used up only when the change, or that refusal,
+commits).
 """
 
 from __future__ import annotations
@@ -28,7 +37,11 @@ from typing import NoReturn
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
-from palisade.auth.accounts.address_proof import AddressProof, prove_address
+from palisade.auth.accounts.address_proof import (
+    AddressProof,
+    prove_address,
+    retire_email_changes,
+)
 from palisade.auth.accounts.service import EMAIL_INDEX_CONTEXT, normalize_email
 from palisade.auth.accounts.verification import (
     EmailLinkPolicy,
@@ -51,6 +64,7 @@ from palisade.auth.mail import MailQueue
 from palisade.auth.mail.account_notices import EMAIL_CHANGED, AccountNotices, masked_email
 from palisade.auth.mail.templates import address_in_use_email, email_change_email
 from palisade.auth.sessions.manager import ClientInfo, SessionManager
+from palisade.auth.sessions.store import SessionRecords
 from palisade.auth.store import AuthStore, AuthTransaction, users
 from palisade.auth.throttle import Counter, CounterLimiter, LoginThrottle
 from palisade.common.clock import Clock
@@ -99,9 +113,17 @@ class EmailChanges:
             SingleUseTokens(table=ACCOUNT_TOKENS, purpose=PASSWORD_RESET, clock=clock),
         ]
 
-    async def request(self, *, user_id: str, new_email: str, client: ClientInfo) -> None:
+    async def request(
+        self,
+        *,
+        user_id: str,
+        new_email: str,
+        client: ClientInfo,
+        session_id: str | None = None,
+    ) -> None:
         """Always returns (202) for a well-formed address; raises InvalidEmail for a malformed
-        one and Throttled past the per-user allowance. Recent auth is the caller's check."""
+        one and Throttled past the per-user allowance. Recent auth is the caller's check.
+        session_id: the requesting session; the link confirms only while it is live."""
         email = normalize_email(new_email)
         policy = self._policy
         await self._limiter.acquire(
@@ -127,6 +149,9 @@ class EmailChanges:
             user = await tx.user(user_id)
             if user is None:
                 raise NotSignedIn()
+            # Before the lookup's branch: what this request changes must not depend on
+            # whether the address is taken (an earlier link surviving would tell).
+            await retire_email_changes(tx, user_id, now)
             holder = await tx.user_by_email_index(index_tokens)
             outcome = "requested" if holder is None else "own_address"
             if holder is None and link_mail is not None:
@@ -135,11 +160,12 @@ class EmailChanges:
                     token=token,
                     user_id=user_id,
                     lifetime=timedelta(seconds=policy.change_seconds),
-                    retire_siblings=True,  # only the newest request can complete
+                    retire_siblings=False,  # retired above, whatever the lookup found
                     values={
                         "requested_ip": clip_optional(client.ip, IP_CHARS),
                         "new_email_ct": email_ct,
                         "new_email_index": index_tokens[0],
+                        "session_id": session_id,
                     },
                 )
                 await self._mail.enqueue(tx, link_mail)
@@ -198,6 +224,9 @@ class EmailChanges:
                 redeemed = await self._tokens.redeem(tx, token, retire_siblings=True)
                 if redeemed is None:  # lost a race for it, or replaced meanwhile
                     outcome: str | AddressProof = "invalid"
+                elif not await self._session_live(tx, pending, now):
+                    outcome = "session_ended"  # the token stays used: commit that, refuse
+                    await self._emit_failure(tx, user_id, client, "session_ended", now)
                 elif await self._taken(tx, index_tokens, user_id):
                     outcome = "email_in_use"  # the token stays used: commit that, then refuse
                     await self._emit_failure(tx, user_id, client, outcome, now)
@@ -220,9 +249,21 @@ class EmailChanges:
             await self._failed(client, user_id, "invalid")
         if outcome == "email_in_use":
             raise EmailUnavailable()
+        if outcome == "session_ended":
+            raise InvalidVerificationLink()
         assert isinstance(outcome, AddressProof)
         await outcome.announce(self._sessions)
         self._notices.notify()
+
+    async def _session_live(
+        self, tx: AuthTransaction, pending: PendingToken, now: datetime
+    ) -> bool:
+        """Whether the session that requested the change still lives (a link from before
+        migration 0010 names none: the events that retire change links still cover it)."""
+        if pending.session_id is None:
+            return True
+        live = await SessionRecords(tx).sessions_of(pending.user_id, now)
+        return any(s.id == pending.session_id for s in live)
 
     async def _taken(self, tx: AuthTransaction, index_tokens: list[str], user_id: str) -> bool:
         holder = await tx.user_by_email_index(index_tokens)

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import NoReturn
 
+from palisade.auth.accounts.address_proof import retire_email_changes
 from palisade.auth.accounts.profile_read import read_profile
 from palisade.auth.accounts.verification import (
     EmailVerifications,
@@ -389,6 +390,12 @@ class Accounts:
                 user = await tx.user(user_id)
         await self._change_refused(user_id, client)
 
+    async def end_pending_email_changes(self, user_id: str) -> None:
+        """Retires the user's outstanding email-change links ("sign out everywhere": whoever
+        held a session may have asked for one)."""
+        async with self._store.transaction() as tx:
+            await retire_email_changes(tx, user_id, self._clock.now())
+
     async def _store_new_password(
         self,
         user: UserRow,
@@ -412,6 +419,9 @@ class Accounts:
             ):
                 return None
             await self._magic_links.retire(tx, user.id)
+            # A change link asked for from a session this change ends (a stolen one) must
+            # not move the account later: every pending change ends with the old password.
+            await retire_email_changes(tx, user.id, now)
             await MfaRecords(tx).retire_mfa_challenges(user.id, now)
             await self._notices.enqueue(tx, told)
             await tx.emit(

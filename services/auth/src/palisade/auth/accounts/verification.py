@@ -79,6 +79,7 @@ class PendingToken:
     user_id: str
     new_email_ct: bytes | None
     new_email_index: str | None
+    session_id: str | None = None  # an email change's requesting session
 
 
 def pii_aad(user_id: str, field: str) -> bytes:
@@ -236,6 +237,7 @@ class EmailVerifications:
                     account_tokens.c.user_id,
                     account_tokens.c.new_email_ct,
                     account_tokens.c.new_email_index,
+                    account_tokens.c.session_id,
                 ).where(
                     account_tokens.c.token_hash == digest,
                     account_tokens.c.purpose.in_([EMAIL_VERIFICATION.name, EMAIL_CHANGE.name]),
@@ -251,6 +253,7 @@ class EmailVerifications:
             user_id=row.user_id,
             new_email_ct=None if row.new_email_ct is None else bytes(row.new_email_ct),
             new_email_index=row.new_email_index,
+            session_id=row.session_id,
         )
 
     async def _failed(self, client: ClientInfo, reason: str) -> NoReturn:

@@ -44,6 +44,9 @@ account_tokens = Table(
     Column("requested_ip", String(64), nullable=True),
     Column("new_email_ct", LargeBinary, nullable=True),
     Column("new_email_index", String(128), nullable=True),
+    # An email change's requesting session (migration 0010): the link confirms only while that
+    # session is live. NULL for other purposes and for links issued before 0010.
+    Column("session_id", String(40), nullable=True),
 )
 Index("ix_account_tokens_user_purpose", account_tokens.c.user_id, account_tokens.c.purpose)
 ACCOUNT_TOKENS = TokenTable(account_tokens)

@@ -16,18 +16,29 @@ log = logging.getLogger("palisade.auth.emails")
 _DECOY_RECIPIENT = "decoy@invalid.example"
 
 
+# Every sign-in link says it (the same email for every account, so it tells nothing): a first
+# sign-in by link on a never-verified account removes the password (accounts/address_proof.py).
+RECLAIM_NOTE = (
+    "If your address had not been verified yet, signing in with this link also removes the"
+    " account's password, since someone else may have chosen it: to sign in with a password"
+    " again, set one with a password reset."
+)
+
+
 def magic_link_email(*, to: str, link: str, minutes: int) -> OutgoingEmail:
     text = (
         "Use this link to sign in to Palisade:\n\n"
         f"{link}\n\n"
         f"It works once, for {minutes} minutes. If you didn't ask for it, ignore this email:"
-        " nobody can sign in without the link.\n"
+        " nobody can sign in without the link.\n\n"
+        f"{RECLAIM_NOTE}\n"
     )
     page = (
         "<p>Use this link to sign in to Palisade:</p>"
         f'<p><a href="{html.escape(link)}">Sign in</a></p>'
         f"<p>It works once, for {minutes} minutes. If you didn't ask for it, ignore this"
         " email.</p>"
+        f"<p>{html.escape(RECLAIM_NOTE)}</p>"
     )
     return OutgoingEmail(to=to, subject="Your Palisade sign-in link", text=text, html=page)
 
@@ -50,26 +61,35 @@ def unverified_account_email(*, to: str, sign_in_url: str) -> OutgoingEmail:
         "Someone tried to create a Palisade account with this email address, which already"
         " has one. That account has never been verified: if you did not create it, someone"
         " else may have, using your address.\n\n"
-        f"To take it over, ask for a sign-in link or a password reset for this address at"
-        f" {sign_in_url} and use it: everyone signed in to the account until then is signed"
-        " out, and a password reset replaces any password they set.\n"
+        f"To take it over, ask for a password reset for this address at {sign_in_url} and"
+        " use the link you receive: it replaces any password they set and signs out everyone"
+        " signed in to the account.\n"
         "If you created the account yourself, sign in and verify your address.\n"
     )
     return OutgoingEmail(to=to, subject="Sign-up attempt with your email address", text=text)
+
+
+# Confirming verifies the account as it stands, password included: someone who signed up with
+# this address before its owner would keep it. So the owner is told not to confirm.
+NOT_YOURS_WARNING = (
+    "Confirm only if you created this account. If you didn't, don't confirm: someone may"
+    ' have signed up with your address. Reset the password instead (use "Forgot password"'
+    " with this address): that replaces their password and signs them out."
+)
 
 
 def verification_email(*, to: str, link: str, hours: int) -> OutgoingEmail:
     text = (
         "Confirm that this is your email address for Palisade:\n\n"
         f"{link}\n\n"
-        f"The link works once, for {hours} hours; a newer link replaces it. If you didn't"
-        " create a Palisade account, ignore this email.\n"
+        f"The link works once, for {hours} hours; a newer link replaces it.\n\n"
+        f"{NOT_YOURS_WARNING}\n"
     )
     page = (
         "<p>Confirm that this is your email address for Palisade:</p>"
         f'<p><a href="{html.escape(link)}">Verify my address</a></p>'
-        f"<p>The link works once, for {hours} hours. If you didn't create a Palisade"
-        " account, ignore this email.</p>"
+        f"<p>The link works once, for {hours} hours.</p>"
+        f"<p><strong>{html.escape(NOT_YOURS_WARNING)}</strong></p>"
     )
     return OutgoingEmail(to=to, subject="Verify your Palisade email address", text=text, html=page)
 

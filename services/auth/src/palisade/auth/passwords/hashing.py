@@ -21,6 +21,10 @@ from argon2 import Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 _BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
+# Stored instead of a hash when an account's password must stop working (a never-verified
+# account taken over by its address's owner: accounts/address_proof.py). Neither a PHC string
+# nor bcrypt, so nothing verifies against it; checking it costs what a wrong password costs.
+UNUSABLE_PASSWORD_HASH = "!unusable"  # noqa: S105 (a marker, not a secret)
 _BCRYPT_MAX_BYTES = 72
 
 
@@ -82,6 +86,9 @@ class PasswordHasher:
         secret = prepare(password)
         if not stored_hash.isascii():  # a corrupt hash fails the login, it does not crash it
             return Verification(ok=False)
+        if stored_hash == UNUSABLE_PASSWORD_HASH:
+            self._burn(secret)  # the same work as a wrong password: no oracle on the state
+            return Verification(ok=False)
         if stored_hash.startswith(_BCRYPT_PREFIXES):
             ok = _check_bcrypt(stored_hash.encode("ascii"), password, secret)
             return Verification(ok=ok, needs_rehash=ok)
@@ -90,6 +97,10 @@ class PasswordHasher:
         except (VerifyMismatchError, VerificationError, InvalidHashError, ValueError):
             return Verification(ok=False)
         return Verification(ok=True, needs_rehash=self._argon2.check_needs_rehash(stored_hash))
+
+    def _burn(self, secret: bytes) -> None:
+        with contextlib.suppress(VerifyMismatchError, VerificationError, InvalidHashError):
+            self._argon2.verify(self._dummy_hash, secret)
 
 
 def _check_bcrypt(stored_hash: bytes, password: str, normalized: bytes) -> bool:
