@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
+import psycopg.errors
 from sqlalchemy import DateTime, event
 from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -92,6 +93,21 @@ def database_unavailable(error: BaseException) -> bool:
         | psycopg.OperationalError
         | psycopg.InterfaceError,
     )
+
+
+def transaction_conflict(error: BaseException) -> bool:
+    """Postgres rolled the transaction back to break a lock cycle (deadlock detected) or to
+    keep a serialisable order (serialization failure): nothing it did was written, and the
+    same request made again may well succeed. Not an outage (database_unavailable() also
+    matches these, being OperationalErrors), so check this first."""
+    seen: BaseException | None = error
+    for _ in range(4):  # the SQLAlchemy wrapper, the driver's error, what that was raised from
+        if seen is None:
+            return False
+        if isinstance(seen, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure):
+            return True
+        seen = seen.orig if isinstance(seen, DBAPIError) else seen.__cause__
+    return False
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -11,10 +11,12 @@ see palisade.common.db), so replicas sharing one database agree on every token's
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import (
     Column,
@@ -27,14 +29,18 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from palisade.common.db import UTCDateTime
+from palisade.common.db import UTCDateTime, transaction_conflict
 from palisade.common.direct_reads import DirectReads
 from palisade.common.outbox import SecurityEvent, emit, outbox_table
 
 MIGRATIONS_PACKAGE = "palisade.auth.migrations"
+# How many times AuthStore.run() tries a unit of work the database rolled back for a conflict.
+TRANSACTION_ATTEMPTS = 3
+log = logging.getLogger("palisade.auth.store")
+T = TypeVar("T")
 metadata = MetaData()
 TS = UTCDateTime()
 
@@ -238,6 +244,35 @@ class AuthStore:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AuthTransaction]:
-        """Commits when the block ends normally, rolls back if it raises."""
+        """Commits when the block ends normally, rolls back if it raises.
+
+        A block cannot be run again from here: where a deadlock or a serialisation failure is
+        possible, define the unit of work as a function and use run(), which can."""
         async with self._engine.begin() as conn:
             yield AuthTransaction(conn)
+
+    async def run(
+        self,
+        work: Callable[[AuthTransaction], Awaitable[T]],
+        *,
+        attempts: int = TRANSACTION_ATTEMPTS,
+    ) -> T:
+        """work(tx) in a transaction that commits if it returns; run again from the start, in
+        a new transaction, if the database rolled it back to break a deadlock or a
+        serialisation failure (nothing of it was written), at most `attempts` times in all.
+        work must do nothing outside the transaction that cannot be done twice (announce or
+        notify only after run() returns). Other errors, and the last conflict, propagate (the
+        RPC layer answers a conflict ABORTED transaction_conflict: palisade.common.interceptors
+        .error_mapping)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self.transaction() as tx:
+                    return await work(tx)
+            except DBAPIError as error:
+                if attempt >= attempts or not transaction_conflict(error):
+                    raise
+                log.info(
+                    "transaction rolled back by a conflict; running it again",
+                    extra={"attempt": attempt, "error": type(error.orig).__name__},
+                )
+        raise AssertionError("not reached: the last attempt returns or raises")

@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from palisade.common.db import database_unavailable
+from palisade.common.db import database_unavailable, transaction_conflict
 from palisade.common.errors import ERROR_CODE_METADATA_KEY, PalisadeError
 from palisade.common.interceptors.base import AroundInterceptor, CallScope, RpcInfo
 
@@ -43,6 +43,22 @@ class _Mapped(CallScope):
                     (ERROR_CODE_METADATA_KEY, error.code),
                     *error.trailing_metadata(),
                 ),
+            )
+        elif transaction_conflict(error):
+            # Lost a lock cycle or a serialisation race: rolled back, nothing written, so the
+            # caller may send the same request again (ABORTED, code transaction_conflict;
+            # 409 at the gateway). Not an outage: no 503.
+            log.warning(
+                "transaction conflict",
+                extra={
+                    "rpc": self.info.full_method,
+                    "error": type(error.__cause__ or error).__name__,
+                },
+            )
+            await context.abort(
+                grpc.StatusCode.ABORTED,
+                "a concurrent change got in the way; try again",
+                trailing_metadata=((ERROR_CODE_METADATA_KEY, "transaction_conflict"),),
             )
         elif database_unavailable(error):
             # An outage, not a bug: 503 to the client, one line (no traceback) in the log.

@@ -338,21 +338,29 @@ class SessionManager:
         client: ClientInfo,
         event_type: str,
     ) -> int:
-        """Ends the user's given sessions (or all, None), except `keep`; returns how many."""
-        async with self._store.transaction() as tx:
+        """Ends the user's given sessions (or all, None), except `keep`; returns how many.
+        One unit of work, run again from the start if the database breaks a lock cycle."""
+
+        async def unit(tx: AuthTransaction) -> RevocationNotice:
             now = self._clock.now()
-            live = await SessionRecords(tx).sessions_of(user_id, now)
+            records = SessionRecords(tx)
+            # Lock order (sessions/store.py): the user row, exclusively, so no session is made
+            # from one of these while they end (a workspace switch), then the sessions.
+            await records.lock_user(user_id, exclusive=True)
+            live = await records.lock_live_sessions(user_id, now)
             if session_ids is not None:
                 wanted = set(session_ids)
                 if not wanted <= {s.id for s in live}:
                     raise SessionNotFound()  # someone else's or already ended: same answer
                 live = [s for s in live if s.id in wanted]
             targets = [s for s in live if s.id != keep]
-            notice = await self._revoke_in(
+            return await self._revoke_in(
                 tx, targets, now, reason, actor=actor, client=client, event_type=event_type
             )
+
+        notice = await self._store.run(unit)
         await self._announce(notice)
-        return len(targets)
+        return len(notice.session_ids)
 
     async def revoke_all_in(
         self,
@@ -366,9 +374,16 @@ class SessionManager:
         event_type: str,
     ) -> RevocationNotice:
         """Ends all the user's live sessions but `keep` inside the caller's transaction, so
-        they end with the change that causes it (a new password); announce() after commit."""
+        they end with the change that causes it (a new password); announce() after commit.
+
+        Locks the user row exclusively first (a no-op for the callers that already updated it:
+        a first address proof, a disable, a new password): a session being made in parallel
+        (a login, a workspace switch) either committed before, and is read and ended here, or
+        waits and then finds what this transaction did. Then the sessions, in id order."""
         now = self._clock.now()
-        live = await SessionRecords(tx).sessions_of(user_id, now)
+        records = SessionRecords(tx)
+        await records.lock_user(user_id, exclusive=True)
+        live = await records.lock_live_sessions(user_id, now)
         return await self._revoke_in(
             tx,
             [s for s in live if s.id != keep],
@@ -393,15 +408,15 @@ class SessionManager:
     ) -> RevocationNotice:
         """Ends the user's live sessions in one workspace and/or among session_ids (None: no
         such condition) inside the caller's transaction: a member removed, a workspace left
-        for another. announce() after commit."""
+        for another. announce() after commit.
+
+        Only those sessions are locked, in id order; the user row is not locked here: a member's
+        removal holds the workspace row (FOR UPDATE), and a session made in that workspace
+        meanwhile is worthless without the membership (validation joins it)."""
         now = self._clock.now()
-        live = await SessionRecords(tx).sessions_of(user_id, now)
-        targets = [
-            s
-            for s in live
-            if (workspace_id is None or s.workspace_id == workspace_id)
-            and (session_ids is None or s.id in session_ids)
-        ]
+        targets = await SessionRecords(tx).lock_live_sessions(
+            user_id, now, workspace_id=workspace_id, session_ids=session_ids
+        )
         return await self._revoke_in(
             tx, targets, now, reason, actor=actor, client=client, event_type=event_type
         )
@@ -422,10 +437,22 @@ class SessionManager:
             await self._revocations.enqueue(tx, notice)
         return notice
 
-    async def live_session(self, tx: AuthTransaction, session_id: str) -> SessionRow | None:
-        """The session, if it is live (not revoked, within its absolute expiry)."""
-        session = await SessionRecords(tx).session(session_id)
-        if session is None or session.revoked_at is not None:
+    async def live_session(
+        self, tx: AuthTransaction, session_id: str, *, user_id: str, exclusive_user: bool = False
+    ) -> SessionRow | None:
+        """The user's session, if it is live (not revoked, within its absolute expiry), for a
+        transaction that carries it on (a workspace switch, an invitation accepted while
+        signed in): locked in the module's lock order, the user row (shared; exclusive if the
+        caller will update it, so it never has to upgrade a shared lock) and then the session
+        row, and read only once both are held. So whatever ends the user's sessions (a first
+        address proof, a disable, a new password, "sign out everywhere") either ran entirely
+        before, and this finds the session ended, or waits for this transaction and then ends
+        the session it makes too. None also for another user's session."""
+        records = SessionRecords(tx)
+        if not await records.lock_user(user_id, exclusive=exclusive_user):
+            return None
+        session = await records.lock_session(session_id)
+        if session is None or session.user_id != user_id or session.revoked_at is not None:
             return None
         return session if self._clock.now() < session.absolute_expires_at else None
 
@@ -444,9 +471,12 @@ class SessionManager:
         client: ClientInfo,
         event_type: str,
     ) -> RevocationNotice:
-        ids = [s.id for s in targets]
-        hashes = await SessionRecords(tx).revoke_sessions(ids, now, reason)
-        for session in targets:
+        ended = await SessionRecords(tx).revoke_sessions([s.id for s in targets], now, reason)
+        # Only what this transaction ended: a session another one ended first has had its
+        # event and its notice (callers that need theirs ended check notice.session_ids).
+        ids = ended.session_ids
+        hashes = ended.access_token_hashes
+        for session in (s for s in targets if s.id in ids):
             await tx.emit(
                 SecurityEvent(
                     type=event_type,
@@ -461,7 +491,7 @@ class SessionManager:
                 )
             )
         user_id = targets[0].user_id if targets else ""
-        notice = RevocationNotice(tuple(hashes), tuple(ids), user_id, reason, now)
+        notice = RevocationNotice(hashes, ids, user_id, reason, now)
         if ids:  # committed with the revocation, published by the relay: never dropped
             await self._revocations.enqueue(tx, notice)
         return notice

@@ -2,11 +2,16 @@
 
 Rotation decisions lock rows (SELECT ... FOR UPDATE on Postgres; BEGIN IMMEDIATE on SQLite,
 see palisade.common.db), so replicas sharing one database agree on every token's fate.
+
+Lock order, the same in every transaction that makes or ends sessions, so no two of them can
+wait on each other in a cycle: the user row first (lock_user: shared by whoever makes a
+session, exclusive by whoever ends them, or an UPDATE users that already holds it), then the
+user's session rows, always in id order (lock_live_sessions, lock_session).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -107,6 +112,14 @@ class AccessGrant:
     email_verified: bool = False
     # What the account may not do yet (accounts/restrictions.py); filled in by validate().
     restrictions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RevokedSessions:
+    """What one revoke_sessions ended."""
+
+    session_ids: tuple[str, ...]
+    access_token_hashes: tuple[bytes, ...]
 
 
 # Statements on the hot paths, built once with named parameters. Each runs both inside
@@ -214,6 +227,58 @@ class SessionRecords:
         ).first()
         return None if row is None else session_from(row)
 
+    async def lock_user(self, user_id: str, *, exclusive: bool) -> bool:
+        """Locks the user row until the transaction ends (the first lock of the module's lock
+        order); False if there is no such user. Shared (FOR SHARE) for making a session: makers
+        don't wait on each other, but an UPDATE users (a first address proof, a disable, a new
+        password) waits for them and then sees their sessions, or they wait for it. Exclusive
+        (FOR NO KEY UPDATE) for ending sessions: no session can be made meanwhile. Neither
+        blocks the FOR KEY SHARE of foreign-key checks. SQLite: BEGIN IMMEDIATE serialises."""
+        query = select(users.c.id).where(users.c.id == user_id)
+        if self._locks:
+            query = (
+                query.with_for_update(key_share=True)
+                if exclusive
+                else query.with_for_update(read=True)
+            )
+        return (await self._conn.execute(query)).first() is not None
+
+    async def lock_session(self, session_id: str) -> SessionRow | None:
+        """The session, its row locked FOR UPDATE (after the user's row: see the lock order).
+        Read after the lock is granted, so a revocation committed meanwhile is seen."""
+        query = select(*_SESSION_COLUMNS).where(sessions.c.id == session_id)
+        if self._locks:
+            query = query.with_for_update()
+        row = (await self._conn.execute(query)).first()
+        return None if row is None else session_from(row)
+
+    async def lock_live_sessions(
+        self,
+        user_id: str,
+        now: datetime,
+        *,
+        workspace_id: str | None = None,
+        session_ids: Collection[str] | None = None,
+    ) -> list[SessionRow]:
+        """The user's live sessions (only those in workspace_id and/or among session_ids, if
+        given), locked until the transaction ends: only the rows asked for (a switch must not
+        lock its sibling sessions, which other switches hold), in id order (Postgres locks
+        rows as the sorted result returns them), so two transactions locking overlapping sets
+        take them in the same order."""
+        query = select(*_SESSION_COLUMNS).where(
+            sessions.c.user_id == user_id,
+            sessions.c.revoked_at.is_(None),
+            sessions.c.absolute_expires_at > now,
+        )
+        if workspace_id is not None:
+            query = query.where(sessions.c.workspace_id == workspace_id)
+        if session_ids is not None:
+            query = query.where(sessions.c.id.in_(list(session_ids)))
+        query = query.order_by(sessions.c.id)
+        if self._locks:
+            query = query.with_for_update()
+        return [session_from(r) for r in await self._conn.execute(query)]
+
     async def touch_session(self, session_id: str, now: datetime, ip: str | None) -> None:
         values: dict[str, object] = {"last_seen_at": now}
         if ip:
@@ -229,21 +294,30 @@ class SessionRecords:
 
     async def revoke_sessions(
         self, session_ids: Sequence[str], now: datetime, reason: str
-    ) -> list[bytes]:
-        """Ends sessions; returns hashes of their unexpired access tokens (to announce)."""
+    ) -> RevokedSessions:
+        """Ends those of the sessions that were still live; says which (a session another
+        transaction ended first is not among them) and the hashes of their unexpired access
+        tokens (to announce)."""
         if not session_ids:
-            return []
-        await self._conn.execute(
+            return RevokedSessions((), ())
+        ended = await self._conn.execute(
             update(sessions)
             .where(sessions.c.id.in_(list(session_ids)), sessions.c.revoked_at.is_(None))
             .values(revoked_at=now, revoked_reason=reason)
+            .returning(sessions.c.id)
         )
+        wanted = set(session_ids)
+        # In the order asked for (RETURNING's order is the database's).
+        ended_ids = {str(r.id) for r in ended} & wanted
+        ids = tuple(i for i in dict.fromkeys(session_ids) if i in ended_ids)
+        if not ids:
+            return RevokedSessions((), ())
         rows = await self._conn.execute(
             select(access_tokens.c.token_hash).where(
-                access_tokens.c.session_id.in_(list(session_ids)), access_tokens.c.expires_at > now
+                access_tokens.c.session_id.in_(list(ids)), access_tokens.c.expires_at > now
             )
         )
-        return [bytes(r.token_hash) for r in rows]
+        return RevokedSessions(ids, tuple(bytes(r.token_hash) for r in rows))
 
     async def access_grant(self, token_hash: bytes) -> AccessGrant | None:
         row = (

@@ -156,8 +156,13 @@ class Joining:
             if await records.membership(workspace_id, user_id) is not None:
                 raise AlreadyMember()
             if signed_in.session_id:
-                continues = await self._sessions.live_session(tx, signed_in.session_id)
-            if continues is None or continues.user_id != user_id:
+                # The user row (exclusively: prove_address below may update it) and then the
+                # session, locked before the session is read: a first proof racing this either
+                # ended the session already (not signed in) or waits and ends the new one too.
+                continues = await self._sessions.live_session(
+                    tx, signed_in.session_id, user_id=user_id, exclusive_user=True
+                )
+            if continues is None:
                 raise NotSignedIn()
         else:
             assert account is not None
