@@ -103,7 +103,7 @@ class Suite:
         """Marks the address of an account made by sign_up() verified, as proving it by an
         emailed link does.
 
-        A direct database update: the verification route is built separately, and these tests
+        A direct database update: the emailed link is tested where it is built, and these tests
         are about what a verified (or unverified) account may do, not how it got so. Log in
         afterwards: proving an address ends the sessions created before the proof, so a
         session that exists already keeps its unverified restrictions (and the gateway may

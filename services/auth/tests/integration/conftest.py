@@ -9,10 +9,13 @@ from pathlib import Path
 import psycopg
 import pytest
 from deferred_signing import DeferredSigning
+from sqlalchemy import func, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from palisade.auth.config import AuthSettings
 from palisade.auth.server import AuthServer, serve_auth
+from palisade.auth.store import users
 from palisade.common.caller import AssertionSigner
 from palisade.common.clock import ManualClock
 from palisade.common.edge_keys import KeyDocument, KeySource, read_document
@@ -96,20 +99,24 @@ class AuthHarness:
     async def verify_email(self, user_id: str, *, must_exist: bool = True) -> None:
         """Marks the account's address verified, as proving it by an emailed link does.
 
-        A direct database update: the verification RPC is built separately, and these tests
-        are about what a verified (or unverified) account may do, not how it got so. Call it
+        A direct database update: the emailed link is tested in test_email_verification.py, and
+        these tests are about what a verified (or unverified) account may do, not how it got so. Call it
         before logging in: proving an address ends the sessions created before the proof, so
         a session that exists already keeps its unverified restrictions."""
-        url = make_url(self.auth_db_url).set(drivername="postgresql")
-        async with await psycopg.AsyncConnection.connect(
-            url.render_as_string(hide_password=False), autocommit=True
-        ) as conn:
-            updated = await conn.execute(
-                "UPDATE users SET email_verified_at = COALESCE(email_verified_at, %s)"
-                " WHERE id = %s",
-                (self.clock.now(), user_id),
-            )
-            assert updated.rowcount == 1 or not must_exist, f"no user {user_id}"
+        # Through SQLAlchemy: the harness's database is Postgres or SQLite (auth_db_url).
+        engine = create_async_engine(self.auth_db_url)
+        try:
+            async with engine.begin() as conn:
+                updated = await conn.execute(
+                    update(users)
+                    .where(users.c.id == user_id)
+                    .values(
+                        email_verified_at=func.coalesce(users.c.email_verified_at, self.clock.now())
+                    )
+                )
+        finally:
+            await engine.dispose()
+        assert updated.rowcount == 1 or not must_exist, f"no user {user_id}"
 
     async def login(
         self,
