@@ -62,8 +62,8 @@ def unverified_account_email(*, to: str, sign_in_url: str) -> OutgoingEmail:
         " has one. That account has never been verified: if you did not create it, someone"
         " else may have, using your address.\n\n"
         f"To take it over, ask for a password reset for this address at {sign_in_url} and"
-        " use the link you receive: it replaces any password they set and signs out everyone"
-        " signed in to the account.\n"
+        " use the link you receive: it replaces any password they set, and everyone signed"
+        " in to the account until then is signed out.\n"
         "If you created the account yourself, sign in and verify your address.\n"
     )
     return OutgoingEmail(to=to, subject="Sign-up attempt with your email address", text=text)
