@@ -339,6 +339,6 @@ async def test_postgres_reads_the_due_keys_and_a_creators_keys_through_the_index
     for name in DUE_INDEXES:
         assert name in due_plan, due_plan
     creator_plan = await _plan_of(
-        keys, lambda tx: tx.live_keys_of_creator(f"usr_{7:032x}", None, limit=200)
+        keys, lambda tx: tx.live_keys_of_creator(f"usr_{7:032x}", None, now=now, limit=200)
     )
     assert "ix_api_keys_created_by" in creator_plan, creator_plan
