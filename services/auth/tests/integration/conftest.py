@@ -100,9 +100,9 @@ class AuthHarness:
         """Marks the account's address verified, as proving it by an emailed link does.
 
         A direct database update: the emailed link is tested in test_email_verification.py, and
-        these tests are about what a verified (or unverified) account may do, not how it got so. Call it
-        before logging in: proving an address ends the sessions created before the proof, so
-        a session that exists already keeps its unverified restrictions."""
+        these tests are about what a verified (or unverified) account may do, not how it got
+        so. Call it before logging in: proving an address ends the sessions created before the
+        proof, so a session that exists already keeps its unverified restrictions."""
         # Through SQLAlchemy: the harness's database is Postgres or SQLite (auth_db_url).
         engine = create_async_engine(self.auth_db_url)
         try:
