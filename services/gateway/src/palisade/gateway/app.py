@@ -52,9 +52,16 @@ log = logging.getLogger("palisade.gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ROUTE_TEMPLATE = web.RequestKey("route_template", str)
 RATE_LIMIT = web.RequestKey("rate_limit", Decision)
-# Public routes where anyone can make the backend look something up (a key found in public):
-# limited per client network, as key lookups that miss the cache are.
-_LOOKUP_ROUTES = frozenset({"/palisade.apikeys.v1.ApiKeysService/ReportLeak"})
+# Public routes where anyone can make the backend look something up (a key found in public,
+# an emailed token guessed at): limited per client network, as key lookups that miss the
+# cache are.
+_LOOKUP_ROUTES = frozenset(
+    {
+        "/palisade.apikeys.v1.ApiKeysService/ReportLeak",
+        "/palisade.auth.v1.AccountService/ConfirmEmailVerification",
+        "/palisade.auth.v1.AuthService/RedeemMagicLink",
+    }
+)
 
 
 @dataclass
