@@ -201,6 +201,17 @@ async def test_an_empty_workspace_means_every_workspace(keys) -> None:
     assert await revoke_of_user(keys, BOB, WS_TWO, "account_disabled") == 1
 
 
+async def test_a_reclaimed_account_loses_its_keys_everywhere(keys) -> None:
+    """auth's first proof of an address (the never-verified account's earlier holder loses
+    what it made) asks with the reason account_reclaimed."""
+    alice = [(await create(keys, ALICE, ws)).api_key.id for ws in (WS_ONE, WS_TWO)]
+    bob = (await create(keys, BOB, WS_ONE)).api_key.id
+    assert await revoke_of_user(keys, ALICE, "", "account_reclaimed") == 2
+    reasons = await revoke_reasons(keys)
+    assert {k: reasons[k] for k in alice} == dict.fromkeys(alice, "account_reclaimed")
+    assert reasons[bob] is None
+
+
 async def test_more_keys_than_one_batch_are_all_revoked(keys) -> None:
     count = 205  # the batch is 200 keys per transaction
     semaphore = asyncio.Semaphore(16)
