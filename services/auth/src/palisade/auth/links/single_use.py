@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Table, insert, update
+from sqlalchemy import Column, ColumnElement, Table, insert, select, update
 
 from palisade.auth.sessions.tokens import TokenKind, check_token, new_token
 from palisade.auth.store import AuthTransaction
@@ -144,6 +144,8 @@ class SingleUseTokens:
         """
         digest = self.check(token)
         now = self._clock.now()
+        if retire_siblings and tx.locks_rows:
+            await self._lock_siblings(tx, digest)
         won = (
             await tx.conn.execute(
                 update(self._table)
@@ -163,6 +165,26 @@ class SingleUseTokens:
         if retire_siblings:
             await self._retire(tx, owner, now)
         return RedeemedToken(owner, created_at)
+
+    async def _lock_siblings(self, tx: AuthTransaction, digest: bytes) -> None:
+        """Locks the outstanding tokens of this token's owner, in token_hash order, before the
+        conditional UPDATE (Postgres). Two parallel redemptions of sibling tokens would
+        otherwise each lock their own row and then wait for the other's in the retirement: a
+        deadlock. Locking the whole set in one order makes the second wait for the first and
+        then find its token retired (None), as the one-winner rule wants."""
+        owner = (
+            await tx.conn.execute(
+                select(self._owner).where(self._table.c.token_hash == digest, *self._of_purpose())
+            )
+        ).scalar_one_or_none()
+        if owner is None:
+            return
+        await tx.conn.execute(
+            select(self._table.c.token_hash)
+            .where(self._owner == owner, *self._of_purpose(), self._consumed.is_(None))
+            .order_by(self._table.c.token_hash)
+            .with_for_update()
+        )
 
     async def retire(self, tx: AuthTransaction, user_id: str) -> None:
         """Ends every outstanding token of this purpose the user has (e.g. the password
