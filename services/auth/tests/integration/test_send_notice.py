@@ -170,8 +170,14 @@ async def test_one_user_and_only_while_a_live_member(mailed) -> None:
     # With a workspace: only if the user is a member of it.
     request = _request(user_id=people["mallory"], workspace_id=workspace, idempotency_key="m1")
     assert await _send(auth, request) == 0
-    with auth.db() as conn:
-        conn.execute("UPDATE users SET disabled_at = now() WHERE id = %s", (people["ada"],))
+
+    def disable_ada() -> None:
+        with auth.db() as conn:
+            conn.execute("UPDATE users SET disabled_at = now() WHERE id = %s", (people["ada"],))
+
+    # In a thread: a blocking write on the loop's thread could wait forever for a row lock held
+    # by a transaction of the auth server running on this same loop.
+    await asyncio.to_thread(disable_ada)
     assert await _send(auth, _request(workspace_id=workspace, idempotency_key="w1")) == 1
     assert _count(auth, "SELECT count(*) FROM mail_outbox") == 2  # Katherine's, Dorothy's
 
