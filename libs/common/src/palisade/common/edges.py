@@ -56,6 +56,13 @@ EDGES: tuple[Edge, ...] = (
     # A member removed, an account disabled or deleted: auth asks apikeys to revoke the keys
     # the person created (RevokeKeysOfUser, from auth's key revocation outbox).
     Edge("auth", "apikeys"),
+    # The security log: every service with an outbox ships its events to audit (Ingest, as
+    # itself); the gateway forwards people's log queries; audit encrypts events' PII fields
+    # under their subject's key.
+    Edge("auth", "audit"),
+    Edge("apikeys", "audit"),
+    Edge("gateway", "audit", delegates=True),
+    Edge("audit", "crypto"),
     # The bench-only echo backend behind the gateway (bench/p3_forwarded.py); it verifies
     # nothing, but the gateway signs for every upstream it forwards to.
     Edge("gateway", "echo", delegates=True),
