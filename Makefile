@@ -39,8 +39,12 @@ gen: $(VENV)/.synced
 run: bootstrap
 	$(PY) tools/run_suite.py
 
+# Tests run in parallel worker processes (pytest-xdist); each worker owns its own Redis database
+# (conftest.py) and every test its own Postgres database, so workers never share state.
+# PYTEST_WORKERS=0 runs serially (e.g. to debug one test).
+PYTEST_WORKERS ?= 4
 test: bootstrap
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test-unit: bootstrap
 	$(VENV)/bin/pytest -m 'not postgres and not redis' libs/*/tests/unit services/*/tests/unit

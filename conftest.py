@@ -95,6 +95,24 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
+_REDIS_DATABASES = 16  # Redis's default `databases`
+
+
+def worker_redis_url(base_url: str, worker: str | None) -> str:
+    """The Redis database of one pytest-xdist worker: the base number minus the worker's index.
+
+    Tests flush their database, so two workers must never share one: worker gwN takes database
+    (base - N) mod 16, and a serial run (no worker) takes the base database itself.
+    """
+    if not worker or not worker.startswith("gw"):
+        return base_url
+    url = make_url(base_url)
+    base = int(url.database or 0)
+    index = int(worker[2:])
+    if index >= _REDIS_DATABASES:
+        raise RuntimeError(f"more pytest workers than Redis databases: {worker}")
+    moved = url.set(database=str((base - index) % _REDIS_DATABASES))
+    return moved.render_as_string(hide_password=False)
 
 
 @pytest.fixture
@@ -102,7 +120,10 @@ def redis_url() -> str:
     """A real Redis database, emptied for this test (tests own the whole database number)."""
     import redis
 
-    url = os.environ.get("PALISADE_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    url = worker_redis_url(
+        os.environ.get("PALISADE_TEST_REDIS_URL", DEFAULT_REDIS_URL),
+        os.environ.get("PYTEST_XDIST_WORKER"),
+    )
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=3)
         client.flushdb()
