@@ -63,6 +63,8 @@ EDGES: tuple[Edge, ...] = (
     Edge("apikeys", "audit"),
     Edge("gateway", "audit", delegates=True),
     Edge("audit", "crypto"),
+    # Audit accepts events only for workspaces auth knows (auth's workspace directory).
+    Edge("audit", "auth"),
     # The bench-only echo backend behind the gateway (bench/p3_forwarded.py); it verifies
     # nothing, but the gateway signs for every upstream it forwards to.
     Edge("gateway", "echo", delegates=True),
