@@ -12,8 +12,12 @@ which is what lets `palisade-crypto keys retire --index` proceed (or refuse).
   a concurrent email change is never overwritten; it is counted, and the next run sees it.
 - A new email token that another user's row already holds (two addresses that the new
   normalization folds together) is left alone and reported by user id.
-- Unused backup codes of the batch's users are moved the same way (their tokens are recomputed
-  from the encrypted code; used codes are never looked up and are left as they are).
+- The other rows with a blind index that belong to the batch's users are moved the same way,
+  each recomputed from its own ciphertext, and only those still looked up by it (the rest are
+  left as they are): unused backup codes; open team invitations the users sent (the invited
+  address: a re-invite finds the earlier invitation by it); and pending email changes (the new
+  address: confirming one checks it against the address's tokens under usable versions). None
+  of these columns is unique, so they have no collisions.
 - Idempotent and resumable (`--after USER_ID`); it prints and logs counts and ids, never PII.
 """
 
@@ -25,19 +29,32 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Column, and_, func, select, update
+from sqlalchemy import Column, ColumnElement, Table, and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from palisade.auth.accounts.email_change import NEW_EMAIL_FIELD
 from palisade.auth.accounts.service import EMAIL_INDEX_CONTEXT, _pii_aad
+from palisade.auth.links.tables import EMAIL_CHANGE, account_tokens
 from palisade.auth.mfa.second_factor import BACKUP_CODE_INDEX_CONTEXT, _backup_code_aad
 from palisade.auth.mfa.store import backup_codes
 from palisade.auth.store import users
+from palisade.auth.team.invitation_records import email_aad, invitations
 from palisade.common.crypto_client import CryptoClient, CryptoFailure, Normalization
 
 log = logging.getLogger("palisade.auth.reindex")
 
 Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass
+class RowCounts:
+    """What a run did to one table of user-owned indexed rows (see _OwnedRows)."""
+
+    scanned: int = 0
+    updated: int = 0
+    # Changed, used up or deleted between our read and our write: left for the next run.
+    changed_meanwhile: int = 0
 
 
 @dataclass
@@ -50,13 +67,26 @@ class ReindexResult:
     collisions: list[str] = field(default_factory=list)
     # The stored ciphertext could not be decrypted (an integrity fault): left alone.
     unreadable: list[str] = field(default_factory=list)
-    codes_scanned: int = 0
-    codes_updated: int = 0
-    codes_changed_meanwhile: int = 0
+    codes: RowCounts = field(default_factory=RowCounts)
+    invitations: RowCounts = field(default_factory=RowCounts)
+    email_changes: RowCounts = field(default_factory=RowCounts)
     last_user_id: str | None = None
-    # Index key versions auth's rows still use, per column, after the run.
+    # Index key versions auth's rows still use, per column that has rows looked up by it,
+    # after the run (a column without such rows uses none and is left out).
     versions_in_use: dict[str, list[int]] = field(default_factory=dict)
     reported: bool = False
+
+    @property
+    def codes_scanned(self) -> int:
+        return self.codes.scanned
+
+    @property
+    def codes_updated(self) -> int:
+        return self.codes.updated
+
+    @property
+    def codes_changed_meanwhile(self) -> int:
+        return self.codes.changed_meanwhile
 
     def all_versions(self) -> list[int]:
         return sorted({v for vs in self.versions_in_use.values() for v in vs})
@@ -74,6 +104,12 @@ class ReindexResult:
             f"backup codes scanned: {self.codes_scanned}",
             f"backup codes updated: {self.codes_updated}",
             f"backup codes changed during the run: {self.codes_changed_meanwhile}",
+            f"invitations scanned: {self.invitations.scanned}",
+            f"invitations updated: {self.invitations.updated}",
+            f"invitations changed during the run: {self.invitations.changed_meanwhile}",
+            f"email changes scanned: {self.email_changes.scanned}",
+            f"email changes updated: {self.email_changes.updated}",
+            f"email changes changed during the run: {self.email_changes.changed_meanwhile}",
             f"last user id: {self.last_user_id or '-'}",
             "index versions in use: "
             + (", ".join(f"{k}={v}" for k, v in sorted(self.versions_in_use.items())) or "-"),
@@ -87,6 +123,95 @@ def token_version(token: str) -> int:
     if len(parts) == 3 and parts[0] == "bi1" and parts[1].isdigit():
         return int(parts[1])
     return 0
+
+
+@dataclass(frozen=True)
+class _OwnedRows:
+    """A table of rows that belong to a user and carry a blind index of a value sealed in the
+    row itself; only the `live` rows are ever looked up by it (the others are left alone)."""
+
+    name: str  # "table.column", as versions_in_use names it
+    table: Table
+    key: str  # the primary key column
+    owner: str  # the column naming the user the row belongs to
+    index: str  # the blind index column
+    ciphertext: str  # what `index` was computed from, sealed by crypto
+    live: tuple[ColumnElement[bool], ...]
+    # The associated data of a row's ciphertext, and the value indexed from its plaintext;
+    # rows as select() reads them (row_key, owner_id, token, ct).
+    aad: Callable[[Any], bytes]
+    value: Callable[[Any, bytes], str]
+    normalization: Normalization
+    context: bytes
+    counts: str  # the ReindexResult field that counts them
+
+    def column(self, name: str) -> Column[Any]:
+        return self.table.c[name]
+
+    def select(self) -> Any:
+        return (
+            select(
+                self.column(self.key).label("row_key"),
+                self.column(self.owner).label("owner_id"),
+                self.column(self.index).label("token"),
+                self.column(self.ciphertext).label("ct"),
+            )
+            .where(*self.live)
+            .order_by(self.column(self.key))
+        )
+
+
+OWNED_ROWS = (
+    _OwnedRows(
+        name="backup_codes.code_index",
+        table=backup_codes,
+        key="id",
+        owner="user_id",
+        index="code_index",
+        ciphertext="code_ct",
+        live=(backup_codes.c.used_at.is_(None),),
+        aad=lambda r: _backup_code_aad(r.owner_id, r.row_key),
+        value=lambda r, plain: f"{r.owner_id}:{plain.decode()}",
+        normalization=Normalization.EXACT,
+        context=BACKUP_CODE_INDEX_CONTEXT,
+        counts="codes",
+    ),
+    # Open invitations, by who sent them (every invitation has a sender with a user row).
+    _OwnedRows(
+        name="invitations.email_index",
+        table=invitations,
+        key="id",
+        owner="created_by",
+        index="email_index",
+        ciphertext="email_ct",
+        live=(invitations.c.used_at.is_(None),),
+        aad=lambda r: email_aad(r.row_key),
+        value=lambda _r, plain: plain.decode(),
+        normalization=Normalization.EMAIL,
+        context=EMAIL_INDEX_CONTEXT,
+        counts="invitations",
+    ),
+    # Email changes not confirmed, retired or replaced yet: the new address.
+    _OwnedRows(
+        name="account_tokens.new_email_index",
+        table=account_tokens,
+        key="token_hash",
+        owner="user_id",
+        index="new_email_index",
+        ciphertext="new_email_ct",
+        live=(
+            account_tokens.c.purpose == EMAIL_CHANGE.name,
+            account_tokens.c.consumed_at.is_(None),
+            account_tokens.c.new_email_index.is_not(None),
+            account_tokens.c.new_email_ct.is_not(None),
+        ),
+        aad=lambda r: _pii_aad(r.owner_id, NEW_EMAIL_FIELD),
+        value=lambda _r, plain: plain.decode(),
+        normalization=Normalization.EMAIL,
+        context=EMAIL_INDEX_CONTEXT,
+        counts="email_changes",
+    ),
+)
 
 
 class Reindexer:
@@ -125,7 +250,8 @@ class Reindexer:
             if not rows:
                 break
             await self._users_batch(rows, result)
-            await self._codes_of([r.id for r in rows], result)
+            for kind in OWNED_ROWS:
+                await self._owned_by(kind, [r.id for r in rows], result)
             cursor = rows[-1].id
             result.last_user_id = cursor
             log.info(
@@ -174,14 +300,14 @@ class Reindexer:
                     result.users_changed_meanwhile += 1
 
     async def _decrypt(
-        self, items: Sequence[tuple[str, bytes, bytes]], result: ReindexResult
-    ) -> dict[str, bytes]:
+        self, items: Sequence[tuple[Any, bytes, bytes]], result: ReindexResult
+    ) -> dict[Any, bytes]:
         """Plaintexts by row id; a batch with a bad item is retried item by item."""
         try:
             plaintexts = await self._crypto.decrypt([(ct, aad) for _, ct, aad in items])
             return {key: p for (key, _, _), p in zip(items, plaintexts, strict=True)}
         except CryptoFailure:
-            out: dict[str, bytes] = {}
+            out: dict[Any, bytes] = {}
             for key, ct, aad in items:
                 try:
                     [out[key]] = await self._crypto.decrypt([(ct, aad)])
@@ -189,61 +315,48 @@ class Reindexer:
                     result.unreadable.append(key)
             return out
 
-    # -- backup codes -----------------------------------------------------------------------
+    # -- rows that belong to the batch's users ------------------------------------------------
 
-    async def _codes_of(self, user_ids: Sequence[str], result: ReindexResult) -> None:
+    async def _owned_by(
+        self, kind: _OwnedRows, user_ids: Sequence[str], result: ReindexResult
+    ) -> None:
         async with self._engine.begin() as conn:
-            codes = (
-                await conn.execute(
-                    select(
-                        backup_codes.c.id,
-                        backup_codes.c.user_id,
-                        backup_codes.c.code_index,
-                        backup_codes.c.code_ct,
-                    )
-                    .where(
-                        backup_codes.c.user_id.in_(list(user_ids)),
-                        backup_codes.c.used_at.is_(None),
-                    )
-                    .order_by(backup_codes.c.id)
-                )
+            rows = (
+                await conn.execute(kind.select().where(kind.column(kind.owner).in_(list(user_ids))))
             ).all()
-        for start in range(0, len(codes), self._batch_size):
-            await self._codes_batch(codes[start : start + self._batch_size], result)
+        for start in range(0, len(rows), self._batch_size):
+            await self._owned_batch(kind, rows[start : start + self._batch_size], result)
 
-    async def _codes_batch(self, codes: Sequence[Any], result: ReindexResult) -> None:
-        result.codes_scanned += len(codes)
-        ignored = ReindexResult()  # an unreadable code only stays where it is
-        plain = await self._decrypt(
-            [(c.id, c.code_ct, _backup_code_aad(c.user_id, c.id)) for c in codes], ignored
-        )
-        readable = [c for c in codes if c.id in plain]
+    async def _owned_batch(
+        self, kind: _OwnedRows, rows: Sequence[Any], result: ReindexResult
+    ) -> None:
+        counts: RowCounts = getattr(result, kind.counts)
+        counts.scanned += len(rows)
+        ignored = ReindexResult()  # an unreadable row only stays where it is
+        plain = await self._decrypt([(r.row_key, bytes(r.ct), kind.aad(r)) for r in rows], ignored)
+        readable = [r for r in rows if r.row_key in plain]
         tokens = await self._crypto.blind_index_many(
-            [f"{c.user_id}:{plain[c.id].decode()}" for c in readable],
-            Normalization.EXACT,
-            BACKUP_CODE_INDEX_CONTEXT,
+            [kind.value(r, plain[r.row_key]) for r in readable], kind.normalization, kind.context
         )
-        stale = [
-            (c, new[0]) for c, new in zip(readable, tokens, strict=True) if new[0] != c.code_index
-        ]
+        stale = [(r, new[0]) for r, new in zip(readable, tokens, strict=True) if new[0] != r.token]
         if not stale:
             return
         async with self._engine.begin() as conn:
-            for code, token in stale:
+            for row, token in stale:
                 outcome = await self._conditional(
                     conn,
-                    update(backup_codes)
+                    update(kind.table)
                     .where(
-                        backup_codes.c.id == code.id,
-                        backup_codes.c.code_index == code.code_index,
-                        backup_codes.c.used_at.is_(None),
+                        kind.column(kind.key) == row.row_key,
+                        kind.column(kind.index) == row.token,
+                        *kind.live,
                     )
-                    .values(code_index=token),
+                    .values({kind.index: token}),
                 )
                 if outcome == "updated":
-                    result.codes_updated += 1
+                    counts.updated += 1
                 else:
-                    result.codes_changed_meanwhile += 1
+                    counts.changed_meanwhile += 1
 
     # -- shared -----------------------------------------------------------------------------
 
@@ -258,22 +371,21 @@ class Reindexer:
         return "updated" if rowcount == 1 else "changed"
 
     async def versions_in_use(self) -> dict[str, list[int]]:
-        """Distinct index key versions of every indexed column (whole tables, now)."""
-        columns: dict[str, tuple[Column[Any], Any]] = {
-            "users.email_index": (users.c.email_index, None),
-            "backup_codes.code_index": (
-                backup_codes.c.code_index,
-                backup_codes.c.used_at.is_(None),
-            ),
+        """Distinct index key versions of every indexed column (whole tables, now), counting
+        only the rows still looked up by their index; columns without such rows are left out."""
+        columns: dict[str, tuple[Column[Any], tuple[ColumnElement[bool], ...]]] = {
+            "users.email_index": (users.c.email_index, ()),
+            **{kind.name: (kind.column(kind.index), kind.live) for kind in OWNED_ROWS},
         }
         out: dict[str, list[int]] = {}
         async with self._engine.connect() as conn:
-            for name, (column, condition) in columns.items():
+            for name, (column, live) in columns.items():
                 query = select(self._version_expr(column)).distinct()
-                if condition is not None:
-                    query = query.where(and_(condition))
+                if live:
+                    query = query.where(and_(*live))
                 values = (await conn.execute(query)).scalars().all()
-                out[name] = sorted({_as_version(v) for v in values})
+                if values:
+                    out[name] = sorted({_as_version(v) for v in values})
         return out
 
     def _version_expr(self, column: Column[Any]) -> Any:
