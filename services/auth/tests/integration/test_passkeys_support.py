@@ -208,6 +208,7 @@ async def passkey_env(
 ) -> AsyncIterator[PasskeyEnv]:
     """Passkeys on a fresh auth database at head, built like server.py builds it."""
     engine = create_engine(database_url, pool_size=12)
+    local_keys = local_keys or LocalKeys(bytes(32))
     try:
         await upgrade(engine, MIGRATIONS_PACKAGE)
         store = AuthStore(engine=engine)
@@ -224,12 +225,13 @@ async def passkey_env(
                 remember_me_absolute_seconds=30 * 86400,
             ),
             clock=crypto.clock,
+            local_keys=local_keys,
         )
         passkeys = Passkeys(
             store=store,
             crypto=crypto.client,
             sessions=sessions,
-            local_keys=local_keys or LocalKeys(bytes(32)),
+            local_keys=local_keys,
             clock=crypto.clock,
             rp_id=RP_ID,
             rp_name="Palisade",

@@ -1,4 +1,5 @@
-"""Thin gRPC adapter for AccountService (account.proto): email verification and email change."""
+"""Thin gRPC adapter for AccountService (account.proto): email verification, email change, and
+"this wasn't me" reports from new-sign-in alerts."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 import grpc
 
 from palisade.auth.accounts.email_change import EmailChanges
+from palisade.auth.accounts.not_me import NotMeReports
 from palisade.auth.accounts.principals import signed_in
 from palisade.auth.accounts.verification import EmailVerifications
 from palisade.auth.bounded import client_ip
@@ -32,10 +34,12 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         verifications: EmailVerifications,
         changes: EmailChanges,
         recent_auth: RecentAuth,
+        not_me: NotMeReports,
     ) -> None:
         self._verifications = verifications
         self._changes = changes
         self._recent_auth = recent_auth
+        self._not_me = not_me
 
     async def ConfirmEmailVerification(
         self, request: pb.ConfirmEmailVerificationRequest, context: Context
@@ -43,6 +47,13 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         caller = require_caller()
         await self._verifications.confirm(token=request.token, client=_client(caller))
         return pb.ConfirmEmailVerificationResponse()
+
+    async def ConfirmNotMe(
+        self, request: pb.ConfirmNotMeRequest, context: Context
+    ) -> pb.ConfirmNotMeResponse:
+        caller = require_caller()
+        await self._not_me.confirm(token=request.token, client=_client(caller))
+        return pb.ConfirmNotMeResponse()
 
     async def ResendEmailVerification(
         self, request: pb.ResendEmailVerificationRequest, context: Context

@@ -117,6 +117,9 @@ class AuthSettings(CommonSettings):
     password_reset_ip_requests: int = Field(default=20, ge=1)
     password_reset_window_seconds: int = Field(default=900, ge=1)
 
+    # New-network sign-in alerts: how long their "this wasn't me" link works.
+    not_me_link_seconds: int = Field(default=7 * 86400, ge=3600, le=30 * 86400)
+
     # Outgoing email: SMTP when smtp_host is set; otherwise .eml files in mail_dir
     # (default <data dir>/mail), the embedded default.
     mail_from: str = "Palisade <no-reply@localhost>"

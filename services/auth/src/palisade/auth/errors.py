@@ -144,6 +144,11 @@ class InvalidVerificationLink(InvalidArgument):
     default_message = "this verification link is invalid, expired, already used or replaced"
 
 
+class InvalidNotMeLink(InvalidArgument):
+    code = "invalid_not_me_link"
+    default_message = "this link is invalid, expired or already used"
+
+
 class EmailUnavailable(PalisadeError):
     """An email change's new address was taken by another account before it was confirmed."""
 

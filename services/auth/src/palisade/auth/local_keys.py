@@ -25,6 +25,7 @@ from palisade.common.secret_files import check_secret_file, create_exclusive
 KEY_BYTES = 32
 _THROTTLE = b"palisade/auth/throttle-email"
 _DECOY = b"palisade/auth/passkey-decoy"
+_KNOWN_NETWORK = b"palisade/auth/known-network"
 
 
 def fold_email(email: str) -> str:
@@ -42,15 +43,26 @@ class LocalKeys:
         return "LocalKeys(<secret>)"
 
     def _derive(self, purpose: bytes, email: str) -> bytes:
-        value = fold_email(email).encode()
-        message = struct.pack(">I", len(purpose)) + purpose + struct.pack(">I", len(value)) + value
-        return hmac.new(self._key, message, hashlib.sha256).digest()
+        return self._mac(purpose, fold_email(email).encode())
 
     def email_throttle_key(self, email: str) -> str:
         """Names an email's throttle counters (Redis never sees the email); stable forever."""
         return (
             "e1:" + base64.urlsafe_b64encode(self._derive(_THROTTLE, email)).rstrip(b"=").decode()
         )
+
+    def known_network_key(self, user_id: str, network: str) -> str:
+        """Names a network a user signed in from (sessions/new_networks.py) without storing
+        the address: HMAC of the user and the network, stable forever, so a rotation of the
+        index key never makes every known network new again."""
+        digest = self._mac(_KNOWN_NETWORK, user_id.encode(), network.encode())
+        return "n1:" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    def _mac(self, purpose: bytes, *parts: bytes) -> bytes:
+        message = struct.pack(">I", len(purpose)) + purpose
+        for part in parts:
+            message += struct.pack(">I", len(part)) + part
+        return hmac.new(self._key, message, hashlib.sha256).digest()
 
     def decoy_seed(self, email: str) -> bytes:
         """Seeds the decoy credentials of an email without passkeys; stable forever."""

@@ -22,6 +22,7 @@ from palisade.auth.accounts.key_revocation_relay import (
     KeyRevoker,
     apikeys_channel,
 )
+from palisade.auth.accounts.not_me import NotMeReports
 from palisade.auth.accounts.restrictions import INVITE_MEMBERS, UnverifiedRestrictions
 from palisade.auth.accounts.service import Accounts
 from palisade.auth.accounts.verification import EmailLinkPolicy, EmailVerifications
@@ -40,6 +41,7 @@ from palisade.auth.passwords.reset import PasswordResetPolicy, PasswordResets
 from palisade.auth.servicer import AuthServicer
 from palisade.auth.sessions.geo import Locator, MaxMindLocator, NullLocator
 from palisade.auth.sessions.manager import SessionManager, SessionPolicy
+from palisade.auth.sessions.new_network_alerts import NewNetworkAlertRelay, NotMePolicy
 from palisade.auth.sessions.recent_auth import RecentAuth
 from palisade.auth.sessions.revocation import (
     LocalRevocationFeed,
@@ -227,6 +229,7 @@ async def serve_auth(
             revocations=revocation_outbox,
             policy=session_policy(settings),
             clock=clock,
+            local_keys=local_keys,
             restrictions=UnverifiedRestrictions.from_setting(settings.unverified_restrictions),
         )
         throttle = LoginThrottle(counts=counts, limits=throttle_limits(settings), clock=clock)
@@ -338,6 +341,20 @@ async def serve_auth(
             registry=registry,
             poll_seconds=settings.key_revocation_poll_seconds,
         )
+        not_me = NotMeReports(store=store, sessions=sessions, clock=clock)
+        new_network_alerts = NewNetworkAlertRelay(
+            engine=engine,
+            store=store,
+            crypto=crypto,
+            mail=mail_queue,
+            locator=locator,
+            policy=NotMePolicy(
+                public_base_url=settings.public_base_url,
+                link_seconds=settings.not_me_link_seconds,
+            ),
+            clock=clock,
+            registry=registry,
+        )
         team = TeamDirectory(store=store, crypto=crypto)
         membership = TeamMembership(store=store, crypto=crypto, sessions=sessions, clock=clock)
         invitations = Invitations(
@@ -400,7 +417,10 @@ async def serve_auth(
             )
             account_pb2_grpc.add_AccountServiceServicer_to_server(
                 AccountServicer(
-                    verifications=verifications, changes=email_changes, recent_auth=recent_auth
+                    verifications=verifications,
+                    changes=email_changes,
+                    recent_auth=recent_auth,
+                    not_me=not_me,
                 ),
                 server,
             )
@@ -434,6 +454,7 @@ async def serve_auth(
             mail_relay.running(),
             revocation_relay.running(),
             key_revocation_relay.running(),
+            new_network_alerts.running(),
         ):
             yield AuthServer(
                 running,

@@ -59,6 +59,7 @@ _LOOKUP_ROUTES = frozenset(
     {
         "/palisade.apikeys.v1.ApiKeysService/ReportLeak",
         "/palisade.auth.v1.AccountService/ConfirmEmailVerification",
+        "/palisade.auth.v1.AccountService/ConfirmNotMe",
         "/palisade.auth.v1.AuthService/RedeemMagicLink",
     }
 )

@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from palisade.auth.accounts.disabling import AccountDisabling
 from palisade.auth.config import SERVICE_NAME, AuthSettings
 from palisade.auth.errors import AccountNotFound, InvalidEmail
+from palisade.auth.local_keys import load_local_keys
 from palisade.auth.server import session_policy
 from palisade.auth.sessions.manager import SessionManager
 from palisade.auth.sessions.revocation_outbox import RevocationOutbox
@@ -69,6 +70,12 @@ async def run_users_command(
                 revocations=RevocationOutbox(clock=clock),
                 policy=session_policy(settings),
                 clock=clock,
+                # Disabling signs nobody in, so it names no known networks; the key is the
+                # service's own all the same (created on first run in the embedded default).
+                local_keys=load_local_keys(
+                    settings.resolved_local_keys_file(),
+                    create_if_missing=settings.create_missing_keys,
+                ),
             ),
             clock=clock,
         )

@@ -35,6 +35,7 @@ from palisade.auth.mfa.store import MfaRecords
 from palisade.auth.passwords.hashing import PasswordHasher
 from palisade.auth.passwords.policy import check_length, check_new_password
 from palisade.auth.sessions.manager import ClientInfo, SessionManager
+from palisade.auth.sessions.new_networks import remember_network
 from palisade.auth.sessions.revocation import RevocationNotice
 from palisade.auth.store import AuthStore, DuplicateEmail, UserRow
 from palisade.auth.throttle import LoginThrottle
@@ -245,6 +246,8 @@ class Accounts:
             await tx.insert_membership(
                 workspace_id=workspace_id, user_id=user_id, role="owner", now=now
             )
+            # Where the account was made counts as seen: its first login from there is no alert.
+            await remember_network(tx, self._local_keys, user_id=user_id, ip=client.ip, now=now)
             await tx.emit(
                 SecurityEvent(
                     type="user.signed_up",

@@ -157,6 +157,71 @@ def invitation_email(*, to: str, link: str, workspace: str, role: str, days: int
     )
 
 
+# How a sign-in's method reads in an email: "password", or a first factor and a second one
+# joined by "+" ("magic_link+totp").
+_FACTORS = {
+    "password": "password",
+    "totp": "authenticator code",
+    "backup_code": "backup code",
+    "passkey": "passkey",
+    "magic_link": "emailed sign-in link",
+    "invitation": "invitation link",
+}
+
+
+def describe_method(method: str) -> str:
+    return " and ".join(_FACTORS.get(part, "another method") for part in method.split("+"))
+
+
+def new_sign_in_email(
+    *,
+    to: str,
+    link: str,
+    when: str,
+    ip: str,
+    location: str,
+    device: str,
+    method: str,
+    days: int,
+) -> OutgoingEmail:
+    """A sign-in from a network the account had not signed in from (sessions/new_networks.py).
+
+    Every value shown is the server's own text (a time, an address, a parsed device name), yet
+    escaped in HTML all the same; none goes into a header."""
+    how = describe_method(method)
+    facts = [
+        ("When", when),
+        ("IP address", ip or "unknown"),
+        ("Location", location or "unknown"),
+        ("Device", device or "unknown device"),
+        ("Signed in with", how),
+    ]
+    text = (
+        "Your Palisade account was just signed in to from a network it had not been used"
+        " from before.\n\n"
+        + "".join(f"{label}: {value}\n" for label, value in facts)
+        + "\nIf this was you, there is nothing to do.\n\n"
+        "If this wasn't you, open this link to sign out every session of the account at once,"
+        f" then reset your password:\n\n{link}\n\n"
+        f"The link works once, for {days} days.\n"
+    )
+    rows = "".join(
+        f'<tr><th align="left">{html.escape(label)}</th><td>{html.escape(value)}</td></tr>'
+        for label, value in facts
+    )
+    page = (
+        "<p>Your Palisade account was just signed in to from a network it had not been used"
+        f" from before.</p><table>{rows}</table>"
+        "<p>If this was you, there is nothing to do.</p>"
+        f'<p>If this wasn\'t you: <a href="{html.escape(link)}">sign out everywhere</a>, then'
+        " reset your password.</p>"
+        f"<p>The link works once, for {days} days.</p>"
+    )
+    return OutgoingEmail(
+        to=to, subject="New sign-in to your Palisade account", text=text, html=page
+    )
+
+
 async def seal_or_decoy(
     queue: MailQueue, email: OutgoingEmail, *, deliver: bool
 ) -> SealedEmail | None:

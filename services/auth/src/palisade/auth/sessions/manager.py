@@ -31,6 +31,8 @@ from palisade.auth.errors import (
     TokenExpired,
     TokenReused,
 )
+from palisade.auth.local_keys import LocalKeys
+from palisade.auth.sessions.new_networks import observe_sign_in
 from palisade.auth.sessions.revocation import RevocationNotice
 from palisade.auth.sessions.revocation_outbox import RevocationOutbox
 from palisade.auth.sessions.store import (
@@ -91,9 +93,11 @@ class SessionManager:
         revocations: RevocationOutbox,
         policy: SessionPolicy,
         clock: Clock,
+        local_keys: LocalKeys,
         restrictions: UnverifiedRestrictions = DEFAULT_RESTRICTIONS,
     ) -> None:
         self._store = store
+        self._local_keys = local_keys  # names known networks (new_networks.py)
         self._crypto = crypto
         self._revocations = revocations
         self._policy = policy
@@ -185,7 +189,40 @@ class SessionManager:
                 details={"session_id": issued.session_id, "method": method, **(details or {})},
             )
         )
+        await self.observe_sign_in(
+            tx,
+            user_id=user_id,
+            workspace_id=workspace_id,
+            client=client,
+            method=method,
+            session_id=issued.session_id,
+        )
         return issued
+
+    async def observe_sign_in(
+        self,
+        tx: AuthTransaction,
+        *,
+        user_id: str,
+        workspace_id: str,
+        client: ClientInfo,
+        method: str,
+        session_id: str,
+    ) -> bool:
+        """New-network detection for a sign-in that made session_id (sessions/new_networks.py):
+        sign_in calls it; so does any flow that signs a person in through start() (accepting an
+        invitation). A brand-new account's first network is a silent baseline."""
+        return await observe_sign_in(
+            tx,
+            self._local_keys,
+            user_id=user_id,
+            workspace_id=workspace_id,
+            ip=client.ip,
+            device=client.device,
+            method=method,
+            session_id=session_id,
+            now=self._clock.now(),
+        )
 
     def _refresh_lifetime(self, remember_me: bool) -> timedelta:
         p = self._policy

@@ -205,6 +205,15 @@ class Joining:
             client=client,
             continues=continues,
         )
+        if continues is None:  # a sign-in, not a signed-in person moving to the workspace
+            await self._sessions.observe_sign_in(
+                tx,
+                user_id=user_id,
+                workspace_id=workspace_id,
+                client=client,
+                method="invitation",
+                session_id=issued.session_id,
+            )
         await tx.emit(
             SecurityEvent(
                 type="member.joined",
