@@ -12,11 +12,14 @@ from prometheus_client import CollectorRegistry
 
 from palisade.common.aad import associated_data
 from palisade.common.clock import ManualClock
+from palisade.common.db import create_engine
+from palisade.common.migrations import upgrade
 from palisade.crypto.keyring import Keyring
 from palisade.crypto.keyring_file import KeyringHolder, create_keyring
 from palisade.crypto.metrics import CryptoMetrics
 from palisade.crypto.service import CryptoService, Limits
-from palisade.crypto.store import MemoryUsageStore
+from palisade.crypto.store import MIGRATIONS_PACKAGE, MemoryUsageStore
+from palisade.crypto.subject_store import DatabaseSubjectStore
 from palisade.crypto.usage import UsageTracker
 
 WORKSPACE = "ws_1"
@@ -35,6 +38,7 @@ class Crypto:
     registry: CollectorRegistry
     clock: ManualClock
     path: Path
+    subjects: DatabaseSubjectStore | None
     reloads: list[tuple[Keyring, bool]] = field(default_factory=list)
 
     @property
@@ -81,9 +85,20 @@ def keyring_path(tmp_path, clock):
 
 
 @pytest.fixture
-def make_crypto(tmp_path, clock):
-    """Builds an independent service (own keyring file, store, registry) per call."""
+async def subject_engine(tmp_path):
+    """The crypto database's subject_keys on a SQLite file, migrated as the service does."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'crypto.db'}")
+    await upgrade(engine, MIGRATIONS_PACKAGE)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def make_crypto(tmp_path, clock, subject_engine):
+    """Builds an independent service (own keyring file, usage store, registry) per call; they
+    share one subject table unless built with subjects=False."""
     counter = itertools.count()
+    shared_subjects = DatabaseSubjectStore(engine=subject_engine)
 
     def make(
         *,
@@ -95,6 +110,7 @@ def make_crypto(tmp_path, clock):
         auto_rotate: bool = True,
         store: MemoryUsageStore | None = None,
         lease_size: int = 1,
+        subjects: bool = True,
     ) -> Crypto:
         path = tmp_path / f"svc{next(counter)}" / "keys" / "keyring.json"
         assert create_keyring(path, clock) is True
@@ -117,8 +133,20 @@ def make_crypto(tmp_path, clock):
             metrics=metrics,
             clock=clock,
             auto_rotate=auto_rotate,
+            subjects=shared_subjects if subjects else None,
         )
-        return Crypto(service, holder, usage, store, metrics, registry, clock, path, reloads)
+        return Crypto(
+            service,
+            holder,
+            usage,
+            store,
+            metrics,
+            registry,
+            clock,
+            path,
+            shared_subjects if subjects else None,
+            reloads,
+        )
 
     return make
 

@@ -22,7 +22,12 @@ from palisade.crypto.envelope import (
     seal,
     seal_many,
 )
-from palisade.crypto.errors import MalformedCiphertext, TamperedCiphertext, UnknownKeyVersion
+from palisade.crypto.errors import (
+    MalformedCiphertext,
+    TamperedCiphertext,
+    UnknownKeyVersion,
+    UnknownSubjectKey,
+)
 from palisade.crypto.keyring import KEY_BYTES, KeyVersion
 
 HEADER = 5
@@ -167,7 +172,7 @@ async def test_service_round_trip_and_header(crypto, aad):
     assert version == crypto.keyring.data.primary == 1
     assert sealed[0] == 1
     assert sealed[1:5] == struct.pack(">I", 1)
-    assert crypto.service.decrypt([(sealed, aad)]) == [PLAINTEXT]
+    assert await crypto.service.decrypt([(sealed, aad)]) == [PLAINTEXT]
 
 
 async def test_service_same_plaintext_twice_differs(crypto, aad):
@@ -180,7 +185,7 @@ async def test_service_same_plaintext_twice_differs(crypto, aad):
 async def test_service_empty_plaintext(crypto, aad):
     (sealed,), _ = await crypto.service.encrypt([(b"", aad)])
     assert len(sealed) == MIN_ENVELOPE_BYTES
-    assert crypto.service.decrypt([(sealed, aad)]) == [b""]
+    assert await crypto.service.decrypt([(sealed, aad)]) == [b""]
 
 
 async def test_service_every_single_bit_flip_fails_with_the_right_error(crypto, aad):
@@ -202,7 +207,7 @@ async def test_service_every_single_bit_flip_fails_with_the_right_error(crypto, 
             expected = TamperedCiphertext
         result = None
         with pytest.raises(PalisadeError) as info:
-            result = crypto.service.decrypt([(tampered, aad)])
+            result = await crypto.service.decrypt([(tampered, aad)])
         assert result is None
         assert type(info.value) is expected, f"bit {bit}"
         assert info.value.message.startswith("item 0: ")
@@ -215,14 +220,14 @@ async def test_service_truncation_at_every_length_fails(crypto, aad):
     for n in range(len(sealed)):
         expected = MalformedCiphertext if n < MIN_ENVELOPE_BYTES else TamperedCiphertext
         with pytest.raises(expected) as info:
-            crypto.service.decrypt([(sealed[:n], aad)])
+            await crypto.service.decrypt([(sealed[:n], aad)])
         assert info.value.message.startswith("item 0: "), n
 
 
 async def test_service_extension_fails(crypto, aad):
     (sealed,), _ = await crypto.service.encrypt([(b"some value", aad)])
     with pytest.raises(TamperedCiphertext):
-        crypto.service.decrypt([(sealed + b"\x00", aad)])
+        await crypto.service.decrypt([(sealed + b"\x00", aad)])
 
 
 @pytest.mark.parametrize(
@@ -240,7 +245,7 @@ async def test_service_extension_fails(crypto, aad):
 async def test_service_wrong_associated_data_is_tampering(crypto, aad, other):
     (sealed,), _ = await crypto.service.encrypt([(PLAINTEXT, aad)])
     with pytest.raises(TamperedCiphertext) as info:
-        crypto.service.decrypt([(sealed, associated_data(*other))])
+        await crypto.service.decrypt([(sealed, associated_data(*other))])
     assert info.value.status == grpc.StatusCode.DATA_LOSS
     assert info.value.code == "ciphertext_tampered"
 
@@ -249,16 +254,19 @@ async def test_service_ciphertexts_swapped_between_records_fail(crypto):
     aad_a = associated_data("visitors", "ws_1", "v_1", "email")
     aad_b = associated_data("visitors", "ws_1", "v_2", "email")
     (a, b), _ = await crypto.service.encrypt([(b"a@example.com", aad_a), (b"b@example.com", aad_b)])
-    assert crypto.service.decrypt([(a, aad_a), (b, aad_b)]) == [b"a@example.com", b"b@example.com"]
+    assert await crypto.service.decrypt([(a, aad_a), (b, aad_b)]) == [
+        b"a@example.com",
+        b"b@example.com",
+    ]
     with pytest.raises(TamperedCiphertext) as info:
-        crypto.service.decrypt([(b, aad_a), (a, aad_b)])
+        await crypto.service.decrypt([(b, aad_a), (a, aad_b)])
     assert info.value.message.startswith("item 0: ")
 
 
 async def test_service_unknown_key_version_is_not_found(crypto, aad):
     (sealed,), _ = await crypto.service.encrypt([(PLAINTEXT, aad)])
     with pytest.raises(UnknownKeyVersion) as info:
-        crypto.service.decrypt([(_with_version(sealed, 99), aad)])
+        await crypto.service.decrypt([(_with_version(sealed, 99), aad)])
     assert info.value.status == grpc.StatusCode.NOT_FOUND
     assert info.value.code == "unknown_key_version"
     assert info.value.message == "item 0: key version 99 is unknown"
@@ -271,13 +279,23 @@ async def test_service_header_moved_to_another_existing_version_is_tampering(cry
     assert version == 2
     for sealed, other in ((old, 2), (new, 1)):
         with pytest.raises(TamperedCiphertext) as info:
-            crypto.service.decrypt([(_with_version(sealed, other), aad)])
+            await crypto.service.decrypt([(_with_version(sealed, other), aad)])
         assert info.value.status == grpc.StatusCode.DATA_LOSS
 
 
 async def test_service_unknown_format_version_is_malformed(crypto, aad):
     (sealed,), _ = await crypto.service.encrypt([(PLAINTEXT, aad)])
-    for fmt in (0, 2, 255):
+    for fmt in (0, 3, 255):
         with pytest.raises(MalformedCiphertext) as info:
-            crypto.service.decrypt([(bytes([fmt]) + sealed[1:], aad)])
+            await crypto.service.decrypt([(bytes([fmt]) + sealed[1:], aad)])
         assert info.value.status == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_service_format_1_relabelled_as_a_subject_envelope_opens_nothing(crypto, aad):
+    """Format 2 reads bytes 5-20 as a subject key id: a format 1 envelope so relabelled names
+    a key id nobody has (its IV), and is refused before any key is tried."""
+    (sealed,), _ = await crypto.service.encrypt([(PLAINTEXT, aad)])
+    with pytest.raises(UnknownSubjectKey) as info:
+        await crypto.service.decrypt([(bytes([2]) + sealed[1:], aad)])
+    assert info.value.status == grpc.StatusCode.NOT_FOUND
+    assert info.value.code == "unknown_subject_key"

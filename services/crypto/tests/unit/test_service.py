@@ -14,14 +14,17 @@ from palisade.common.errors import PalisadeError
 from palisade.crypto.envelope import MIN_ENVELOPE_BYTES, key_version_of
 from palisade.crypto.errors import (
     BatchTooLarge,
+    InvalidSubject,
     InvalidValue,
     KeyringInvalid,
     KeyUsageExhausted,
     MalformedCiphertext,
     MissingAssociatedData,
     RetiredKeyVersion,
+    SubjectErased,
     TamperedCiphertext,
     UnknownKeyVersion,
+    UnknownSubjectKey,
 )
 from palisade.crypto.keyring_file import update_keyring
 
@@ -45,7 +48,7 @@ async def test_batch_round_trip_in_order(crypto):
     assert version == 1
     assert len(ciphertexts) == 10
     assert all(_header_version(c) == 1 for c in ciphertexts)
-    plaintexts = crypto.service.decrypt(
+    plaintexts = await crypto.service.decrypt(
         [(c, aad) for c, (_, aad) in zip(ciphertexts, items, strict=True)]
     )
     assert plaintexts == [p for p, _ in items]
@@ -56,7 +59,7 @@ async def test_batch_round_trip_in_order(crypto):
 
 async def test_empty_batches(crypto):
     assert await crypto.service.encrypt([]) == ([], 1)
-    assert crypto.service.decrypt([]) == []
+    assert await crypto.service.decrypt([]) == []
     assert await crypto.service.rewrap([]) == ([], [], 1)
     assert crypto.service.blind_index([], all_versions=True) == []
     assert crypto.usage.total(1) == 0
@@ -66,7 +69,7 @@ async def test_decrypt_batch_is_all_or_nothing(crypto):
     (good, other), _ = await crypto.service.encrypt([(b"one", _aad("v_1")), (b"two", _aad("v_2"))])
     result = None
     with pytest.raises(TamperedCiphertext) as info:
-        result = crypto.service.decrypt([(good, _aad("v_1")), (other, _aad("v_1"))])
+        result = await crypto.service.decrypt([(good, _aad("v_1")), (other, _aad("v_1"))])
     assert result is None
     assert info.value.message.startswith("item 1: ")
     assert crypto.outcome("decrypt", "ok") == 0
@@ -87,7 +90,7 @@ async def test_rotation_old_ciphertexts_still_decrypt_and_new_ones_use_the_new_v
     assert _header_version(old) == 1
     assert _header_version(new) == 2
     assert new[1:5] == b"\x00\x00\x00\x02"
-    assert crypto.service.decrypt([(old, _aad()), (new, _aad())]) == [SECRET, SECRET]
+    assert await crypto.service.decrypt([(old, _aad()), (new, _aad())]) == [SECRET, SECRET]
     assert crypto.usage.totals() == {1: 1, 2: 1}
 
 
@@ -98,7 +101,7 @@ async def test_rotation_by_another_process_is_seen_on_reload(crypto):
     (new,), version = await crypto.service.encrypt([(SECRET, _aad())])
     assert version == 2
     assert _header_version(new) == 2
-    assert crypto.service.decrypt([(old, _aad())]) == [SECRET]
+    assert await crypto.service.decrypt([(old, _aad())]) == [SECRET]
 
 
 def test_version_rotated_model_used_directly(crypto):
@@ -116,13 +119,13 @@ async def test_retired_versions_are_refused_with_a_clear_error(crypto):
     assert crypto.keyring.data.min_version == 2
 
     with pytest.raises(RetiredKeyVersion) as info:
-        crypto.service.decrypt([(new, _aad()), (old, _aad())])
+        await crypto.service.decrypt([(new, _aad()), (old, _aad())])
     assert info.value.status == grpc.StatusCode.FAILED_PRECONDITION
     assert info.value.code == "retired_key_version"
     assert info.value.message == "item 1: key version 1 is retired"
     assert crypto.outcome("decrypt", "retired_key_version") == 1
     # The current version is unaffected.
-    assert crypto.service.decrypt([(new, _aad())]) == [SECRET]
+    assert await crypto.service.decrypt([(new, _aad())]) == [SECRET]
 
 
 def test_cannot_retire_above_the_primary(crypto):
@@ -140,7 +143,7 @@ async def test_retiring_the_primary_itself_keeps_it_usable(crypto):
     crypto.retire_data_below(2)
     (c,), version = await crypto.service.encrypt([(SECRET, _aad())])
     assert version == 2
-    assert crypto.service.decrypt([(c, _aad())]) == [SECRET]
+    assert await crypto.service.decrypt([(c, _aad())]) == [SECRET]
 
 
 # -- rewrap ---------------------------------------------------------------------------------------
@@ -162,10 +165,10 @@ async def test_rewrap_moves_old_ciphertexts_forward_and_leaves_current_ones(cryp
     assert moved != old
     assert _header_version(moved) == 2
     assert key_version_of(moved) == 2
-    assert crypto.service.decrypt([(moved, _aad("v_1"))]) == [b"old secret"]
+    assert await crypto.service.decrypt([(moved, _aad("v_1"))]) == [b"old secret"]
     # Still bound to its record.
     with pytest.raises(TamperedCiphertext):
-        crypto.service.decrypt([(moved, _aad("v_2"))])
+        await crypto.service.decrypt([(moved, _aad("v_2"))])
     assert crypto.usage.total(2) == used_before + 1  # only the moved one is an encryption
     assert crypto.outcome("rewrap", "ok") == 2
 
@@ -182,9 +185,9 @@ async def test_rewrap_then_retire_old_version(crypto):
     crypto.rotate_data()
     (moved,), _, _ = await crypto.service.rewrap([(old, _aad())])
     crypto.retire_data_below(2)
-    assert crypto.service.decrypt([(moved, _aad())]) == [SECRET]
+    assert await crypto.service.decrypt([(moved, _aad())]) == [SECRET]
     with pytest.raises(RetiredKeyVersion):
-        crypto.service.decrypt([(old, _aad())])
+        await crypto.service.decrypt([(old, _aad())])
 
 
 @pytest.mark.parametrize(
@@ -264,11 +267,11 @@ async def test_an_item_encrypted_at_the_size_limit_can_be_decrypted_and_rewrappe
     aad = _aad()
     plaintext = b"p" * (200 - len(aad))
     (c,), _ = await crypto.service.encrypt([(plaintext, aad)])
-    assert crypto.service.decrypt([(c, aad)]) == [plaintext]
+    assert await crypto.service.decrypt([(c, aad)]) == [plaintext]
     crypto.rotate_data()
     (moved,), rewrapped, _ = await crypto.service.rewrap([(c, aad)])
     assert rewrapped == [True]
-    assert crypto.service.decrypt([(moved, aad)]) == [plaintext]
+    assert await crypto.service.decrypt([(moved, aad)]) == [plaintext]
 
 
 # -- distinct errors, never leaking ---------------------------------------------------------------
@@ -285,6 +288,9 @@ def test_error_classes_are_distinct():
         InvalidValue: (grpc.StatusCode.INVALID_ARGUMENT, "invalid_value"),
         KeyUsageExhausted: (grpc.StatusCode.RESOURCE_EXHAUSTED, "key_usage_exhausted"),
         KeyringInvalid: (grpc.StatusCode.FAILED_PRECONDITION, "keyring_invalid"),
+        SubjectErased: (grpc.StatusCode.FAILED_PRECONDITION, "subject_erased"),
+        InvalidSubject: (grpc.StatusCode.INVALID_ARGUMENT, "invalid_subject"),
+        UnknownSubjectKey: (grpc.StatusCode.NOT_FOUND, "unknown_subject_key"),
     }
     for cls, (status, code) in expected.items():
         assert issubclass(cls, PalisadeError)
@@ -294,7 +300,7 @@ def test_error_classes_are_distinct():
 
 
 async def _call(service, operation, items):
-    """Runs a batch operation, sync (decrypt) or async (encrypt, rewrap: they may lease)."""
+    """Runs a batch operation (all are coroutines now; decrypt may read subject rows)."""
     result = getattr(service, operation)(items)
     return await result if inspect.isawaitable(result) else result
 

@@ -282,7 +282,7 @@ async def test_sync_usage_rotates_once_at_the_threshold(make_crypto):
     (new,), version = await _encrypt(crypto)
     assert version == 2
     assert new[1:5] == b"\x00\x00\x00\x02"
-    assert crypto.service.decrypt([(old, AAD), (new, AAD)]) == [b"x", b"x"]
+    assert await crypto.service.decrypt([(old, AAD), (new, AAD)]) == [b"x", b"x"]
     assert crypto.usage.totals() == {1: 5, 2: 1}
 
 

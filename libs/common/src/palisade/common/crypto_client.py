@@ -1,18 +1,24 @@
 """The typed client every service uses to reach the crypto service.
 
 Transport failures become Unavailable (the gateway answers 503), so a caller that cannot
-encrypt never falls back to writing plaintext.
+encrypt never falls back to writing plaintext. Data of an erased (crypto-shredded) subject
+raises SubjectErased, unless the caller asked to tolerate it (then those items come back None).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import IntEnum
-from typing import cast
+from typing import Any, Literal, cast, overload
 
 import grpc
 
-from palisade.common.errors import InvalidArgument, PalisadeError, Unavailable
+from palisade.common.errors import (
+    ERROR_CODE_METADATA_KEY,
+    InvalidArgument,
+    PalisadeError,
+    Unavailable,
+)
 from palisade.common.grpc_client import ServiceIdentity
 from palisade_api.crypto.v1 import crypto_pb2 as pb
 from palisade_api.crypto.v1 import crypto_pb2_grpc
@@ -20,6 +26,10 @@ from palisade_api.crypto.v1 import crypto_pb2_grpc
 _SERVICE = "/" + pb.DESCRIPTOR.services_by_name["CryptoService"].full_name + "/"
 _ENCRYPT, _DECRYPT, _BLIND_INDEX = (_SERVICE + m for m in ("Encrypt", "Decrypt", "BlindIndex"))
 _REPORT_INDEX_VERSIONS = _SERVICE + "ReportIndexVersions"
+_SHRED_SUBJECT = _SERVICE + "ShredSubject"
+
+# (plaintext, associated data), or with the data subject it belongs to ("user:usr_…").
+EncryptInput = tuple[bytes, bytes] | tuple[bytes, bytes, str]
 
 _UNAVAILABLE = {
     grpc.StatusCode.UNAVAILABLE,
@@ -43,11 +53,30 @@ class CryptoFailure(PalisadeError):
     default_message = "stored data failed an integrity check"
 
 
+class SubjectErased(PalisadeError):
+    """The data belongs to a subject whose key was shredded: it is gone for good, by design
+    (an account or visitor was deleted). Not an integrity fault: treat the value as absent."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    code = "subject_erased"
+    default_message = "the data subject has been erased"
+
+
+def _error_code(error: grpc.aio.AioRpcError) -> str | None:
+    pairs: Any = error.trailing_metadata() or ()  # grpc-stubs types it as one entry
+    for key, value in pairs:
+        if key == ERROR_CODE_METADATA_KEY and isinstance(value, str):
+            return value
+    return None
+
+
 def _translate(error: grpc.aio.AioRpcError) -> PalisadeError:
     if error.code() in _UNAVAILABLE:
         return Unavailable("the crypto service is unavailable")
     if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidArgument(error.details() or "invalid value")
+    if _error_code(error) == SubjectErased.code:
+        return SubjectErased(error.details() or None)  # names the item: "item 3: …"
     return CryptoFailure()
 
 
@@ -59,12 +88,25 @@ class CryptoClient:
         self._identity = identity
         self._timeout = timeout
 
-    async def encrypt(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
-        """Envelopes for (plaintext, associated data) pairs, in order."""
+    async def encrypt(self, items: Sequence[EncryptInput], *, subject: str = "") -> list[bytes]:
+        """Envelopes for (plaintext, associated data) pairs, in order.
+
+        `subject` puts every item under that data subject's key ("user:usr_…",
+        "visitor:vis_…", "apikey:…"); an item given as (plaintext, associated data, subject)
+        names its own instead. After ShredSubject, a subject's envelopes can never be opened
+        again, and encrypting for it raises SubjectErased.
+        """
         if not items:
             return []
         request = pb.EncryptRequest(
-            items=[pb.EncryptItem(plaintext=p, associated_data=a) for p, a in items]
+            items=[
+                pb.EncryptItem(
+                    plaintext=item[0],
+                    associated_data=item[1],
+                    subject=item[2] if len(item) == 3 else subject,
+                )
+                for item in items
+            ]
         )
         try:
             reply = await self._stub.Encrypt(
@@ -74,12 +116,30 @@ class CryptoClient:
             raise _translate(error) from None
         return list(reply.ciphertexts)
 
-    async def decrypt(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
-        """Plaintexts for (envelope, associated data) pairs, in order."""
+    @overload
+    async def decrypt(
+        self, items: Sequence[tuple[bytes, bytes]], *, tolerate_erased: Literal[False] = False
+    ) -> list[bytes]: ...
+
+    @overload
+    async def decrypt(
+        self, items: Sequence[tuple[bytes, bytes]], *, tolerate_erased: Literal[True]
+    ) -> list[bytes | None]: ...
+
+    async def decrypt(
+        self, items: Sequence[tuple[bytes, bytes]], *, tolerate_erased: bool = False
+    ) -> list[bytes] | list[bytes | None]:
+        """Plaintexts for (envelope, associated data) pairs, in order.
+
+        An item of an erased subject raises SubjectErased for the whole batch; with
+        tolerate_erased=True it comes back as None instead (for readers of mixed rows, such
+        as the security log), and every other item is decrypted.
+        """
         if not items:
             return []
         request = pb.DecryptRequest(
-            items=[pb.DecryptItem(ciphertext=c, associated_data=a) for c, a in items]
+            items=[pb.DecryptItem(ciphertext=c, associated_data=a) for c, a in items],
+            tolerate_erased=tolerate_erased,
         )
         try:
             reply = await self._stub.Decrypt(
@@ -87,7 +147,26 @@ class CryptoClient:
             )
         except grpc.aio.AioRpcError as error:
             raise _translate(error) from None
-        return list(reply.plaintexts)
+        if not tolerate_erased:
+            return list(reply.plaintexts)
+        erased = list(reply.erased)
+        if len(erased) != len(reply.plaintexts):  # a crypto that ignored the flag
+            raise CryptoFailure()
+        return [None if gone else p for p, gone in zip(reply.plaintexts, erased, strict=True)]
+
+    async def shred_subject(self, subject: str) -> bool:
+        """Destroys the subject's key: every envelope made for it, wherever it was copied,
+        raises SubjectErased (or is None when tolerated) from now on, and so does encrypting
+        for it. Idempotent: False if it had already been shredded."""
+        try:
+            reply = await self._stub.ShredSubject(
+                pb.ShredSubjectRequest(subject=subject),
+                metadata=self._identity.metadata("crypto", _SHRED_SUBJECT),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _translate(error) from None
+        return bool(reply.shredded)
 
     async def blind_index(
         self,

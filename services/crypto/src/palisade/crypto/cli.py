@@ -7,10 +7,18 @@
     palisade-crypto keys status           versions, primary, retired, encryption counts
     palisade-crypto keys retire --below N [--index]
                                           refuse versions below N (rewrap old data first);
+                                          data keys: first moves every subject secret still
+                                          wrapped below N to the primary (exit 3 if the
+                                          database is unreachable);
                                           --index is refused while any service that ever
                                           asked for a blind index has not reported (after
                                           v N took over) that its rows use no older version:
                                           run `palisade-auth reindex` first. No --force.
+    palisade-crypto subjects shred SUBJECT
+                                          crypto-shred a data subject ("user:usr_…"): every
+                                          ciphertext made for it fails with subject_erased
+                                          from now on, wherever it was copied. Exit 0 once it
+                                          is shredded (now or before), 1 if refused.
 
 Running servers pick up keyring changes within keyring_reload_seconds; no restart needed.
 No command ever prints key material.
@@ -99,6 +107,39 @@ async def _index_retire_blockers(settings: CryptoSettings, below: int) -> list[s
     )
 
 
+async def _move_subject_secrets(
+    settings: CryptoSettings, keyring: Keyring, below: int
+) -> list[str]:
+    """Moves subject secrets off the data-key versions about to be retired; why retiring must
+    wait, if anything stands in the way (see palisade.crypto.subjects.move_secrets_forward)."""
+    from palisade.crypto.subject_store import DatabaseSubjectStore
+    from palisade.crypto.subjects import move_secrets_forward
+
+    engine = _engine(settings)
+    try:
+        sweep = await move_secrets_forward(DatabaseSubjectStore(engine=engine), keyring.data, below)
+    except Exception as exc:
+        return [
+            f"the crypto database is unreachable ({type(exc).__name__}): cannot move the "
+            "subject secrets wrapped under those versions"
+        ]
+    finally:
+        await engine.dispose()
+    print(f"moved {sweep.moved} subject secret(s) to data key v{keyring.data.primary}")
+    if sweep.unreadable:
+        print(
+            f"warning: {sweep.unreadable} subject secret(s) are wrapped under versions that are "
+            "already unusable; their subjects' data cannot be read",
+            file=sys.stderr,
+        )
+    if sweep.remaining:
+        return [
+            f"{sweep.remaining} subject secret(s) were wrapped below v{below} meanwhile (a "
+            "replica that has not loaded the new primary yet?): run the command again"
+        ]
+    return []
+
+
 def _print_keys(title: str, keys: VersionedKeys, totals: dict[int, int] | None) -> None:
     print(f"{title}: primary v{keys.primary}, versions below v{keys.min_version} retired")
     for version, key in sorted(keys.keys.items()):
@@ -140,6 +181,18 @@ def _keys_command(args: argparse.Namespace, settings: CryptoSettings) -> int:
                 for reason in reasons:
                     print(f"  {reason}", file=sys.stderr)
                 return 3
+        else:
+            keyring = read_keyring(path)
+            keyring.data.retired_below(args.below)  # refused (the primary?) before any work
+            reasons = asyncio.run(_move_subject_secrets(settings, keyring, args.below))
+            if reasons:
+                print(
+                    f"refused: data key versions below v{args.below} still wrap subject secrets:",
+                    file=sys.stderr,
+                )
+                for reason in reasons:
+                    print(f"  {reason}", file=sys.stderr)
+                return 3
 
         def retire(keyring: Keyring) -> Keyring:
             if args.index:
@@ -155,6 +208,44 @@ def _keys_command(args: argparse.Namespace, settings: CryptoSettings) -> int:
     _print_keys("index keys", keyring.index, None)
     if totals is None:
         print("(encryption counts unavailable: database unreachable)")
+    return 0
+
+
+async def _shred(settings: CryptoSettings, subject: str) -> bool:
+    from palisade.crypto.subject_store import DatabaseSubjectStore
+    from palisade.crypto.subjects import shred_subject
+
+    engine = _engine(settings)
+    try:
+        store = DatabaseSubjectStore(engine=engine)
+        return await shred_subject(store, subject, now=SystemClock().now(), actor="cli")
+    finally:
+        await engine.dispose()
+
+
+def _subjects_command(args: argparse.Namespace, settings: CryptoSettings) -> int:
+    from palisade.crypto.subjects import check_subject
+
+    try:
+        check_subject(args.subject)
+    except PalisadeError as exc:
+        print(f"refused: {exc.message}", file=sys.stderr)
+        return 1
+    try:
+        shredded = asyncio.run(_shred(settings, args.subject))
+    except Exception as exc:  # the database: nothing was shredded, say so and how to retry
+        print(
+            f"refused: the crypto database is unreachable or not migrated "
+            f"({type(exc).__name__}); nothing was shredded",
+            file=sys.stderr,
+        )
+        return 1
+    # The subject is the operator's own input; its ciphertexts' fate is what they need to know.
+    print(
+        "shredded: every ciphertext of the subject now fails with subject_erased"
+        if shredded
+        else "already shredded: nothing changed"
+    )
     return 0
 
 
@@ -179,6 +270,15 @@ def _parser() -> argparse.ArgumentParser:
         "every service that ever asked for a blind index has reported, after v N took over, "
         "that its rows use none below N (palisade-auth reindex does it); there is no --force",
     )
+    subjects = commands.add_parser(
+        "subjects", help="data subjects' keys (crypto-shredding)"
+    ).add_subparsers(dest="subjects_command", required=True)
+    shred = subjects.add_parser(
+        "shred",
+        help="destroy a subject's secret: its ciphertexts fail with subject_erased from now on "
+        "(exit 0 once shredded, now or before; 1 if refused)",
+    )
+    shred.add_argument("subject", metavar="SUBJECT", help='e.g. "user:usr_…" or "visitor:vis_…"')
     return parser
 
 
@@ -190,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "keys":
             return _keys_command(args, settings)
+        if args.command == "subjects":
+            return _subjects_command(args, settings)
         if args.command == "migrate":
             asyncio.run(_migrate(settings))
             return 0

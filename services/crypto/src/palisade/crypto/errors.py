@@ -56,6 +56,29 @@ class KeyUsageExhausted(PalisadeError):
     default_message = "the primary key reached its encryption limit and could not be rotated"
 
 
+class SubjectErased(PalisadeError):
+    """The subject's secret was destroyed (ShredSubject): its data can never be read again.
+
+    Callers rely on the code: palisade.common.crypto_client raises its SubjectErased for it."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    code = "subject_erased"
+    default_message = "the data subject has been erased"
+
+
+class InvalidSubject(InvalidArgument):
+    code = "invalid_subject"
+    default_message = (
+        'a subject is "user:", "visitor:" or "apikey:" followed by an id of letters, digits, '
+        '"_" or "-" (at most 128 characters in all)'
+    )
+
+
+class UnknownSubjectKey(NotFound):
+    code = "unknown_subject_key"
+    default_message = "ciphertext names a subject key this service does not have"
+
+
 class KeyringInvalid(PalisadeError):
     status = grpc.StatusCode.FAILED_PRECONDITION
     code = "keyring_invalid"

@@ -40,3 +40,15 @@ class CryptoMetrics:
             "Primary data keys rotated automatically on reaching the usage threshold.",
             registry=registry,
         )
+        self.subject_encryptions = Counter(
+            "palisade_crypto_subject_encryptions_total",
+            "Items encrypted under a data subject's key.",
+            registry=registry,
+        )
+        self.subject_shreds = Counter(
+            "palisade_crypto_subject_shreds_total",
+            "ShredSubject calls and `subjects shred` commands, by outcome "
+            "(shredded, already_shredded).",
+            ("outcome",),
+            registry=registry,
+        )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import grpc
 from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from palisade.common.caller import AssertionVerifier
 from palisade.common.clock import Clock, SystemClock
@@ -27,6 +28,7 @@ from palisade.crypto.metrics import CryptoMetrics
 from palisade.crypto.service import CryptoService, Limits
 from palisade.crypto.servicer import CryptoServicer
 from palisade.crypto.store import MIGRATIONS_PACKAGE, DatabaseUsageStore
+from palisade.crypto.subject_store import DatabaseSubjectStore
 from palisade.crypto.usage import UsageTracker
 from palisade_api.crypto.v1 import crypto_pb2, crypto_pb2_grpc
 
@@ -41,6 +43,7 @@ class CryptoServer:
     service: CryptoService
     keyring: KeyringHolder
     registry: CollectorRegistry
+    engine: AsyncEngine
 
 
 async def _periodically(interval: float, action: str, step: Callable[[], Awaitable[None]]) -> None:
@@ -96,6 +99,7 @@ async def serve_crypto(
             metrics=metrics,
             clock=clock,
             auto_rotate=settings.auto_rotate,
+            subjects=DatabaseSubjectStore(engine=engine),
         )
         await service.sync_usage()  # know every replica's totals before the first encryption
 
@@ -121,7 +125,7 @@ async def serve_crypto(
                 ),
             ]
             try:
-                yield CryptoServer(running, service, holder, registry)
+                yield CryptoServer(running, service, holder, registry, engine)
             finally:
                 for task in tasks:
                     await cancel_and_wait(task)
