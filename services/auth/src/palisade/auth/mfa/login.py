@@ -3,6 +3,12 @@
 Every first factor (password, magic link) of a user with a second factor ends in begin(),
 never in a session, so neither bypasses it. complete() uses up the mfaToken and the code in
 one transaction with the new session: of any number of parallel submissions, one wins.
+
+That transaction keeps auth's lock order (sessions/store.py): the user row first (shared, as
+every maker of a session holds it), then the challenge, the code and the new session. Whatever
+ends a user's pending second steps (a password change or reset, a first address proof) updates
+the user row before it retires their challenges, so the step waits for it and then finds its
+challenge used; had the step used up its challenge first, each would wait for the other.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from palisade.auth.errors import AccountDisabled, InvalidCredentials, InvalidMfa
 from palisade.auth.mfa.second_factor import METHODS, SecondFactorProof, SecondFactors
 from palisade.auth.mfa.store import MfaRecords
 from palisade.auth.sessions.manager import ClientInfo, IssuedTokens, SessionManager
+from palisade.auth.sessions.store import SessionRecords
 from palisade.auth.sessions.tokens import TokenKind, check_token, new_token, token_hash
 from palisade.auth.store import AuthStore, AuthTransaction
 from palisade.common.clock import Clock
@@ -151,6 +158,10 @@ class MfaLogins:
     ) -> IssuedTokens:
         user_id = proof.user_id
         async with self._store.transaction() as tx:
+            # The user row before anything else (see the module doc); shared: this transaction
+            # never updates it. Read below, once locked, so a disable committed meanwhile is seen.
+            if not await SessionRecords(tx).lock_user(user_id, exclusive=False):
+                raise InvalidCredentials()
             now = self._clock.now()
             if not await MfaRecords(tx).consume_mfa_challenge(challenge_hash, now):
                 raise InvalidMfaToken()
