@@ -7,6 +7,13 @@ up by one conditional UPDATE. The link opens a confirm page (the gateway's); onl
 redeems, so link scanners can't burn the token. A user with a second factor gets an mfaToken,
 not a session. Redeeming a link proves the address (accounts/address_proof.py).
 
+Redemption keeps auth's lock order (sessions/store.py): it locks the link's owner's user row
+first, exclusively (a first proof updates that row; holding it shared would mean upgrading the
+lock later), and only then the links, the user's sessions and the new session. Whatever voids
+a user's links (a password change or reset, a disable) updates the user row before it retires
+them, so it and a redemption wait for each other in one order only: the redemption either
+finishes first or finds its link used, never a deadlock.
+
 PKCE-style binding (RFC 7636's S256): a request may carry codeChallenge, the base64url SHA-256
 of a verifier the requesting client keeps; such a link redeems only with that verifier, so a
 link opened in another browser, or read from the mailbox by someone else, signs nobody in.
@@ -49,6 +56,7 @@ from palisade.auth.mail import MailQueue
 from palisade.auth.mail.templates import magic_link_email, seal_or_decoy
 from palisade.auth.mfa.login import LoginResult, MfaLogins
 from palisade.auth.sessions.manager import ClientInfo, SessionManager
+from palisade.auth.sessions.store import SessionRecords
 from palisade.auth.store import AuthStore, AuthTransaction
 from palisade.auth.throttle import Counter, CounterLimiter, LoginThrottle
 from palisade.common.client_text import client_bucket
@@ -208,6 +216,7 @@ class MagicLinks:
         proof: AddressProof | None = None
         try:
             async with self._store.transaction() as tx:
+                await self._lock_owner(tx, digest)
                 # The user's other links die with this one: one sign-in per email round.
                 redeemed = await self._tokens.redeem(tx, token, retire_siblings=True)
                 if redeemed is not None:
@@ -219,6 +228,15 @@ class MagicLinks:
             return result
         # Unknown, used or expired: one answer; the caller learns nothing more.
         await self._failed(client, "invalid")
+
+    async def _lock_owner(self, tx: AuthTransaction, digest: bytes) -> None:
+        """Locks the user row of the link's owner (if the link exists, used or not), before
+        the link or anything else of theirs is touched: see the module doc."""
+        if not tx.locks_rows:
+            return  # SQLite: BEGIN IMMEDIATE already runs one writer at a time
+        owner = await self._tokens.owner(tx, digest)
+        if owner is not None:
+            await SessionRecords(tx).lock_user(owner, exclusive=True)
 
     async def _check_binding(self, digest: bytes, verifier: str, client: ClientInfo) -> None:
         """Raises unless the link is unbound or the verifier is its challenge's. Consumes

@@ -172,11 +172,7 @@ class SingleUseTokens:
         otherwise each lock their own row and then wait for the other's in the retirement: a
         deadlock. Locking the whole set in one order makes the second wait for the first and
         then find its token retired (None), as the one-winner rule wants."""
-        owner = (
-            await tx.conn.execute(
-                select(self._owner).where(self._table.c.token_hash == digest, *self._of_purpose())
-            )
-        ).scalar_one_or_none()
+        owner = await self.owner(tx, digest)
         if owner is None:
             return
         await tx.conn.execute(
@@ -185,6 +181,17 @@ class SingleUseTokens:
             .order_by(self._table.c.token_hash)
             .with_for_update()
         )
+
+    async def owner(self, tx: AuthTransaction, digest: bytes) -> str | None:
+        """Whom the token (by its hash, from check) belongs to, used or not; None if no token
+        of this purpose has that hash. A plain read, no lock: a token's owner never changes, so
+        a caller can lock the owner's rows first (auth's lock order) and then redeem."""
+        owner = (
+            await tx.conn.execute(
+                select(self._owner).where(self._table.c.token_hash == digest, *self._of_purpose())
+            )
+        ).scalar_one_or_none()
+        return None if owner is None else str(owner)
 
     async def retire(self, tx: AuthTransaction, user_id: str) -> None:
         """Ends every outstanding token of this purpose the user has (e.g. the password
