@@ -1,10 +1,27 @@
 """Memberships and workspaces as the team operations read and change them, inside one
 AuthTransaction (the tables are store.py's).
 
-Every change to a workspace's team first locks that workspace's row (SELECT ... FOR UPDATE on
-Postgres; SQLite's BEGIN IMMEDIATE already serialises every writer), so decisions that count
-members, such as "is this the last owner?", are made by one transaction at a time: two owners
-demoting each other in parallel cannot both see the other still an owner.
+Every change to a workspace's team first locks that workspace's row (SELECT ... FOR NO KEY
+UPDATE on Postgres; SQLite's BEGIN IMMEDIATE already serialises every writer), so decisions
+that count members, such as "is this the last owner?", are made by one transaction at a time:
+two owners demoting each other in parallel cannot both see the other still an owner.
+
+Not FOR UPDATE: that lock also blocks the FOR KEY SHARE every insert of a row referencing the
+workspace takes (a session made in it, a membership, an invitation), so a team change would
+make every sign-in into the workspace wait for it, and it deadlocked with one that held the
+member's rows already (a first address proof holds the user row, their sessions and their
+invitations, then signs in; a removal held the workspace, then wanted those sessions). Team
+changes still exclude each other, and a switch into the workspace (FOR KEY SHARE) waits for
+none of them.
+
+What the stronger lock used to give as well: a session being made in the workspace for the
+member a role change or a removal is about waited for it (through its foreign key), so the
+change's revocation notice never missed it. The member's user row gives that now: set_role
+and delete_membership lock it exclusively before they change the membership, after the
+workspace (nothing holding a user row ever waits for a workspace in a mode that conflicts:
+only FOR KEY SHARE), and before the member's sessions, in auth's lock order (sessions/store.py).
+Every maker of a session holds the user row shared, so one in flight commits first and the
+change then sees its session; one that starts later waits, and then finds the change.
 """
 
 from __future__ import annotations
@@ -14,6 +31,7 @@ from datetime import datetime
 
 from sqlalchemy import delete, func, insert, select, update
 
+from palisade.auth.sessions.store import SessionRecords
 from palisade.auth.store import AuthTransaction, memberships, users, workspaces
 from palisade.auth.team.roles import OWNER
 
@@ -43,15 +61,23 @@ class PersonRow:
 
 class TeamRecords:
     def __init__(self, tx: AuthTransaction) -> None:
+        self._tx = tx
         self._conn = tx.conn
         self._locks = tx.locks_rows
 
     async def lock_workspace(self, workspace_id: str) -> bool:
-        """Locks the workspace's row until the transaction ends; False if there is none."""
+        """Locks the workspace's row until the transaction ends (FOR NO KEY UPDATE: see the
+        module doc); False if there is none."""
         query = select(workspaces.c.id).where(workspaces.c.id == workspace_id)
         if self._locks:
-            query = query.with_for_update()
+            query = query.with_for_update(key_share=True)
         return (await self._conn.execute(query)).first() is not None
+
+    async def _lock_member(self, user_id: str) -> None:
+        """The member's user row, exclusively, before their membership changes (module doc).
+        SQLite: BEGIN IMMEDIATE already runs one writer at a time."""
+        if self._locks:
+            await SessionRecords(self._tx).lock_user(user_id, exclusive=True)
 
     async def membership(self, workspace_id: str, user_id: str) -> MembershipRow | None:
         row = (
@@ -76,6 +102,8 @@ class TeamRecords:
         )
 
     async def set_role(self, workspace_id: str, user_id: str, role: str) -> None:
+        """Under the workspace lock; locks the member's user row first (see the module doc)."""
+        await self._lock_member(user_id)
         await self._conn.execute(
             update(memberships)
             .where(memberships.c.workspace_id == workspace_id, memberships.c.user_id == user_id)
@@ -83,6 +111,9 @@ class TeamRecords:
         )
 
     async def delete_membership(self, workspace_id: str, user_id: str) -> None:
+        """Under the workspace lock; locks the member's user row first (see the module doc), so
+        their sessions in the workspace, ended next, include any being made right now."""
+        await self._lock_member(user_id)
         await self._conn.execute(
             delete(memberships).where(
                 memberships.c.workspace_id == workspace_id, memberships.c.user_id == user_id
