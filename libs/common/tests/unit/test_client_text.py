@@ -11,7 +11,7 @@ import unicodedata
 
 import pytest
 
-from palisade.common import client_text
+from palisade.common import client_text, devices
 from palisade.common.client_text import clip, clip_optional, printable
 
 DEVICE_CHARS = 128  # sessions.device (auth), key_events.device (apikeys)
@@ -75,13 +75,13 @@ def test_unrecognised_clients_get_a_generic_name(user_agent) -> None:
 
 def test_huge_user_agents_are_cut_before_parsing(monkeypatch) -> None:
     parsed: list[int] = []
-    real_parse = client_text.parse
+    real_parse = devices.parse
 
     def spy(text):
         parsed.append(len(text))
         return real_parse(text)
 
-    monkeypatch.setattr(client_text, "parse", spy)
+    monkeypatch.setattr(devices, "parse", spy)  # the one parser behind describe_device
     for huge in ["A" * 10_000_000, "(" * 1_000_000, FIREFOX_LINUX + " " + "x" * 1_000_000]:
         result = describe_device(huge)
         assert isinstance(result, str)

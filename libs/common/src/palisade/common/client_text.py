@@ -9,36 +9,22 @@ widths are the caller's (each service's migrations own them), so they are parame
 from __future__ import annotations
 
 import ipaddress
-import unicodedata
 
-from ua_parser import parse
+from palisade.common.devices import MAX_USER_AGENT, clip, parse_device, printable
 
-_ELLIPSIS = "…"
-# The longest User-Agent looked at: the rest is cut before parsing or storing.
-MAX_USER_AGENT = 512
-# Parsers copy names and versions out of the header unbounded ("Chrome/999...9"): each part
-# is cut so the description fits a device column (128 characters) with room for " on ".
-_MAX_FAMILY = 48
-_MAX_VERSION = 12
-# Dropped before parsing or storing: parsers copy UA text into the names they return, and
-# these would let a client forge lines, bidi-spoof a name, or break UTF-8 encoding.
-_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp", "Co", "Cn"})
-
-
-def clip(text: str, limit: int) -> str:
-    """text, or its first limit-1 characters and an ellipsis; NUL (refused by Postgres) dropped."""
-    text = text.replace("\x00", "")
-    return text if len(text) <= limit else text[: limit - 1] + _ELLIPSIS
+__all__ = [
+    "MAX_USER_AGENT",
+    "client_bucket",
+    "client_ip",
+    "clip",
+    "clip_optional",
+    "describe_device",
+    "printable",
+]
 
 
 def clip_optional(text: str | None, limit: int) -> str | None:
     return None if text is None else clip(text, limit)
-
-
-def printable(text: str) -> str:
-    """text without controls, bidi overrides, surrogates, line separators or unassigned code
-    points: one line of visible text."""
-    return "".join(c for c in text if unicodedata.category(c) not in _UNPRINTABLE)
 
 
 def client_ip(value: str | None, max_chars: int) -> str | None:
@@ -58,19 +44,8 @@ def client_ip(value: str | None, max_chars: int) -> str | None:
 
 def describe_device(agent: str | None, max_chars: int) -> str:
     """A short human description of a client from its User-Agent, e.g. "Chrome 120 on Mac OS X",
-    one clean line of at most max_chars characters."""
-    if not agent:
-        return "Unknown device"
-    cleaned = printable(agent[:MAX_USER_AGENT]).strip()
-    if not cleaned:
-        return "Unknown client"  # a header was sent, but nothing readable in it
-    result = parse(cleaned)
-    ua = result.user_agent
-    family = clip(ua.family, _MAX_FAMILY) if ua else "Unknown client"
-    name = f"{family} {clip(ua.major, _MAX_VERSION)}" if ua and ua.major else family
-    if result.os and result.os.family and result.os.family != "Other":
-        name = f"{name} on {clip(result.os.family, _MAX_FAMILY)}"
-    return clip(name.strip(), max_chars)
+    one clean line of at most max_chars characters (palisade.common.devices parses it)."""
+    return parse_device(agent).describe(max_chars)
 
 
 def client_bucket(ip: str | None) -> str | None:

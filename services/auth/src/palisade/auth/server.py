@@ -27,6 +27,8 @@ from palisade.auth.accounts.restrictions import INVITE_MEMBERS, UnverifiedRestri
 from palisade.auth.accounts.service import Accounts
 from palisade.auth.accounts.verification import EmailLinkPolicy, EmailVerifications
 from palisade.auth.config import SERVICE_NAME, AuthSettings
+from palisade.auth.directory_servicer import SERVICE_NAME as DIRECTORY_SERVICE
+from palisade.auth.directory_servicer import DirectoryServicer
 from palisade.auth.links.magic import MagicLinkPolicy, MagicLinks
 from palisade.auth.local_keys import load_local_keys
 from palisade.auth.mail import MailQueue, MailRelay, build_mailer
@@ -78,6 +80,7 @@ from palisade_api.auth.v1 import (
     account_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
+    directory_pb2_grpc,
     password_reset_pb2,
     password_reset_pb2_grpc,
     team_pb2,
@@ -433,10 +436,14 @@ async def serve_auth(
                 ),
                 server,
             )
+            directory_pb2_grpc.add_DirectoryServiceServicer_to_server(
+                DirectoryServicer(store=store), server
+            )
             return [
                 auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
                 team_pb2.DESCRIPTOR.services_by_name["TeamService"].full_name,
                 ACCOUNT_SERVICE,
+                DIRECTORY_SERVICE,
                 password_reset_pb2.DESCRIPTOR.services_by_name["PasswordResetService"].full_name,
             ]
 

@@ -1,0 +1,1 @@
+"""palisade.audit: the security log service."""

@@ -1,0 +1,301 @@
+"""palisade-audit: run the audit service (`serve`, the default), or check and export its log.
+
+palisade-audit serve                          run the gRPC service (default)
+palisade-audit migrate                        apply database migrations and exit
+palisade-audit verify [--workspace ID|--system] [--public-keys FILE]
+                                              recompute every chain (or one) from its start or
+                                              retention anchor and check every checkpoint; exit 0
+                                              if intact, 1 listing what broke (one JSON object a
+                                              line: workspace, seq, what, detail)
+palisade-audit export --workspace ID [--format jsonl|ocsf] [--since T] [--until T]
+                                              a workspace's log, one JSON object a line (PII
+                                              decrypted through crypto; erased subjects empty)
+palisade-audit keys list                      the checkpoint signing keys (public halves)
+palisade-audit keys rotate                    a new signing key; earlier public keys are kept
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import json
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from palisade.audit.config import SERVICE_NAME, AuditSettings
+from palisade.audit.store import AuditStore
+from palisade.common import event_loop
+from palisade.common.clock import Clock, SystemClock
+from palisade.common.logs import configure_logging
+from palisade.common.secret_files import harden_process
+
+SYSTEM_CHAIN_NAME = "system"
+
+
+async def _serve(settings: AuditSettings) -> None:
+    from palisade.audit.server import serve_audit
+    from palisade.common.grpc_server import wait_for_termination
+
+    async with serve_audit(settings):
+        await wait_for_termination()
+
+
+@asynccontextmanager
+async def _store(settings: AuditSettings, *, migrate: bool) -> AsyncIterator[AuditStore]:
+    from palisade.audit.tables import MIGRATIONS_PACKAGE
+    from palisade.common.db import create_engine, resolve_database_url
+    from palisade.common.migrations import upgrade
+
+    engine = create_engine(
+        resolve_database_url(
+            settings.database_url, data_dir=settings.data_dir, service=SERVICE_NAME
+        )
+    )
+    try:
+        if migrate:
+            await upgrade(engine, MIGRATIONS_PACKAGE)
+        yield AuditStore(engine=engine)
+    finally:
+        await engine.dispose()
+
+
+class PublicKeysInvalid(Exception):
+    pass
+
+
+def _public_keys(path: Path) -> Callable[[str, bytes, bytes], bool]:
+    """A verify function over a JSON file of public keys as GET /v1/audit/keys serves them."""
+    from palisade.audit.checkpoints.signing_keys import ALGORITHM, VerifyingKey, key_id_of
+
+    try:
+        body = json.loads(path.read_bytes())
+        keys = {}
+        for entry in body["keys"]:
+            public = base64.b64decode(entry["publicKey"], validate=True)
+            if entry["algorithm"] != ALGORITHM or key_id_of(public) != entry["keyId"]:
+                raise PublicKeysInvalid(f"{path}: a key is not an Ed25519 key of its id")
+            keys[entry["keyId"]] = VerifyingKey(entry["keyId"], public, datetime.now(UTC))
+    except (OSError, ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise PublicKeysInvalid(
+            f"{path}: not a list of public keys ({type(exc).__name__})"
+        ) from None
+
+    def verify(key_id: str, signature: bytes, message: bytes) -> bool:
+        key = keys.get(key_id)
+        return key is not None and key.verify(signature, message)
+
+    return verify
+
+
+async def verify(
+    settings: AuditSettings, workspace: str | None, public_keys: Path | None, out: TextIO
+) -> int:
+    from palisade.audit.chain.walk import signature_check, verify_chain
+    from palisade.audit.checkpoints.signing_keys import SigningKeysInvalid, read_signing_keys
+
+    try:
+        check = (
+            _public_keys(public_keys)
+            if public_keys is not None
+            else read_signing_keys(settings.resolved_signing_key_file()).verify
+        )
+    except (SigningKeysInvalid, PublicKeysInvalid) as exc:
+        out.write(f"error: {exc}\n")
+        return 2
+    signature_ok = signature_check(check)
+    async with _store(settings, migrate=False) as store:
+        if workspace is None:
+            async with store.transaction() as tx:
+                names = {c.workspace_id for c in await tx.chains()}
+                names |= await tx.workspaces_with_events()
+            chains = sorted(names)
+        else:
+            chains = [workspace]
+        problems = []
+        for name in chains:
+            problems.extend(await verify_chain(store, name, signature_ok=signature_ok))
+    for problem in problems:
+        out.write(
+            json.dumps(
+                {
+                    "workspace": problem.workspace_id or SYSTEM_CHAIN_NAME,
+                    "seq": problem.seq,
+                    "what": problem.what,
+                    "detail": problem.detail,
+                }
+            )
+            + "\n"
+        )
+    if problems:
+        out.write(f"verify: {len(problems)} problem(s) in {len(chains)} chain(s)\n")
+        return 1
+    out.write(f"verify: {len(chains)} chain(s) intact\n")
+    return 0
+
+
+def _moment(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+async def export(
+    settings: AuditSettings,
+    workspace: str,
+    output_format: str,
+    since: datetime | None,
+    until: datetime | None,
+    out: TextIO,
+    clock: Clock,
+) -> int:
+    from palisade.audit.export import ExportRange, export_events, jsonl_record, ocsf_record
+    from palisade.audit.pii import PiiVault
+    from palisade.common.caller import AssertionSigner
+    from palisade.common.crypto_client import CryptoClient
+    from palisade.common.edge_keys import open_service_keys
+    from palisade.common.errors import Unavailable
+    from palisade.common.geo import NullLocator
+    from palisade.common.grpc_client import ServiceIdentity, insecure_channel
+
+    keys = open_service_keys(settings, SERVICE_NAME, now=clock.timestamp())
+    signer = AssertionSigner(keys=keys, clock=clock, ttl_seconds=settings.assertion_ttl_seconds)
+    channel = insecure_channel(settings.crypto_target)
+    try:
+        crypto = CryptoClient(
+            channel=channel, identity=ServiceIdentity(name=SERVICE_NAME, signer=signer)
+        )
+        vault = PiiVault(
+            crypto=crypto, locator=NullLocator(), batch_items=settings.crypto_batch_items
+        )
+        record = ocsf_record if output_format == "ocsf" else jsonl_record
+        async with _store(settings, migrate=False) as store:
+            async for event, pii in export_events(
+                store, vault, workspace, ExportRange(since, until)
+            ):
+                out.write(json.dumps(record(event, pii), sort_keys=True) + "\n")
+    except Unavailable:
+        sys.stderr.write("error: the crypto service is unavailable\n")
+        return 1
+    finally:
+        await channel.close(None)
+    return 0
+
+
+def list_keys(settings: AuditSettings, out: TextIO) -> int:
+    from palisade.audit.checkpoints.signing_keys import ALGORITHM, read_signing_keys
+
+    keys = read_signing_keys(settings.resolved_signing_key_file())
+    for key in sorted(keys.keys.values(), key=lambda k: (k.created_at, k.key_id)):
+        out.write(
+            json.dumps(
+                {
+                    "keyId": key.key_id,
+                    "algorithm": ALGORITHM,
+                    "publicKey": base64.b64encode(key.public_key).decode(),
+                    "createdAt": key.created_at.isoformat(),
+                    "current": key.key_id == keys.current,
+                }
+            )
+            + "\n"
+        )
+    return 0
+
+
+def rotate_key(settings: AuditSettings, out: TextIO, clock: Clock) -> int:
+    from palisade.audit.checkpoints.signing_keys import rotate_signing_keys
+
+    rotated = rotate_signing_keys(settings.resolved_signing_key_file(), clock.now())
+    out.write(f"new signing key {rotated.current}; {len(rotated.keys) - 1} earlier key(s) kept\n")
+    return 0
+
+
+def _chain_name(args: argparse.Namespace) -> str | None:
+    if args.system:
+        return ""
+    return str(args.workspace) if args.workspace is not None else None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="palisade-audit", description="Palisade security log")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="run the gRPC service (default)")
+    commands.add_parser("migrate", help="apply database migrations and exit")
+    check = commands.add_parser("verify", help="verify every chain (or one) and its checkpoints")
+    which = check.add_mutually_exclusive_group()
+    which.add_argument("--workspace", metavar="ID")
+    which.add_argument("--system", action="store_true", help="the chain of no workspace")
+    check.add_argument(
+        "--public-keys",
+        type=Path,
+        metavar="FILE",
+        help="public keys as GET /v1/audit/keys serves them (default: the signing key file)",
+    )
+    dump = commands.add_parser("export", help="export a workspace's log")
+    which = dump.add_mutually_exclusive_group(required=True)
+    which.add_argument("--workspace", metavar="ID")
+    which.add_argument("--system", action="store_true", help="the chain of no workspace")
+    dump.add_argument("--format", choices=("jsonl", "ocsf"), default="jsonl")
+    dump.add_argument("--since", metavar="RFC3339", help="events at or after this moment")
+    dump.add_argument("--until", metavar="RFC3339", help="events before this moment")
+    keys = commands.add_parser("keys", help="checkpoint signing keys").add_subparsers(
+        dest="action", required=True
+    )
+    keys.add_parser("list", help="the public keys, one JSON object a line")
+    keys.add_parser("rotate", help="make a new current key (earlier public keys stay)")
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    settings: AuditSettings | None = None,
+    out: TextIO | None = None,
+    clock: Clock | None = None,
+) -> int:
+    """The console script (settings, out and clock: for tests)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    out = out or sys.stdout
+    clock = clock or SystemClock()
+    command = args.command or "serve"
+    if command == "serve":
+        harden_process()
+    settings = settings or AuditSettings()
+    configure_logging(SERVICE_NAME, settings.log_level)
+    if command == "serve":
+        event_loop.run(_serve(settings), settings.event_loop)
+        return 0
+    if command == "migrate":
+
+        async def migrate() -> None:
+            async with _store(settings, migrate=True):
+                pass
+
+        asyncio.run(migrate())
+        return 0
+    if command == "verify":
+        return asyncio.run(verify(settings, _chain_name(args), args.public_keys, out))
+    if command == "export":
+        try:
+            since, until = _moment(args.since), _moment(args.until)
+        except ValueError:
+            parser.error("--since and --until take RFC 3339 moments")
+        if since is not None and until is not None and since > until:
+            parser.error("--since is after --until")
+        chain = _chain_name(args)
+        assert chain is not None  # the group is required
+        return asyncio.run(export(settings, chain, args.format, since, until, out, clock))
+    if args.action == "list":
+        return list_keys(settings, out)
+    return rotate_key(settings, out, clock)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Ingest: validating a batch, checking its workspaces, encrypting PII, appending to chains."""

@@ -1,0 +1,219 @@
+"""Storing a validated batch: deduplicate, check workspaces, encrypt PII, append to chains.
+
+Everything that can fail for reasons outside the database (an unknown workspace, auth or crypto
+unreachable) is settled before the transaction starts, so a refused or failed batch stores
+nothing and no chain-head lock is held across a network call. The transaction then appends
+each workspace's events in batch order, after whatever the chain held, and moves its head.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from palisade.audit.chain.hashing import event_hash
+from palisade.audit.errors import UnknownWorkspace
+from palisade.audit.ingest.directory import WorkspaceDirectory
+from palisade.audit.metrics import AuditMetrics
+from palisade.audit.model import SYSTEM_CHAIN, NewEvent, SealedEvent, StoredEvent
+from palisade.audit.pii import PiiVault, SealedPii
+from palisade.audit.store import AuditStore, AuditTransaction, event_row
+from palisade.common.clock import Clock
+from palisade.common.db import transaction_conflict
+
+log = logging.getLogger("palisade.audit.ingest")
+
+# A batch that lost a race (another batch stored one of its event ids into another workspace's
+# chain at the same moment, or Postgres broke a lock cycle) is run again from the start.
+_ATTEMPTS = 3
+# The fields two versions of one event id are compared by (the PII fields are ciphertexts).
+_COMPARED = ("type", "occurred_at", "workspace_id", "actor", "subject", "outcome", "reason")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    stored: int
+    duplicates: int
+
+
+def _unique(events: Sequence[NewEvent]) -> tuple[list[NewEvent], list[NewEvent]]:
+    """(first occurrence of each event id, the later ones)."""
+    seen: set[str] = set()
+    first: list[NewEvent] = []
+    again: list[NewEvent] = []
+    for event in events:
+        (again if event.event_id in seen else first).append(event)
+        seen.add(event.event_id)
+    return first, again
+
+
+def _differences(new: NewEvent, stored: SealedEvent) -> list[str]:
+    differ = [f for f in _COMPARED if getattr(new, f) != getattr(stored, f)]
+    if new.details != stored.details:
+        differ.append("details")
+    device = (new.device.browser, new.device.os, new.device.kind)
+    if device != (stored.device_browser, stored.device_os, stored.device_kind):
+        differ.append("device")
+    return differ
+
+
+def _new_differences(new: NewEvent, first: NewEvent) -> list[str]:
+    return [
+        f.name
+        for f in fields(NewEvent)
+        if f.name != "index" and getattr(new, f.name) != getattr(first, f.name)
+    ]
+
+
+class Ingestor:
+    def __init__(
+        self,
+        *,
+        store: AuditStore,
+        directory: WorkspaceDirectory,
+        vault: PiiVault,
+        clock: Clock,
+        metrics: AuditMetrics,
+        on_stored: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._directory = directory
+        self._vault = vault
+        self._clock = clock
+        self._metrics = metrics
+        self._on_stored = on_stored
+
+    async def ingest(self, source: str, events: Sequence[NewEvent]) -> IngestResult:
+        started = time.perf_counter()
+        unique, repeated = _unique(events)
+        self._log_repeats(source, unique, repeated)
+        async with self._store.transaction() as tx:
+            stored_before = await tx.existing_event_ids([e.event_id for e in unique])
+        fresh = [e for e in unique if e.event_id not in stored_before]
+        if stored_before:
+            await self._log_changed_duplicates(
+                source, [e for e in unique if e.event_id in stored_before]
+            )
+        await self._require_workspaces(fresh)
+        sealed = await self._vault.seal(fresh)
+        stored = await self._append(source, fresh, sealed) if fresh else []
+        duplicates = len(events) - len(stored)
+        for event in stored:
+            self._metrics.ingested.labels(event.type, source).inc()
+        if duplicates:
+            self._metrics.duplicates.labels(source).inc(duplicates)
+        self._metrics.ingest_seconds.observe(time.perf_counter() - started)
+        if stored:
+            self._on_stored()
+        return IngestResult(stored=len(stored), duplicates=duplicates)
+
+    async def _require_workspaces(self, events: Sequence[NewEvent]) -> None:
+        wanted = {e.workspace_id for e in events if e.workspace_id != SYSTEM_CHAIN}
+        if not wanted:
+            return
+        known = await self._directory.existing(wanted)
+        for event in events:
+            if event.workspace_id != SYSTEM_CHAIN and event.workspace_id not in known:
+                raise UnknownWorkspace(event.index)
+
+    async def _append(
+        self, source: str, events: Sequence[NewEvent], sealed: Sequence[SealedPii]
+    ) -> list[SealedEvent]:
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                async with self._store.transaction() as tx:
+                    return await self._append_in(tx, source, events, sealed)
+            except IntegrityError:
+                # Another batch stored one of these event ids meanwhile (into another chain,
+                # so our chain lock did not hold it back): the next attempt sees it stored.
+                if attempt == _ATTEMPTS:
+                    raise
+                log.info("an event id was stored concurrently; appending again")
+            except DBAPIError as error:
+                if attempt == _ATTEMPTS or not transaction_conflict(error):
+                    raise
+                log.info("append rolled back by a conflict; appending again")
+        raise AssertionError("not reached")
+
+    async def _append_in(
+        self,
+        tx: AuditTransaction,
+        source: str,
+        events: Sequence[NewEvent],
+        sealed: Sequence[SealedPii],
+    ) -> list[SealedEvent]:
+        heads = await tx.lock_chains(e.workspace_id for e in events)
+        # Under the chain locks: a batch that held them before us may have stored some of ours.
+        already = await tx.existing_event_ids([e.event_id for e in events])
+        recorded_at = self._clock.now()
+        position = {w: (h.size, h.head) for w, h in heads.items()}
+        rows = []
+        appended: list[SealedEvent] = []
+        for event, pii in zip(events, sealed, strict=True):
+            if event.event_id in already:
+                continue
+            size, head = position[event.workspace_id]
+            sealed_event = SealedEvent(
+                workspace_id=event.workspace_id,
+                seq=size + 1,
+                prev_hash=head,
+                event_id=event.event_id,
+                type=event.type,
+                occurred_at=event.occurred_at,
+                recorded_at=recorded_at,
+                source=source,
+                actor=event.actor,
+                subject=event.subject,
+                ip_ct=pii.ip_ct,
+                user_agent_ct=pii.user_agent_ct,
+                location_ct=pii.location_ct,
+                pii_erased=pii.erased,
+                device_browser=event.device.browser,
+                device_os=event.device.os,
+                device_kind=event.device.kind,
+                outcome=event.outcome,
+                reason=event.reason,
+                details=event.details,
+            )
+            digest = event_hash(sealed_event)
+            position[event.workspace_id] = (size + 1, digest)
+            rows.append(event_row(sealed_event, digest))
+            appended.append(sealed_event)
+        await tx.append(rows)
+        await tx.move_heads(
+            (w, size, head)
+            for w, (size, head) in position.items()
+            if (size, head) != (heads[w].size, heads[w].head)
+        )
+        return appended
+
+    def _log_repeats(
+        self, source: str, unique: Sequence[NewEvent], repeated: Sequence[NewEvent]
+    ) -> None:
+        if not repeated:
+            return
+        first = {e.event_id: e for e in unique}
+        for event in repeated:
+            differ = _new_differences(event, first[event.event_id])
+            if differ:
+                log.warning(
+                    "an event id came twice in one batch with different content; the first stands",
+                    extra={"event_id": event.event_id, "source": source, "fields": differ},
+                )
+
+    async def _log_changed_duplicates(self, source: str, events: Sequence[NewEvent]) -> None:
+        async with self._store.transaction() as tx:
+            stored: dict[str, StoredEvent] = await tx.stored_versions([e.event_id for e in events])
+        for event in events:
+            found = stored.get(event.event_id)
+            differ = _differences(event, found.sealed) if found is not None else []
+            if differ:
+                # Field names only: the values may be PII.
+                log.warning(
+                    "an event id was sent again with different content; the stored one stands",
+                    extra={"event_id": event.event_id, "source": source, "fields": differ},
+                )

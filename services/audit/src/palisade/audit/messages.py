@@ -1,0 +1,67 @@
+"""Proto messages of the log's values: events and checkpoints as the API serves them."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from palisade.audit.checkpoints.notes import note
+from palisade.audit.model import CheckpointRecord, StoredEvent
+from palisade.audit.pii import RevealedPii
+from palisade_api.audit.v1 import audit_pb2 as pb
+
+_ACTOR_TYPES = {"user": "user", "apikey": "api_key", "service": "system"}
+
+
+def timestamp(moment: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(moment)
+    return ts
+
+
+def actor_message(actor: str) -> pb.Actor:
+    kind, _, identifier = actor.partition(":")
+    if not identifier:
+        return pb.Actor(type="anonymous" if actor == "anonymous" else "system")
+    return pb.Actor(type=_ACTOR_TYPES.get(kind, "system"), id=identifier)
+
+
+def event_message(stored: StoredEvent, pii: RevealedPii) -> pb.Event:
+    sealed = stored.sealed
+    message = pb.Event(
+        id=sealed.event_id,
+        type=sealed.type,
+        occurred_at=timestamp(sealed.occurred_at),
+        actor=actor_message(sealed.actor),
+        subject=sealed.subject,
+        ip=pii.ip,
+        user_agent=pii.user_agent,
+        outcome=sealed.outcome,
+        reason=sealed.reason,
+        details=json.loads(sealed.details),
+        workspace_id=sealed.workspace_id,
+        erased=pii.erased,
+        source=sealed.source,
+    )
+    if sealed.device_browser or sealed.device_os or sealed.device_kind:
+        message.device.CopyFrom(
+            pb.Device(browser=sealed.device_browser, os=sealed.device_os, kind=sealed.device_kind)
+        )
+    if pii.location.known:
+        message.location.CopyFrom(pb.Location(country=pii.location.country, city=pii.location.city))
+    return message
+
+
+def checkpoint_message(record: CheckpointRecord) -> pb.Checkpoint:
+    return pb.Checkpoint(
+        workspace_id=record.workspace_id,
+        size=record.size,
+        head=record.head.hex(),
+        signed_at=timestamp(record.signed_at),
+        key_id=record.key_id,
+        note=note(record.workspace_id, record.size, record.head, record.signed_at),
+        signature=base64.b64encode(record.signature).decode(),
+    )

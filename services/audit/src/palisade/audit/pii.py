@@ -1,0 +1,203 @@
+"""The PII fields of events (IP, user agent, location): encrypted before they are hashed.
+
+Each field is encrypted by the crypto service under the subject key of the person the event
+identifies: its subject when that is a user or visitor, else its actor when that is a user,
+else no subject. Shredding that person's key later makes the fields unreadable everywhere
+while every stored byte, and so the chain, stays as it was. Associated data binds each
+ciphertext to its event and field, so a ciphertext moved to another row fails to open.
+
+Ingest encrypts a batch in one call (several at once when its fields exceed crypto's batch
+limit); reads decrypt a page in one call, tolerating erased subjects (fields empty, `erased`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from palisade.audit.model import NewEvent, SealedEvent
+from palisade.common.aad import associated_data
+from palisade.common.crypto_client import CryptoClient, SubjectErased
+from palisade.common.geo import UNKNOWN, Location, Locator
+
+AAD_OWNER = "audit"
+_PERSON_SUBJECTS = ("user:", "visitor:")
+
+
+def pii_subject(actor: str, subject: str) -> str:
+    """Whose key protects the event's PII fields ("" for none)."""
+    if subject.startswith(_PERSON_SUBJECTS):
+        return subject
+    if actor.startswith("user:"):
+        return actor
+    return ""
+
+
+def field_aad(event_id: str, field: str) -> bytes:
+    return associated_data(AAD_OWNER, event_id, field)
+
+
+def _location_bytes(location: Location) -> bytes:
+    return json.dumps(
+        {"city": location.city, "country": location.country},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    ).encode()
+
+
+def _location(raw: bytes) -> Location:
+    try:
+        body = json.loads(raw)
+        return Location(country=str(body.get("country", "")), city=str(body.get("city", "")))
+    except (ValueError, AttributeError):
+        return UNKNOWN
+
+
+@dataclass(frozen=True)
+class SealedPii:
+    ip_ct: bytes | None
+    user_agent_ct: bytes | None
+    location_ct: bytes | None
+    # The subject was erased before the event arrived: its PII is not kept at all.
+    erased: bool = False
+
+
+@dataclass(frozen=True)
+class RevealedPii:
+    ip: str = ""
+    user_agent: str = ""
+    location: Location = UNKNOWN
+    erased: bool = False
+
+
+NO_PII = RevealedPii()
+
+
+@dataclass(frozen=True)
+class _Item:
+    event: int  # index into the events being sealed
+    field: str
+    plaintext: bytes
+    aad: bytes
+    subject: str
+
+
+class PiiVault:
+    def __init__(self, *, crypto: CryptoClient, locator: Locator, batch_items: int) -> None:
+        self._crypto = crypto
+        self._locator = locator
+        self._batch_items = batch_items
+
+    def _items(self, events: Sequence[NewEvent]) -> list[_Item]:
+        items: list[_Item] = []
+        for index, event in enumerate(events):
+            subject = pii_subject(event.actor, event.subject)
+            location = self._locator.location(event.ip) if event.ip else UNKNOWN
+            fields = (
+                ("ip", event.ip.encode()),
+                ("user_agent", event.user_agent.encode()),
+                ("location", _location_bytes(location) if location.known else b""),
+            )
+            for field, plaintext in fields:
+                if plaintext:
+                    aad = field_aad(event.event_id, field)
+                    items.append(_Item(index, field, plaintext, aad, subject))
+        return items
+
+    async def _encrypt(self, items: Sequence[_Item]) -> list[bytes | None]:
+        """Envelopes in order; None for items of a subject already erased."""
+        try:
+            return list(
+                await self._crypto.encrypt([(i.plaintext, i.aad, i.subject) for i in items])
+            )
+        except SubjectErased:
+            pass
+        # Rare: a subject of this chunk was erased (e.g. the account was deleted while its
+        # last events waited in an outbox). Find which, one call per subject, and keep no PII
+        # for it: the event itself is still recorded.
+        by_subject: dict[str, list[int]] = defaultdict(list)
+        for position, item in enumerate(items):
+            by_subject[item.subject].append(position)
+        out: list[bytes | None] = [None] * len(items)
+
+        async def one(positions: list[int]) -> None:
+            group = [items[p] for p in positions]
+            try:
+                sealed = await self._crypto.encrypt(
+                    [(i.plaintext, i.aad, i.subject) for i in group]
+                )
+            except SubjectErased:
+                return
+            for position, envelope in zip(positions, sealed, strict=True):
+                out[position] = envelope
+
+        await asyncio.gather(*(one(p) for p in by_subject.values()))
+        return out
+
+    async def seal(self, events: Sequence[NewEvent]) -> list[SealedPii]:
+        """Each event's encrypted PII fields; raises Unavailable if crypto is unreachable."""
+        items = self._items(events)
+        size = self._batch_items
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        results = await asyncio.gather(*(self._encrypt(c) for c in chunks))
+        fields: list[dict[str, bytes]] = [{} for _ in events]
+        erased = [False] * len(events)
+        for chunk, envelopes in zip(chunks, results, strict=True):
+            for item, envelope in zip(chunk, envelopes, strict=True):
+                if envelope is None:
+                    erased[item.event] = True
+                else:
+                    fields[item.event][item.field] = envelope
+        return [
+            SealedPii(None, None, None, erased=True)
+            if erased[i]
+            else SealedPii(f.get("ip"), f.get("user_agent"), f.get("location"))
+            for i, f in enumerate(fields)
+        ]
+
+    async def reveal(self, events: Sequence[SealedEvent]) -> list[RevealedPii]:
+        """Each event's PII in plaintext (empty and erased for an erased subject), decrypted in
+        one call per batch limit; raises Unavailable if crypto is unreachable."""
+        wanted: list[tuple[int, str, bytes, bytes]] = []
+        for index, event in enumerate(events):
+            for field, envelope in (
+                ("ip", event.ip_ct),
+                ("user_agent", event.user_agent_ct),
+                ("location", event.location_ct),
+            ):
+                if envelope is not None:
+                    wanted.append((index, field, envelope, field_aad(event.event_id, field)))
+        size = self._batch_items
+        chunks = [wanted[i : i + size] for i in range(0, len(wanted), size)]
+        results = await asyncio.gather(
+            *(
+                self._crypto.decrypt([(w[2], w[3]) for w in chunk], tolerate_erased=True)
+                for chunk in chunks
+            )
+        )
+        plain: list[dict[str, bytes]] = [{} for _ in events]
+        erased = [e.pii_erased for e in events]
+        for chunk, plaintexts in zip(chunks, results, strict=True):
+            for (index, field, _, _), plaintext in zip(chunk, plaintexts, strict=True):
+                if plaintext is None:
+                    erased[index] = True
+                else:
+                    plain[index][field] = plaintext
+        revealed: list[RevealedPii] = []
+        for index, fields in enumerate(plain):
+            if erased[index]:
+                revealed.append(RevealedPii(erased=True))
+                continue
+            location = fields.get("location")
+            revealed.append(
+                RevealedPii(
+                    ip=fields.get("ip", b"").decode(),
+                    user_agent=fields.get("user_agent", b"").decode(),
+                    location=_location(location) if location else UNKNOWN,
+                )
+            )
+        return revealed

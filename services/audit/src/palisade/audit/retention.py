@@ -1,0 +1,150 @@
+"""Retention: events older than PALISADE_AUDIT_RETENTION_DAYS are purged, chain by chain.
+
+A chain loses only a prefix: the events up to the last one recorded before the cutoff (ingest
+appends in recording order, so everything before it is older too). Before deleting, the part
+to go is verified and a checkpoint is signed at the purge boundary; it becomes the chain's
+anchor, in the same transaction as the delete. `palisade-audit verify` then starts from the
+anchor: the first remaining event must link to the head the anchor's signature vouches for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from sqlalchemy import delete, func, select, text
+
+from palisade.audit.chain.walk import verify_since
+from palisade.audit.checkpoints.records import latest_checkpoint, set_anchor
+from palisade.audit.checkpoints.service import RETENTION, Checkpointer
+from palisade.audit.metrics import AuditMetrics
+from palisade.audit.model import ChainHead
+from palisade.audit.store import AuditStore
+from palisade.audit.tables import events
+from palisade.common.clock import Clock
+from palisade.common.tasks import running_in_background
+
+log = logging.getLogger("palisade.audit.retention")
+
+_PURGE_LOCK_KEY = 0x617564697400_0002
+
+
+class Purger:
+    def __init__(
+        self,
+        *,
+        store: AuditStore,
+        checkpoints: Checkpointer,
+        clock: Clock,
+        metrics: AuditMetrics,
+        retention_days: int,
+        interval_seconds: float,
+    ) -> None:
+        self._store = store
+        self._checkpoints = checkpoints
+        self._clock = clock
+        self._metrics = metrics
+        self._retention_days = retention_days
+        self._interval = interval_seconds
+
+    async def _boundary(self, head: ChainHead) -> tuple[int, bytes] | None:
+        """(size, head) of the longest prefix of the chain recorded before the cutoff."""
+        cutoff = self._clock.now() - timedelta(days=self._retention_days)
+        async with self._store.transaction() as tx:
+            first_kept = (
+                await tx.conn.execute(
+                    select(func.min(events.c.seq)).where(
+                        events.c.workspace_id == head.workspace_id,
+                        events.c.recorded_at >= cutoff,
+                    )
+                )
+            ).scalar_one()
+            size = head.size if first_kept is None else int(first_kept) - 1
+            if size <= head.anchor_size:
+                return None
+            digest = (
+                await tx.conn.execute(
+                    select(events.c.hash).where(
+                        events.c.workspace_id == head.workspace_id, events.c.seq == size
+                    )
+                )
+            ).scalar_one_or_none()
+        return (size, bytes(digest)) if digest is not None else None
+
+    async def purge_chain(self, head: ChainHead) -> int:
+        """Purges one chain's expired prefix; returns how many events went."""
+        boundary = await self._boundary(head)
+        if boundary is None:
+            return 0
+        size, digest = boundary
+        async with self._store.transaction() as tx:
+            base = await latest_checkpoint(tx, head.workspace_id, at_most=size)
+        until = ChainHead(head.workspace_id, size, digest, head.anchor_size, head.anchor_head, None)
+        problems = await verify_since(
+            self._store, until, base, signature_ok=self._checkpoints.signature_ok()
+        )
+        if problems:
+            for problem in problems:
+                self._metrics.verify_failures.labels(problem.what).inc()
+            log.error(
+                "chain verification failed; nothing purged",
+                extra={"workspace_id": head.workspace_id, "problems": len(problems)},
+            )
+            return 0
+        async with self._store.transaction() as tx:
+            anchor = await self._checkpoints.sign(tx, head.workspace_id, size, digest, RETENTION)
+            await set_anchor(tx, head.workspace_id, anchor)
+            result = await tx.conn.execute(
+                delete(events).where(
+                    events.c.workspace_id == head.workspace_id, events.c.seq <= size
+                )
+            )
+        purged = int(result.rowcount or 0)
+        self._metrics.purged.inc(purged)
+        log.info(
+            "purged expired events",
+            extra={"workspace_id": head.workspace_id, "events": purged, "anchor_size": size},
+        )
+        return purged
+
+    async def purge(self) -> int:
+        """One pass over every chain; returns how many events went."""
+        async with self._store.transaction() as tx:
+            heads = await tx.chains()
+        purged = 0
+        for head in heads:
+            purged += await self.purge_chain(head)
+        return purged
+
+    async def _pass(self) -> None:
+        engine = self._store.engine
+        if engine.dialect.name != "postgresql":
+            await self.purge()
+            return
+        async with engine.connect() as conn:
+            lock = {"k": _PURGE_LOCK_KEY}
+            taken = (await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), lock)).scalar()
+            await conn.commit()
+            if not taken:
+                return
+            try:
+                await self.purge()
+            finally:
+                await conn.execute(text("SELECT pg_advisory_unlock(:k)"), lock)
+                await conn.commit()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self._pass()
+            except Exception:
+                log.exception("retention purge failed; will retry")
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        async with running_in_background(self.run(), name="palisade-audit-retention"):
+            yield

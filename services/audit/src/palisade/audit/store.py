@@ -1,0 +1,233 @@
+"""The audit store: transactions, chain heads, appending events, reading them back.
+
+Appending is the one write that must be ordered. Ingest locks the chain-head rows of the
+workspaces it appends to (Postgres: SELECT ... FOR UPDATE, in workspace-id order so two batches
+touching the same workspaces never wait for each other in a cycle), so concurrent batches for
+one workspace take turns and each continues where the last one ended; batches for different
+workspaces do not wait for each other. On SQLite BEGIN IMMEDIATE makes every transaction the
+only writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import Select, and_, bindparam, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from palisade.audit.model import GENESIS_HASH, ChainHead, SealedEvent, StoredEvent
+from palisade.audit.tables import chains, events
+
+# What a StoredEvent is read from, in this order.
+EVENT_COLUMNS = (
+    events.c.id,
+    events.c.workspace_id,
+    events.c.seq,
+    events.c.prev_hash,
+    events.c.event_id,
+    events.c.type,
+    events.c.occurred_at,
+    events.c.recorded_at,
+    events.c.source,
+    events.c.actor,
+    events.c.subject,
+    events.c.ip_ct,
+    events.c.user_agent_ct,
+    events.c.location_ct,
+    events.c.pii_erased,
+    events.c.device_browser,
+    events.c.device_os,
+    events.c.device_kind,
+    events.c.outcome,
+    events.c.reason,
+    events.c.details,
+    events.c.hash,
+)
+# SQL IN lists are kept at most this long.
+_IN_CHUNK = 1000
+
+
+def select_events() -> Select[Any]:
+    return select(*EVENT_COLUMNS)
+
+
+def stored_event(row: Sequence[Any]) -> StoredEvent:
+    position, *sealed, digest = row
+    fields = list(sealed)
+    fields[13] = bool(fields[13])  # pii_erased: SQLite answers 0/1
+    return StoredEvent(position=position, sealed=SealedEvent(*fields), hash=bytes(digest))
+
+
+def event_row(event: SealedEvent, digest: bytes) -> dict[str, Any]:
+    return {
+        "workspace_id": event.workspace_id,
+        "seq": event.seq,
+        "prev_hash": event.prev_hash,
+        "event_id": event.event_id,
+        "type": event.type,
+        "occurred_at": event.occurred_at,
+        "recorded_at": event.recorded_at,
+        "source": event.source,
+        "actor": event.actor,
+        "subject": event.subject,
+        "ip_ct": event.ip_ct,
+        "user_agent_ct": event.user_agent_ct,
+        "location_ct": event.location_ct,
+        "pii_erased": event.pii_erased,
+        "device_browser": event.device_browser,
+        "device_os": event.device_os,
+        "device_kind": event.device_kind,
+        "outcome": event.outcome,
+        "reason": event.reason,
+        "details": event.details,
+        "hash": digest,
+    }
+
+
+def chain_head(row: Sequence[Any]) -> ChainHead:
+    workspace_id, size, head, anchor_size, anchor_head, anchor_checkpoint_id = row
+    return ChainHead(
+        workspace_id, size, bytes(head), anchor_size, bytes(anchor_head), anchor_checkpoint_id
+    )
+
+
+_CHAIN_COLUMNS = (
+    chains.c.workspace_id,
+    chains.c.size,
+    chains.c.head,
+    chains.c.anchor_size,
+    chains.c.anchor_head,
+    chains.c.anchor_checkpoint_id,
+)
+
+
+def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
+    for start in range(0, len(values), _IN_CHUNK):
+        yield values[start : start + _IN_CHUNK]
+
+
+class AuditTransaction:
+    """One database transaction of the audit service (see AuditStore.transaction)."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    @property
+    def locks_rows(self) -> bool:
+        return self.conn.dialect.name == "postgresql"
+
+    async def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in _chunks(list(event_ids)):
+            rows = await self.conn.execute(
+                select(events.c.event_id).where(events.c.event_id.in_(chunk))
+            )
+            found.update(r[0] for r in rows)
+        return found
+
+    async def stored_versions(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
+        """The stored events of these ids (to compare with a duplicate's content)."""
+        found: dict[str, StoredEvent] = {}
+        for chunk in _chunks(list(event_ids)):
+            rows = await self.conn.execute(select_events().where(events.c.event_id.in_(chunk)))
+            for row in rows:
+                event = stored_event(row)
+                found[event.sealed.event_id] = event
+        return found
+
+    async def lock_chains(self, workspace_ids: Iterable[str]) -> dict[str, ChainHead]:
+        """The heads of these chains (created empty where missing), locked for this
+        transaction on Postgres, in workspace-id order."""
+        wanted = sorted(set(workspace_ids))
+        if not wanted:
+            return {}
+        empty = [
+            {
+                "workspace_id": w,
+                "size": 0,
+                "head": GENESIS_HASH,
+                "anchor_size": 0,
+                "anchor_head": GENESIS_HASH,
+            }
+            for w in wanted
+        ]
+        dialect = postgresql if self.locks_rows else sqlite
+        await self.conn.execute(dialect.insert(chains).on_conflict_do_nothing(), empty)
+        heads: dict[str, ChainHead] = {}
+        for chunk in _chunks(wanted):
+            query = (
+                select(*_CHAIN_COLUMNS)
+                .where(chains.c.workspace_id.in_(chunk))
+                .order_by(chains.c.workspace_id)
+            )
+            if self.locks_rows:
+                query = query.with_for_update()
+            for row in await self.conn.execute(query):
+                head = chain_head(row)
+                heads[head.workspace_id] = head
+        return heads
+
+    async def chain(self, workspace_id: str, *, lock: bool = False) -> ChainHead | None:
+        query = select(*_CHAIN_COLUMNS).where(chains.c.workspace_id == workspace_id)
+        if lock and self.locks_rows:
+            query = query.with_for_update()
+        row = (await self.conn.execute(query)).first()
+        return chain_head(row) if row is not None else None
+
+    async def chains(self) -> list[ChainHead]:
+        rows = await self.conn.execute(select(*_CHAIN_COLUMNS).order_by(chains.c.workspace_id))
+        return [chain_head(r) for r in rows]
+
+    async def append(self, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            await self.conn.execute(insert(events), list(rows))
+
+    async def move_heads(self, heads: Iterable[tuple[str, int, bytes]]) -> None:
+        """Sets (workspace id, size, head) of chains this transaction has locked."""
+        values = [{"w": w, "s": s, "h": h} for w, s, h in heads]
+        if not values:
+            return
+        await self.conn.execute(
+            update(chains)
+            .where(chains.c.workspace_id == bindparam("w"))
+            .values(size=bindparam("s"), head=bindparam("h")),
+            values,
+        )
+
+    async def chain_events(
+        self, workspace_id: str, *, after: tuple[int, int] = (0, 0), limit: int = 1000
+    ) -> list[StoredEvent]:
+        """A chain's events in stored order (seq, then id) after the (seq, id) given."""
+        seq, position = after
+        rows = await self.conn.execute(
+            select_events()
+            .where(
+                events.c.workspace_id == workspace_id,
+                or_(events.c.seq > seq, and_(events.c.seq == seq, events.c.id > position)),
+            )
+            .order_by(events.c.seq, events.c.id)
+            .limit(limit)
+        )
+        return [stored_event(r) for r in rows]
+
+    async def workspaces_with_events(self) -> set[str]:
+        rows = await self.conn.execute(select(events.c.workspace_id).distinct())
+        return {r[0] for r in rows}
+
+
+class AuditStore:
+    def __init__(self, *, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AuditTransaction]:
+        """Commits when the block ends normally, rolls back if it raises."""
+        async with self._engine.begin() as conn:
+            yield AuditTransaction(conn)
