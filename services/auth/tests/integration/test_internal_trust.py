@@ -70,8 +70,9 @@ async def test_crypto_with_only_its_own_keys_cannot_call_auth_as_the_gateway(aut
     auth_keys = KeySource(
         service="auth", path=auth.settings.resolved_internal_keys_file("auth")
     ).current
-    assert set(auth_keys.signing) == {"crypto", "apikeys"}
-    assert set(auth_keys.verifying) == {"gateway", "apikeys"}
+    assert set(auth_keys.signing) == {e.audience for e in EDGES if e.issuer == "auth"}
+    assert set(auth_keys.verifying) == {e.issuer for e in EDGES if e.audience == "auth"}
+    assert "gateway" not in auth_keys.signing
 
 
 async def test_the_gateway_is_believed(auth) -> None:
