@@ -26,12 +26,13 @@ from typing import Any, Protocol
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from palisade.apikeys.tables import NOTICE_PENDING, notice_outbox
 from palisade.common.clock import Clock
 from palisade.common.grpc_client import ServiceIdentity
+from palisade.common.outbox_claims import LeasedOutbox, exponential_backoff
 from palisade.common.tasks import running_in_background
 from palisade_api.auth.v1 import auth_pb2, auth_pb2_grpc
 
@@ -44,6 +45,13 @@ KEY_REVOKED = "api_key_revoked"
 _FIRST_RETRY_SECONDS = 30
 _MAX_RETRY_SECONDS = 3600
 _SEND_NOTICE = "/" + auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name + "/SendNotice"
+# Due notices, those due longest first.
+_OUTBOX = LeasedOutbox(
+    notice_outbox,
+    columns=(notice_outbox.c.payload,),
+    order_by=(notice_outbox.c.next_attempt_at, notice_outbox.c.id),
+    pending=NOTICE_PENDING,
+)
 _PERMANENT = {
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.PERMISSION_DENIED,
@@ -91,8 +99,9 @@ class NoticeSender(Protocol):
 
 def retry_delay(attempts: int) -> timedelta:
     """Wait after the `attempts`-th failed attempt: 30 s, 60 s, 120 s, ... at most 1 h."""
-    exponent = min(max(attempts - 1, 0), 16)
-    return timedelta(seconds=min(_FIRST_RETRY_SECONDS * 2**exponent, _MAX_RETRY_SECONDS))
+    return exponential_backoff(
+        attempts, first_seconds=_FIRST_RETRY_SECONDS, max_seconds=_MAX_RETRY_SECONDS
+    )
 
 
 class AuthNoticeSender:
@@ -222,25 +231,10 @@ class NoticeRelay:
 
     async def _claim(self) -> Sequence[_Claim]:
         now = self._clock.now()
-        query = (
-            select(notice_outbox.c.id, notice_outbox.c.attempts, notice_outbox.c.payload)
-            .where(NOTICE_PENDING, notice_outbox.c.next_attempt_at <= now)
-            .order_by(notice_outbox.c.next_attempt_at, notice_outbox.c.id)
-            .limit(self._batch_size)
+        batch = await _OUTBOX.claim(
+            self._engine, now=now, lease_end=now + self._lease, limit=self._batch_size
         )
-        async with self._engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            rows = (await conn.execute(query)).all()
-            if rows:
-                await conn.execute(
-                    update(notice_outbox)
-                    .where(notice_outbox.c.id.in_([r.id for r in rows]))
-                    .values(
-                        attempts=notice_outbox.c.attempts + 1, next_attempt_at=now + self._lease
-                    )
-                )
-        return [_Claim(r.id, r.attempts + 1, r.payload) for r in rows]
+        return [_Claim(c.id, c.attempt, c.row.payload) for c in batch.claims]
 
     async def _mark(self, notice_id: str, **values: Any) -> None:
         async with self._engine.begin() as conn:

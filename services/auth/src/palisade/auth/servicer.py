@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from palisade.auth.accounts.principals import require_service, signed_in, workspace_reader
 from palisade.auth.accounts.service import Accounts
-from palisade.auth.bounded import client_ip
+from palisade.auth.grpc_values import client_info, timestamp, token_response
 from palisade.auth.links.magic import MagicLinks
 from palisade.auth.mail.notices import NoticeRequest, SecurityNotices
-from palisade.auth.mfa.login import LoginResult, MfaLogins, MfaPending
+from palisade.auth.mfa.login import MfaLogins
 from palisade.auth.mfa.second_factor import SecondFactors
 from palisade.auth.passkeys.management import PasskeyInfo
 from palisade.auth.passkeys.service import Passkeys
-from palisade.auth.sessions.devices import describe_device
 from palisade.auth.sessions.geo import Locator
-from palisade.auth.sessions.manager import ClientInfo, SessionManager
+from palisade.auth.sessions.manager import SessionManager
 from palisade.auth.sessions.recent_auth import RecentAuth
 from palisade.auth.sessions.revocation import FeedEvent, RevocationFeed
 from palisade.auth.team.directory import TeamDirectory
@@ -39,21 +37,10 @@ GATEWAY_CALLERS = frozenset({"service:gateway"})
 TEAM_READ_SCOPE = "team:read"
 
 
-def _client(caller: Caller) -> ClientInfo:
-    # Both are stored (sessions, magic links): canonical and bounded to their columns.
-    return ClientInfo(ip=client_ip(caller.client_ip), device=describe_device(caller.user_agent))
-
-
 def _signed_in(caller: Caller) -> tuple[str, str, str | None]:
     """(user id, workspace id, session id) of a signed-in person: API keys and services are
     refused (PeopleOnly), anyone else is NotSignedIn."""
     return signed_in(caller)
-
-
-def _timestamp(moment: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(moment)
-    return ts
 
 
 def _struct(value: dict[str, Any]) -> Struct:
@@ -79,24 +66,11 @@ def _json(struct: Struct) -> dict[str, Any] | None:
 
 def _passkey(info: PasskeyInfo) -> pb.Passkey:
     passkey = pb.Passkey(
-        id=info.id, name=info.name, created_at=_timestamp(info.created_at), backed_up=info.backed_up
+        id=info.id, name=info.name, created_at=timestamp(info.created_at), backed_up=info.backed_up
     )
     if info.last_used_at is not None:
-        passkey.last_used_at.CopyFrom(_timestamp(info.last_used_at))
+        passkey.last_used_at.CopyFrom(timestamp(info.last_used_at))
     return passkey
-
-
-def _tokens(issued: LoginResult) -> pb.TokenResponse:
-    if isinstance(issued, MfaPending):
-        return pb.TokenResponse(
-            mfa_required=True, mfa_token=issued.mfa_token, methods=list(issued.methods)
-        )
-    return pb.TokenResponse(
-        access_token=issued.access_token,
-        refresh_token=issued.refresh_token,
-        expires_in=issued.expires_in,
-        token_type="Bearer",  # noqa: S106 - the OAuth token type, not a secret
-    )
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
@@ -134,7 +108,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             password=request.password,
             name=request.name,
             workspace_name=request.workspace_name,
-            client=_client(caller),
+            client=client_info(caller),
         )
         return pb.SignUpResponse(user_id=result.user_id, workspace_id=result.workspace_id)
 
@@ -144,13 +118,15 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             email=request.email,
             password=request.password,
             remember_me=request.remember_me,
-            client=_client(caller),
+            client=client_info(caller),
         )
-        return _tokens(issued)
+        return token_response(issued)
 
     async def Refresh(self, request: pb.RefreshRequest, context: Context) -> pb.TokenResponse:
         caller = require_caller()
-        return _tokens(await self._sessions.refresh(request.refresh_token, _client(caller)))
+        return token_response(
+            await self._sessions.refresh(request.refresh_token, client_info(caller))
+        )
 
     async def Logout(self, request: pb.LogoutRequest, context: Context) -> pb.LogoutResponse:
         caller = require_caller()
@@ -162,7 +138,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 keep=None,
                 reason="logout",
                 actor=caller.principal,
-                client=_client(caller),
+                client=client_info(caller),
                 event_type="session.logout",
             )
         return pb.LogoutResponse()
@@ -193,8 +169,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                     device=row.device or "",
                     ip=row.ip or "",
                     location=self._locator.locate(row.ip),
-                    created_at=_timestamp(row.created_at),
-                    last_seen_at=_timestamp(row.last_seen_at),
+                    created_at=timestamp(row.created_at),
+                    last_seen_at=timestamp(row.last_seen_at),
                 )
                 for row in rows
             ]
@@ -211,7 +187,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             keep=None,
             reason="revoked_by_user",
             actor=caller.principal,
-            client=_client(caller),
+            client=client_info(caller),
             event_type="session.revoked",
         )
         return pb.RevokeSessionResponse()
@@ -229,7 +205,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             keep=current if request.keep_current else None,
             reason="revoked_all_by_user",
             actor=caller.principal,
-            client=_client(caller),
+            client=client_info(caller),
             event_type="session.revoked",
         )
         return pb.RevokeAllSessionsResponse()
@@ -244,14 +220,14 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             session_id=session_id,
             current=request.current_password,
             new=request.new_password,
-            client=_client(caller),
+            client=client_info(caller),
         )
         return pb.ChangePasswordResponse()
 
     async def _require_recent_auth(self, caller: Caller, action: str) -> None:
         user_id, _, session_id = _signed_in(caller)
         await self._recent_auth.require(
-            user_id=user_id, session_id=session_id, client=_client(caller), action=action
+            user_id=user_id, session_id=session_id, client=client_info(caller), action=action
         )
 
     # -- second factor, magic links, passkeys (public) ----------------------------------------
@@ -262,16 +238,16 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             mfa_token=request.mfa_token,
             code=request.code,
             backup_code=request.backup_code,
-            client=_client(caller),
+            client=client_info(caller),
         )
-        return _tokens(issued)
+        return token_response(issued)
 
     async def RequestMagicLink(
         self, request: pb.RequestMagicLinkRequest, context: Context
     ) -> pb.RequestMagicLinkResponse:
         caller = require_caller()
         await self._magic_links.request(
-            email=request.email, client=_client(caller), code_challenge=request.code_challenge
+            email=request.email, client=client_info(caller), code_challenge=request.code_challenge
         )
         return pb.RequestMagicLinkResponse()
 
@@ -280,16 +256,16 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> pb.TokenResponse:
         caller = require_caller()
         issued = await self._magic_links.redeem(
-            token=request.token, client=_client(caller), code_verifier=request.code_verifier
+            token=request.token, client=client_info(caller), code_verifier=request.code_verifier
         )
-        return _tokens(issued)
+        return token_response(issued)
 
     async def PasskeyLoginOptions(
         self, request: pb.PasskeyLoginOptionsRequest, context: Context
     ) -> pb.PasskeyOptions:
         caller = require_caller()
         challenge_id, options = await self._passkeys.login_options(
-            email=request.email or None, client=_client(caller)
+            email=request.email or None, client=client_info(caller)
         )
         return _options(challenge_id, options)
 
@@ -300,9 +276,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         issued = await self._passkeys.login(
             challenge_id=request.challenge_id,
             credential=_json(request.credential),
-            client=_client(caller),
+            client=client_info(caller),
         )
-        return _tokens(issued)
+        return token_response(issued)
 
     # -- the caller's own sign-in methods -----------------------------------------------------
 
@@ -312,14 +288,14 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         caller = require_caller()
         user_id, _, _ = _signed_in(caller)
         await self._require_recent_auth(caller, "StartTotpEnrollment")
-        enrollment = await self._factors.start_totp(user_id=user_id, client=_client(caller))
+        enrollment = await self._factors.start_totp(user_id=user_id, client=client_info(caller))
         return pb.TotpEnrollment(secret=enrollment.secret, otpauth_uri=enrollment.otpauth_uri)
 
     async def ConfirmTotp(self, request: pb.ConfirmTotpRequest, context: Context) -> pb.BackupCodes:
         caller = require_caller()
         user_id, _, _ = _signed_in(caller)
         codes = await self._factors.confirm_totp(
-            user_id=user_id, code=request.code, client=_client(caller)
+            user_id=user_id, code=request.code, client=client_info(caller)
         )
         return pb.BackupCodes(backup_codes=codes)
 
@@ -329,7 +305,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         caller = require_caller()
         user_id, _, _ = _signed_in(caller)
         await self._require_recent_auth(caller, "DisableTotp")
-        await self._factors.disable_totp(user_id=user_id, client=_client(caller))
+        await self._factors.disable_totp(user_id=user_id, client=client_info(caller))
         return pb.DisableTotpResponse()
 
     async def RegenerateBackupCodes(
@@ -338,7 +314,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         caller = require_caller()
         user_id, _, _ = _signed_in(caller)
         await self._require_recent_auth(caller, "RegenerateBackupCodes")
-        codes = await self._factors.regenerate_backup_codes(user_id=user_id, client=_client(caller))
+        codes = await self._factors.regenerate_backup_codes(
+            user_id=user_id, client=client_info(caller)
+        )
         return pb.BackupCodes(backup_codes=codes)
 
     async def PasskeyRegistrationOptions(
@@ -348,7 +326,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         user_id, _, _ = _signed_in(caller)
         await self._require_recent_auth(caller, "PasskeyRegistrationOptions")
         challenge_id, options = await self._passkeys.registration_options(
-            user_id=user_id, client=_client(caller)
+            user_id=user_id, client=client_info(caller)
         )
         return _options(challenge_id, options)
 
@@ -362,7 +340,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             challenge_id=request.challenge_id,
             credential=_json(request.credential),
             name=request.name,
-            client=_client(caller),
+            client=client_info(caller),
         )
         return pb.RegisterPasskeyResponse(passkey_id=passkey_id)
 
@@ -382,7 +360,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         caller = require_caller()
         user_id, _, _ = _signed_in(caller)
         info = await self._passkeys.rename(
-            user_id=user_id, passkey_id=request.id, name=request.name, client=_client(caller)
+            user_id=user_id, passkey_id=request.id, name=request.name, client=client_info(caller)
         )
         return _passkey(info)
 
@@ -392,7 +370,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         caller = require_caller()
         user_id, _, _ = _signed_in(caller)
         await self._require_recent_auth(caller, "DeletePasskey")
-        await self._passkeys.delete(user_id=user_id, passkey_id=request.id, client=_client(caller))
+        await self._passkeys.delete(
+            user_id=user_id, passkey_id=request.id, client=client_info(caller)
+        )
         return pb.DeletePasskeyResponse()
 
     # -- team ---------------------------------------------------------------------------------
@@ -411,7 +391,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                     name=m.name,
                     email=m.email,
                     role=m.role,
-                    joined_at=_timestamp(m.joined_at),
+                    joined_at=timestamp(m.joined_at),
                 )
                 for m in members
             ],
@@ -454,8 +434,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             workspace_id=grant.workspace_id,
             role=grant.role,
             session_id=grant.session_id,
-            expires_at=_timestamp(grant.expires_at),
-            authenticated_at=_timestamp(grant.authenticated_at),
+            expires_at=timestamp(grant.expires_at),
+            authenticated_at=timestamp(grant.authenticated_at),
             restrictions=list(grant.restrictions),
         )
 
@@ -478,6 +458,6 @@ def _revocation_message(event: FeedEvent) -> pb.Revocation:
         session_ids=list(notice.session_ids),
         user_id=notice.user_id,
         reason=notice.reason,
-        revoked_at=_timestamp(notice.revoked_at),
+        revoked_at=timestamp(notice.revoked_at),
         sequence=event.sequence,
     )

@@ -6,43 +6,20 @@ in the database, under the workspace's lock where it changes something.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from palisade.auth.accounts.principals import signed_in
-from palisade.auth.bounded import client_ip
-from palisade.auth.sessions.devices import describe_device
-from palisade.auth.sessions.manager import ClientInfo, IssuedTokens
+from palisade.auth.grpc_values import client_info, timestamp, token_response
 from palisade.auth.team.invitations import Invitations
 from palisade.auth.team.joining import Joining, SignedIn
 from palisade.auth.team.membership import TeamMembership
 from palisade.auth.team.workspaces import Workspaces
-from palisade.common.caller import Caller, require_caller
+from palisade.common.caller import require_caller
 from palisade_api.auth.v1 import auth_pb2, team_pb2, team_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def _client(caller: Caller) -> ClientInfo:
-    return ClientInfo(ip=client_ip(caller.client_ip), device=describe_device(caller.user_agent))
-
-
-def _timestamp(moment: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(moment)
-    return ts
-
-
-def _tokens(issued: IssuedTokens) -> auth_pb2.TokenResponse:
-    return auth_pb2.TokenResponse(
-        access_token=issued.access_token,
-        refresh_token=issued.refresh_token,
-        expires_in=issued.expires_in,
-        token_type="Bearer",  # noqa: S106 - the OAuth token type, not a secret
-    )
 
 
 class TeamServicer(team_pb2_grpc.TeamServiceServicer):
@@ -69,14 +46,14 @@ class TeamServicer(team_pb2_grpc.TeamServiceServicer):
             workspace_id=workspace_id,
             user_id=request.user_id,
             role=request.role,
-            client=_client(caller),
+            client=client_info(caller),
         )
         return auth_pb2.TeamMember(
             user_id=member.user_id,
             name=member.name,
             email=member.email,
             role=member.role,
-            joined_at=_timestamp(member.joined_at),
+            joined_at=timestamp(member.joined_at),
         )
 
     async def RemoveMember(
@@ -88,7 +65,7 @@ class TeamServicer(team_pb2_grpc.TeamServiceServicer):
             actor_id=actor_id,
             workspace_id=workspace_id,
             user_id=request.user_id,
-            client=_client(caller),
+            client=client_info(caller),
         )
         return team_pb2.RemoveMemberResponse()
 
@@ -102,10 +79,10 @@ class TeamServicer(team_pb2_grpc.TeamServiceServicer):
             workspace_id=workspace_id,
             email=request.email,
             role=request.role,
-            client=_client(caller),
+            client=client_info(caller),
         )
         return team_pb2.CreateInvitationResponse(
-            invitation_id=created.invitation_id, expires_at=_timestamp(created.expires_at)
+            invitation_id=created.invitation_id, expires_at=timestamp(created.expires_at)
         )
 
     async def ListInvitations(
@@ -125,8 +102,8 @@ class TeamServicer(team_pb2_grpc.TeamServiceServicer):
                     email=v.email,
                     role=v.role,
                     created_by=v.created_by,
-                    created_at=_timestamp(v.created_at),
-                    expires_at=_timestamp(v.expires_at),
+                    created_at=timestamp(v.created_at),
+                    expires_at=timestamp(v.expires_at),
                     state=v.state,
                 )
                 for v in views
@@ -143,7 +120,7 @@ class TeamServicer(team_pb2_grpc.TeamServiceServicer):
             actor_id=actor_id,
             workspace_id=workspace_id,
             invitation_id=request.invitation_id,
-            client=_client(caller),
+            client=client_info(caller),
         )
         return team_pb2.RevokeInvitationResponse()
 
@@ -162,9 +139,9 @@ class TeamServicer(team_pb2_grpc.TeamServiceServicer):
             name=request.name,
             password=request.password,
             signed_in=person,
-            client=_client(caller),
+            client=client_info(caller),
         )
-        return _tokens(issued)
+        return token_response(issued)
 
     async def ListMyWorkspaces(
         self, request: team_pb2.ListMyWorkspacesRequest, context: Context
@@ -186,6 +163,6 @@ class TeamServicer(team_pb2_grpc.TeamServiceServicer):
             user_id=user_id,
             session_id=session_id,
             workspace_id=request.workspace_id,
-            client=_client(caller),
+            client=client_info(caller),
         )
-        return _tokens(issued)
+        return token_response(issued)

@@ -28,19 +28,26 @@ from typing import Any, Protocol
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from sqlalchemy import delete, event, func, or_, select, update
+from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from palisade.auth.accounts.key_revocations import WAKE_FLAG, key_revocation_requests
 from palisade.common.clock import Clock
-from palisade.common.grpc_client import ServiceIdentity
-from palisade.common.grpc_server import CHANNEL_OPTIONS
+from palisade.common.grpc_client import ServiceIdentity, relay_channel
+from palisade.common.outbox_claims import LeasedOutbox, exponential_backoff
 from palisade.common.tasks import running_in_background
 from palisade_api.apikeys.v1 import apikeys_pb2, apikeys_pb2_grpc
 
 log = logging.getLogger("palisade.auth.key_revocations")
 
 _T = key_revocation_requests
+# Oldest request first; NULL next_attempt_at: never tried, due at once.
+_OUTBOX = LeasedOutbox(
+    _T,
+    columns=(_T.c.user_id, _T.c.workspace_id, _T.c.reason),
+    order_by=(_T.c.created_at, _T.c.id),
+    due_when_unset=True,
+)
 _FIRST_RETRY_SECONDS = 1
 _MAX_RETRY_SECONDS = 60
 _REVOKE_KEYS_OF_USER = (
@@ -58,24 +65,16 @@ _NOT_TRANSIENT = {
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
-# gRPC's default reconnect backoff grows to 2 minutes: after a long apikeys outage the channel
-# would sit out that long after apikeys is back. Ours stays within a few seconds.
-_RECONNECT_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 250),
-    ("grpc.min_reconnect_backoff_ms", 250),
-    ("grpc.max_reconnect_backoff_ms", 5000),
-]
-
-
 def apikeys_channel(target: str) -> grpc.aio.Channel:
     """The channel to apikeys; it connects lazily, so auth starts before apikeys is up."""
-    return grpc.aio.insecure_channel(target, options=[*CHANNEL_OPTIONS, *_RECONNECT_OPTIONS])
+    return relay_channel(target)
 
 
 def retry_delay(attempts: int) -> timedelta:
     """Wait after the `attempts`-th failed attempt: 1 s, 2 s, 4 s, ... at most 60 s."""
-    exponent = min(max(attempts - 1, 0), 16)
-    return timedelta(seconds=min(_FIRST_RETRY_SECONDS * 2**exponent, _MAX_RETRY_SECONDS))
+    return exponential_backoff(
+        attempts, first_seconds=_FIRST_RETRY_SECONDS, max_seconds=_MAX_RETRY_SECONDS
+    )
 
 
 @dataclass(frozen=True)
@@ -272,25 +271,15 @@ class KeyRevocationRelay:
         return len(claims), delivered
 
     async def _claim(self, now: datetime, lease_end: datetime) -> Sequence[_Claim]:
-        query = (
-            select(_T.c.id, _T.c.user_id, _T.c.workspace_id, _T.c.reason, _T.c.attempts)
-            .where(or_(_T.c.next_attempt_at.is_(None), _T.c.next_attempt_at <= now))
-            .order_by(_T.c.created_at, _T.c.id)
-            .limit(self._batch_size)
+        batch = await _OUTBOX.claim(
+            self._engine, now=now, lease_end=lease_end, limit=self._batch_size
         )
-        async with self._engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            rows = (await conn.execute(query)).all()
-            if rows:
-                await conn.execute(
-                    update(_T)
-                    .where(_T.c.id.in_([r.id for r in rows]))
-                    .values(attempts=_T.c.attempts + 1, next_attempt_at=lease_end)
-                )
         return [
-            _Claim(KeyRevocationRequest(r.id, r.user_id, r.workspace_id, r.reason), r.attempts + 1)
-            for r in rows
+            _Claim(
+                KeyRevocationRequest(c.id, c.row.user_id, c.row.workspace_id, c.row.reason),
+                c.attempt,
+            )
+            for c in batch.claims
         ]
 
     async def _delivered(self, claim: _Claim, revoked: int) -> None:
@@ -319,7 +308,7 @@ class KeyRevocationRelay:
             # outcome is the one that counts.
             await conn.execute(
                 update(_T)
-                .where(_T.c.id == claim.request.id, _T.c.attempts == claim.attempt)
+                .where(_OUTBOX.held(claim.request.id, claim.attempt))
                 .values(next_attempt_at=self._clock.now() + delay, last_error=code)
             )
         if not attempted:

@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from palisade.auth.mail.message import parse_message
@@ -28,18 +28,27 @@ from palisade.auth.mail.outbox import PENDING, MailQueue, mail_outbox, message_a
 from palisade.auth.mail.senders import MailDeliveryFailed, Mailer
 from palisade.common.clock import Clock
 from palisade.common.crypto_client import CryptoClient
+from palisade.common.outbox_claims import LeasedOutbox, exponential_backoff
 from palisade.common.tasks import running_in_background
 
 log = logging.getLogger("palisade.auth.mail")
 
 _FIRST_RETRY_SECONDS = 30
 _MAX_RETRY_SECONDS = 3600
+# Due emails, those due longest first.
+_OUTBOX = LeasedOutbox(
+    mail_outbox,
+    columns=(mail_outbox.c.message_ct,),
+    order_by=(mail_outbox.c.next_attempt_at, mail_outbox.c.id),
+    pending=PENDING,
+)
 
 
 def retry_delay(attempts: int) -> timedelta:
     """Wait after the `attempts`-th failed attempt: 30 s, 60 s, 120 s, ... at most 1 h."""
-    exponent = min(max(attempts - 1, 0), 16)  # 30 * 2**7 already passes the cap
-    return timedelta(seconds=min(_FIRST_RETRY_SECONDS * 2**exponent, _MAX_RETRY_SECONDS))
+    return exponential_backoff(
+        attempts, first_seconds=_FIRST_RETRY_SECONDS, max_seconds=_MAX_RETRY_SECONDS
+    )
 
 
 def _reason(error: Exception) -> str:
@@ -134,39 +143,19 @@ class MailRelay:
         return len(claims), sent
 
     async def _claim(self, now: datetime, lease_end: datetime) -> list[_Claim]:
-        query = (
-            select(mail_outbox.c.id, mail_outbox.c.attempts, mail_outbox.c.message_ct)
-            .where(PENDING, mail_outbox.c.next_attempt_at <= now)
-            .order_by(mail_outbox.c.next_attempt_at, mail_outbox.c.id)
-            .limit(self._batch_size)
+        # Out of attempts (the last one's process died before marking it) or, by a bug,
+        # nothing to send: given up in the claim rather than tried forever.
+        batch = await _OUTBOX.claim(
+            self._engine,
+            now=now,
+            lease_end=lease_end,
+            limit=self._batch_size,
+            give_up=lambda r: r.attempts >= self._max_attempts or not r.message_ct,
+            give_up_values={"failed_at": now, "message_ct": None},
         )
-        async with self._engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            rows = (await conn.execute(query)).all()
-            # Out of attempts (the last one's process died before marking it) or, by a bug,
-            # nothing to send: give up now rather than try forever.
-            spent = [r.id for r in rows if r.attempts >= self._max_attempts or not r.message_ct]
-            claims = [
-                _Claim(id=r.id, attempt=r.attempts + 1, message_ct=bytes(r.message_ct))
-                for r in rows
-                if r.id not in spent
-            ]
-            if spent:
-                await conn.execute(
-                    update(mail_outbox)
-                    .where(mail_outbox.c.id.in_(spent))
-                    .values(failed_at=now, message_ct=None)
-                )
-            if claims:
-                await conn.execute(
-                    update(mail_outbox)
-                    .where(mail_outbox.c.id.in_([c.id for c in claims]))
-                    .values(attempts=mail_outbox.c.attempts + 1, next_attempt_at=lease_end)
-                )
-        for mail_id in spent:
+        for mail_id in batch.given_up:
             log.warning("mail given up after its last attempt", extra={"mail_id": mail_id})
-        return claims
+        return [_Claim(c.id, c.attempt, bytes(c.row.message_ct)) for c in batch.claims]
 
     async def _mark_sent(self, mail_id: str) -> None:
         async with self._engine.begin() as conn:
@@ -193,11 +182,7 @@ class MailRelay:
             # outcome is the one that counts.
             await conn.execute(
                 update(mail_outbox)
-                .where(
-                    mail_outbox.c.id == claim.id,
-                    mail_outbox.c.attempts == claim.attempt,
-                    PENDING,
-                )
+                .where(_OUTBOX.held(claim.id, claim.attempt), PENDING)
                 .values(**values)
             )
         extra = {"mail_id": claim.id, "attempt": claim.attempt, "reason": reason}
