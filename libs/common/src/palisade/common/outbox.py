@@ -1,10 +1,14 @@
 """The transactional outbox: a security event commits in the same transaction as its cause.
 
-Each service has an `outbox_events` table (columns from outbox_columns(), so every service's
-migration and table agree). emit() adds one INSERT to the caller's transaction and makes no
-network hop; a forwarder ships rows to the audit service in batches and marks them, so an
-audit outage delays events but never drops them. Payloads never hold secrets or PII: ids,
-outcomes, reasons, IPs and devices only.
+Each service has an `outbox_events` table (columns from outbox_columns() and
+outbox_forwarding_columns(), so every service's migrations and table agree). emit() adds one
+INSERT to the caller's transaction and makes no network hop; palisade.common.audit_forwarder
+ships rows to the audit service in batches and marks them, so an audit outage delays events
+but never drops them. Payloads never hold secrets: ids, outcomes, reasons, and the client's IP
+and device, which the forwarder removes once audit has the event.
+
+The column functions are used by migrations that have already run: never change what one
+returns; add a new function for new columns (and a migration in each service that uses it).
 """
 
 from __future__ import annotations
@@ -16,12 +20,26 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, insert
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ColumnElement,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    insert,
+    text,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from palisade.common.db import UTCDateTime
 
 OUTBOX_TABLE = "outbox_events"
+OUTBOX_PENDING_INDEX = "ix_outbox_events_pending"
 # Values kept short and single-line: they are copied into logs and the audit trail.
 _MAX_DETAIL_LENGTH = 256
 
@@ -39,8 +57,49 @@ def outbox_columns() -> list[Column[Any]]:
     ]
 
 
+def outbox_forwarding_columns() -> list[Column[Any]]:
+    """What the audit forwarder adds: an event audit refused for good is set aside (never
+    dropped) with audit's stable error code, so the events after it can go on."""
+    return [
+        Column("rejected_at", UTCDateTime(), nullable=True),
+        Column("rejected_code", String(64), nullable=True),
+    ]
+
+
+def outbox_pending(table: Table) -> ColumnElement[bool]:
+    """Events still to ship: neither forwarded nor set aside."""
+    return and_(table.c.forwarded_at.is_(None), table.c.rejected_at.is_(None))
+
+
+def outbox_pending_index(table: Table) -> Index:
+    """The forwarder's read: pending events in id order, whatever the forwarded history."""
+    pending = outbox_pending(table)
+    return Index(OUTBOX_PENDING_INDEX, table.c.id, postgresql_where=pending, sqlite_where=pending)
+
+
+def add_outbox_forwarding(op: Any) -> None:
+    """The migration step every service with an outbox takes for the forwarder (op: alembic's
+    `op`, a module that stands for the migration's Operations)."""
+    with op.batch_alter_table(OUTBOX_TABLE) as batch:
+        for column in outbox_forwarding_columns():
+            batch.add_column(column)
+    pending = text("forwarded_at IS NULL AND rejected_at IS NULL")  # as outbox_pending()
+    op.create_index(
+        OUTBOX_PENDING_INDEX, OUTBOX_TABLE, ["id"], postgresql_where=pending, sqlite_where=pending
+    )
+
+
+def drop_outbox_forwarding(op: Any) -> None:
+    op.drop_index(OUTBOX_PENDING_INDEX, table_name=OUTBOX_TABLE)
+    with op.batch_alter_table(OUTBOX_TABLE) as batch:
+        for column in reversed(outbox_forwarding_columns()):
+            batch.drop_column(column.name)
+
+
 def outbox_table(metadata: MetaData) -> Table:
-    return Table(OUTBOX_TABLE, metadata, *outbox_columns())
+    table = Table(OUTBOX_TABLE, metadata, *outbox_columns(), *outbox_forwarding_columns())
+    outbox_pending_index(table)
+    return table
 
 
 @dataclass(frozen=True)
