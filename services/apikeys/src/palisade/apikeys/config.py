@@ -19,6 +19,13 @@ class ApiKeysSettings(CommonSettings):
     crypto_target: str = "127.0.0.1:50051"
     # Where the auth service listens (security notices: key created, leak reported, revoked).
     auth_target: str = "127.0.0.1:50052"
+    # Where the audit service listens: the security-event outbox is forwarded there in
+    # batches (palisade.common.audit_forwarder); while audit is away, events wait in the outbox.
+    audit_target: str = "127.0.0.1:50054"
+    # Events per Ingest call (audit takes at most 1000), and how often the forwarder looks for
+    # new events once the outbox is drained.
+    audit_batch_size: int = Field(default=100, ge=1, le=1000)
+    audit_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     # Redis for the key revocation channel; unset: the in-process feed, served to the
     # gateway by the WatchRevocations stream (the embedded default's single apikeys process).
     redis_url: str | None = None

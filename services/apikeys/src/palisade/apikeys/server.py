@@ -30,7 +30,8 @@ from palisade.apikeys.revocations import (
 from palisade.apikeys.revoking import KeyRevoker
 from palisade.apikeys.servicer import ApiKeysServicer
 from palisade.apikeys.store import ApiKeyStore
-from palisade.apikeys.tables import MIGRATIONS_PACKAGE, revocation_outbox
+from palisade.apikeys.tables import MIGRATIONS_PACKAGE, outbox, revocation_outbox
+from palisade.common.audit_forwarder import forwarding_to_audit
 from palisade.common.caller import AssertionSigner, AssertionVerifier
 from palisade.common.clock import Clock, SystemClock
 from palisade.common.crypto_client import CryptoClient
@@ -191,6 +192,16 @@ async def serve_apikeys(
             revocation_relay.running(),
             notice_relay.running() if relay_notices else nullcontext(),
             expiry.running(),
+            forwarding_to_audit(
+                target=settings.audit_target,
+                identity=identity,
+                engine=engine,
+                table=outbox,
+                clock=clock,
+                registry=registry,
+                batch_size=settings.audit_batch_size,
+                poll_seconds=settings.audit_poll_seconds,
+            ),
         ):
             yield ApiKeysServer(
                 running,

@@ -28,6 +28,13 @@ class AuthSettings(CommonSettings):
     # How often the key revocation relay looks for requests to (re)send; a request made in
     # this process wakes it at once.
     key_revocation_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    # Where the audit service listens: the security-event outbox is forwarded there in
+    # batches (palisade.common.audit_forwarder); while audit is away, events wait in the outbox.
+    audit_target: str = "127.0.0.1:50054"
+    # Events per Ingest call (audit takes at most 1000), and how often the forwarder looks for
+    # new events once the outbox is drained.
+    audit_batch_size: int = Field(default=100, ge=1, le=1000)
+    audit_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     # Redis for login throttling and the revocation channel; unset: in-process stand-ins
     # (correct for the single auth process of the embedded default).
     redis_url: str | None = None

@@ -51,7 +51,7 @@ from palisade.auth.sessions.revocation import (
     RevocationFeed,
 )
 from palisade.auth.sessions.revocation_outbox import RevocationOutbox, RevocationRelay
-from palisade.auth.store import MIGRATIONS_PACKAGE, AuthStore
+from palisade.auth.store import MIGRATIONS_PACKAGE, AuthStore, outbox
 from palisade.auth.team.directory import TeamDirectory
 from palisade.auth.team.invitations import Invitations
 from palisade.auth.team.joining import Joining
@@ -66,6 +66,7 @@ from palisade.auth.throttle import (
     RedisFailureCounts,
     ThrottleLimits,
 )
+from palisade.common.audit_forwarder import forwarding_to_audit
 from palisade.common.caller import AssertionSigner, AssertionVerifier
 from palisade.common.clock import Clock, SystemClock
 from palisade.common.crypto_client import CryptoClient
@@ -461,6 +462,16 @@ async def serve_auth(
             mail_relay.running(),
             revocation_relay.running(),
             key_revocation_relay.running(),
+            forwarding_to_audit(
+                target=settings.audit_target,
+                identity=ServiceIdentity(name=SERVICE_NAME, signer=signer),
+                engine=engine,
+                table=outbox,
+                clock=clock,
+                registry=registry,
+                batch_size=settings.audit_batch_size,
+                poll_seconds=settings.audit_poll_seconds,
+            ),
             new_network_alerts.running(),
         ):
             yield AuthServer(
