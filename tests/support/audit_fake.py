@@ -16,8 +16,10 @@ from palisade_api.audit.v1 import audit_pb2, audit_pb2_grpc
 
 
 class FakeAudit(audit_pb2_grpc.AuditServiceServicer):
-    def __init__(self, verifier: AssertionVerifier) -> None:
-        self._verifier = verifier
+    def __init__(self, verifier: AssertionVerifier | None) -> None:
+        # None until the test knows the keys (a service under test made them): till then
+        # the fake answers UNAVAILABLE, as an audit service still starting would.
+        self.verifier = verifier
         self.stored: list[audit_pb2.IngestEvent] = []  # in the order stored
         self.calls: list[list[str]] = []  # event ids of every call that got this far
         self.principals: list[str] = []
@@ -36,8 +38,10 @@ class FakeAudit(audit_pb2_grpc.AuditServiceServicer):
     async def Ingest(
         self, request: audit_pb2.IngestRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> audit_pb2.IngestResponse:
+        if self.verifier is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "starting")
         metadata = dict(context.invocation_metadata() or ())
-        caller = self._verifier.verify(metadata.get(CALLER_METADATA_KEY), method=INGEST_METHOD)
+        caller = self.verifier.verify(metadata.get(CALLER_METADATA_KEY), method=INGEST_METHOD)
         self.principals.append(caller.principal)
         ids = [event.event_id for event in request.events]
         self.calls.append(ids)
