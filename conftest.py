@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
 import psycopg
@@ -26,6 +26,37 @@ def pytest_asyncio_loop_factories(
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
     """Tests run on the loop the services run on in production (palisade.common.event_loop)."""
     return {"uvloop": uvloop.new_event_loop}
+
+
+# How long the leftover tasks of a test get to end once cancelled, before the test fails.
+_LEFTOVER_TASK_SECONDS = 10.0
+
+
+@pytest.fixture(autouse=True)
+async def _leftover_tasks_stopped() -> AsyncIterator[None]:
+    """After each test (its other fixtures torn down first), stops every task still running on
+    its loop, cancelling again and again, and fails the test naming any that will not stop.
+
+    pytest-asyncio closes the loop by cancelling leftover tasks once and waiting for them
+    without a limit, and on Python 3.11 a library built on asyncio.wait_for can swallow that
+    one cancellation (see palisade.common.tasks): the worker then hangs for good, where
+    pytest-timeout cannot reach it. Here the wait is bounded and the culprit is named.
+    """
+    yield
+    current = asyncio.current_task()
+    leftover = {t for t in asyncio.all_tasks() if t is not current and not t.done()}
+    if not leftover:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _LEFTOVER_TASK_SECONDS
+    while leftover and loop.time() < deadline:
+        for task in leftover:
+            task.cancel()
+        await asyncio.wait(leftover, timeout=0.2)
+        leftover = {t for t in leftover if not t.done()}
+    if leftover:
+        names = sorted(f"{t.get_name()} ({t.get_coro()!r})" for t in leftover)
+        pytest.fail(f"tasks outlived the test and would not stop when cancelled: {names}")
 
 
 def _backends_required() -> bool:
