@@ -25,9 +25,11 @@ from sqlalchemy import text
 
 from palisade.audit.config import AuditSettings
 from palisade.audit.server import AuditServer
-from palisade.common.caller import AssertionVerifier, require_service_caller
+from palisade.common.caller import AssertionSigner, AssertionVerifier, require_service_caller
 from palisade.common.clock import ManualClock
+from palisade.common.crypto_client import CryptoClient
 from palisade.common.edge_keys import KeyDocument, KeySource
+from palisade.common.grpc_client import ServiceIdentity
 from palisade.common.grpc_server import RunningServer, run_server
 from palisade.common.settings import CommonSettings
 from palisade.crypto.server import CryptoServer
@@ -158,6 +160,20 @@ class Harness:
         return await self.stub.Ingest(
             pb.IngestRequest(events=list(events)), metadata=self.service(source)
         )
+
+    async def shred(self, subject: str) -> None:
+        """Erases a data subject as auth or visitors would (ShredSubject on crypto)."""
+        signer = AssertionSigner(
+            keys=KeySource.from_master(self.master, "auth"), clock=self.clock, ttl_seconds=60
+        )
+        channel = grpc.aio.insecure_channel(self.crypto.running.target)
+        try:
+            client = CryptoClient(
+                channel=channel, identity=ServiceIdentity(name="auth", signer=signer)
+            )
+            await client.shred_subject(subject)
+        finally:
+            await channel.close()
 
     async def count(self, table: str = "events") -> int:
         async with self.server.engine.connect() as conn:

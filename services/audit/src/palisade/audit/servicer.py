@@ -177,7 +177,10 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     ) -> AsyncIterator[pb.StreamedEvent]:
         self._recorder()
         after = parse_cursor(request.after)
-        async for batch in self._stream.follow(after, include_pii=request.include_pii):
+        start = after if after is not None else await self._stream.head()
+        # Headers now: a subscriber "from now on" knows every event stored from here reaches it.
+        await context.send_initial_metadata(())
+        async for batch in self._stream.follow(start, include_pii=request.include_pii):
             for item in batch:
                 yield pb.StreamedEvent(
                     cursor=item.position.cursor(), event=event_message(item.stored, item.pii)

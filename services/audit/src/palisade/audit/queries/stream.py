@@ -142,11 +142,11 @@ class EventStream:
         return found
 
     async def follow(
-        self, after: Position | None, *, include_pii: bool
+        self, after: Position, *, include_pii: bool
     ) -> AsyncIterator[list[StreamedEvent]]:
-        """Batches of events after the position (None: from now on), forever."""
+        """Batches of events after the position (head(): from now on), forever."""
         with self._notifier.subscription() as woken:
-            position = after if after is not None else await self.head()
+            position = after
             while True:
                 woken.clear()
                 found = await self.batch_after(position)
