@@ -21,7 +21,9 @@ and delete_membership lock it exclusively before they change the membership, aft
 workspace (nothing holding a user row ever waits for a workspace in a mode that conflicts:
 only FOR KEY SHARE), and before the member's sessions, in auth's lock order (sessions/store.py).
 Every maker of a session holds the user row shared, so one in flight commits first and the
-change then sees its session; one that starts later waits, and then finds the change.
+change then sees its session; one that starts later waits, and then finds the change (a switch
+reads the membership once it holds the row; a session made anyway in a workspace its user has
+left validates as nothing, since validation joins the membership).
 """
 
 from __future__ import annotations
