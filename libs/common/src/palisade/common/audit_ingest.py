@@ -31,8 +31,10 @@ from palisade_api.audit.v1 import audit_pb2, audit_pb2_grpc
 
 AUDIT_SERVICE = "audit"
 INGEST_METHOD = "/" + audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name + "/Ingest"
-# How an INVALID_ARGUMENT answer to Ingest names the refused event: "events[<index>]: ...".
-# Without it the forwarder halves the batch until it finds the event.
+# How an INVALID_ARGUMENT answer to Ingest names the refused event: its index in a trailer,
+# and the message "events[<index>]: ...". Without either the forwarder halves the batch until
+# it finds the event.
+INVALID_ITEM_METADATA_KEY = "palisade-invalid-item"
 _NAMED_ITEM = re.compile(r"events\[(\d{1,9})\]")
 # A stable error code is short and plain; anything else is reported as this.
 _UNNAMED_CODE = "invalid_argument"
@@ -144,9 +146,11 @@ class AuditIngestClient:
             )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                trailer = _metadata(error)
+                named = trailer.get(INVALID_ITEM_METADATA_KEY)
                 raise BatchRejected(
-                    _stable_code(_metadata(error).get(ERROR_CODE_METADATA_KEY)),
-                    _index(error.details() or "", len(events)),
+                    _stable_code(trailer.get(ERROR_CODE_METADATA_KEY)),
+                    _index(f"events[{named}]" if named else error.details() or "", len(events)),
                 ) from None
             raise IngestFailed(error.code().name.lower()) from None
         except TimeoutError:
