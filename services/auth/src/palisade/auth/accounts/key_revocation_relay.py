@@ -17,24 +17,24 @@ working. The outbox depth and lag are exported for alerts.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from sqlalchemy import delete, event, func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from palisade.auth.accounts.key_revocations import WAKE_FLAG, key_revocation_requests
 from palisade.common.clock import Clock
 from palisade.common.grpc_client import ServiceIdentity, relay_channel
 from palisade.common.outbox_claims import LeasedOutbox, exponential_backoff
+from palisade.common.relay_loop import Wakeup, relay_forever
 from palisade.common.tasks import running_in_background
 from palisade_api.apikeys.v1 import apikeys_pb2, apikeys_pb2_grpc
 
@@ -177,15 +177,11 @@ class KeyRevocationRelay:
         self._batch_size = batch_size
         # How long a claim keeps other relays off a row; longer than one call's timeout.
         self._lease = timedelta(seconds=lease_seconds)
-        self._wake = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup = Wakeup()
 
     def notify(self) -> None:
         """Wakes the relay now instead of at its next poll (any thread)."""
-        if self._loop is None:
-            self._wake.set()
-        else:
-            self._loop.call_soon_threadsafe(self._wake.set)
+        self._wakeup.notify()
 
     async def run_once(self) -> int:
         """Claims up to batch_size due requests and tries each once; returns how many apikeys
@@ -197,43 +193,33 @@ class KeyRevocationRelay:
                 await self.observe()
         return delivered
 
-    async def run(self) -> None:
-        """Relays until cancelled. No error stops it: it logs and tries again at the next poll."""
-        while True:
-            more = False
-            try:
-                claimed, delivered = await self._relay_batch()
-                more = claimed >= self._batch_size and delivered > 0
-            except Exception:
-                # Database errors name tables and ids, never PII.
-                log.exception("key revocation relay pass failed; will retry")
+    async def _pass(self) -> bool:
+        try:
+            claimed, delivered = await self._relay_batch()
+        finally:
             with contextlib.suppress(Exception):
                 await self.observe()
-            if not more:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._poll_seconds):
-                        await self._wake.wait()
-                self._wake.clear()
+        return claimed >= self._batch_size and delivered > 0
+
+    async def run(self) -> None:
+        """Relays until cancelled. No error stops it: it logs and tries again at the next poll."""
+        await relay_forever(
+            self._pass,
+            wakeup=self._wakeup,
+            poll_seconds=self._poll_seconds,
+            log=log,
+            what="key revocation relay",
+        )
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Runs the relay in the background for the duration of the block, woken whenever a
-        connection that queued a request goes back to this engine's pool (after its commit;
-        a rolled-back request wakes it for nothing, which is harmless)."""
-        self._loop = asyncio.get_running_loop()
-        pool_events = self._engine.sync_engine
-        event.listen(pool_events, "checkin", self._on_checkin)
-        try:
-            async with running_in_background(self.run(), name="palisade-key-revocation-relay"):
-                yield
-        finally:
-            event.remove(pool_events, "checkin", self._on_checkin)
-            self._loop = None
-
-    def _on_checkin(self, _dbapi_connection: Any, record: Any) -> None:
-        info = getattr(record, "info", None)
-        if info is not None and info.pop(WAKE_FLAG, False):
-            self.notify()
+        connection that queued a request goes back to this engine's pool (after its commit)."""
+        async with (
+            self._wakeup.ring_on_checkin(self._engine, WAKE_FLAG),
+            running_in_background(self.run(), name="palisade-key-revocation-relay"),
+        ):
+            yield
 
     async def observe(self) -> tuple[int, float]:
         """(depth, lag seconds) of the outbox, also set on the gauges."""

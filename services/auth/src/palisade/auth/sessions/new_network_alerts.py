@@ -16,18 +16,16 @@ dropped). The link's confirm step is accounts/not_me.py.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from sqlalchemy import delete, event, func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from palisade.auth.links.single_use import SingleUseTokens
@@ -41,6 +39,7 @@ from palisade.common.aad import associated_data
 from palisade.common.clock import Clock
 from palisade.common.crypto_client import CryptoClient
 from palisade.common.outbox_claims import Claim, LeasedOutbox, exponential_backoff
+from palisade.common.relay_loop import Wakeup, relay_forever
 from palisade.common.tasks import running_in_background
 
 log = logging.getLogger("palisade.auth.new_network_alerts")
@@ -116,17 +115,17 @@ class NewNetworkAlertRelay:
         self._poll_seconds = poll_seconds
         self._batch_size = batch_size
         self._lease = timedelta(seconds=lease_seconds)
-        self._wake = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup = Wakeup()
 
     def notify(self) -> None:
-        if self._loop is None:
-            self._wake.set()
-        else:
-            self._loop.call_soon_threadsafe(self._wake.set)
+        self._wakeup.notify()
 
     async def run_once(self) -> int:
         """One pass over the due alerts; returns how many emails it queued."""
+        _claimed, queued = await self._pass_counts()
+        return queued
+
+    async def _pass_counts(self) -> tuple[int, int]:
         queued = 0
         now = self._clock.now()
         batch = await _OUTBOX.claim(
@@ -143,36 +142,27 @@ class NewNetworkAlertRelay:
             async with self._engine.connect() as conn:
                 pending = await conn.execute(select(func.count()).select_from(_T))
                 self._metrics.depth.set(pending.scalar_one())
-        return queued
+        return len(batch.claims), queued
 
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("new-network alert pass failed; will retry")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll_seconds):
-                    await self._wake.wait()
-            self._wake.clear()
+    async def _pass(self) -> bool:
+        claimed, queued = await self._pass_counts()
+        return claimed >= self._batch_size and queued > 0
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Runs the relay for the block, woken when a login that raised an alert commits."""
-        self._loop = asyncio.get_running_loop()
-        pool_events = self._engine.sync_engine
-        event.listen(pool_events, "checkin", self._on_checkin)
-        try:
-            async with running_in_background(self.run(), name="palisade-new-network-alerts"):
-                yield
-        finally:
-            event.remove(pool_events, "checkin", self._on_checkin)
-            self._loop = None
-
-    def _on_checkin(self, _dbapi_connection: Any, record: Any) -> None:
-        info = getattr(record, "info", None)
-        if info is not None and info.pop(WAKE_FLAG, False):
-            self.notify()
+        relay = relay_forever(
+            self._pass,
+            wakeup=self._wakeup,
+            poll_seconds=self._poll_seconds,
+            log=log,
+            what="new-network alert relay",
+        )
+        async with (
+            self._wakeup.ring_on_checkin(self._engine, WAKE_FLAG),
+            running_in_background(relay, name="palisade-new-network-alerts"),
+        ):
+            yield
 
     async def _send(self, claim: Claim) -> int:
         row = claim.row
