@@ -11,20 +11,14 @@ from palisade.auth.accounts.email_change import EmailChanges
 from palisade.auth.accounts.not_me import NotMeReports
 from palisade.auth.accounts.principals import signed_in
 from palisade.auth.accounts.verification import EmailVerifications
-from palisade.auth.bounded import client_ip
-from palisade.auth.sessions.devices import describe_device
-from palisade.auth.sessions.manager import ClientInfo
+from palisade.auth.grpc_values import client_info
 from palisade.auth.sessions.recent_auth import RecentAuth
-from palisade.common.caller import Caller, require_caller
+from palisade.common.caller import require_caller
 from palisade_api.auth.v1 import account_pb2 as pb
 from palisade_api.auth.v1 import account_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AccountService"].full_name
-
-
-def _client(caller: Caller) -> ClientInfo:
-    return ClientInfo(ip=client_ip(caller.client_ip), device=describe_device(caller.user_agent))
 
 
 class AccountServicer(account_pb2_grpc.AccountServiceServicer):
@@ -45,14 +39,14 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         self, request: pb.ConfirmEmailVerificationRequest, context: Context
     ) -> pb.ConfirmEmailVerificationResponse:
         caller = require_caller()
-        await self._verifications.confirm(token=request.token, client=_client(caller))
+        await self._verifications.confirm(token=request.token, client=client_info(caller))
         return pb.ConfirmEmailVerificationResponse()
 
     async def ConfirmNotMe(
         self, request: pb.ConfirmNotMeRequest, context: Context
     ) -> pb.ConfirmNotMeResponse:
         caller = require_caller()
-        await self._not_me.confirm(token=request.token, client=_client(caller))
+        await self._not_me.confirm(token=request.token, client=client_info(caller))
         return pb.ConfirmNotMeResponse()
 
     async def ResendEmailVerification(
@@ -60,7 +54,7 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
     ) -> pb.ResendEmailVerificationResponse:
         caller = require_caller()
         user_id, _, _ = signed_in(caller)
-        await self._verifications.resend(user_id=user_id, client=_client(caller))
+        await self._verifications.resend(user_id=user_id, client=client_info(caller))
         return pb.ResendEmailVerificationResponse()
 
     async def RequestEmailChange(
@@ -68,7 +62,7 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
     ) -> pb.RequestEmailChangeResponse:
         caller = require_caller()
         user_id, _, session_id = signed_in(caller)
-        client = _client(caller)
+        client = client_info(caller)
         await self._recent_auth.require(
             user_id=user_id, session_id=session_id, client=client, action="RequestEmailChange"
         )

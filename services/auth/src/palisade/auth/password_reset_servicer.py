@@ -6,20 +6,13 @@ from typing import Any
 
 import grpc
 
-from palisade.auth.bounded import client_ip
+from palisade.auth.grpc_values import client_info
 from palisade.auth.passwords.reset import PasswordResets
-from palisade.auth.sessions.devices import describe_device
-from palisade.auth.sessions.manager import ClientInfo
-from palisade.common.caller import Caller, require_caller
+from palisade.common.caller import require_caller
 from palisade_api.auth.v1 import password_reset_pb2 as pb
 from palisade_api.auth.v1 import password_reset_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def _client(caller: Caller) -> ClientInfo:
-    # Stored (token rows, events): canonical and bounded to their columns.
-    return ClientInfo(ip=client_ip(caller.client_ip), device=describe_device(caller.user_agent))
 
 
 class PasswordResetServicer(password_reset_pb2_grpc.PasswordResetServiceServicer):
@@ -30,7 +23,7 @@ class PasswordResetServicer(password_reset_pb2_grpc.PasswordResetServiceServicer
         self, request: pb.RequestPasswordResetRequest, context: Context
     ) -> pb.RequestPasswordResetResponse:
         caller = require_caller()
-        await self._resets.request(email=request.email, client=_client(caller))
+        await self._resets.request(email=request.email, client=client_info(caller))
         return pb.RequestPasswordResetResponse()
 
     async def ConfirmPasswordReset(
@@ -42,7 +35,7 @@ class PasswordResetServicer(password_reset_pb2_grpc.PasswordResetServiceServicer
             new_password=request.new_password,
             code=request.code,
             backup_code=request.backup_code,
-            client=_client(caller),
+            client=client_info(caller),
         )
         if pending is None:
             return pb.ConfirmPasswordResetResponse()
