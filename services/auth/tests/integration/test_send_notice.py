@@ -56,15 +56,21 @@ async def _workspace(auth) -> tuple[str, dict[str, str]]:
         if name == "ada":
             workspace = signed_up.workspace_id
     now = auth.clock.now()
-    with auth.db() as conn:
-        for later, (name, role) in enumerate(
-            (("dorothy", "owner"), ("grace", "admin"), ("katherine", "member")), start=1
-        ):
-            conn.execute(
-                "INSERT INTO memberships (workspace_id, user_id, role, created_at)"
-                " VALUES (%s, %s, %s, %s)",
-                (workspace, people[name], role, now + timedelta(seconds=later)),
-            )
+
+    def add_members() -> None:
+        with auth.db() as conn:
+            for later, (name, role) in enumerate(
+                (("dorothy", "owner"), ("grace", "admin"), ("katherine", "member")), start=1
+            ):
+                conn.execute(
+                    "INSERT INTO memberships (workspace_id, user_id, role, created_at)"
+                    " VALUES (%s, %s, %s, %s)",
+                    (workspace, people[name], role, now + timedelta(seconds=later)),
+                )
+
+    # Blocking writes go to a thread: on the loop that runs the auth server, a write waiting
+    # for a row lock one of its coroutines holds (the mail relay settling a row) never ends.
+    await asyncio.to_thread(add_members)
     await _forget_sign_up_mail(auth, len(people))
     return workspace, people
 
@@ -80,8 +86,14 @@ async def _forget_sign_up_mail(auth, sign_ups: int) -> None:
     assert {m["Subject"] for m in catcher.messages} == {"Verify your Palisade email address"}
     catcher.messages.clear()
     catcher.recipients.clear()
-    with auth.db() as conn:
-        conn.execute("DELETE FROM mail_outbox")
+
+    def forget() -> None:
+        with auth.db() as conn:
+            conn.execute("DELETE FROM mail_outbox")
+
+    # In a thread: the relay may still be settling the last row it sent (its transaction holds
+    # the row until it commits, on this very loop), so a blocking DELETE here would wait forever.
+    await asyncio.to_thread(forget)
 
 
 def _count(auth, query: str, *args: object) -> int:
