@@ -144,8 +144,18 @@ class AuthHarness:
         )
 
     def db(self) -> psycopg.Connection:
+        """A blocking connection to auth's database, for a test to look or arrange rows.
+
+        Used on the loop that runs the auth server, a write that waits for a row lock one of
+        the server's coroutines holds can never be granted: write from asyncio.to_thread. As a
+        net, such a wait fails after lock_timeout with a clear "lock timeout" error instead of
+        hanging the test until pytest-timeout."""
         url = make_url(self.auth_db_url).set(drivername="postgresql")
-        return psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+        return psycopg.connect(
+            url.render_as_string(hide_password=False),
+            autocommit=True,
+            options="-c lock_timeout=15000",
+        )
 
     def events(self, event_type: str) -> list[str]:
         with self.db() as conn:
