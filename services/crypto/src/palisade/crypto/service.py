@@ -211,6 +211,10 @@ class CryptoService:
         # Every envelope is authenticated first, so a bad item fails the batch before any
         # encryption is counted, and an already-current envelope is not passed through blind.
         plaintexts, _ = self._open_all("rewrap", keyring, items, subjects, tolerate_erased=False)
+        if subjects is not None:
+            # The subjects' secrets move to the primary with their data, so retiring the old
+            # version strands neither (`keys retire` moves every remaining one as well).
+            await self._move_wraps_forward(primary, subjects.secrets())
         # Only forward: after an operator rolled the primary back, newer data stays put.
         stale = [key_version_of(data) < primary.version for data, _ in items]
         await self._usage.reserve(primary.version, sum(stale))
@@ -223,10 +227,6 @@ class CryptoService:
         resealed = iter(_seal(primary, moving, owners))
         out = [next(resealed) if m else data for (data, _), m in zip(items, stale, strict=True)]
         self._metrics.items.labels("rewrap", "ok").inc(len(items))
-        if subjects is not None:
-            # The subjects' secrets move to the primary with their data, so retiring the old
-            # version strands neither (`keys retire` moves every remaining one as well).
-            await self._move_wraps_forward(primary, subjects.secrets())
         return out, stale, primary.version
 
     async def shred_subject(self, subject: str, *, actor: str) -> bool:
