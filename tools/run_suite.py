@@ -45,6 +45,9 @@ class ServiceSpec:
 SERVICES = [
     ServiceSpec("crypto", "palisade.crypto", 50051, 9101),
     ServiceSpec("auth", "palisade.auth", 50052, 9102),
+    # Audit asks auth which workspaces exist; auth and apikeys forward their events to it (and
+    # keep them in their outboxes until it is up).
+    ServiceSpec("audit", "palisade.audit", 50054, 9104),
     ServiceSpec("apikeys", "palisade.apikeys", 50053, 9103),
     ServiceSpec("gateway", "palisade.gateway", 8080, 9100, protocol="http"),
 ]

@@ -1,4 +1,4 @@
-"""The whole suite (crypto, auth, apikeys, gateway) on free ports, reached over real HTTP."""
+"""The whole suite (crypto, auth, audit, apikeys, gateway) on free ports, reached over real HTTP."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from smtp_catcher import SmtpCatcher, serve_smtp_catcher
 
 from palisade.apikeys.config import ApiKeysSettings
 from palisade.apikeys.server import serve_apikeys
+from palisade.audit.config import AuditSettings
+from palisade.audit.server import AuditServer, serve_audit
 from palisade.auth.config import AuthSettings
 from palisade.auth.server import serve_auth
 from palisade.common.clock import ManualClock
@@ -49,6 +51,9 @@ class Suite:
     # Where crypto listens and whose keys are where: for operator commands run in a test.
     crypto_target: str = ""
     data_dir: Path | None = None
+    # The security log the suite's services forward their events to.
+    audit: AuditServer | None = None
+    audit_database_url: str = ""
 
     def auth_database_dump(self) -> bytes:
         """Every row of every auth table, as bytes: for "no plaintext at rest" checks."""
@@ -183,8 +188,10 @@ async def suite(
             )
         )
         auth_database_url = postgres_database_factory()
-        # Auth starts first but calls apikeys (key revocations): apikeys' port is chosen now.
+        # Auth starts first but calls apikeys (key revocations) and audit (its events): their
+        # ports are chosen now.
         apikeys_port = _free_port()
+        audit_port = _free_port()
         auth = await stack.enter_async_context(
             serve_auth(
                 AuthSettings(
@@ -197,7 +204,22 @@ async def suite(
                     smtp_port=smtp_port,
                     smtp_security="none",
                     apikeys_target=f"127.0.0.1:{apikeys_port}",
+                    audit_target=f"127.0.0.1:{audit_port}",
+                    audit_poll_seconds=0.1,
                     **auth_overrides,
+                ),
+                clock=clock,
+            )
+        )
+        audit_database_url = postgres_database_factory()
+        audit = await stack.enter_async_context(
+            serve_audit(
+                AuditSettings(
+                    **{**common, "grpc_port": audit_port},
+                    database_url=audit_database_url,
+                    crypto_target=crypto.running.target,
+                    auth_target=auth.running.target,
+                    stream_poll_seconds=0.1,
                 ),
                 clock=clock,
             )
@@ -211,6 +233,8 @@ async def suite(
                     redis_url=redis_url,
                     crypto_target=crypto.running.target,
                     auth_target=auth.running.target,
+                    audit_target=audit.running.target,
+                    audit_poll_seconds=0.1,
                     notice_poll_seconds=0.05,
                 ),
                 clock=clock,
@@ -222,6 +246,7 @@ async def suite(
             metrics_port=0,
             auth_target=auth.running.target,
             apikeys_target=apikeys.running.target,
+            audit_target=audit.running.target,
             redis_url=redis_url,
             max_body_bytes=16 * 1024,
             shutdown_grace_seconds=1,
@@ -238,6 +263,7 @@ async def suite(
             apikeys_database_url,
         )
         suite.crypto_target, suite.data_dir = crypto.running.target, tmp_path
+        suite.audit, suite.audit_database_url = audit, audit_database_url
         await wait_for_feeds(gateway)
         yield suite
 

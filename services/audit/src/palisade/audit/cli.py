@@ -10,6 +10,10 @@ palisade-audit verify [--workspace ID|--system] [--public-keys FILE]
 palisade-audit export --workspace ID [--format jsonl|ocsf] [--since T] [--until T]
                                               a workspace's log, one JSON object a line (PII
                                               decrypted through crypto; erased subjects empty)
+palisade-audit keys init                      create the signing key and page-token key files
+                                              where the settings put them, if missing (for the
+                                              Kubernetes Secrets; the embedded default does it
+                                              on first start)
 palisade-audit keys list                      the checkpoint signing keys (public halves)
 palisade-audit keys rotate                    a new signing key; earlier public keys are kept
 """
@@ -188,6 +192,20 @@ async def export(
     return 0
 
 
+def init_keys(settings: AuditSettings, out: TextIO, clock: Clock) -> int:
+    from palisade.audit.checkpoints.signing_keys import create_signing_keys
+    from palisade.audit.queries.page_tokens import load_page_token_key
+
+    signing = settings.resolved_signing_key_file()
+    made = create_signing_keys(signing, clock.now())
+    out.write(f"{'created' if made else 'kept'} {signing}\n")
+    tokens = settings.resolved_page_token_key_file()
+    existed = tokens.exists()
+    load_page_token_key(tokens, create=True)
+    out.write(f"{'kept' if existed else 'created'} {tokens}\n")
+    return 0
+
+
 def list_keys(settings: AuditSettings, out: TextIO) -> int:
     from palisade.audit.checkpoints.signing_keys import ALGORITHM, read_signing_keys
 
@@ -247,6 +265,7 @@ def _parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="checkpoint signing keys").add_subparsers(
         dest="action", required=True
     )
+    keys.add_parser("init", help="create the key files if missing (mode 0600)")
     keys.add_parser("list", help="the public keys, one JSON object a line")
     keys.add_parser("rotate", help="make a new current key (earlier public keys stay)")
     return parser
@@ -292,6 +311,8 @@ def main(
         chain = _chain_name(args)
         assert chain is not None  # the group is required
         return asyncio.run(export(settings, chain, args.format, since, until, out, clock))
+    if args.action == "init":
+        return init_keys(settings, out, clock)
     if args.action == "list":
         return list_keys(settings, out)
     return rotate_key(settings, out, clock)

@@ -174,7 +174,7 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
                 "name": f.json_name,
                 "in": "query",
                 "required": False,
-                "schema": dict(_SCALARS[f.type]),
+                "schema": _query_schema(f),
             }
             for f in method.input_type.fields
             if f.name not in route.variables and is_query_field(f)
@@ -189,6 +189,12 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
             },
         }
     return operation
+
+
+def _query_schema(field: FieldDescriptor) -> dict[str, Any]:
+    if field.message_type is not None:  # transcode.QUERY_MESSAGES: a Timestamp
+        return {"type": "string", "format": "date-time"}
+    return dict(_SCALARS[field.type])
 
 
 def openapi_document(routes: list[Route], local: Sequence[LocalOperation] = ()) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from palisade.gateway.rate_limit.resp_client import RespClient
 from palisade.gateway.routes import build_routes, service_descriptor
 from palisade.gateway.token_cache import TokenCache
 from palisade_api.apikeys.v1 import apikeys_pb2, apikeys_pb2_grpc
+from palisade_api.audit.v1 import audit_pb2
 from palisade_api.auth.v1 import auth_pb2, auth_pb2_grpc
 
 log = logging.getLogger("palisade.gateway.server")
@@ -70,8 +71,10 @@ async def serve_gateway(
         stack.push_async_callback(auth_channel.close, None)
         apikeys_channel = insecure_channel(settings.apikeys_target)
         stack.push_async_callback(apikeys_channel.close, None)
+        audit_channel = insecure_channel(settings.audit_target)
+        stack.push_async_callback(audit_channel.close, None)
         signer = AssertionSigner(keys=keys, clock=clock, ttl_seconds=settings.assertion_ttl_seconds)
-        for audience in ("auth", "apikeys", *settings.extra_upstreams):
+        for audience in ("auth", "apikeys", "audit", *settings.extra_upstreams):
             signer.require_edge(audience)  # an upstream without an edge key: fail at start
         registry = CollectorRegistry()
         metrics = GatewayMetrics(registry)
@@ -132,8 +135,9 @@ async def serve_gateway(
             (auth_pb2.DESCRIPTOR.services_by_name["AuthService"], "auth"),
             *((service_descriptor(module, name), "auth") for module, name in _AUTH_SERVICES),
             (apikeys_pb2.DESCRIPTOR.services_by_name["ApiKeysService"], "apikeys"),
+            (audit_pb2.DESCRIPTOR.services_by_name["AuditService"], "audit"),
         ]
-        channels = {"auth": auth_channel, "apikeys": apikeys_channel}
+        channels = {"auth": auth_channel, "apikeys": apikeys_channel, "audit": audit_channel}
         for audience, upstream in settings.extra_upstreams.items():
             services.append((service_descriptor(upstream.proto_module, upstream.service), audience))
             channels[audience] = insecure_channel(upstream.target)

@@ -123,10 +123,16 @@ _SECRET_WORDS = ("token", "password", "secret", "code", "key", "credential")
 _NOT_SECRETS = frozenset({"page_token"})
 
 
+# Well-known messages the JSON mapping writes as one string (a Timestamp is RFC 3339), so one
+# query parameter can carry them (`?since=2026-01-01T00:00:00Z`).
+QUERY_MESSAGES = frozenset({"google.protobuf.Timestamp"})
+
+
 def is_query_field(field: FieldDescriptor) -> bool:
-    """Whether a field may come from the query string: a single scalar, not a secret."""
+    """Whether a field may come from the query string: a single scalar (or Timestamp), not a
+    secret."""
     return (
-        field.message_type is None
+        (field.message_type is None or field.message_type.full_name in QUERY_MESSAGES)
         and not field.is_repeated
         and (field.name in _NOT_SECRETS or not any(word in field.name for word in _SECRET_WORDS))
     )
