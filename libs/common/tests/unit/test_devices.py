@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from palisade.common.devices import KINDS, Device, clean_user_agent, parse_device
+from palisade.common import devices
+from palisade.common.devices import KINDS, Device, DeviceParser, clean_user_agent, parse_device
 
 CHROME_MAC = (
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
@@ -81,3 +82,23 @@ def test_clean_user_agent_bounds_and_strips() -> None:
 def test_devices_from_their_description(description, expected) -> None:
     assert Device.from_description(description) == expected
     assert Device.from_description(expected.describe(128)) == expected
+
+
+def test_the_cached_parser_answers_alike_and_stays_bounded(monkeypatch) -> None:
+    parser = DeviceParser(max_entries=2)
+    calls: list[str] = []
+    real = devices.parse_device
+
+    def counting(agent):
+        calls.append(agent)
+        return real(agent)
+
+    monkeypatch.setattr(devices, "parse_device", counting)
+    for _ in range(3):
+        assert parser.parse(CHROME_MAC) == real(CHROME_MAC)
+    assert calls == [CHROME_MAC]
+    parser.parse(SAFARI_IPHONE)
+    parser.parse(GOOGLEBOT)  # the least recently used (Chrome) goes
+    parser.parse(CHROME_MAC)
+    assert calls == [CHROME_MAC, SAFARI_IPHONE, GOOGLEBOT, CHROME_MAC]
+    assert parser.parse(None) == real(None)

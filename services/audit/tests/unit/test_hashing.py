@@ -66,3 +66,12 @@ def test_the_encoding_is_versioned_and_stable() -> None:
     assert event_hash(BASE) == event_hash(replace(BASE))
     # Microseconds are part of the moment, as stored.
     assert b"2026-01-02T03:04:05.678901Z" in encode(BASE)
+
+
+def test_field_associated_data_is_the_common_encoding() -> None:
+    from palisade.audit.pii import field_aad
+    from palisade.common.aad import associated_data, owner_of
+
+    for event_id, field in (("a" * 32, "ip"), ("b" * 32, "user_agent"), ("", "location")):
+        assert field_aad(event_id, field) == associated_data("audit", event_id, field)
+        assert owner_of(field_aad(event_id, field)) == "audit"

@@ -9,6 +9,7 @@ log lines or blow up a column through its User-Agent header.
 from __future__ import annotations
 
 import unicodedata
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from ua_parser import parse
@@ -56,6 +57,8 @@ def clip(text: str, limit: int) -> str:
 def printable(text: str) -> str:
     """text without controls, bidi overrides, surrogates, line separators or unassigned code
     points: one line of visible text."""
+    if text.isascii() and text.isprintable():
+        return text  # the usual case, checked in C: no ASCII printable is in those categories
     return "".join(c for c in text if unicodedata.category(c) not in _UNPRINTABLE)
 
 
@@ -125,3 +128,27 @@ def parse_device(agent: str | None) -> Device:
         os=printable(os_name).strip(),
         kind=_kind(device_family, device_brand, os_family, cleaned),
     )
+
+
+class DeviceParser:
+    """parse_device with a bounded cache (least recently used dropped): a client sends the same
+    User-Agent with every request, and the regular expressions behind a parse cost far more
+    than a lookup. One per consumer (the security log's ingest), not a process global."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._max = max_entries
+        self._cache: OrderedDict[str, Device] = OrderedDict()
+
+    def parse(self, agent: str | None) -> Device:
+        if not agent:
+            return parse_device(agent)
+        key = agent[:MAX_USER_AGENT]
+        found = self._cache.get(key)
+        if found is not None:
+            self._cache.move_to_end(key)
+            return found
+        device = parse_device(key)
+        self._cache[key] = device
+        if len(self._cache) > self._max:
+            self._cache.popitem(last=False)
+        return device

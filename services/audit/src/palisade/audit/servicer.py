@@ -28,6 +28,7 @@ from palisade.audit.queries.service import EventFilter, EventQueries
 from palisade.audit.queries.stream import EventStream, parse_cursor
 from palisade.common.caller import Caller, require_caller, require_service_caller
 from palisade.common.clock import Clock
+from palisade.common.devices import DeviceParser
 from palisade.common.edges import Edge
 from palisade.common.errors import PalisadeError
 from palisade_api.audit.v1 import audit_pb2 as pb
@@ -88,6 +89,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             e.issuer for e in edges if e.audience == "audit" and not e.delegates
         )
         self._max_batch = max_batch_events
+        self._devices = DeviceParser()
         self._skew = timedelta(seconds=max_clock_skew_seconds)
 
     def _recorder(self) -> str:
@@ -102,7 +104,10 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             if len(request.events) > self._max_batch:
                 raise BatchTooLarge(f"at most {self._max_batch} events in one batch")
             latest = self._clock.now() + self._skew
-            valid = [validate(e, i, latest=latest) for i, e in enumerate(request.events)]
+            valid = [
+                validate(e, i, latest=latest, devices=self._devices)
+                for i, e in enumerate(request.events)
+            ]
             result = await self._ingestor.ingest(source, valid)
         except PalisadeError as error:
             if error.status == grpc.StatusCode.INVALID_ARGUMENT:

@@ -2,14 +2,18 @@
 
 Everything that can fail for reasons outside the database (an unknown workspace, auth or crypto
 unreachable) is settled before the transaction starts, so a refused or failed batch stores
-nothing and no chain-head lock is held across a network call. The transaction then appends
-each workspace's events in batch order, after whatever the chain held, and moves its head.
+nothing and no chain-head lock is held across a network call. The transaction then drops the
+events already stored (under the chain locks, so a batch that held them just before is seen),
+appends each workspace's events in batch order, after whatever the chain held, and moves its
+head. A retried batch is encrypted again (cheap) rather than looked up first (a round trip
+every batch pays).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
@@ -91,19 +95,14 @@ class Ingestor:
         started = time.perf_counter()
         unique, repeated = _unique(events)
         self._log_repeats(source, unique, repeated)
-        async with self._store.transaction() as tx:
-            stored_before = await tx.existing_event_ids([e.event_id for e in unique])
-        fresh = [e for e in unique if e.event_id not in stored_before]
-        if stored_before:
-            await self._log_changed_duplicates(
-                source, [e for e in unique if e.event_id in stored_before]
-            )
-        await self._require_workspaces(fresh)
-        sealed = await self._vault.seal(fresh)
-        stored = await self._append(source, fresh, sealed) if fresh else []
+        await self._require_workspaces(unique)
+        sealed = await self._vault.seal(unique)
+        stored, already = await self._append(source, unique, sealed)
+        if already:
+            await self._log_changed_duplicates(source, [e for e in unique if e.event_id in already])
         duplicates = len(events) - len(stored)
-        for event in stored:
-            self._metrics.ingested.labels(event.type, source).inc()
+        for event_type, count in Counter(e.type for e in stored).items():
+            self._metrics.ingested.labels(event_type, source).inc(count)
         if duplicates:
             self._metrics.duplicates.labels(source).inc(duplicates)
         self._metrics.ingest_seconds.observe(time.perf_counter() - started)
@@ -122,7 +121,8 @@ class Ingestor:
 
     async def _append(
         self, source: str, events: Sequence[NewEvent], sealed: Sequence[SealedPii]
-    ) -> list[SealedEvent]:
+    ) -> tuple[list[SealedEvent], set[str]]:
+        """(the events appended, the ids found stored already)."""
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 async with self._store.transaction() as tx:
@@ -145,7 +145,9 @@ class Ingestor:
         source: str,
         events: Sequence[NewEvent],
         sealed: Sequence[SealedPii],
-    ) -> list[SealedEvent]:
+    ) -> tuple[list[SealedEvent], set[str]]:
+        if not events:
+            return [], set()
         heads = await tx.lock_chains(e.workspace_id for e in events)
         # Under the chain locks: a batch that held them before us may have stored some of ours.
         already = await tx.existing_event_ids([e.event_id for e in events])
@@ -189,7 +191,7 @@ class Ingestor:
             for w, (size, head) in position.items()
             if (size, head) != (heads[w].size, heads[w].head)
         )
-        return appended
+        return appended, already
 
     def _log_repeats(
         self, source: str, unique: Sequence[NewEvent], repeated: Sequence[NewEvent]

@@ -21,7 +21,7 @@ from palisade.audit.catalogue import is_known
 from palisade.audit.model import SYSTEM_CHAIN, NewEvent
 from palisade.audit.tables import DEVICE_PART_CHARS, PRINCIPAL_CHARS, REASON_CHARS
 from palisade.common.client_text import client_ip
-from palisade.common.devices import Device, clean_user_agent, clip, parse_device, printable
+from palisade.common.devices import Device, DeviceParser, clean_user_agent, clip, printable
 from palisade_api.audit.v1 import audit_pb2 as pb
 
 EVENT_ID = re.compile(r"[0-9a-f]{32}")
@@ -100,9 +100,9 @@ def _details(values: Mapping[str, str], index: int) -> str:
     return text
 
 
-def _device(event: pb.IngestEvent, user_agent: str, index: int) -> Device:
+def _device(event: pb.IngestEvent, user_agent: str, index: int, devices: DeviceParser) -> Device:
     if user_agent and _looks_like_user_agent(user_agent):
-        return parse_device(user_agent)
+        return devices.parse(user_agent)
     description = event.device or user_agent
     if not description:
         return Device(browser="", os="", kind="")  # no client behind the event
@@ -117,10 +117,13 @@ def _device(event: pb.IngestEvent, user_agent: str, index: int) -> Device:
     )
 
 
-def validate(event: pb.IngestEvent, index: int, *, latest: datetime) -> NewEvent:
+def validate(
+    event: pb.IngestEvent, index: int, *, latest: datetime, devices: DeviceParser | None = None
+) -> NewEvent:
     """The event as the log will keep it; raises the InvalidEvent that says what is wrong.
 
-    latest: the last moment an event may claim to have happened (now plus the clock skew)."""
+    latest: the last moment an event may claim to have happened (now plus the clock skew);
+    devices: the (caching) User-Agent parser to use."""
     if not EVENT_ID.fullmatch(event.event_id):
         raise errors.InvalidEventId(index)
     if not is_known(event.type):
@@ -145,7 +148,7 @@ def validate(event: pb.IngestEvent, index: int, *, latest: datetime) -> NewEvent
     if reason is None:
         raise errors.InvalidReason(index)
     user_agent = clean_user_agent(event.user_agent)
-    device = _device(event, user_agent, index)
+    device = _device(event, user_agent, index, devices or DeviceParser(max_entries=1))
     if not _looks_like_user_agent(user_agent):
         user_agent = ""  # a device description, kept as the device only
     return NewEvent(

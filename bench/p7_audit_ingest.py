@@ -1,0 +1,260 @@
+"""P7: audit ingest into Postgres, sustained.
+
+Target (shared/PERFORMANCE.md): >= 20,000 events/s sustained; emitting an event adds one INSERT
+to the caller's own transaction and no network hop (palisade.common.outbox.emit: that half is
+structural, and measured here too as the INSERT's cost inside a transaction).
+
+Real processes, as in production: crypto (Postgres), auth (Postgres; it answers audit's
+workspace-directory questions) and audit (Postgres), each its own process. The load is what the
+services' forwarders send: Ingest batches signed as service:auth, spread over WORKSPACES
+workspaces, each event with an IP and a user agent (two PII fields encrypted under the person's
+subject key: one Encrypt call of 2 x BATCH items per batch). Batches are built before the clock
+starts; IN_FLIGHT of them are outstanding at any time. CPU seconds per 1,000 events are read
+from /proc for audit, crypto and every postgres process (the load generator is not counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from bench.common import (
+    fresh_postgres_database,
+    print_table,
+    running_service,
+)
+from bench.cpu_budget import _postgres_cpu_seconds
+from bench.http_bench import cpu_seconds
+from palisade.common.caller import AssertionSigner
+from palisade.common.clock import SystemClock
+from palisade.common.edge_keys import KeySource, read_document
+from palisade.common.grpc_client import ServiceIdentity, insecure_channel
+from palisade_api.audit.v1 import audit_pb2 as pb
+from palisade_api.audit.v1 import audit_pb2_grpc
+from palisade_api.auth.v1 import auth_pb2, auth_pb2_grpc
+
+WORKSPACES = 16
+BATCH = 500  # what one forwarder call carries (auth's AUDIT_BATCH_SIZE may go to 1000)
+IN_FLIGHT = 6
+SECONDS_PER_TRIAL = 20.0
+TRIALS = 3
+TARGET = 20_000
+INGEST = "/palisade.audit.v1.AuditService/Ingest"
+AGENT = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
+)
+
+
+def _workspaces(auth_port: int, data_dir: Path) -> list[tuple[str, str]]:
+    """(workspace id, owner user id) of WORKSPACES fresh sign-ups, as the gateway asks for them."""
+    keys = KeySource.from_master(read_document(data_dir / "keys" / "edges.json"), "gateway")
+    signer = AssertionSigner(keys=keys, clock=SystemClock(), ttl_seconds=60)
+
+    async def sign_up() -> list[tuple[str, str]]:
+        created = []
+        async with insecure_channel(f"127.0.0.1:{auth_port}") as channel:
+            stub = auth_pb2_grpc.AuthServiceStub(channel)
+            for i in range(WORKSPACES):
+                token = signer.sign(
+                    audience="auth",
+                    method="/palisade.auth.v1.AuthService/SignUp",
+                    principal="anonymous",
+                    request_id=uuid.uuid4().hex,
+                    client_ip="127.0.0.1",
+                )
+                answer = await stub.SignUp(
+                    auth_pb2.SignUpRequest(
+                        email=f"bench-{i}-{uuid.uuid4().hex[:8]}@example.com",
+                        password="correct horse battery staple",
+                        name="Bench",
+                    ),
+                    metadata=(("x-palisade-caller", token),),
+                )
+                created.append((answer.workspace_id, answer.user_id))
+        return created
+
+    return asyncio.run(sign_up())
+
+
+def _batches(count: int, workspaces: list[tuple[str, str]]) -> list[pb.IngestRequest]:
+    now = Timestamp()
+    now.FromDatetime(datetime.now(UTC))
+    batches = []
+    for b in range(count):
+        events = []
+        for i in range(BATCH):
+            workspace, user = workspaces[(b * BATCH + i) % len(workspaces)]
+            events.append(
+                pb.IngestEvent(
+                    event_id=uuid.uuid4().hex,
+                    type="session.login_succeeded",
+                    occurred_at=now,
+                    workspace_id=workspace,
+                    actor=f"user:{user}",
+                    subject=user,
+                    ip=f"198.51.{(i >> 8) & 255}.{i & 255}",
+                    user_agent=AGENT,
+                    outcome="success",
+                    details={"method": "password", "session_id": f"ses_{uuid.uuid4().hex}"},
+                )
+            )
+        batches.append(pb.IngestRequest(events=events))
+    return batches
+
+
+async def _trial(
+    audit_port: int, identity: ServiceIdentity, batches: list[pb.IngestRequest]
+) -> tuple[float, int]:
+    """(events/s, events stored) sending every batch with IN_FLIGHT outstanding."""
+    queue = list(reversed(batches))
+    stored = 0
+    async with insecure_channel(f"127.0.0.1:{audit_port}") as channel:
+        stub = audit_pb2_grpc.AuditServiceStub(channel)
+
+        async def sender() -> None:
+            nonlocal stored
+            while queue:
+                request = queue.pop()
+                reply = await stub.Ingest(
+                    request, metadata=identity.metadata("audit", INGEST), timeout=60
+                )
+                stored += reply.stored
+
+        start = time.perf_counter()
+        await asyncio.gather(*(sender() for _ in range(IN_FLIGHT)))
+        elapsed = time.perf_counter() - start
+    return stored / elapsed, stored
+
+
+def _emit_cost() -> float:
+    """Microseconds one outbox INSERT adds to a caller's transaction (Postgres)."""
+    from sqlalchemy import MetaData
+
+    from palisade.common.db import create_engine
+    from palisade.common.outbox import SecurityEvent, emit, outbox_table
+
+    async def measure(url: str) -> float:
+        engine = create_engine(url)
+        metadata = MetaData()
+        table = outbox_table(metadata)
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        rounds = 2000
+        async with engine.begin() as conn:
+            start = time.perf_counter()
+            for _ in range(rounds):
+                await emit(
+                    conn,
+                    table,
+                    SecurityEvent(
+                        type="session.login_succeeded",
+                        occurred_at=datetime.now(UTC),
+                        actor="user:usr_x",
+                        ip="198.51.100.7",
+                        device="Chrome 120 on Mac OS X",
+                    ),
+                )
+            elapsed = time.perf_counter() - start
+        await engine.dispose()
+        return elapsed / rounds * 1e6
+
+    with fresh_postgres_database() as url:
+        return asyncio.run(measure(url))
+
+
+def main() -> dict[str, float]:
+    emit_us = _emit_cost()
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        data_dir = Path(tmp)
+        crypto_db = stack.enter_context(fresh_postgres_database())
+        auth_db = stack.enter_context(fresh_postgres_database())
+        audit_db = stack.enter_context(fresh_postgres_database())
+        crypto = stack.enter_context(
+            running_service(
+                "palisade.crypto",
+                "PALISADE_CRYPTO_",
+                data_dir,
+                {"PALISADE_CRYPTO_DATABASE_URL": crypto_db},
+            )
+        )
+        auth = stack.enter_context(
+            running_service(
+                "palisade.auth",
+                "PALISADE_AUTH_",
+                data_dir,
+                {
+                    "PALISADE_AUTH_DATABASE_URL": auth_db,
+                    "PALISADE_AUTH_CRYPTO_TARGET": f"127.0.0.1:{crypto.port}",
+                    # Auth's own events are not part of this measurement.
+                    "PALISADE_AUTH_AUDIT_TARGET": "127.0.0.1:9",
+                    "PALISADE_AUTH_LOG_LEVEL": "ERROR",
+                },
+            )
+        )
+        audit = stack.enter_context(
+            running_service(
+                "palisade.audit",
+                "PALISADE_AUDIT_",
+                data_dir,
+                {
+                    "PALISADE_AUDIT_DATABASE_URL": audit_db,
+                    "PALISADE_AUDIT_CRYPTO_TARGET": f"127.0.0.1:{crypto.port}",
+                    "PALISADE_AUDIT_AUTH_TARGET": f"127.0.0.1:{auth.port}",
+                },
+            )
+        )
+        workspaces = _workspaces(auth.port, data_dir)
+        keys = KeySource.from_master(read_document(data_dir / "keys" / "edges.json"), "auth")
+        identity = ServiceIdentity(
+            name="auth", signer=AssertionSigner(keys=keys, clock=SystemClock(), ttl_seconds=60)
+        )
+        asyncio.run(_trial(audit.port, identity, _batches(IN_FLIGHT * 2, workspaces)))  # warm-up
+        per_trial = int(SECONDS_PER_TRIAL * TARGET / BATCH)
+        rates, cpu = [], []
+        for _ in range(TRIALS):
+            batches = _batches(per_trial, workspaces)
+            before = (cpu_seconds(audit.pid), cpu_seconds(crypto.pid), _postgres_cpu_seconds())
+            rate, stored = asyncio.run(_trial(audit.port, identity, batches))
+            after = (cpu_seconds(audit.pid), cpu_seconds(crypto.pid), _postgres_cpu_seconds())
+            rates.append(rate)
+            cpu.append(
+                [((a or 0) - (b or 0)) / stored * 1000 for a, b in zip(after, before, strict=True)]
+            )
+    median = statistics.median(rates)
+    audit_cpu, crypto_cpu, pg_cpu = (statistics.median(c[i] for c in cpu) for i in range(3))
+    cores = os.cpu_count() or 1
+    print_table(
+        f"P7  audit ingest into Postgres ({BATCH}-event batches, {IN_FLIGHT} in flight, "
+        f"{WORKSPACES} workspaces, {TRIALS} trials of ~{per_trial * BATCH:,} events)",
+        [
+            ("events/s, median", f"{median:,.0f}   target >= {TARGET:,}"),
+            ("events/s, each trial", "  ".join(f"{r:,.0f}" for r in rates)),
+            ("CPU s per 1,000 events: audit", f"{audit_cpu:.3f}"),
+            ("CPU s per 1,000 events: crypto", f"{crypto_cpu:.3f}"),
+            ("CPU s per 1,000 events: postgres", f"{pg_cpu:.3f}"),
+            (
+                "ceiling from CPU alone (cores / total CPU per event)",
+                f"{cores / ((audit_cpu + crypto_cpu + pg_cpu) / 1000):,.0f} events/s "
+                f"({cores} cores)",
+            ),
+            (
+                "emitting: one outbox INSERT in the caller's transaction",
+                f"{emit_us:.0f} us, no network hop",
+            ),
+        ],
+    )
+    return {"p7_events_per_s": median}
+
+
+if __name__ == "__main__":
+    main()
