@@ -11,9 +11,15 @@ palisade-auth users disable EMAIL   disable an account: its sessions end at once
                                     gateway hears it), its API keys are revoked through
                                     apikeys, its emailed links die; no way in works
 palisade-auth users enable EMAIL    let a disabled account sign in again
+palisade-auth subjects migrate      move what was sealed before subject keys under each
+                                    user's subject key (the service also does it in the
+                                    background at start); resumable, idempotent, prints
+                                    counts and user ids only
 
 `users` prints the user id, never the address; exit status 1 if no account has the address
-(or it is malformed), 3 if the database or crypto cannot be reached.
+(or it is malformed), 3 if the database or crypto cannot be reached. `subjects migrate` exits
+1 if a stored envelope could not be opened (left as it is, named by user id), 3 if crypto
+cannot be reached (run it again: it goes on where it stopped).
 """
 
 from __future__ import annotations
@@ -52,6 +58,23 @@ async def _migrate(settings: AuthSettings) -> None:
         await engine.dispose()
 
 
+async def _migrate_subjects(settings: AuthSettings) -> int:
+    from sqlalchemy.exc import DBAPIError
+
+    from palisade.auth.accounts.subject_migration import migrate_from_settings
+    from palisade.common.errors import Unavailable
+
+    try:
+        result = await migrate_from_settings(settings)
+    except Unavailable:
+        print("crypto is unavailable; run the command again to go on", file=sys.stderr)
+        return 3
+    except DBAPIError as error:  # names the driver's error class, never data
+        print(f"the database is unavailable ({type(error.orig).__name__})", file=sys.stderr)
+        return 3
+    return 1 if result.unreadable else 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="palisade-auth", description="Palisade auth service")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -60,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     reindex = commands.add_parser("reindex", help="move blind indexes to the primary index key")
     reindex.add_argument(
         "--after", metavar="USER_ID", help="resume after this user id (printed by a run)"
+    )
+    subjects = commands.add_parser("subjects", help="subject keys of auth's stored PII")
+    subjects.add_subparsers(dest="action", metavar="ACTION", required=True).add_parser(
+        "migrate", help="move rows sealed before subject keys under each user's subject"
     )
     users = commands.add_parser("users", help="disable or enable an account")
     actions = users.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -78,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
         result = asyncio.run(reindex_from_settings(settings, after=args.after))
         return 1 if result.collisions or result.unreadable else 0
+    if args.command == "subjects":
+        return asyncio.run(_migrate_subjects(settings))
     if args.command == "users":
         from palisade.auth.accounts.disabling_cli import run_users_command
 

@@ -146,6 +146,18 @@ class AuthSettings(CommonSettings):
     reindex_batch_size: int = Field(default=200, ge=1, le=1000)
     reindex_pause_seconds: float = Field(default=0.2, ge=0)
 
+    # Subject keys (auth/subjects.py): rows sealed before them are moved under their user's
+    # subject by `palisade-auth subjects migrate`, and, unless this is false, by every auth
+    # replica in the background at start (resumable and idempotent; replicas racing on a row
+    # cost a wasted encryption, never a wrong write). Rows per batch (one Decrypt and one
+    # Encrypt call each) and the pause between batches, to leave crypto room for traffic.
+    subject_migration_on_start: bool = True
+    subject_migration_batch_size: int = Field(default=200, ge=1, le=500)
+    subject_migration_pause_seconds: float = Field(default=0.1, ge=0)
+    # How often queued subject shreds of deleted accounts are sent or retried (a deletion
+    # sends its own at once; this is for crypto outages and crashes).
+    subject_shred_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+
     @field_validator("unverified_restrictions")
     @classmethod
     def _known_actions(cls, value: tuple[str, ...]) -> tuple[str, ...]:

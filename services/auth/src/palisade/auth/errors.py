@@ -220,3 +220,15 @@ class AccountNotFound(NotFound):
 
     code = "account_not_found"
     default_message = "no account has this email address"
+
+
+class OwnershipTransferRequired(PalisadeError):
+    """Deleting the account would leave a workspace with members and no owner. Names no
+    workspace or person: the caller sees their own workspaces and roles elsewhere."""
+
+    status = grpc.StatusCode.ABORTED  # 409 at the gateway
+    code = "ownership_transfer_required"
+    default_message = (
+        "you are the only owner of a workspace that has other members: make one of them an"
+        " owner first"
+    )

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from palisade.auth.account_servicer import SERVICE_NAME as ACCOUNT_SERVICE
 from palisade.auth.account_servicer import AccountServicer
+from palisade.auth.accounts.deletion import AccountDeletion
 from palisade.auth.accounts.email_change import EmailChanges
 from palisade.auth.accounts.key_revocation_relay import (
     ApiKeysRevoker,
@@ -25,6 +26,8 @@ from palisade.auth.accounts.key_revocation_relay import (
 from palisade.auth.accounts.not_me import NotMeReports
 from palisade.auth.accounts.restrictions import INVITE_MEMBERS, UnverifiedRestrictions
 from palisade.auth.accounts.service import Accounts
+from palisade.auth.accounts.subject_migration import SubjectMigration, migrate_until_done
+from palisade.auth.accounts.subject_shreds import ShredRelay
 from palisade.auth.accounts.verification import EmailLinkPolicy, EmailVerifications
 from palisade.auth.config import SERVICE_NAME, AuthSettings
 from palisade.auth.directory_servicer import SERVICE_NAME as DIRECTORY_SERVICE
@@ -53,6 +56,7 @@ from palisade.auth.sessions.revocation import (
 from palisade.auth.sessions.revocation_outbox import RevocationOutbox, RevocationRelay
 from palisade.auth.store import MIGRATIONS_PACKAGE, AuthStore, outbox
 from palisade.auth.team.directory import TeamDirectory
+from palisade.auth.team.invitation_expiry import ExpiredInvitationSweeper
 from palisade.auth.team.invitations import Invitations
 from palisade.auth.team.joining import Joining
 from palisade.auth.team.membership import TeamMembership
@@ -77,6 +81,7 @@ from palisade.common.edges import EDGES, Edge
 from palisade.common.grpc_client import ServiceIdentity, insecure_channel
 from palisade.common.grpc_server import RunningServer, run_server
 from palisade.common.migrations import upgrade
+from palisade.common.tasks import running_in_background
 from palisade_api.auth.v1 import (
     account_pb2_grpc,
     auth_pb2,
@@ -102,6 +107,8 @@ class AuthServer:
     engine: AsyncEngine  # for tests that count round trips
     reads: DirectReads
     key_revocation_relay: KeyRevocationRelay | None = None
+    shred_relay: ShredRelay | None = None
+    subject_migration: SubjectMigration | None = None
 
 
 def session_policy(settings: AuthSettings) -> SessionPolicy:
@@ -346,6 +353,28 @@ async def serve_auth(
             poll_seconds=settings.key_revocation_poll_seconds,
         )
         not_me = NotMeReports(store=store, sessions=sessions, clock=clock)
+        shred_relay = ShredRelay(
+            engine=engine,
+            shredder=crypto,
+            clock=clock,
+            registry=registry,
+            poll_seconds=settings.subject_shred_poll_seconds,
+        )
+        deletion = AccountDeletion(
+            store=store,
+            sessions=sessions,
+            recent_auth=recent_auth,
+            shreds=shred_relay,
+            clock=clock,
+        )
+        subject_migration = SubjectMigration(
+            engine=engine,
+            crypto=crypto,
+            batch_size=settings.subject_migration_batch_size,
+            pause_seconds=settings.subject_migration_pause_seconds,
+            registry=registry,
+        )
+        invitation_expiry = ExpiredInvitationSweeper(engine=engine, clock=clock)
         new_network_alerts = NewNetworkAlertRelay(
             engine=engine,
             store=store,
@@ -413,6 +442,7 @@ async def serve_auth(
                     recent_auth=recent_auth,
                     team=team,
                     notices=notices,
+                    deletion=deletion,
                 ),
                 server,
             )
@@ -473,7 +503,17 @@ async def serve_auth(
                 poll_seconds=settings.audit_poll_seconds,
             ),
             new_network_alerts.running(),
+            shred_relay.running(),
+            invitation_expiry.running(),
+            AsyncExitStack() as background,
         ):
+            if settings.subject_migration_on_start:
+                # Rows sealed before subject keys: moved under them once, in the background.
+                await background.enter_async_context(
+                    running_in_background(
+                        _migrate_subjects(subject_migration), name="palisade-subject-migration"
+                    )
+                )
             yield AuthServer(
                 running,
                 accounts,
@@ -484,4 +524,16 @@ async def serve_auth(
                 engine,
                 reads,
                 key_revocation_relay=key_revocation_relay,
+                shred_relay=shred_relay,
+                subject_migration=subject_migration,
             )
+
+
+async def _migrate_subjects(migration: SubjectMigration) -> None:
+    """The start-up run of the subject migration (accounts/subject_migration.py): ends once
+    every row it can reach is under its subject."""
+    result = await migrate_until_done(migration)
+    log.info(
+        "subject migration finished",
+        extra={"migrated": result.migrated, "left": sum(result.remaining.values())},
+    )

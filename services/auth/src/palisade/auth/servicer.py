@@ -10,6 +10,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 
+from palisade.auth.accounts.deletion import AccountDeletion
 from palisade.auth.accounts.principals import require_service, signed_in, workspace_reader
 from palisade.auth.accounts.service import Accounts
 from palisade.auth.grpc_values import client_info, timestamp, token_response
@@ -88,7 +89,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         recent_auth: RecentAuth,
         team: TeamDirectory,
         notices: SecurityNotices,
+        deletion: AccountDeletion,
     ) -> None:
+        self._deletion = deletion
         self._team = team
         self._notices = notices
         self._accounts = accounts
@@ -223,6 +226,18 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             client=client_info(caller),
         )
         return pb.ChangePasswordResponse()
+
+    async def DeleteAccount(
+        self, request: pb.DeleteAccountRequest, context: Context
+    ) -> pb.DeleteAccountResponse:
+        caller = require_caller()
+        user_id, _, session_id = _signed_in(caller)
+        # The recent-auth check is the deletion's own (after it looked whether the account
+        # is gone already: a repeated DELETE answers as the first did).
+        await self._deletion.delete(
+            user_id=user_id, session_id=session_id, client=client_info(caller)
+        )
+        return pb.DeleteAccountResponse()
 
     async def _require_recent_auth(self, caller: Caller, action: str) -> None:
         user_id, _, session_id = _signed_in(caller)

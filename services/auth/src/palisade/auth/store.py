@@ -58,6 +58,10 @@ users = Table(
     Column("disabled_at", TS, nullable=True),
     # Set when the owner of the address proves it by any emailed link (migration 0007).
     Column("email_verified_at", TS, nullable=True),
+    # The account was deleted (accounts/deletion.py, migration 0013): the row keeps only its
+    # id, as a pseudonym; disabled_at is set too, so every check that keeps disabled accounts
+    # out keeps it out.
+    Column("deleted_at", TS, nullable=True),
 )
 workspaces = Table(
     "workspaces",
@@ -65,6 +69,10 @@ workspaces = Table(
     Column("id", String(40), primary_key=True),
     Column("name", String(200), nullable=False),
     Column("created_at", TS, nullable=False),
+    # Its last member's account was deleted (migration 0013). Kept, not deleted: sessions,
+    # events and keys that name it keep their references; nobody can join it any more (every
+    # way in is a manager's invitation, and it has no members).
+    Column("closed_at", TS, nullable=True),
 )
 memberships = Table(
     "memberships",
@@ -90,6 +98,7 @@ class UserRow:
     password_hash: str
     disabled: bool
     email_verified: bool = False  # users.email_verified_at is set
+    deleted: bool = False  # users.deleted_at is set (then disabled is too)
 
 
 class AuthTransaction:
@@ -232,6 +241,7 @@ def _user(row: object) -> UserRow:
         password_hash=m["password_hash"],
         disabled=m["disabled_at"] is not None,
         email_verified=m["email_verified_at"] is not None,
+        deleted=m["deleted_at"] is not None,
     )
 
 

@@ -18,13 +18,13 @@ from palisade.auth.store import AuthTransaction, users
 
 
 async def require_enabled(tx: AuthTransaction, user_id: str) -> None:
-    """Raises AccountDisabled if the user is disabled (InvalidCredentials if gone); holds a
-    share lock on the user row until the transaction ends."""
-    query = select(users.c.disabled_at).where(users.c.id == user_id)
+    """Raises AccountDisabled if the user is disabled (InvalidCredentials if gone or
+    deleted); holds a share lock on the user row until the transaction ends."""
+    query = select(users.c.disabled_at, users.c.deleted_at).where(users.c.id == user_id)
     if tx.locks_rows:
         query = query.with_for_update(read=True)
     row = (await tx.conn.execute(query)).first()
-    if row is None:
+    if row is None or row.deleted_at is not None:  # a deleted account is gone for good
         raise InvalidCredentials()
     if row.disabled_at is not None:
         raise AccountDisabled()

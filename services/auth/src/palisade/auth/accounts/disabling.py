@@ -138,6 +138,9 @@ class AccountDisabling:
     async def enable_user(self, user_id: str, *, actor: str = OPERATOR_CLI) -> EnableResult:
         async with self._store.transaction() as tx:
             now = self._clock.now()
+            user = await tx.user(user_id)
+            if user is not None and user.deleted:
+                raise AccountNotFound()  # a deleted account stays out for good
             found, changed = await _set_disabled(tx, user_id, {"disabled_at": None})
             if not found:
                 raise AccountNotFound()

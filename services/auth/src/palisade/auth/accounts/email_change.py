@@ -66,6 +66,7 @@ from palisade.auth.mail.templates import address_in_use_email, email_change_emai
 from palisade.auth.sessions.manager import ClientInfo, SessionManager
 from palisade.auth.sessions.store import SessionRecords
 from palisade.auth.store import AuthStore, AuthTransaction, users
+from palisade.auth.subjects import user_subject
 from palisade.auth.throttle import Counter, CounterLimiter, LoginThrottle
 from palisade.common.clock import Clock
 from palisade.common.crypto_client import CryptoClient, Normalization
@@ -135,10 +136,16 @@ class EmailChanges:
         token = self._tokens.new_token()
         hours = max(1, policy.change_seconds // 3600)
         # Both emails and the sealed address are made whatever the lookup finds: same work.
-        [email_ct] = await self._crypto.encrypt([(email.encode(), pii_aad(user_id, "new_email"))])
+        # The new address and its link are the requester's (their subject key); the notice
+        # goes to whoever holds the address, not known yet (no subject; queued naming them).
+        [email_ct] = await self._crypto.encrypt(
+            [(email.encode(), pii_aad(user_id, NEW_EMAIL_FIELD))], subject=user_subject(user_id)
+        )
         link_mail, in_use_mail = await self._mail.seal_many(
             [
-                email_change_email(to=email, link=policy.link(token), hours=hours),
+                email_change_email(to=email, link=policy.link(token), hours=hours).for_user(
+                    user_id
+                ),
                 address_in_use_email(to=email),
             ]
         )
@@ -174,7 +181,7 @@ class EmailChanges:
                 outcome = "email_in_use"
                 # The owner hears of it (once per window); the requester learns nothing.
                 if in_use_mail is not None and await self._throttle.notice_allowed(notice_key):
-                    await self._mail.enqueue(tx, in_use_mail)
+                    await self._mail.enqueue(tx, in_use_mail, user_id=holder.id)
                     queued = True
             await tx.emit(
                 SecurityEvent(
@@ -210,7 +217,9 @@ class EmailChanges:
         )
         if pending.new_email_index not in index_tokens:  # sealed address and index disagree
             await self._failed(client, user_id, "invalid")
-        [new_ct] = await self._crypto.encrypt([(new_plain, pii_aad(user_id, "email"))])
+        [new_ct] = await self._crypto.encrypt(
+            [(new_plain, pii_aad(user_id, "email"))], subject=user_subject(user_id)
+        )
         told = await self._notices.prepare(
             EMAIL_CHANGED,
             user_id=user_id,

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,7 +185,8 @@ OWNED_ROWS = (
         owner="created_by",
         index="email_index",
         ciphertext="email_ct",
-        live=(invitations.c.used_at.is_(None),),
+        # (An expired one's address may be erased already: team/invitation_records.py.)
+        live=(invitations.c.used_at.is_(None), func.length(invitations.c.email_ct) > 0),
         aad=lambda r: email_aad(r.row_key),
         value=lambda _r, plain: plain.decode(),
         normalization=Normalization.EMAIL,
@@ -242,7 +244,8 @@ class Reindexer:
                 rows = (
                     await conn.execute(
                         select(users.c.id, users.c.email_index, users.c.email_ct)
-                        .where(users.c.id > cursor)
+                        # A deleted account has no address left (accounts/deletion.py).
+                        .where(users.c.id > cursor, users.c.deleted_at.is_(None))
                         .order_by(users.c.id)
                         .limit(self._batch_size)
                     )
@@ -374,7 +377,7 @@ class Reindexer:
         """Distinct index key versions of every indexed column (whole tables, now), counting
         only the rows still looked up by their index; columns without such rows are left out."""
         columns: dict[str, tuple[Column[Any], tuple[ColumnElement[bool], ...]]] = {
-            "users.email_index": (users.c.email_index, ()),
+            "users.email_index": (users.c.email_index, (users.c.deleted_at.is_(None),)),
             **{kind.name: (kind.column(kind.index), kind.live) for kind in OWNED_ROWS},
         }
         out: dict[str, list[int]] = {}
@@ -401,10 +404,10 @@ def _as_version(text: object) -> int:
     return int(value) if value.isdigit() else 0
 
 
-async def reindex_from_settings(
-    settings: Any, *, after: str | None, print_line: Callable[[str], None] = print
-) -> ReindexResult:
-    """The CLI's job: auth's database and crypto client as the service builds them."""
+@asynccontextmanager
+async def crypto_and_engine(settings: Any) -> AsyncIterator[tuple[CryptoClient, AsyncEngine]]:
+    """For operator commands (reindex, subjects migrate): auth's database engine and crypto
+    client as the service builds them, closed when the block ends."""
     from palisade.auth.config import SERVICE_NAME
     from palisade.common.caller import AssertionSigner
     from palisade.common.clock import SystemClock
@@ -423,18 +426,28 @@ async def reindex_from_settings(
     )
     channel = insecure_channel(settings.crypto_target)
     try:
-        crypto = CryptoClient(
-            channel=channel, identity=ServiceIdentity(name=SERVICE_NAME, signer=signer)
+        yield (
+            CryptoClient(
+                channel=channel, identity=ServiceIdentity(name=SERVICE_NAME, signer=signer)
+            ),
+            engine,
         )
+    finally:
+        await channel.close(None)
+        await engine.dispose()
+
+
+async def reindex_from_settings(
+    settings: Any, *, after: str | None, print_line: Callable[[str], None] = print
+) -> ReindexResult:
+    """The CLI's job: auth's database and crypto client as the service builds them."""
+    async with crypto_and_engine(settings) as (crypto, engine):
         result = await Reindexer(
             engine=engine,
             crypto=crypto,
             batch_size=settings.reindex_batch_size,
             pause_seconds=settings.reindex_pause_seconds,
         ).run(after=after)
-    finally:
-        await channel.close(None)
-        await engine.dispose()
     for line in result.lines():
         print_line(line)
     return result

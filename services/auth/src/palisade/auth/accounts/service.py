@@ -38,6 +38,7 @@ from palisade.auth.sessions.manager import ClientInfo, SessionManager
 from palisade.auth.sessions.new_networks import remember_network
 from palisade.auth.sessions.revocation import RevocationNotice
 from palisade.auth.store import AuthStore, DuplicateEmail, UserRow
+from palisade.auth.subjects import user_subject
 from palisade.auth.throttle import LoginThrottle
 from palisade.common.aad import associated_data
 from palisade.common.clock import Clock
@@ -148,7 +149,9 @@ class Accounts:
         # All sealed either way (same cost): a new account's verification link is queued; for
         # a taken address, the owner's notice (its own wording when the owner never proved
         # the address: the account may be someone else's pre-hijack of it).
-        verification = self._verifications.prepare(email)
+        # The notices go to whoever holds the address, not known yet: sealed under no subject,
+        # and queued naming that account (so its deletion drops them).
+        verification = self._verifications.prepare(email, user_id=user_id)
         verified_notice, unverified_notice, verification_mail = await self._mail.seal_many(
             [
                 existing_account_email(to=email, sign_in_url=self._public_base_url),
@@ -156,11 +159,14 @@ class Accounts:
                 verification.email,
             ]
         )
+        # Under the new user's subject key (auth/subjects.py), also for a taken address (the
+        # same work; that subject then holds nothing).
         email_ct, name_ct = await self._crypto.encrypt(
             [
                 (email.encode(), _pii_aad(user_id, "email")),
                 (name.encode(), _pii_aad(user_id, "name")),
-            ]
+            ],
+            subject=user_subject(user_id),
         )
         notice_key = "signup-taken:" + self._local_keys.email_throttle_key(email)
         queued = False
@@ -230,7 +236,7 @@ class Accounts:
                 notice = notices[0] if verified else notices[1]
                 # One notice per address per window: a stranger can't flood the owner.
                 if notice is not None and await self._throttle.notice_allowed(notice_key):
-                    await self._mail.enqueue(tx, notice)
+                    await self._mail.enqueue(tx, notice, user_id=existing.id)
                     return True
                 return False
             await self._throttle.notice_allowed(notice_key, spend=False)  # the same work

@@ -123,12 +123,13 @@ class EmailVerifications:
     def tokens(self) -> SingleUseTokens:
         return self._tokens
 
-    def prepare(self, to: str) -> PreparedVerification:
+    def prepare(self, to: str, *, user_id: str) -> PreparedVerification:
+        """The link and its email to `to`, the address of user_id's account (the email is
+        sealed under that user's subject key)."""
         token = self._tokens.new_token()
         hours = max(1, self._policy.verification_seconds // 3600)
-        return PreparedVerification(
-            token, verification_email(to=to, link=self._policy.link(token), hours=hours)
-        )
+        email = verification_email(to=to, link=self._policy.link(token), hours=hours)
+        return PreparedVerification(token, email.for_user(user_id))
 
     async def issue_in(
         self,
@@ -176,7 +177,7 @@ class EmailVerifications:
         if verified:
             return  # nothing to prove; the answer is the same 202
         [email] = await self._crypto.decrypt([(user.email_ct, pii_aad(user_id, "email"))])
-        prepared = self.prepare(email.decode())
+        prepared = self.prepare(email.decode(), user_id=user_id)
         [sealed] = await self._mail.seal_many([prepared.email])
         if sealed is None:
             return  # an address the mail layer can't carry (logged by the mail layer)

@@ -172,6 +172,8 @@ class MagicLinks:
         message = magic_link_email(
             to=email, link=self._link(token), minutes=self._policy.token_seconds // 60
         )
+        if user is not None:
+            message = message.for_user(user.id)  # sealed under the user's subject key
         sealed = await seal_or_decoy(self._mail, message, deliver=known)
         async with self._store.transaction() as tx:
             now = self._clock.now()

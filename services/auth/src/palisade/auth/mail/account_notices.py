@@ -198,7 +198,9 @@ class AccountNotices:
             device=client.device or "unknown device",
             workspace_name=None,
         )
-        [sealed] = await self._mail.seal_many([notice_email(kind, shown, context, to=to)])
+        # The account's own mail: sealed under its subject key (auth/subjects.py).
+        email = notice_email(kind, shown, context, to=to).for_user(user_id)
+        [sealed] = await self._mail.seal_many([email])
         if sealed is None:
             log.warning("%s notice not sent: the address cannot be delivered to", kind.name)
             return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import unicodedata
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from email import message_from_bytes, policy
 from email.headerregistry import Address
@@ -23,12 +23,21 @@ _LINE_BREAK_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
 
 @dataclass(frozen=True)
 class OutgoingEmail:
-    """One email to one person: plain text always, an HTML alternative optionally."""
+    """One email to one person: plain text always, an HTML alternative optionally.
+
+    user_id: the account it is addressed to, when there is one (auth/subjects.py): the queued
+    message is sealed under that user's subject key and dropped if the account is deleted
+    first. None for someone with no account (an invitee) or not known when it is sealed."""
 
     to: str
     subject: str
     text: str
     html: str | None = None
+    user_id: str | None = None
+
+    def for_user(self, user_id: str) -> OutgoingEmail:
+        """The same email, addressed to that account (see user_id)."""
+        return replace(self, user_id=user_id)
 
 
 def _check_header(name: str, value: str) -> None:

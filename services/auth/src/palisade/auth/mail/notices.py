@@ -276,7 +276,10 @@ class SecurityNotices:
             device=describe_device(request.user_agent or None),
             workspace_name=recipients[0][2],
         )
+        # Each recipient's own mail: sealed under their subject key (auth/subjects.py).
         return [
-            notice_email(checked.kind, checked.details, context, to=address.decode())
-            for address in addresses
+            notice_email(checked.kind, checked.details, context, to=address.decode()).for_user(
+                user_id
+            )
+            for (user_id, _, _), address in zip(recipients, addresses, strict=True)
         ]

@@ -27,7 +27,7 @@ from palisade.auth.mail.message import parse_message
 from palisade.auth.mail.outbox import PENDING, MailQueue, mail_outbox, message_aad
 from palisade.auth.mail.senders import MailDeliveryFailed, Mailer
 from palisade.common.clock import Clock
-from palisade.common.crypto_client import CryptoClient
+from palisade.common.crypto_client import CryptoClient, SubjectErased
 from palisade.common.outbox_claims import LeasedOutbox, exponential_backoff
 from palisade.common.tasks import running_in_background
 
@@ -172,7 +172,9 @@ class MailRelay:
         now = self._clock.now()
         reason = _reason(error)
         values: dict[str, object] = {"last_error": reason}
-        final = claim.attempt >= self._max_attempts
+        # An email sealed under the key of an account deleted since (auth/subjects.py) can
+        # never be opened again: dropped, not retried.
+        final = claim.attempt >= self._max_attempts or isinstance(error, SubjectErased)
         if final:
             values.update(failed_at=now, message_ct=None)
         else:

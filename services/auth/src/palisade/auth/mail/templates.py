@@ -10,6 +10,8 @@ import html
 import logging
 
 from palisade.auth.mail import MailQueue, OutgoingEmail, SealedEmail
+from palisade.auth.subjects import DECOY_USER_ID
+from palisade.common.crypto_client import SubjectErased
 
 log = logging.getLogger("palisade.auth.emails")
 # Never delivered: sealed where there is no account, so both cases do the same work.
@@ -227,14 +229,24 @@ async def seal_or_decoy(
 ) -> SealedEmail | None:
     """The sealed email when it is to be delivered; None otherwise (a decoy was sealed).
 
+    A delivered email must name its account (email.user_id): it is sealed under that user's
+    subject key, and the decoy under a subject of its own (auth/subjects.py), so crypto does
+    the same work either way.
+
     An address the mail layer can't carry (e.g. a non-ASCII local part) is not delivered
     either: the caller still answers as usual, and the failure is logged without the address.
+    So is an email for an account deleted a moment ago (its subject is shredded): the caller
+    answers as it would have a moment later, for an address with no account.
     """
+    if deliver and email.user_id is None:
+        raise ValueError("an email to deliver names the account it is addressed to")
+    decoy = OutgoingEmail(_DECOY_RECIPIENT, email.subject, email.text, user_id=DECOY_USER_ID)
     try:
-        sealed = await queue.seal(
-            email if deliver else OutgoingEmail(_DECOY_RECIPIENT, email.subject, email.text)
-        )
+        sealed = await queue.seal(email if deliver else decoy)
     except ValueError:
         log.warning("email not sent: the recipient address cannot be delivered to")
+        return None
+    except SubjectErased:
+        log.info("email not sent: its account was deleted")
         return None
     return sealed if deliver else None

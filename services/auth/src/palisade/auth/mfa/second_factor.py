@@ -32,6 +32,7 @@ from palisade.auth.mfa import backup_codes, totp
 from palisade.auth.mfa.store import MfaRecords
 from palisade.auth.sessions.manager import ClientInfo
 from palisade.auth.store import AuthStore, AuthTransaction
+from palisade.auth.subjects import user_subject
 from palisade.auth.throttle import Counter, CounterLimiter
 from palisade.common.aad import associated_data
 from palisade.common.clock import Clock
@@ -118,7 +119,9 @@ class SecondFactors:
             raise TotpAlreadyEnabled()
         secret = totp.new_secret()
         [email] = await self._crypto.decrypt([(user.email_ct, _email_aad(user_id))])
-        [secret_ct] = await self._crypto.encrypt([(secret.encode(), _totp_aad(user_id))])
+        [secret_ct] = await self._crypto.encrypt(
+            [(secret.encode(), _totp_aad(user_id))], subject=user_subject(user_id)
+        )
         async with self._store.transaction() as tx:
             now = self._clock.now()
             if not await MfaRecords(tx).start_totp(user_id, secret_ct, now):
@@ -195,7 +198,8 @@ class SecondFactors:
             [
                 (code.encode(), _backup_code_aad(user_id, code_id))
                 for code, code_id in zip(codes, ids, strict=True)
-            ]
+            ],
+            subject=user_subject(user_id),  # auth/subjects.py
         )
         rows = [
             (code_id, tokens[0], ct) for code_id, tokens, ct in zip(ids, indexes, cts, strict=True)

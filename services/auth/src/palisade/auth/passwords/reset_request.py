@@ -131,6 +131,8 @@ class ResetRequests:
             link=reset_link(self._public_base_url, token),
             minutes=self._limits.token_seconds // 60,
         )
+        if user is not None:
+            message = message.for_user(user.id)  # sealed under the user's subject key
         sealed = await seal_or_decoy(self._mail, message, deliver=refusal is None)
         if sealed is None and refusal is None:
             refusal = "undeliverable"  # an address the mail layer can't carry (logged)
@@ -192,6 +194,7 @@ class ResetRequests:
                 "next_attempt_at": now,
                 "attempts": 0,
                 "message_ct": b"",
+                "user_id": NO_USER,
             },
         )
 

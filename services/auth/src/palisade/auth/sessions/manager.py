@@ -260,9 +260,11 @@ class SessionManager:
                 raise InvalidToken()
             token, session = found
             if session.revoked_at is not None:
-                # Disabling ends every session; the token proves it was the holder's.
+                # Disabling ends every session; the token proves it was the holder's. A
+                # deleted account (disabled too) is simply gone: its session was revoked.
                 user = await tx.user(session.user_id)
-                raise AccountDisabled() if user is not None and user.disabled else SessionRevoked()
+                disabled = user is not None and user.disabled and not user.deleted
+                raise AccountDisabled() if disabled else SessionRevoked()
             if now >= session.absolute_expires_at or now >= token.expires_at:
                 raise TokenExpired()
             grace = timedelta(seconds=self._policy.grace_seconds)

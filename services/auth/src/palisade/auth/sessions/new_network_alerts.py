@@ -186,7 +186,7 @@ class NewNetworkAlertRelay:
             method=row.method,
             days=max(1, self._policy.link_seconds // 86400),
         )
-        [sealed] = await self._mail.seal_many([email])
+        [sealed] = await self._mail.seal_many([email.for_user(user.id)])  # its subject key
         async with self._store.transaction() as tx:
             taken = await tx.conn.execute(delete(_T).where(_OUTBOX.held(claim.id, claim.attempt)))
             if taken.rowcount != 1:

@@ -8,6 +8,13 @@ accepted, and also when it is revoked or replaced, so a revoked link can never b
 `revoked_at` tells those apart. The invited address is sealed through crypto (associated
 data: the invitation's id) with the blind index users have, so "is this address a member?" and
 "does it have a pending invitation here?" are index lookups, never plaintext.
+
+The invitee has no account yet, so the address is sealed under no subject key (auth/subjects.py)
+and kept no longer than it can be needed: accepting moves it under the new member's subject
+(re-sealed in the accepting transaction, so deleting that account erases it with the rest of
+the person's data), and an invitation that expires unaccepted (revoked or replaced ones
+included) has its address erased (email_ct and email_index emptied) once it has expired
+(team/invitation_expiry.py). Until then the list shows it to the workspace's managers.
 """
 
 from __future__ import annotations
@@ -27,10 +34,12 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    func,
     or_,
     select,
     update,
 )
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from palisade.auth.links.single_use import Purpose, TokenTable
 from palisade.auth.sessions.tokens import TokenKind
@@ -67,6 +76,11 @@ INVITATION_TABLE = TokenTable(
 INVITATION_ID = re.compile(r"inv_[0-9a-f]{32}")
 
 PENDING, ACCEPTED, REVOKED, EXPIRED = "pending", "accepted", "revoked", "expired"
+
+
+# What an invitation's address columns hold once it is erased.
+ERASED_EMAIL_CT = b""
+ERASED_EMAIL_INDEX = ""
 
 
 def email_aad(invitation_id: str) -> bytes:
@@ -177,9 +191,21 @@ class InvitationRecords:
         )
         return [r[0] for r in rows]
 
-    async def mark_accepted(self, invitation_id: str, user_id: str) -> None:
+    async def mark_accepted(self, invitation_id: str, user_id: str, email_ct: bytes) -> None:
+        """Records who accepted; email_ct: the address sealed again under their subject."""
         await self._conn.execute(
-            update(invitations).where(invitations.c.id == invitation_id).values(accepted_by=user_id)
+            update(invitations)
+            .where(invitations.c.id == invitation_id)
+            .values(accepted_by=user_id, email_ct=email_ct)
+        )
+
+    async def erase_accepted_by(self, user_id: str) -> None:
+        """Empties the sealed address of every invitation the user accepted (their account is
+        being deleted; one accepted before subject keys holds no subject of theirs)."""
+        await self._conn.execute(
+            update(invitations)
+            .where(invitations.c.accepted_by == user_id)
+            .values(email_ct=ERASED_EMAIL_CT, email_index=ERASED_EMAIL_INDEX)
         )
 
     async def page(
@@ -201,3 +227,26 @@ class InvitationRecords:
                 )
             )
         return [_row(r) for r in await self._conn.execute(query)]
+
+
+async def forget_expired_addresses(conn: AsyncConnection, now: datetime, *, limit: int) -> int:
+    """Erases the sealed address (and its index) of up to `limit` invitations that expired
+    unaccepted; returns how many. Accepted ones keep theirs (under the member's subject)."""
+    expired = (
+        select(invitations.c.id)
+        .where(
+            invitations.c.accepted_by.is_(None),
+            invitations.c.expires_at <= now,
+            func.length(invitations.c.email_ct) > 0,
+        )
+        .limit(limit)
+    )
+    ids = [r[0] for r in await conn.execute(expired)]
+    if not ids:
+        return 0
+    await conn.execute(
+        update(invitations)
+        .where(invitations.c.id.in_(ids), invitations.c.accepted_by.is_(None))
+        .values(email_ct=ERASED_EMAIL_CT, email_index=ERASED_EMAIL_INDEX)
+    )
+    return len(ids)

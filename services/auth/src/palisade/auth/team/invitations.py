@@ -172,19 +172,24 @@ class Invitations:
         rows = rows[:size]
         if not rows:
             return [], ""
-        emails = await self._crypto.decrypt([(r.email_ct, email_aad(r.id)) for r in rows])
+        # Erased addresses (expired, or the member's account deleted) show as empty.
+        sealed = [r for r in rows if r.email_ct]
+        opened = await self._crypto.decrypt(
+            [(r.email_ct, email_aad(r.id)) for r in sealed], tolerate_erased=True
+        )
+        addresses = {r.id: (p or b"").decode() for r, p in zip(sealed, opened, strict=True)}
         now = self._clock.now()
         views = [
             InvitationView(
                 r.id,
-                plain.decode(),
+                addresses.get(r.id, ""),
                 r.role,
                 r.created_by,
                 r.created_at,
                 r.expires_at,
                 r.state(now),
             )
-            for r, plain in zip(rows, emails, strict=True)
+            for r in rows
         ]
         last = rows[-1]
         return views, encode_cursor(last.created_at, last.id) if more else ""

@@ -32,6 +32,7 @@ from palisade.auth.passwords.hashing import PasswordHasher
 from palisade.auth.passwords.policy import check_new_password
 from palisade.auth.sessions.manager import ClientInfo, IssuedTokens, SessionManager
 from palisade.auth.store import AuthStore, AuthTransaction, DuplicateEmail
+from palisade.auth.subjects import user_subject
 from palisade.auth.team.errors import (
     AlreadyMember,
     InvalidInvitation,
@@ -106,11 +107,14 @@ class Joining:
             invitation = await InvitationRecords(tx).by_token_hash(digest)
         self._require_open(invitation)
         assert invitation is not None
+        if not invitation.email_ct:  # its address was erased: it expired a moment ago
+            raise InvitationExpired()
         [plain] = await self._crypto.decrypt([(invitation.email_ct, email_aad(invitation.id))])
         email = plain.decode()
         account = None
         if signed_in is not None:
             await self._require_address(signed_in.user_id, email)
+            member_id = signed_in.user_id
         else:
             try:
                 account = await self._new_account(email, name, password)
@@ -120,6 +124,12 @@ class Joining:
                 async with self._store.transaction() as tx:
                     self._require_open(await InvitationRecords(tx).by_token_hash(digest))
                 raise
+            member_id = account.user_id
+        # Accepted, the invitation's address is the member's: under their subject key from
+        # now on (team/invitation_records.py), sealed before the locking transaction.
+        [member_email_ct] = await self._crypto.encrypt(
+            [(plain, email_aad(invitation.id))], subject=user_subject(member_id)
+        )
         async with self._store.transaction() as tx:
             records = TeamRecords(tx)
             if not await records.lock_workspace(invitation.workspace_id):
@@ -135,7 +145,9 @@ class Joining:
                 or rank(sender.role) < rank(invitation.role)
             ):
                 raise InvalidInvitation()
-            issued, proof = await self._join(tx, invitation, signed_in, account, client)
+            issued, proof = await self._join(
+                tx, invitation, signed_in, account, client, member_email_ct
+            )
         await proof.announce(self._sessions)
         return issued
 
@@ -146,6 +158,7 @@ class Joining:
         signed_in: SignedIn | None,
         account: _NewAccount | None,
         client: ClientInfo,
+        member_email_ct: bytes,
     ) -> tuple[IssuedTokens, AddressProof]:
         records = TeamRecords(tx)
         now = self._clock.now()
@@ -196,7 +209,7 @@ class Joining:
             tx, user_id, now=now, sessions=self._sessions, client=client, via="invitation"
         )
         await records.add_membership(workspace_id, user_id, invitation.role, now)
-        await InvitationRecords(tx).mark_accepted(invitation.id, user_id)
+        await InvitationRecords(tx).mark_accepted(invitation.id, user_id, member_email_ct)
         issued = await self._sessions.start(
             tx,
             user_id=user_id,
@@ -272,6 +285,7 @@ class Joining:
             [
                 (email.encode(), _pii_aad(user_id, "email")),
                 (name.encode(), _pii_aad(user_id, "name")),
-            ]
+            ],
+            subject=user_subject(user_id),  # auth/subjects.py
         )
         return _NewAccount(user_id, tokens[0], email_ct, name_ct, password_hash)
