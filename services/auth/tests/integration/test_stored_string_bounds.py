@@ -121,6 +121,10 @@ BOUNDED_BY = {
     "invitations.role": "team.roles.parse_role (a constant)",
     "invitations.created_by": "generated",
     "invitations.accepted_by": "generated",
+    "mail_outbox.user_id": "generated (the recipient account's id)",
+    "subject_shred_requests.id": "generated",
+    "subject_shred_requests.subject": "subject_shreds.queue_shred checks a user subject",
+    "subject_shred_requests.last_error": "subject_shreds._reason (<= 200)",
 }
 
 
