@@ -389,10 +389,15 @@ async def test_after_deletion_no_token_link_factor_or_key_works(tmp_path, backen
         assert ada.email.encode() not in str(deleted).encode()
 
 
+class _Unreachable:
+    async def send(self, message: Any) -> None:
+        raise ConnectionRefusedError("no SMTP server here")
+
+
 async def test_pending_mail_to_the_person_is_dropped(tmp_path, backend) -> None:
-    # The mail relay is left asleep: the queued email is still pending at the deletion.
-    async with start_world(tmp_path, backend, mail_poll_seconds=3600) as world:
+    async with start_world(tmp_path, backend) as world:
         ada = await world.person()
+        world.auth.mail_relay._mailer = _Unreachable()  # what is queued stays pending
         queue = world.auth.mail_relay._queue
         sealed = await queue.seal(
             OutgoingEmail(to=ada.email, subject="Hello", text="...").for_user(ada.user_id)
@@ -400,14 +405,50 @@ async def test_pending_mail_to_the_person_is_dropped(tmp_path, backend) -> None:
         assert under_subject(sealed.message_ct)
         async with world.store().transaction() as tx:
             await queue.enqueue(tx, sealed)
+        # A sign-up on Ada's address: its notice to her is sealed before anyone knows it is
+        # hers, and queued naming her account.
+        await world.auth_stub.SignUp(
+            pb.SignUpRequest(email=ada.email, password=PASSWORD, name="Someone"),
+            metadata=world.anonymous(),
+        )
+        async with world.engine.connect() as conn:
+            theirs = (
+                (
+                    await conn.execute(
+                        select(mail_outbox.c.id).where(
+                            mail_outbox.c.user_id == ada.user_id, mail_outbox.c.sent_at.is_(None)
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert set(theirs) >= {sealed.id}
+        assert len(theirs) == 2
+        # One sealed for her now and queued after the deletion (a request in flight).
+        in_flight = await queue.seal(
+            OutgoingEmail(to=ada.email, subject="Late", text="...").for_user(ada.user_id)
+        )
         await world.delete(ada)
         async with world.engine.connect() as conn:
-            row = (
-                await conn.execute(select(mail_outbox).where(mail_outbox.c.id == sealed.id))
-            ).one()
-        assert (row.message_ct, row.sent_at, row.last_error) == (None, None, "account_deleted")
-        assert row.failed_at is not None
+            rows = (
+                await conn.execute(select(mail_outbox).where(mail_outbox.c.id.in_(theirs)))
+            ).all()
+        for row in rows:
+            assert (row.message_ct, row.sent_at, row.last_error) == (None, None, "account_deleted")
+            assert row.failed_at is not None
         assert await world.auth.mail_relay.run_once() == 0
+
+        # The one in flight can never be opened: the relay drops it rather than retrying it.
+        async with world.store().transaction() as tx:
+            await queue.enqueue(tx, in_flight)
+        assert await world.auth.mail_relay.run_once() == 0
+        async with world.engine.connect() as conn:
+            late = (
+                await conn.execute(select(mail_outbox).where(mail_outbox.c.id == in_flight.id))
+            ).one()
+        assert (late.message_ct, late.last_error) == (None, "SubjectErased")
+        assert late.failed_at is not None
 
 
 # -- signing up afresh ----------------------------------------------------------------------
