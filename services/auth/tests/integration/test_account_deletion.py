@@ -30,6 +30,7 @@ from palisade.auth.links.tables import (
     MAGIC_LINK,
     MAGIC_LINK_TABLE,
     PASSWORD_RESET,
+    magic_links,
 )
 from palisade.auth.mail.message import OutgoingEmail
 from palisade.auth.mail.outbox import mail_outbox
@@ -587,10 +588,36 @@ async def test_a_shred_left_by_a_process_that_died_is_sent_when_its_lease_ends(
         relay.shred_now = died  # type: ignore[method-assign]
         await world.delete(ada)
         assert calls == [f"user:{ada.user_id}"]
+        # A request that read the account before the deletion writes after it: a magic link
+        # and its email (sealed while the subject was still there).
+        late_link = await _issue(
+            world,
+            SingleUseTokens(table=MAGIC_LINK_TABLE, purpose=MAGIC_LINK, clock=world.clock),
+            ada.user_id,
+        )
+        queue = world.auth.mail_relay._queue
+        world.auth.mail_relay._mailer = _Unreachable()
+        late_mail = await queue.seal(
+            OutgoingEmail(to=ada.email, subject="Late", text="...").for_user(ada.user_id)
+        )
+        async with world.store().transaction() as tx:
+            await queue.enqueue(tx, late_mail)
         assert await relay.run_once() == 0  # still leased to the deleting request
         world.clock.advance(timedelta(seconds=31))
         assert await relay.run_once() == 1
         assert await _shreds(world) == []
+        # Erased with the shred: the late link and email are gone too.
+        assert await _count(world, magic_links, magic_links.c.user_id == ada.user_id) == 0
+        async with world.engine.connect() as conn:
+            mail = (
+                await conn.execute(select(mail_outbox).where(mail_outbox.c.id == late_mail.id))
+            ).one()
+        assert (mail.message_ct, mail.last_error) == (None, "account_deleted")
+        assert await refusal(
+            world.auth_stub.RedeemMagicLink(
+                pb.RedeemMagicLinkRequest(token=late_link), metadata=world.anonymous()
+            )
+        ) == (UNAUTHENTICATED, "invalid_magic_link")
         with pytest.raises(SubjectErased):
             await world.crypto_as_auth().encrypt(
                 [(b"x", associated_data("auth", "probe"))], subject=calls[0]

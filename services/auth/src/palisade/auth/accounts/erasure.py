@@ -70,24 +70,10 @@ async def erase_user(tx: AuthTransaction, user_id: str, now: datetime) -> Erased
     """Erases everything of the user that survives the end of their sessions and memberships
     (see the module doc), inside the caller's transaction."""
     conn = tx.conn
-    dropped = await conn.execute(
-        update(mail_outbox)
-        .where(mail_outbox.c.user_id == user_id, PENDING)
-        .values(message_ct=None, failed_at=now, last_error=DROPPED_MAIL_REASON)
-    )
-    for table in _OWNED_TABLES:
-        await conn.execute(delete(table).where(table.c.user_id == user_id))
-    theirs = select(sessions.c.id).where(sessions.c.user_id == user_id).scalar_subquery()
-    await conn.execute(
-        update(refresh_tokens)
-        .where(refresh_tokens.c.session_id.in_(theirs), refresh_tokens.c.successor_ct.is_not(None))
-        .values(successor_ct=None)
-    )
-    await conn.execute(
-        update(sessions).where(sessions.c.user_id == user_id).values(ip=None, device=None)
-    )
-    await InvitationRecords(tx).erase_accepted_by(user_id)
-    await _strip_pending_events(tx, user_id)
+    # The user row first. Changing its unique email_index takes Postgres's strongest row lock,
+    # which waits for every transaction still holding the row's FOR KEY SHARE, i.e. one whose
+    # insert of a row naming the user (a magic link or reset token being issued right now)
+    # has not committed yet; once it has, the statements below see, and erase, that row too.
     await conn.execute(
         update(users)
         .where(users.c.id == user_id)
@@ -101,7 +87,35 @@ async def erase_user(tx: AuthTransaction, user_id: str, now: datetime) -> Erased
             deleted_at=now,
         )
     )
-    return Erased(mails_dropped=int(dropped.rowcount))
+    dropped = await erase_late_arrivals(tx, user_id, now)
+    theirs = select(sessions.c.id).where(sessions.c.user_id == user_id).scalar_subquery()
+    await conn.execute(
+        update(refresh_tokens)
+        .where(refresh_tokens.c.session_id.in_(theirs), refresh_tokens.c.successor_ct.is_not(None))
+        .values(successor_ct=None)
+    )
+    await conn.execute(
+        update(sessions).where(sessions.c.user_id == user_id).values(ip=None, device=None)
+    )
+    await InvitationRecords(tx).erase_accepted_by(user_id)
+    await _strip_pending_events(tx, user_id)
+    return Erased(mails_dropped=dropped)
+
+
+async def erase_late_arrivals(tx: AuthTransaction, user_id: str, now: datetime) -> int:
+    """Drops the emails still queued for the user and deletes the rows that exist only for
+    them (the module doc's list); returns how many emails were dropped. The deletion runs it,
+    and the shred relay again once crypto confirmed the shred: a request that read the
+    account before the deletion and wrote after it (a magic link or reset link being issued
+    at that moment) leaves nothing behind for longer than the shred takes."""
+    dropped = await tx.conn.execute(
+        update(mail_outbox)
+        .where(mail_outbox.c.user_id == user_id, PENDING)
+        .values(message_ct=None, failed_at=now, last_error=DROPPED_MAIL_REASON)
+    )
+    for table in _OWNED_TABLES:
+        await tx.conn.execute(delete(table).where(table.c.user_id == user_id))
+    return int(dropped.rowcount)
 
 
 async def _strip_pending_events(tx: AuthTransaction, user_id: str) -> None:

@@ -10,7 +10,9 @@ ShredRelay picks up whatever is left: a call that failed (crypto down: retried w
 wherever it was copied) or a process that died before calling (its lease runs out). Rows are
 claimed with palisade.common.outbox_claims (FOR UPDATE SKIP LOCKED on Postgres), so replicas
 share the work. ShredSubject is idempotent (a second call answers shredded: false), so the
-at-least-once delivery costs a call at most.
+at-least-once delivery costs a call at most. Once crypto confirmed, whatever was written for
+the account after its deletion by a request that had read it before (a link being issued, its
+email) is erased too (accounts/erasure.py erase_late_arrivals).
 
 The outbox's depth and age are metrics (palisade_auth_subject_shred_outbox_depth and
 _lag_seconds): a shred waiting long means a deleted person's data is still readable where
@@ -33,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import Column, Index, Integer, String, Table, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from palisade.auth.accounts.erasure import erase_late_arrivals
 from palisade.auth.store import TS, AuthTransaction, metadata
 from palisade.common.clock import Clock
 from palisade.common.crypto_client import CryptoFailure
@@ -246,6 +249,11 @@ class ShredRelay:
             await self._failed(request, error)
             return _UNREACHABLE if isinstance(error, Unavailable) else _FAILED
         async with self._engine.begin() as conn:
+            # Anything written for the account after its deletion (a request that had read it
+            # before) goes now that nothing of theirs can be sealed any more.
+            await erase_late_arrivals(
+                AuthTransaction(conn), request.subject.removeprefix("user:"), self._clock.now()
+            )
             # Whoever holds the row now, crypto has done what it asks: it is over.
             await conn.execute(delete(_T).where(_T.c.id == request.id))
         self._metrics.shredded.inc()
