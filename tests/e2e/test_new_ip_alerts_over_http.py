@@ -76,7 +76,8 @@ async def pending_alerts(suite: Suite) -> int:
         mails = await (
             await conn.execute("SELECT count(*) FROM mail_outbox WHERE sent_at IS NULL")
         ).fetchone()
-    assert alerts is not None and mails is not None
+    assert alerts is not None
+    assert mails is not None
     return int(alerts[0]) + int(mails[0])
 
 
@@ -117,7 +118,8 @@ async def test_one_alert_per_new_network_and_never_for_a_known_one(suite: Suite)
     text = text_of(alert)
     assert "IP address: 127.0.0.2" in text
     assert "Signed in with: password" in text
-    assert "When: " in text and " UTC" in text
+    assert "When: " in text
+    assert " UTC" in text
     assert _LINK.search(text), text
     assert PASSWORD not in text
 
@@ -160,9 +162,7 @@ async def test_the_not_me_link_ends_every_session_once(suite: Suite) -> None:
     statuses = sorted(status for status, _, _ in results)
     assert statuses == [204] + [400] * 7, results
     assert all(
-        body["code"] == "invalid_not_me_link"
-        for status, body, _ in results
-        if status == 400
+        body["code"] == "invalid_not_me_link" for status, body, _ in results if status == 400
     ), results
 
     for access in (mine, theirs):
@@ -172,7 +172,8 @@ async def test_the_not_me_link_ends_every_session_once(suite: Suite) -> None:
     # A fresh login works (the owner still has the account), and the spent link stays spent.
     await suite.log_in(email)
     status, body, _ = await suite.json_call("POST", "/v1/auth/not-me", json={"token": token})
-    assert status == 400 and body["code"] == "invalid_not_me_link"
+    assert status == 400
+    assert body["code"] == "invalid_not_me_link"
 
 
 @pytest.mark.parametrize(

@@ -109,4 +109,6 @@ async def test_known_networks_never_hold_an_address(store: AuthStore) -> None:
     assert len(rows) == 2
     for (key,) in rows:
         assert key.startswith("n1:")
-        assert "203.0" not in key and "2001" not in key and "db8" not in key
+        assert "203.0" not in key
+        assert "2001" not in key
+        assert "db8" not in key

@@ -42,6 +42,10 @@ def test_network_keys_are_per_user_and_hide_the_address() -> None:
     assert a != keys.known_network_key("usr_b", "203.0.113.7")
     assert a != keys.known_network_key("usr_a", "203.0.113.8")
     assert a != LocalKeys(bytes(32)).known_network_key("usr_a", "203.0.113.7")
-    assert "203" not in a and a.startswith("n1:") and len(a) <= 64
+    assert "203" not in a
+    assert a.startswith("n1:")
+    assert len(a) <= 64
     # Length-prefixed: the boundary between user and network cannot shift.
-    assert keys.known_network_key("usr_a1", "0.0.0.1") != keys.known_network_key("usr_a", "10.0.0.1")
+    assert keys.known_network_key("usr_a1", "0.0.0.1") != keys.known_network_key(
+        "usr_a", "10.0.0.1"
+    )
