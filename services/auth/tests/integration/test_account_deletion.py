@@ -634,3 +634,67 @@ async def test_nobody_else_is_touched(tmp_path, backend) -> None:
         assert (me.email, me.name) == (kay.email, "Kay")
         assert await world.key_revoked(kays_key) is None
         assert (await world.login(kay.email, PASSWORD)).access_token
+
+
+async def _invitation_to(world: World, inviter: Person, email: str) -> str:
+    """A pending invitation of inviter's workspace for `email`, as CreateInvitation stores it;
+    returns its token (the email that would carry it is not needed here)."""
+    from palisade.auth.accounts.service import EMAIL_INDEX_CONTEXT
+    from palisade.auth.team.invitation_records import (
+        INVITATION,
+        INVITATION_TABLE,
+        email_aad,
+        invitations,
+    )
+    from palisade.common.crypto_client import Normalization
+
+    crypto = world.crypto_as_auth()
+    tokens = SingleUseTokens(table=INVITATION_TABLE, purpose=INVITATION, clock=world.clock)
+    token = tokens.new_token()
+    invitation_id = f"inv_{uuid.uuid4().hex}"
+    [email_ct] = await crypto.encrypt([(email.encode(), email_aad(invitation_id))])
+    [index, *_] = await crypto.blind_index(email, Normalization.EMAIL, EMAIL_INDEX_CONTEXT)
+    async with world.engine.begin() as conn:
+        await conn.execute(
+            insert(invitations).values(
+                id=invitation_id,
+                token_hash=tokens.check(token),
+                workspace_id=inviter.workspace_id,
+                email_index=index,
+                email_ct=email_ct,
+                role="member",
+                created_by=inviter.user_id,
+                created_at=world.clock.now(),
+                expires_at=world.clock.now() + timedelta(days=7),
+            )
+        )
+    return token
+
+
+async def test_an_invitation_to_the_address_never_reaches_the_deleted_account(
+    tmp_path, backend
+) -> None:
+    async with start_world(tmp_path, backend, with_apikeys=False) as world:
+        ada = await world.person()
+        kay = await world.person(f"kay-{uuid.uuid4().hex[:8]}@example.com", name="Kay")
+        token = await _invitation_to(world, kay, ada.email)
+        await world.delete(ada)
+        # With the deleted account's (revoked) session, as a gateway that still cached it would
+        # assert it: refused, nothing joined.
+        assert (
+            await refusal(
+                world.team_stub.AcceptInvitation(
+                    team_pb2.AcceptInvitationRequest(token=token),
+                    metadata=world.as_user(ada.grant),
+                )
+            )
+        )[0] == UNAUTHENTICATED
+        assert await _count(world, memberships, memberships.c.user_id == ada.user_id) == 0
+        # The address's owner, signed in nowhere, joins as a new person with a new id.
+        tokens = await world.team_stub.AcceptInvitation(
+            team_pb2.AcceptInvitationRequest(token=token, name="Ada", password=PASSWORD),
+            metadata=world.anonymous(),
+        )
+        joined = await world.validate(tokens.access_token)
+        assert joined.user_id != ada.user_id
+        assert joined.workspace_id == kay.workspace_id
