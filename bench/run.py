@@ -21,6 +21,7 @@ from bench import (
     p4_api_keys,
     p5_p8_auth,
     p6_crypto_batch,
+    p7_audit_ingest,
     p10_peer,
 )
 from bench.common import print_table
@@ -32,6 +33,7 @@ BENCHMARKS = [
     p4_api_keys,
     p5_p8_auth,
     p6_crypto_batch,
+    p7_audit_ingest,
     cpu_budget,
     p10_peer,
 ]

@@ -196,3 +196,17 @@ def test_client_ip_is_canonical_and_fits_its_column(value, expected) -> None:
 def test_client_ip_refuses_what_cannot_fit_the_width_asked_for() -> None:
     assert client_text.client_ip("192.0.2.1", 8) is None
     assert client_text.client_ip("192.0.2.1", 9) == "192.0.2.1"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["1.2.3.4", "255.255.255.255", "0.0.0.0", "01.2.3.4", "256.1.1.1", "1.2.3", "10.0.0.010"],
+)
+def test_the_ipv4_fast_path_agrees_with_ipaddress(value: str) -> None:
+    import ipaddress
+
+    try:
+        expected: str | None = str(ipaddress.ip_address(value))
+    except ValueError:
+        expected = None
+    assert client_text.client_ip(value, IP_CHARS) == expected

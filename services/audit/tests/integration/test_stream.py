@@ -52,14 +52,20 @@ async def test_from_the_beginning_then_live_then_resumed(audit) -> None:
 
 
 async def test_from_now_on(audit) -> None:
+    """Every event stored after the subscription; at most the few stored just before it too
+    (on Postgres, while older transactions anywhere in the cluster still run, the last events
+    are not final yet and the starting position is the last final one)."""
     ws = audit.workspace()
-    await audit.ingest(event(workspace=ws))
+    before = event(workspace=ws)
+    await audit.ingest(before)
     stream = _open(audit)
     await asyncio.wait_for(stream.initial_metadata(), timeout=5)
     new = event(workspace=ws)
     await audit.ingest(new)
-    [got] = await _read(stream, 1)
-    assert got.event.id == new.event_id
+    got = []
+    while not got or got[-1] != new.event_id:
+        got.append((await _read(stream, 1))[0].event.id)
+    assert got in ([new.event_id], [before.event_id, new.event_id])
     stream.cancel()
 
 

@@ -9,6 +9,7 @@ widths are the caller's (each service's migrations own them), so they are parame
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from palisade.common.devices import MAX_USER_AGENT, clip, parse_device, printable
 
@@ -27,11 +28,18 @@ def clip_optional(text: str | None, limit: int) -> str | None:
     return None if text is None else clip(text, limit)
 
 
+# Dotted-quad IPv4 without leading zeros: exactly the text ipaddress would give back.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+
+
 def client_ip(value: str | None, max_chars: int) -> str | None:
     """The canonical text of an IP address (a zone id dropped if too long), or None if value is
     not an address or does not fit max_chars."""
     if not value or len(value) > 4 * max_chars:
         return None
+    if _CANONICAL_IPV4.fullmatch(value):
+        return value if len(value) <= max_chars else None  # the usual case, already canonical
     try:
         address = ipaddress.ip_address(value)
     except ValueError:

@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg.errors
 from sqlalchemy import Select, String, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from palisade.audit.model import GENESIS_HASH, ChainHead, SealedEvent, StoredEvent
@@ -113,6 +115,33 @@ def event_row(event: SealedEvent, digest: bytes) -> dict[str, Any]:
     }
 
 
+def _copy_row(e: SealedEvent, digest: bytes) -> tuple[Any, ...]:
+    """The values of _APPENDED, in its order."""
+    return (
+        e.workspace_id,
+        e.seq,
+        e.prev_hash,
+        e.event_id,
+        e.type,
+        e.occurred_at,
+        e.recorded_at,
+        e.source,
+        e.actor,
+        e.subject,
+        e.ip_ct,
+        e.user_agent_ct,
+        e.location_ct,
+        e.pii_erased,
+        e.device_browser,
+        e.device_os,
+        e.device_kind,
+        e.outcome,
+        e.reason,
+        e.details,
+        digest,
+    )
+
+
 def chain_head(row: Sequence[Any]) -> ChainHead:
     workspace_id, size, head, anchor_size, anchor_head, anchor_checkpoint_id = row
     return ChainHead(
@@ -133,6 +162,10 @@ _CHAIN_COLUMNS = (
 def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
     for start in range(0, len(values), _IN_CHUNK):
         yield values[start : start + _IN_CHUNK]
+
+
+class AppendConflict(Exception):
+    """An appended event's id is stored already (or its position taken)."""
 
 
 class AuditTransaction:
@@ -226,20 +259,25 @@ class AuditTransaction:
         rows = await self.conn.execute(select(*_CHAIN_COLUMNS).order_by(chains.c.workspace_id))
         return [chain_head(r) for r in rows]
 
-    async def append(self, rows: Sequence[dict[str, Any]]) -> None:
-        if not rows:
+    async def append(self, appended: Sequence[tuple[SealedEvent, bytes]]) -> None:
+        """Inserts (sealed event, its hash) rows; AppendConflict if one of their event ids (or
+        positions) is taken (the transaction is then unusable: roll it back)."""
+        if not appended:
             return
-        if not self.locks_rows:
-            await self.conn.execute(insert(events), list(rows))
-            return
-        # Postgres: COPY in this transaction, on its own connection. An INSERT of many rows
-        # through the engine spends more CPU binding parameters than the database spends
-        # storing them (measured in bench/p7_audit_ingest.py).
-        raw = await self.conn.get_raw_connection()
-        driver: Any = raw.driver_connection
-        async with driver.cursor() as cursor, cursor.copy(_COPY_EVENTS) as copy:
-            for row in rows:
-                await copy.write_row([row[c] for c in _APPENDED])
+        try:
+            if not self.locks_rows:
+                await self.conn.execute(insert(events), [event_row(e, h) for e, h in appended])
+                return
+            # Postgres: COPY in this transaction, on its own connection. An INSERT of many
+            # rows through the engine spends more CPU binding parameters than the database
+            # spends storing them (measured in bench/p7_audit_ingest.py).
+            raw = await self.conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            async with driver.cursor() as cursor, cursor.copy(_COPY_EVENTS) as copy:
+                for event, digest in appended:
+                    await copy.write_row(_copy_row(event, digest))
+        except (IntegrityError, psycopg.errors.UniqueViolation):
+            raise AppendConflict() from None
 
     async def move_heads(self, heads: Iterable[tuple[str, int, bytes]]) -> None:
         """Sets (workspace id, size, head) of chains this transaction has locked."""

@@ -17,7 +17,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
-from sqlalchemy.exc import DBAPIError, IntegrityError
+import psycopg
+from sqlalchemy.exc import DBAPIError
 
 from palisade.audit.chain.hashing import event_hash
 from palisade.audit.errors import UnknownWorkspace
@@ -25,7 +26,7 @@ from palisade.audit.ingest.directory import WorkspaceDirectory
 from palisade.audit.metrics import AuditMetrics
 from palisade.audit.model import SYSTEM_CHAIN, NewEvent, SealedEvent, StoredEvent
 from palisade.audit.pii import PiiVault, SealedPii
-from palisade.audit.store import AuditStore, AuditTransaction, event_row
+from palisade.audit.store import AppendConflict, AuditStore, AuditTransaction
 from palisade.common.clock import Clock
 from palisade.common.db import transaction_conflict
 
@@ -122,18 +123,21 @@ class Ingestor:
     async def _append(
         self, source: str, events: Sequence[NewEvent], sealed: Sequence[SealedPii]
     ) -> tuple[list[SealedEvent], set[str]]:
-        """(the events appended, the ids found stored already)."""
+        """(the events appended, the ids found stored already).
+
+        The first attempt does not look for stored ids: the unique index on event_id is the
+        judge, and a batch holding none (nearly every one) is spared a lookup per event. A batch
+        it refuses (a retry, or another batch storing one of these ids into another chain at the
+        same moment) is appended again, leaving out what is stored."""
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 async with self._store.transaction() as tx:
-                    return await self._append_in(tx, source, events, sealed)
-            except IntegrityError:
-                # Another batch stored one of these event ids meanwhile (into another chain,
-                # so our chain lock did not hold it back): the next attempt sees it stored.
+                    return await self._append_in(tx, source, events, sealed, look=attempt > 1)
+            except AppendConflict:
                 if attempt == _ATTEMPTS:
                     raise
-                log.info("an event id was stored concurrently; appending again")
-            except DBAPIError as error:
+                log.debug("an event id is stored already; appending the others")
+            except (DBAPIError, psycopg.Error) as error:
                 if attempt == _ATTEMPTS or not transaction_conflict(error):
                     raise
                 log.info("append rolled back by a conflict; appending again")
@@ -145,15 +149,17 @@ class Ingestor:
         source: str,
         events: Sequence[NewEvent],
         sealed: Sequence[SealedPii],
+        *,
+        look: bool,
     ) -> tuple[list[SealedEvent], set[str]]:
         if not events:
             return [], set()
         heads = await tx.lock_chains(e.workspace_id for e in events)
         # Under the chain locks: a batch that held them before us may have stored some of ours.
-        already = await tx.existing_event_ids([e.event_id for e in events])
+        already = await tx.existing_event_ids([e.event_id for e in events]) if look else set()
         recorded_at = self._clock.now()
         position = {w: (h.size, h.head) for w, h in heads.items()}
-        rows = []
+        rows: list[tuple[SealedEvent, bytes]] = []
         appended: list[SealedEvent] = []
         for event, pii in zip(events, sealed, strict=True):
             if event.event_id in already:
@@ -183,7 +189,7 @@ class Ingestor:
             )
             digest = event_hash(sealed_event)
             position[event.workspace_id] = (size + 1, digest)
-            rows.append(event_row(sealed_event, digest))
+            rows.append((sealed_event, digest))
             appended.append(sealed_event)
         await tx.append(rows)
         await tx.move_heads(
