@@ -168,3 +168,28 @@ async def test_checkpoints_of_other_workspaces_are_separate(audit, role) -> None
     await audit.ingest(event(workspace=a), event(workspace=a), event(workspace=b))
     assert (await _checkpoint(audit, a, role)).size == 2
     assert (await _checkpoint(audit, b, role)).size == 1
+
+
+async def test_one_replica_at_a_time_runs_the_periodic_passes(audit_pg) -> None:
+    from palisade.audit.passes import one_replica_at_a_time
+
+    engine = audit_pg.server.engine
+    inside = asyncio.Event()
+    release = asyncio.Event()
+
+    async def long_pass() -> None:
+        inside.set()
+        await release.wait()
+
+    first = asyncio.create_task(one_replica_at_a_time(engine, 42, long_pass))
+    await inside.wait()
+    ran: list[int] = []
+
+    async def other_pass() -> None:
+        ran.append(1)
+
+    assert await one_replica_at_a_time(engine, 42, other_pass) is False  # another holds it
+    release.set()
+    assert await first is True
+    assert await one_replica_at_a_time(engine, 42, other_pass) is True
+    assert ran == [1]

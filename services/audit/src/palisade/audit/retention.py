@@ -15,13 +15,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, select
 
 from palisade.audit.chain.walk import verify_since
 from palisade.audit.checkpoints.records import latest_checkpoint, set_anchor
 from palisade.audit.checkpoints.service import RETENTION, Checkpointer
 from palisade.audit.metrics import AuditMetrics
 from palisade.audit.model import ChainHead
+from palisade.audit.passes import one_replica_at_a_time
 from palisade.audit.store import AuditStore
 from palisade.audit.tables import events
 from palisade.common.clock import Clock
@@ -120,21 +121,7 @@ class Purger:
         return purged
 
     async def _pass(self) -> None:
-        engine = self._store.engine
-        if engine.dialect.name != "postgresql":
-            await self.purge()
-            return
-        async with engine.connect() as conn:
-            lock = {"k": _PURGE_LOCK_KEY}
-            taken = (await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), lock)).scalar()
-            await conn.commit()
-            if not taken:
-                return
-            try:
-                await self.purge()
-            finally:
-                await conn.execute(text("SELECT pg_advisory_unlock(:k)"), lock)
-                await conn.commit()
+        await one_replica_at_a_time(self._store.engine, _PURGE_LOCK_KEY, self.purge)
 
     async def run(self) -> None:
         while True:

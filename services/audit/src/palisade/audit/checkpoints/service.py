@@ -15,8 +15,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 
-from sqlalchemy import text
-
 from palisade.audit.chain.verify import Problem
 from palisade.audit.chain.walk import SignatureCheck, signature_check, verify_since
 from palisade.audit.checkpoints.notes import note
@@ -29,6 +27,7 @@ from palisade.audit.checkpoints.signing_keys import SigningKeyHolder, SigningKey
 from palisade.audit.errors import ChainIntegrityError, SigningKeyUnavailable
 from palisade.audit.metrics import AuditMetrics
 from palisade.audit.model import GENESIS_HASH, ChainHead, CheckpointRecord
+from palisade.audit.passes import one_replica_at_a_time
 from palisade.audit.store import AuditStore, AuditTransaction
 from palisade.common.clock import Clock
 from palisade.common.tasks import running_in_background
@@ -140,26 +139,7 @@ class Checkpointer:
         return signed
 
     async def _periodic_pass(self) -> None:
-        engine = self._store.engine
-        if engine.dialect.name != "postgresql":
-            await self.sign_grown_chains()
-            return
-        async with engine.connect() as conn:
-            # A session-level lock on a connection of its own: held across the pass's
-            # transactions, released when the pass ends (or the connection dies).
-            taken = (
-                await conn.execute(
-                    text("SELECT pg_try_advisory_lock(:k)"), {"k": _PERIODIC_LOCK_KEY}
-                )
-            ).scalar_one()
-            await conn.commit()
-            if not taken:
-                return  # another replica is signing
-            try:
-                await self.sign_grown_chains()
-            finally:
-                await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PERIODIC_LOCK_KEY})
-                await conn.commit()
+        await one_replica_at_a_time(self._store.engine, _PERIODIC_LOCK_KEY, self.sign_grown_chains)
 
     async def run(self) -> None:
         while True:
