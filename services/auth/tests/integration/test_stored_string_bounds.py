@@ -125,6 +125,14 @@ BOUNDED_BY = {
     "subject_shred_requests.id": "generated",
     "subject_shred_requests.subject": "subject_shreds.queue_shred checks a user subject",
     "subject_shred_requests.last_error": "subject_shreds._reason (<= 200)",
+    "known_networks.user_id": "generated",
+    "known_networks.network_key": "LocalKeys.known_network_key (n1: + 43 base64url characters)",
+    "new_network_alerts.id": "generated (nna_ + uuid hex)",
+    "new_network_alerts.user_id": "generated",
+    "new_network_alerts.ip": "bounded.client_ip, new_networks clip",
+    "new_network_alerts.device": "devices.describe_device, new_networks clip",
+    "new_network_alerts.method": "login method constants, new_networks clip (<= 32)",
+    "new_network_alerts.last_error": "new_network_alerts._failed class name (<= 200)",
 }
 
 
