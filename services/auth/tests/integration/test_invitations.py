@@ -10,8 +10,9 @@ from datetime import timedelta
 
 import grpc
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
+from palisade.auth.accounts.key_revocations import key_revocation_requests
 from palisade.auth.store import users
 from palisade.auth.team.invitation_records import invitations
 from palisade_api.auth.v1 import team_pb2
@@ -50,6 +51,17 @@ async def test_a_new_person_joins_by_the_emailed_link(team: Team) -> None:
     async with team.engine.begin() as conn:
         user = (await conn.execute(select(users).where(users.c.id == grant.user_id))).one()
     assert user.email_verified_at == team.auth.clock.now()  # the link proved the address
+    # A brand-new account had no earlier holder and no API keys: its first proof asks apikeys
+    # for nothing (a request could land after the member's first key and revoke it).
+    async with team.engine.begin() as conn:
+        [queued] = (
+            await conn.execute(
+                select(func.count())
+                .select_from(key_revocation_requests)
+                .where(key_revocation_requests.c.user_id == grant.user_id)
+            )
+        ).one()
+    assert queued == 0
     # The new account logs in with its password like any other (into its only workspace).
     login = await team.auth.login("newcomer@example.com", NEW_PASSWORD)
     assert (await team.auth.validate(login.access_token)).workspace_id == ada.workspace_id

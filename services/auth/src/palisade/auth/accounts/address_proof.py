@@ -81,6 +81,7 @@ async def prove_address(
     client: ClientInfo,
     via: str,
     actor: str | None = None,
+    new_account: bool = False,
 ) -> AddressProof:
     """Records that user_id's current login address was proven at `now` by `via` (e.g.
     "email_verification", "magic_link", "password_reset", "email_change").
@@ -88,6 +89,11 @@ async def prove_address(
     Call it BEFORE creating any session in the same transaction: a first proof ends every
     live session of the user, and one made after it must survive. One conditional UPDATE
     decides which of several racing proofs is the first, so the sessions end exactly once.
+
+    new_account: the account was created in this very transaction (an invitation accepted
+    by a new person), so no one held it before and it can have no API keys: no revocation is
+    queued. Queued anyway, it could reach apikeys only after the new owner's first key was
+    made, and revoke that.
     """
     first = (
         await tx.conn.execute(
@@ -106,7 +112,10 @@ async def prove_address(
     if via == MAGIC_LINK_PROOF:
         await _clear_password(tx, user_id, now=now, actor=actor, client=client)
     await _revoke_open_invitations(tx, user_id, now=now, actor=actor, client=client)
-    await request_key_revocation(tx, user_id=user_id, workspace_id=None, reason=ACCOUNT_RECLAIMED)
+    if not new_account:
+        await request_key_revocation(
+            tx, user_id=user_id, workspace_id=None, reason=ACCOUNT_RECLAIMED
+        )
     revocation = await sessions.revoke_all_in(
         tx,
         user_id=user_id,

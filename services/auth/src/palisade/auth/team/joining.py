@@ -206,7 +206,13 @@ class Joining:
         # The link reached the invited address: that proves it (before any new session, as
         # prove_address requires: a first proof ends the sessions made before it).
         proof = await prove_address(
-            tx, user_id, now=now, sessions=self._sessions, client=client, via="invitation"
+            tx,
+            user_id,
+            now=now,
+            sessions=self._sessions,
+            client=client,
+            via="invitation",
+            new_account=signed_in is None,  # the user row was inserted just above
         )
         await records.add_membership(workspace_id, user_id, invitation.role, now)
         await InvitationRecords(tx).mark_accepted(invitation.id, user_id, member_email_ct)
