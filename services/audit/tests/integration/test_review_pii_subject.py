@@ -1,16 +1,12 @@
-"""Review (issue 13): whose key an event's PII is sealed under when one person acts on another.
+"""Whose key an event's PII is sealed under when one person acts on another (found in review).
 
-pii.py seals an event's IP, user agent and location under its *subject* when the subject is a
-user, even though those fields describe the *actor's* client. auth emits member.removed and
-member.role_changed with actor = the admin, subject = the member, and the admin's IP and device.
-So (1) the member reads the admin's IP, user agent and location in their own security log
-(ListMyEvents = GET /v1/me/security-events), and (2) deleting the admin's account (shredding
-user:<admin>) leaves the admin's IP readable in every such event, for admins and for the member.
+auth emits member.removed and member.role_changed with actor = the admin, subject = the member,
+and the admin's IP and device. Those fields describe the admin's client: they are sealed under
+the admin's key (deleting the admin erases them), and the member's own log
+(ListMyEvents = GET /v1/me/security-events) does not show them.
 """
 
 from __future__ import annotations
-
-import pytest
 
 from palisade_api.audit.v1 import audit_pb2 as pb
 
@@ -36,11 +32,6 @@ async def _removal(audit) -> tuple[str, str, str, pb.IngestEvent]:
     return ws, admin, member, removed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: the actor's IP/user agent are sealed under the subject's key and shown to "
-    "the subject in ListMyEvents (pii.py pii_subject prefers the subject)",
-)
 async def test_a_removed_member_does_not_read_the_admins_ip(audit) -> None:
     ws, _admin, member, removed = await _removal(audit)
     listed = await audit.stub.ListMyEvents(
@@ -50,11 +41,6 @@ async def test_a_removed_member_does_not_read_the_admins_ip(audit) -> None:
     assert (shown.ip, shown.user_agent) == ("", ""), "the member sees the admin's client"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: shredding the actor (account deleted) leaves their IP readable in events "
-    "whose subject is another user (sealed under that user's key)",
-)
 async def test_deleting_the_admin_erases_the_admins_ip(audit) -> None:
     ws, admin, _member, removed = await _removal(audit)
     await audit.shred(f"user:{admin}")  # the admin deleted their account

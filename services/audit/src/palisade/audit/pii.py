@@ -1,8 +1,8 @@
 """The PII fields of events (IP, user agent, location): encrypted before they are hashed.
 
-Each field is encrypted by the crypto service under the subject key of the person the event
-identifies: its subject when that is a user or visitor, else its actor when that is a user,
-else no subject. Shredding that person's key later makes the fields unreadable everywhere
+Each field is encrypted by the crypto service under the subject key of the person whose client
+the fields describe: the actor when that is a user, else the subject when that is a user or
+visitor, else no subject. Shredding that person's key later makes the fields unreadable everywhere
 while every stored byte, and so the chain, stays as it was. Associated data binds each
 ciphertext to its event and field, so a ciphertext moved to another row fails to open.
 
@@ -29,11 +29,17 @@ _PERSON_SUBJECTS = ("user:", "visitor:")
 
 
 def pii_subject(actor: str, subject: str) -> str:
-    """Whose key protects the event's PII fields ("" for none)."""
-    if subject.startswith(_PERSON_SUBJECTS):
-        return subject
+    """Whose key protects the event's PII fields ("" for none).
+
+    The fields describe the client that acted, so they belong to the actor when the actor is
+    a person: an admin removing a member leaves the admin's IP, sealed under the admin's key
+    (erased with the admin, not with the member). Otherwise (an anonymous attempt on an
+    account, an API key's call about a visitor) they are sealed under the person the event is
+    about, so erasing that person erases them."""
     if actor.startswith("user:"):
         return actor
+    if subject.startswith(_PERSON_SUBJECTS):
+        return subject
     return ""
 
 

@@ -51,6 +51,19 @@ def _person(caller: Caller) -> str:
     return caller.principal
 
 
+def _as_seen_by(principal: str, message: pb.Event) -> pb.Event:
+    """An event in a person's own log: another person's client (an admin who removed them,
+    say) is theirs, not the reader's, so its IP, user agent, location and device are left out.
+    An anonymous attempt on the reader's account keeps them: they are the attacker's, and the
+    reader is the one who needs them."""
+    if message.actor.type == "user" and f"{USER_PREFIX}{message.actor.id}" != principal:
+        message.ip = ""
+        message.user_agent = ""
+        message.ClearField("location")
+        message.ClearField("device")
+    return message
+
+
 def _manager(caller: Caller) -> tuple[str, str]:
     """(principal, workspace id) of an owner or admin behind this call."""
     principal = _person(caller)
@@ -126,7 +139,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             token=request.page_token,
         )
         return pb.ListEventsResponse(
-            events=[event_message(e.stored, e.pii) for e in page.events],
+            events=[_as_seen_by(principal, event_message(e.stored, e.pii)) for e in page.events],
             next_page_token=page.next_token,
         )
 
