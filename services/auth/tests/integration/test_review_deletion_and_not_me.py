@@ -108,11 +108,6 @@ async def _not_me_token(world: World, person: Person) -> str:
     return token
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: confirming 'this wasn't me' keeps the reported network known, so the "
-    "stranger's next sign-in from it raises no alert",
-)
 async def test_a_reported_network_alerts_again(tmp_path, backend) -> None:
     async with start_world(tmp_path, backend, with_apikeys=False) as world:
         ada = await world.person()  # signed up and signed in from 203.0.113.7

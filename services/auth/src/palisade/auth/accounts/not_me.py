@@ -4,9 +4,12 @@ The link (`/auth/not-me?token=plsd_nm_…`, from sessions/new_network_alerts.py)
 token of the core in links/single_use.py. Confirming it ends every session of the account at
 once, the one the stranger made included, and uses up every other "not me" link the account
 was sent (one report is enough; a replayed link must not turn into a way to sign the owner
-out again and again). The page then tells the person to reset their password: the stranger
-had it, or had their email. An unknown, used, expired or malformed token gets one answer,
-400 invalid_not_me_link, and the gateway spends the client's lookup budget on every try.
+out again and again). Every network the account knew is forgotten (the stranger's among them,
+and the link does not say which one that was), so every sign-in from then on alerts until its
+network is known again, the owner's own networks included, once each. The page then tells the
+person to reset their password: the stranger had it, or had their email. An unknown, used,
+expired or malformed token gets one answer, 400 invalid_not_me_link, and the gateway spends
+the client's lookup budget on every try.
 
 Lock order (auth's one order): the token's owner is read without a lock, the user row is
 locked exclusively (no session can be made while they end), then the token is consumed and
@@ -21,6 +24,7 @@ from palisade.auth.errors import InvalidNotMeLink
 from palisade.auth.links.single_use import SingleUseTokens
 from palisade.auth.links.tables import ACCOUNT_TOKENS, NOT_ME
 from palisade.auth.sessions.manager import ClientInfo, SessionManager
+from palisade.auth.sessions.new_networks import forget_networks
 from palisade.auth.sessions.revocation import RevocationNotice
 from palisade.auth.sessions.store import SessionRecords
 from palisade.auth.store import AuthStore, AuthTransaction
@@ -55,6 +59,7 @@ class NotMeReports:
             redeemed = await self._tokens.redeem(tx, token, retire_siblings=True)
             if redeemed is None:  # used, expired, or lost the race for it
                 _invalid()
+            await forget_networks(tx, owner, now=self._clock.now())
             notice = await self._sessions.revoke_all_in(
                 tx,
                 user_id=owner,

@@ -38,6 +38,9 @@ from palisade.common.outbox import SecurityEvent
 
 # The prefix an IPv6 address is compared by.
 IPV6_NETWORK_BITS = 64
+# The one known_networks row of a user who reported a sign-in as not theirs: no network, but it
+# makes every network "another one", so the next sign-in from any network alerts.
+REPORTED = "n0:reported"
 # Whether an alert row wakes the relay of this process after its commit (see the relay).
 WAKE_FLAG = "palisade.auth.new_network_alert"
 
@@ -114,6 +117,15 @@ async def remember_network(
         )
     )
     return bool(others.scalar())
+
+
+async def forget_networks(tx: AuthTransaction, user_id: str, *, now: datetime) -> None:
+    """After a "this wasn't me" report: no network is known any more, and none is a baseline
+    either (the REPORTED row), so the stranger's network, like every other, alerts again."""
+    await tx.conn.execute(known_networks.delete().where(known_networks.c.user_id == user_id))
+    await tx.conn.execute(
+        known_networks.insert().values(user_id=user_id, network_key=REPORTED, first_seen_at=now)
+    )
 
 
 async def observe_sign_in(
