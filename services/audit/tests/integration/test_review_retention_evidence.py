@@ -1,11 +1,11 @@
 """Review (issue 13): a retention purge must not destroy the evidence of tampering.
 
-retention.py verifies only the part of the prefix after its latest checkpoint before it
-deletes it (verify_since from `latest_checkpoint(at_most=size)`). A row edited *before* that
-checkpoint (content changed, hashes left alone: `palisade-audit verify` says "edited") is
-therefore purged without a look, the new retention anchor is signed, and verify passes from
-then on: the purge launders the edit. test_a_purge_refuses_a_tampered_prefix covers only a
-chain that had no checkpoint yet.
+A purge used to verify only the part of the prefix after its latest checkpoint before deleting
+it, so a row edited *before* that checkpoint (content changed, hashes left alone: `palisade-audit
+verify` says "edited") was purged without a look, the new retention anchor signed, and verify
+passed from then on: the purge laundered the edit. It now verifies the whole prefix from the
+anchor against every checkpoint in it. test_a_purge_refuses_a_tampered_prefix covers a chain
+that had no checkpoint yet.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import io
 from datetime import timedelta
-
-import pytest
 
 from palisade.audit.cli import main
 from palisade_api.audit.v1 import audit_pb2 as pb
@@ -32,11 +30,6 @@ async def cli(audit, *argv: str) -> tuple[int, str]:
     return await asyncio.to_thread(_cli, audit, *argv)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a purge verifies only what follows the latest checkpoint, so a row edited "
-    "before it is deleted unexamined and verify passes afterwards",
-)
 async def test_a_purge_refuses_a_prefix_edited_before_its_checkpoint(
     audit_factory, sqlite_url
 ) -> None:

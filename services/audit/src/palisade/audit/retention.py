@@ -1,8 +1,9 @@
 """Retention: events older than PALISADE_AUDIT_RETENTION_DAYS are purged, chain by chain.
 
 A chain loses only a prefix: the events up to the last one recorded before the cutoff (ingest
-appends in recording order, so everything before it is older too). Before deleting, the part
-to go is verified and a checkpoint is signed at the purge boundary; it becomes the chain's
+appends in recording order, so everything before it is older too). Before deleting, the whole
+part to go is verified (from the anchor, against every checkpoint within it: nothing in it can be
+examined afterwards) and a checkpoint is signed at the purge boundary; it becomes the chain's
 anchor, in the same transaction as the delete. `palisade-audit verify` then starts from the
 anchor: the first remaining event must link to the head the anchor's signature vouches for.
 """
@@ -18,7 +19,7 @@ from datetime import timedelta
 from sqlalchemy import delete, func, select
 
 from palisade.audit.chain.walk import verify_since
-from palisade.audit.checkpoints.records import latest_checkpoint, set_anchor
+from palisade.audit.checkpoints.records import checkpoints_of, set_anchor
 from palisade.audit.checkpoints.service import RETENTION, Checkpointer
 from palisade.audit.metrics import AuditMetrics
 from palisade.audit.model import ChainHead
@@ -82,10 +83,17 @@ class Purger:
             return 0
         size, digest = boundary
         async with self._store.transaction() as tx:
-            base = await latest_checkpoint(tx, head.workspace_id, at_most=size)
+            signed = await checkpoints_of(tx, head.workspace_id)
         until = ChainHead(head.workspace_id, size, digest, head.anchor_size, head.anchor_head, None)
+        # The whole part that goes, from the anchor (or the start), against every checkpoint
+        # within it: what is deleted can never be examined again, so a change anywhere in it
+        # (even one older than the latest checkpoint) must stop the purge, and stay.
         problems = await verify_since(
-            self._store, until, base, signature_ok=self._checkpoints.signature_ok()
+            self._store,
+            until,
+            None,
+            signature_ok=self._checkpoints.signature_ok(),
+            checkpoints=signed,
         )
         if problems:
             for problem in problems:

@@ -3,7 +3,7 @@ added since its last checkpoint (what the service checks before signing the next
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from palisade.audit.chain.verify import (
     BAD_SIGNATURE,
@@ -86,9 +86,11 @@ async def verify_since(
     base: CheckpointRecord | None,
     *,
     signature_ok: SignatureCheck,
+    checkpoints: Sequence[CheckpointRecord] = (),
 ) -> list[Problem]:
     """The problems of the part of a chain after base (its latest checkpoint; None: from the
-    anchor or the start) up to head, as read from the chain-head row beforehand."""
+    anchor or the start) up to head, as read from the chain-head row beforehand, and of the
+    given checkpoints within that part (their signatures, and the chain at their sizes)."""
     start_size, start_head = head.anchor_size, head.anchor_head
     problems: list[Problem] = []
     if base is not None and base.size >= head.anchor_size:
@@ -96,7 +98,13 @@ async def verify_since(
             start_size, start_head = base.size, base.head
         else:
             problems.append(Problem(head.workspace_id, base.size, BAD_SIGNATURE, "the latest"))
-    verifier = ChainVerifier(head.workspace_id, start_size=start_size, start_head=start_head)
+    verifier = ChainVerifier(
+        head.workspace_id,
+        start_size=start_size,
+        start_head=start_head,
+        checkpoints=[c for c in checkpoints if start_size <= c.size <= head.size],
+        signature_ok=signature_ok,
+    )
     after = (start_size, 2**62)  # rows of later positions only
     while True:
         async with store.transaction() as tx:
