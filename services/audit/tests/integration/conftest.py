@@ -58,6 +58,8 @@ def audit_factory(tmp_path: Path) -> Callable[..., AbstractAsyncContextManager[H
                     "metrics_port": 0,
                     "shutdown_grace_seconds": 1,
                     "stream_poll_seconds": 0.05,
+                    # Webhooks (the real subscriber) has no edge yet: apikeys stands in.
+                    "stream_subscribers": ["apikeys"],
                 }
                 values.update(overrides)
                 settings = AuditSettings(**values)

@@ -53,6 +53,10 @@ class AuditSettings(CommonSettings):
     # How often the purge job runs (only when retention_days is set).
     purge_interval_seconds: float = Field(default=3600.0, gt=0)
 
+    # The services that may read the log back through StreamEvents (its subscribers: webhook
+    # delivery). Recording services (auth, apikeys) only write: a compromised one must not read
+    # every workspace's events, PII included, from the stream.
+    stream_subscribers: list[str] = Field(default_factory=lambda: ["webhooks"])
     # StreamEvents: events sent per message batch, and how often subscribers look for events
     # other replicas stored (events stored by this replica are pushed at once).
     stream_batch_events: int = Field(default=500, ge=1, le=5000)

@@ -145,6 +145,11 @@ class ServiceRequired(PermissionDenied):
     default_message = "only Palisade services that record events may call this method"
 
 
+class SubscriberRequired(PermissionDenied):
+    code = "permission_denied"
+    default_message = "only the security log's subscribers may read its stream"
+
+
 class DirectoryUnavailable(Unavailable):
     code = "unavailable"
     default_message = "the workspace directory is unavailable"

@@ -165,6 +165,7 @@ async def serve_audit(
                     edges=edges,
                     max_batch_events=settings.max_batch_events,
                     max_clock_skew_seconds=settings.max_clock_skew_seconds,
+                    stream_subscribers=settings.stream_subscribers,
                 ),
                 server,
             )

@@ -18,6 +18,7 @@ from palisade.audit.errors import (
     NotSignedIn,
     RoleRequired,
     ServiceRequired,
+    SubscriberRequired,
 )
 from palisade.audit.ingest.service import Ingestor
 from palisade.audit.ingest.validation import validate
@@ -88,6 +89,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         edges: Sequence[Edge],
         max_batch_events: int,
         max_clock_skew_seconds: int,
+        stream_subscribers: Sequence[str],
     ) -> None:
         self._ingestor = ingestor
         self._queries = queries
@@ -101,6 +103,8 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         self._recorders = frozenset(
             e.issuer for e in edges if e.audience == "audit" and not e.delegates
         )
+        # Subscribers: named in the settings and on such an edge.
+        self._subscribers = frozenset(stream_subscribers) & self._recorders
         self._max_batch = max_batch_events
         self._devices = DeviceParser()
         self._skew = timedelta(seconds=max_clock_skew_seconds)
@@ -109,6 +113,12 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         caller = require_service_caller()
         if caller.issuer not in self._recorders or caller.principal != f"service:{caller.issuer}":
             raise ServiceRequired()
+        return caller.issuer
+
+    def _subscriber(self) -> str:
+        caller = require_service_caller()
+        if caller.issuer not in self._subscribers or caller.principal != f"service:{caller.issuer}":
+            raise SubscriberRequired()
         return caller.issuer
 
     async def Ingest(self, request: pb.IngestRequest, context: Context) -> pb.IngestResponse:
@@ -193,7 +203,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     async def StreamEvents(
         self, request: pb.StreamEventsRequest, context: Context
     ) -> AsyncIterator[pb.StreamedEvent]:
-        self._recorder()
+        self._subscriber()
         after = parse_cursor(request.after)
         start = after if after is not None else await self._stream.head()
         # Headers now: a subscriber "from now on" knows every event stored from here reaches it.
