@@ -8,6 +8,7 @@ confirmations of one token and expects exactly one winner.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -37,6 +38,7 @@ _TOKEN = re.compile(r"/auth/reset-password\?token=(plsd_pr_[A-Za-z0-9_-]{43})\b"
 RESET_SUBJECT = "Reset your Palisade password"
 NOTICE_SUBJECT = "Your Palisade password was reset"
 RESET_TOKENS = "SELECT count(*) FROM account_tokens WHERE purpose = 'password_reset'"
+PENDING_MAIL = "SELECT count(*) FROM mail_outbox WHERE sent_at IS NULL AND failed_at IS NULL"
 RESET_SERVICE = "/palisade.auth.v1.PasswordResetService/"
 
 
@@ -129,8 +131,17 @@ class Resets:
         return await self.emailed_token(email, nth)
 
     async def mail_settled(self) -> None:
-        """Every queued email has been relayed (sent or given up on)."""
-        await self.auth.servers[0].mail_relay.run_once()
+        """Every queued email has been relayed (sent or given up on). The background relay
+        may hold some under its lease, mid-send, where run_once() skips them: wait for it."""
+        async with asyncio.timeout(15):
+            while True:
+                await self.auth.servers[0].mail_relay.run_once()
+                if not await self.count(PENDING_MAIL):
+                    return
+                self.mail.arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.1):
+                        await self.mail.arrived.wait()
 
     def reset_mails(self, email: str) -> int:
         return sum(m["Subject"] == RESET_SUBJECT for m in self.mail.to(email))
