@@ -10,7 +10,10 @@ and applies them at start-up (migrate_on_start) or with its `migrate` command.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
+from pathlib import Path
 
 from alembic import command, context
 from alembic.config import Config
@@ -35,6 +38,28 @@ async def upgrade(engine: AsyncEngine, migrations_package: str, revision: str = 
 
     async with engine.begin() as conn:
         await conn.run_sync(_run)
+
+
+@asynccontextmanager
+async def service_database(
+    database_url: str | None,
+    *,
+    data_dir: Path,
+    service: str,
+    migrations_package: str | None = None,
+) -> AsyncIterator[AsyncEngine]:
+    """An operator command's engine on the service's database (the embedded default's SQLite
+    file when database_url is unset), brought to head first when migrations_package is given,
+    and disposed of when the block ends."""
+    from palisade.common.db import create_engine, resolve_database_url
+
+    engine = create_engine(resolve_database_url(database_url, data_dir=data_dir, service=service))
+    try:
+        if migrations_package is not None:
+            await upgrade(engine, migrations_package)
+        yield engine
+    finally:
+        await engine.dispose()
 
 
 def run_env() -> None:

@@ -39,20 +39,15 @@ async def _serve(settings: ApiKeysSettings) -> None:
 @asynccontextmanager
 async def _store(settings: ApiKeysSettings, *, migrate: bool) -> AsyncIterator[ApiKeyStore]:
     from palisade.apikeys.tables import MIGRATIONS_PACKAGE
-    from palisade.common.db import create_engine, resolve_database_url
-    from palisade.common.migrations import upgrade
+    from palisade.common.migrations import service_database
 
-    engine = create_engine(
-        resolve_database_url(
-            settings.database_url, data_dir=settings.data_dir, service=SERVICE_NAME
-        )
-    )
-    try:
-        if migrate:
-            await upgrade(engine, MIGRATIONS_PACKAGE)
+    async with service_database(
+        settings.database_url,
+        data_dir=settings.data_dir,
+        service=SERVICE_NAME,
+        migrations_package=MIGRATIONS_PACKAGE if migrate else None,
+    ) as engine:
         yield ApiKeyStore(engine=engine)
-    finally:
-        await engine.dispose()
 
 
 def _row(record: KeyRecord, clock: Clock) -> dict[str, object]:

@@ -53,20 +53,15 @@ async def _serve(settings: AuditSettings) -> None:
 @asynccontextmanager
 async def _store(settings: AuditSettings, *, migrate: bool) -> AsyncIterator[AuditStore]:
     from palisade.audit.tables import MIGRATIONS_PACKAGE
-    from palisade.common.db import create_engine, resolve_database_url
-    from palisade.common.migrations import upgrade
+    from palisade.common.migrations import service_database
 
-    engine = create_engine(
-        resolve_database_url(
-            settings.database_url, data_dir=settings.data_dir, service=SERVICE_NAME
-        )
-    )
-    try:
-        if migrate:
-            await upgrade(engine, MIGRATIONS_PACKAGE)
+    async with service_database(
+        settings.database_url,
+        data_dir=settings.data_dir,
+        service=SERVICE_NAME,
+        migrations_package=MIGRATIONS_PACKAGE if migrate else None,
+    ) as engine:
         yield AuditStore(engine=engine)
-    finally:
-        await engine.dispose()
 
 
 class PublicKeysInvalid(Exception):

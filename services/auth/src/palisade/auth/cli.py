@@ -44,18 +44,15 @@ async def _serve(settings: AuthSettings) -> None:
 
 async def _migrate(settings: AuthSettings) -> None:
     from palisade.auth.store import MIGRATIONS_PACKAGE
-    from palisade.common.db import create_engine, resolve_database_url
-    from palisade.common.migrations import upgrade
+    from palisade.common.migrations import service_database
 
-    engine = create_engine(
-        resolve_database_url(
-            settings.database_url, data_dir=settings.data_dir, service=SERVICE_NAME
-        )
-    )
-    try:
-        await upgrade(engine, MIGRATIONS_PACKAGE)
-    finally:
-        await engine.dispose()
+    async with service_database(
+        settings.database_url,
+        data_dir=settings.data_dir,
+        service=SERVICE_NAME,
+        migrations_package=MIGRATIONS_PACKAGE,
+    ):
+        pass
 
 
 async def _migrate_subjects(settings: AuthSettings) -> int:
