@@ -58,7 +58,10 @@ async def test_logins_racing_a_password_change_leave_no_old_password_session(
             await auth.sign_up(email, OLD)
             here = await auth.login(email, OLD)
             me = await auth.validate(here.access_token)
-            _legacy_hash_for(auth, sqlite_path, me.user_id)
+            # From a thread: on this loop, the auth server's own transactions (its relays and
+            # forwarder write in the background) could never finish while a blocking write
+            # waited for their lock, and SQLite then answers "database is locked".
+            await asyncio.to_thread(_legacy_hash_for, auth, sqlite_path, me.user_id)
 
             change = auth.stub.ChangePassword(
                 pb.ChangePasswordRequest(current_password=OLD, new_password=NEW),
