@@ -1,0 +1,1 @@
+"""palisade.visitors: website visitors with encrypted PII, and their chats."""

@@ -1,0 +1,5 @@
+import sys
+
+from palisade.visitors.cli import main
+
+sys.exit(main())
