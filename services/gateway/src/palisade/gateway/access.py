@@ -15,6 +15,9 @@ from palisade.gateway.token_cache import Grant
 from palisade_api.common.v1 import access_pb2
 
 API_KEY_PREFIXES = ("pk_live_", "pk_test_", "sk_live_", "sk_test_")
+PUBLISHABLE_PREFIX = "pk_"
+# 403 code for a publishable key on a route for secret keys (a code, not a secret).
+SECRET_KEY_REQUIRED = "secret_key_required"  # noqa: S105
 
 
 class Forbidden(Exception):
@@ -68,14 +71,21 @@ def check_person(rule: access_pb2.AccessRule, grant: Grant) -> None:
         raise Forbidden(EMAIL_NOT_VERIFIED, "verify your email address before you do this")
 
 
-def check_key_allowed(rule: access_pb2.AccessRule) -> None:
-    """Raises Forbidden if the route is for people only (checked before any key lookup)."""
+def check_key_allowed(rule: access_pb2.AccessRule, credential: str = "") -> None:
+    """Raises Forbidden if the route is for people only, or for secret keys only and the
+    credential is a publishable key (checked before any key lookup: the prefix is enough, and
+    a made-up key learns nothing from it that the route's documentation does not say)."""
     if not rule.api_keys:
         raise Forbidden("people_only", "this route is for signed-in people, not API keys")
+    if not rule.publishable_keys and credential.startswith(PUBLISHABLE_PREFIX):
+        raise Forbidden(SECRET_KEY_REQUIRED, "this route needs a secret key (sk_…), or a person")
 
 
 def check_key(rule: access_pb2.AccessRule, key: KeyGrant) -> None:
-    """Raises Forbidden unless the route admits keys and this key holds the route's scope."""
+    """Raises Forbidden unless the route admits this kind of key and the key holds the route's
+    scope."""
     check_key_allowed(rule)
+    if key.publishable and not rule.publishable_keys:
+        raise Forbidden(SECRET_KEY_REQUIRED, "this route needs a secret key (sk_…), or a person")
     if rule.scope and rule.scope not in key.scopes:
         raise Forbidden("insufficient_scope", f"this key lacks the {rule.scope} scope")

@@ -30,6 +30,7 @@ from palisade.gateway.access import (
     is_api_key,
 )
 from palisade.gateway.client_ip import Network, client_ip
+from palisade.gateway.cors import EXPOSE_HEADERS, BrowserRoutes
 from palisade.gateway.edge_auth import AuthenticationFailed, EdgeAuthenticator, bearer_token
 from palisade.gateway.http_server import expect_handler
 from palisade.gateway.limits import (
@@ -43,7 +44,13 @@ from palisade.gateway.metrics import GatewayMetrics
 from palisade.gateway.openapi import openapi_document
 from palisade.gateway.problems import from_rpc_error, problem
 from palisade.gateway.rate_limit import Decision, Limit, Subject, rate_limit_headers
-from palisade.gateway.routes import MethodNotAllowed, Route, RouteNotFound, match
+from palisade.gateway.routes import (
+    MethodNotAllowed,
+    Route,
+    RouteNotFound,
+    match,
+    matching_order,
+)
 from palisade.gateway.token_cache import Grant
 from palisade.gateway.transcode import BadRequest, build_request, render
 from palisade_api.common.v1 import access_pb2
@@ -52,6 +59,9 @@ log = logging.getLogger("palisade.gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ROUTE_TEMPLATE = web.RequestKey("route_template", str)
 RATE_LIMIT = web.RequestKey("rate_limit", Decision)
+# The Origin a publishable key was verified for, on a route that admits such keys: the answer
+# (success or refusal) carries Access-Control-Allow-Origin for it (see palisade.gateway.cors).
+KEY_ORIGIN = web.RequestKey("key_origin", str)
 # Public routes where anyone can make the backend look something up (a key found in public,
 # an emailed token guessed at): limited per client network, as key lookups that miss the
 # cache are.
@@ -90,7 +100,8 @@ class Gateway:
     ) -> None:
         self._api_keys = api_keys
         self._limits = rate_limits
-        self._routes = routes
+        self._routes = matching_order(routes)
+        self._browser = BrowserRoutes(self._routes)
         self._upstreams = upstreams
         self._signer = signer
         self._edge = edge
@@ -211,13 +222,14 @@ class Gateway:
         return problem(500)
 
     def _cors_headers(self, request: web.Request, response: web.StreamResponse) -> None:
-        origin = request.headers.get("Origin")
-        if origin and origin in self._cors:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Vary"] = "Origin"
-            response.headers["Access-Control-Expose-Headers"] = (
-                "X-Request-Id, Retry-After, RateLimit, RateLimit-Policy"
-            )
+        origin = request.get(KEY_ORIGIN)  # a publishable key's page, checked against the key
+        if origin is None:
+            origin = request.headers.get("Origin")
+            if not origin or origin not in self._cors:
+                return
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+        response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
 
     # -- the API ------------------------------------------------------------------------------
 
@@ -235,7 +247,9 @@ class Gateway:
         grant: Grant | None = None
         key: KeyGrant | None = None
         if route.access.access == access_pb2.ACCESS_USER:  # who asks, before what they send
-            grant, key = await self._authenticate(request, route.access, ip)
+            grant, key = await self._authenticate(
+                request, route.access, ip, browser=route.access.publishable_keys
+            )
         elif route.access.bearer_optional and "Authorization" in request.headers:
             # A public route that answers a signed-in person differently: a bearer sent is
             # checked like any other (API keys refused: such rules never admit them).
@@ -265,17 +279,28 @@ class Gateway:
         return web.Response(status=status, body=body, content_type="application/json")
 
     async def _authenticate(
-        self, request: web.Request, rule: access_pb2.AccessRule, ip: str
+        self,
+        request: web.Request,
+        rule: access_pb2.AccessRule,
+        ip: str,
+        *,
+        browser: bool = False,
     ) -> tuple[Grant | None, KeyGrant | None]:
         """The verified caller (a person or a key), its rate limit spent, its access checked.
 
         Limits are spent only once the credential verified, so a forged or unknown key never
         spends anyone's budget; and before the role or scope check, so refused calls count.
+        browser: the route answers CORS for publishable keys (its answer, from here on, carries
+        Access-Control-Allow-Origin for the origin such a key was verified for).
         """
         credential = bearer_token(request.headers.get("Authorization"))
         if is_api_key(credential):
-            check_key_allowed(rule)  # people-only routes refuse keys unverified
+            # People-only routes refuse keys unverified, secret-key routes publishable ones.
+            check_key_allowed(rule, credential)
             key = await self._verify_key(credential, request, ip)
+            if browser and key.publishable:
+                # verify() refused every other origin (and a missing one): this one is the key's.
+                request[KEY_ORIGIN] = request.headers["Origin"]
             await self._spend(
                 request,
                 key_subjects(
@@ -386,8 +411,18 @@ class Gateway:
 
     def _preflight(self, request: web.Request) -> web.StreamResponse:
         origin = request.headers.get("Origin")
-        if not origin or origin not in self._cors:
+        if not origin:
             return problem(403, code="cors_forbidden", detail="origin not allowed")
+        if origin not in self._cors:
+            # Publishable-key routes answer any well-formed origin (palisade.gateway.cors says
+            # why); everything else stays closed.
+            answer = self._browser.preflight(
+                request.path, origin, request.headers.get("Access-Control-Request-Method")
+            )
+            if answer is None:
+                return problem(403, code="cors_forbidden", detail="origin not allowed")
+            request[ROUTE_TEMPLATE], headers = answer
+            return web.Response(status=204, headers=headers)
         return web.Response(
             status=204,
             headers={

@@ -93,6 +93,13 @@ def build_routes(services: list[tuple[ServiceDescriptor, str]]) -> list[Route]:
             if access.restricted_action and access.access != access_pb2.ACCESS_USER:
                 # Only signed-in people carry restrictions: the rule would never apply.
                 raise ValueError(f"{method.full_name}: restricted_action on a route not for people")
+            if access.publishable_keys and not (
+                access.api_keys and access.access == access_pb2.ACCESS_USER
+            ):
+                # A publishable key is a key: a route that admits no keys never sees one, and
+                # the CORS answer for such a route (see palisade.gateway.cors) would open it to
+                # browsers for nothing.
+                raise ValueError(f"{method.full_name}: publishable_keys without api_keys")
             verb, template = _verb(rule)
             shape = (verb, _VARIABLE.sub("{}", template))  # /a/{id} and /a/{name} collide
             earlier = claimed.get(shape)
@@ -106,7 +113,20 @@ def build_routes(services: list[tuple[ServiceDescriptor, str]]) -> list[Route]:
     return routes
 
 
+def _specificity(route: Route) -> tuple[int, ...]:
+    """Sorts literal segments before variables, segment by segment from the left: a literal
+    path (`/v1/chats/search`) is never taken as a template of the same shape that has a
+    variable there (`/v1/chats/{chat_id}`), whichever order the protos list them in."""
+    return tuple(1 if "{" in segment else 0 for segment in route.template.split("/"))
+
+
+def matching_order(routes: list[Route]) -> list[Route]:
+    """The routes in the order match() must try them (computed once, at start)."""
+    return sorted(routes, key=_specificity)  # stable: equal ones keep the protos' order
+
+
 def match(routes: list[Route], http_method: str, path: str) -> tuple[Route, dict[str, str]]:
+    """The route for a request; `routes` in matching_order()."""
     allowed: list[str] = []
     for route in routes:
         found = route.pattern.match(path)

@@ -17,7 +17,8 @@ from palisade_api.common.v1 import access_pb2
 
 PATH = "/v1/whoami"
 # Declared like a proto route's rule, and checked by the same functions: any signed-in person.
-ACCESS = access_pb2.AccessRule(access=access_pb2.ACCESS_USER, api_keys=True)
+# Publishable keys too (a widget may check its own key), though no CORS is answered for it.
+ACCESS = access_pb2.AccessRule(access=access_pb2.ACCESS_USER, api_keys=True, publishable_keys=True)
 
 
 # Built once: json.dumps with separators makes a new encoder per call (this is the hot path

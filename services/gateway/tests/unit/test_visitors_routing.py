@@ -1,0 +1,153 @@
+"""Routing and configuration for the visitors upstream: literal paths before templates, the
+publishable-key rule checked when routes are built, origins as browsers send them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from google.api import annotations_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool
+from pydantic import ValidationError
+
+from palisade.common.origins import is_browser_origin
+from palisade.gateway.config import GatewaySettings
+from palisade.gateway.cors import BrowserRoutes
+from palisade.gateway.routes import _compile, build_routes, match, matching_order
+from palisade_api.common.v1 import access_pb2
+from palisade_api.visitors.v1 import visitors_pb2
+
+_SERVICES = [
+    (visitors_pb2.DESCRIPTOR.services_by_name[name], "visitors")
+    for name in ("VisitorsService", "ChatsService")
+]
+
+
+def test_every_visitors_and_chats_rpc_is_a_route_with_its_rule() -> None:
+    routes = {(r.http_method, r.template): r for r in build_routes(_SERVICES)}
+    assert set(routes) == {
+        ("POST", "/v1/visitors"),
+        ("GET", "/v1/visitors/{id}"),
+        ("GET", "/v1/visitors"),
+        ("DELETE", "/v1/visitors/{id}"),
+        ("POST", "/v1/chats"),
+        ("POST", "/v1/chats/{chat_id}/messages"),
+        ("GET", "/v1/chats/{chat_id}/messages"),
+        ("GET", "/v1/chats/search"),
+    }
+    publishable = {shape for shape, route in routes.items() if route.access.publishable_keys}
+    assert publishable == {
+        ("POST", "/v1/visitors"),
+        ("POST", "/v1/chats"),
+        ("POST", "/v1/chats/{chat_id}/messages"),
+    }
+    assert routes[("DELETE", "/v1/visitors/{id}")].access.success_status == 204
+    assert BrowserRoutes(matching_order(list(routes.values()))).templates == {
+        "/v1/visitors",
+        "/v1/chats",
+        "/v1/chats/{chat_id}/messages",
+    }
+
+
+def test_a_literal_path_wins_over_a_template_of_its_shape_in_any_order() -> None:
+    routes = build_routes(_SERVICES)
+    search = next(r for r in routes if r.method.name == "SearchMessages")
+    listing = next(r for r in routes if r.method.name == "ListMessages")
+    # A made-up GET /v1/chats/{chat_id} listed before the literal /v1/chats/search.
+    pattern, variables = _compile("/v1/chats/{chat_id}", listing.method)
+    by_id = dataclasses.replace(
+        listing, template="/v1/chats/{chat_id}", pattern=pattern, variables=variables
+    )
+    for order in ([by_id, search], [search, by_id]):
+        route, params = match(matching_order(order), "GET", "/v1/chats/search")
+        assert (route.method.name, params) == ("SearchMessages", {})
+        route, params = match(matching_order(order), "GET", "/v1/chats/cht_1")
+        assert (route.template, params) == ("/v1/chats/{chat_id}", {"chat_id": "cht_1"})
+
+
+def _service_with_rule(name: str, rule: access_pb2.AccessRule) -> object:
+    pool = descriptor_pool.Default()
+    file_name = f"gateway_tests/{name}.proto"
+    proto = descriptor_pb2.FileDescriptorProto(
+        name=file_name,
+        package=f"gateway_tests.{name}",
+        syntax="proto3",
+        dependency=["google/api/annotations.proto", access_pb2.DESCRIPTOR.name],
+    )
+    proto.message_type.add(name="Empty")
+    empty = f".gateway_tests.{name}.Empty"
+    method = proto.service.add(name="Widgets").method.add(
+        name="Make", input_type=empty, output_type=empty
+    )
+    method.options.Extensions[annotations_pb2.http].post = f"/v1/{name}"
+    method.options.Extensions[access_pb2.access].CopyFrom(rule)
+    pool.Add(proto)
+    return pool.FindFileByName(file_name).services_by_name["Widgets"]
+
+
+@pytest.mark.parametrize(
+    ("name", "rule"),
+    [
+        (
+            "pk_without_keys",
+            access_pb2.AccessRule(access=access_pb2.ACCESS_USER, publishable_keys=True),
+        ),
+        (
+            "pk_on_public",
+            access_pb2.AccessRule(
+                access=access_pb2.ACCESS_PUBLIC, api_keys=True, publishable_keys=True
+            ),
+        ),
+    ],
+)
+def test_publishable_keys_need_a_route_for_keys(name: str, rule: access_pb2.AccessRule) -> None:
+    with pytest.raises(ValueError, match="publishable_keys without api_keys"):
+        build_routes([(_service_with_rule(name, rule), "x")])  # type: ignore[list-item]
+
+
+def test_the_visitors_upstream_is_built_in() -> None:
+    assert GatewaySettings().visitors_target == "127.0.0.1:50055"
+    with pytest.raises(ValidationError, match="visitors is built in"):
+        GatewaySettings(
+            extra_upstreams={"visitors": {"proto_module": "m", "service": "S", "target": "t"}}
+        )
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://shop.example.com",
+        "http://localhost:3000",
+        "https://[::1]:8443",
+        "http://127.0.0.1:8080",
+        "https://xn--bcher-kva.example",
+    ],
+)
+def test_origins_as_browsers_send_them(origin: str) -> None:
+    assert is_browser_origin(origin)
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "",
+        "null",
+        "https://shop.example.com/",
+        "https://shop.example.com/path",
+        "HTTPS://shop.example.com",
+        "https://Shop.example.com",
+        "https://shop.example.com:443",
+        "http://shop.example.com:80",
+        "https://shop.example.com:0",
+        "https://shop.example.com:65536",
+        "https://user@shop.example.com",
+        "https://bücher.example",
+        "ftp://shop.example.com",
+        "https://-shop.example.com",
+        "https://shop.example.com\n",
+        "https://" + "a." * 150 + "com",
+        "shop.example.com",
+    ],
+)
+def test_anything_else_is_no_origin(origin: str) -> None:
+    assert not is_browser_origin(origin)
