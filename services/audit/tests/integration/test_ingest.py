@@ -218,9 +218,35 @@ async def test_pii_is_stored_only_encrypted(audit) -> None:
 async def test_sources_and_bare_subjects(audit) -> None:
     ws = audit.workspace()
     user = user_id()
-    await audit.ingest(event(workspace=ws, subject=user), source="apikeys")
+    await audit.ingest(event(workspace=ws, type="apikey.created", subject=user), source="apikeys")
     async with audit.server.engine.connect() as conn:
         from sqlalchemy import text
 
         row = (await conn.execute(text("SELECT source, subject FROM events"))).one()
     assert tuple(row) == ("apikeys", f"user:{user}")
+
+
+async def test_a_service_cannot_record_another_services_event_types(audit) -> None:
+    """apikeys (its own verified caller assertion) may record apikey.* events, never a sign-in:
+    the batch is refused naming the event, and nothing of it is stored."""
+    ws = audit.workspace()
+    batch = [
+        event(workspace=ws, type="apikey.created", subject=user_id()),
+        event(workspace=ws, type="session.login_succeeded", actor=f"user:{user_id()}"),
+    ]
+    refused = await audit.refused(
+        audit.ingest(*batch, source="apikeys"), INVALID, "event_type_not_allowed"
+    )
+    assert trailer(refused, "palisade-invalid-item") == "1"
+    assert refused.details().startswith("events[1]: ")
+    assert await audit.count() == 0
+    assert await audit.count("chains") == 0
+    rejected = audit.server.registry.get_sample_value(
+        "palisade_audit_ingest_batches_rejected_total",
+        {"source": "apikeys", "code": "event_type_not_allowed"},
+    )
+    assert rejected == 1
+    # The same events from the services that emit them are stored.
+    await audit.ingest(batch[0], source="apikeys")
+    await audit.ingest(batch[1], source="auth")
+    assert [e for _, e in await audit.chain(ws)] == [batch[0].event_id, batch[1].event_id]

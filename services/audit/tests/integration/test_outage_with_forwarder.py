@@ -121,3 +121,65 @@ async def test_an_outage_delays_events_and_loses_none(audit_factory, database_ur
             main, ["verify"], settings=audit.settings, out=out, clock=audit.clock
         )
         assert code == 0, out.getvalue()
+
+
+async def test_a_type_the_service_may_not_emit_is_set_aside_and_the_rest_flows(
+    audit_factory, database_url, tmp_path
+) -> None:
+    """A misbehaving apikeys emits an auth event between two of its own: audit refuses it
+    (event_type_not_allowed, naming it), the forwarder sets that one aside in the outbox and
+    ships the others in order; nothing wedges."""
+    async with audit_factory(database_url) as audit:
+        ws = audit.workspace()
+        engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'apikeys-outbox.db'}")
+        metadata = MetaData()
+        table = outbox_table(metadata)
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        signer = AssertionSigner(
+            keys=KeySource.from_master(audit.master, "apikeys"), clock=audit.clock, ttl_seconds=60
+        )
+        channel = relay_channel(audit.server.running.target)
+        forwarder = AuditForwarder(
+            engine=engine,
+            table=table,
+            sink=AuditIngestClient(
+                channel=channel, identity=ServiceIdentity(name="apikeys", signer=signer)
+            ),
+            service="apikeys",
+            clock=audit.clock,
+            batch_size=10,
+        )
+        types = ["apikey.created", "session.login_succeeded", "apikey.revoked"]
+        emitted = [
+            SecurityEvent(
+                type=event_type,
+                occurred_at=datetime.now(UTC),
+                actor=f"user:{user_id()}",
+                workspace_id=ws,
+            )
+            for event_type in types
+        ]
+        try:
+            for event in emitted:
+                async with engine.begin() as conn:
+                    await emit(conn, table, event)
+            result = await forwarder.forward_once()
+            assert (result.forwarded, result.rejected, result.failed) == (2, 1, None)
+            async with engine.connect() as conn:
+                rows = (
+                    await conn.execute(
+                        select(
+                            table.c.event_type, table.c.forwarded_at, table.c.rejected_code
+                        ).order_by(table.c.id)
+                    )
+                ).all()
+        finally:
+            await channel.close()
+            await engine.dispose()
+        assert [(t, f is not None, c) for t, f, c in rows] == [
+            ("apikey.created", True, None),
+            ("session.login_succeeded", False, "event_type_not_allowed"),
+            ("apikey.revoked", True, None),
+        ]
+        assert [e for _, e in await audit.chain(ws)] == [emitted[0].event_id, emitted[2].event_id]

@@ -121,7 +121,7 @@ async def test_events_stored_by_another_replica_arrive(audit_pg) -> None:
         other_stub = audit_pb2_grpc.AuditServiceStub(channel)
         stream = _open(audit, "0")
         ws = audit.workspace()
-        there = event(workspace=ws)
+        there = event(workspace=ws, type="apikey.created")
         await other_stub.Ingest(pb.IngestRequest(events=[there]), metadata=audit.service("apikeys"))
         [got] = await _read(stream, 1)  # found by polling: no notification crosses processes
         assert got.event.id == there.event_id

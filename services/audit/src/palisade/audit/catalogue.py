@@ -1,6 +1,7 @@
 """The event catalogue, read from the protos (events.proto): one place for every event type.
 
-Ingest accepts only these types; exports map them to their OCSF class and activity.
+Ingest accepts only these types, each only from the services listed as its emitters; exports
+map them to their OCSF class and activity.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class EventTypeInfo:
     ocsf_activity_id: int
     ocsf_activity: str
     description: str
+    # The services that may emit it (the name in their caller assertion's service:<name>).
+    emitters: frozenset[str]
 
     @property
     def ocsf_class_name(self) -> str:
@@ -56,12 +59,15 @@ def _load() -> Mapping[str, EventTypeInfo]:
             raise ValueError(f"events.proto: {value.name} has no name or a duplicate one")
         if option.ocsf_class not in OCSF_CLASS_NAMES or option.ocsf_activity_id <= 0:
             raise ValueError(f"events.proto: {value.name} has no OCSF class or activity")
+        if not option.emitters:
+            raise ValueError(f"events.proto: {value.name} names no service that emits it")
         types[option.name] = EventTypeInfo(
             name=option.name,
             ocsf_class_uid=int(option.ocsf_class),
             ocsf_activity_id=option.ocsf_activity_id,
             ocsf_activity=option.ocsf_activity,
             description=option.description,
+            emitters=frozenset(option.emitters),
         )
     return MappingProxyType(types)
 
@@ -71,3 +77,9 @@ EVENT_TYPES: Mapping[str, EventTypeInfo] = _load()
 
 def is_known(event_type: str) -> bool:
     return event_type in EVENT_TYPES
+
+
+def may_emit(service: str, event_type: str) -> bool:
+    """Whether the service may record events of this (known) type."""
+    info = EVENT_TYPES.get(event_type)
+    return info is not None and service in info.emitters

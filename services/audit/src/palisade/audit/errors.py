@@ -45,6 +45,11 @@ class UnknownEventType(InvalidEvent):
     default_message = "type is not in the event catalogue"
 
 
+class EventTypeNotAllowed(InvalidEvent):
+    code = "event_type_not_allowed"
+    default_message = "the calling service is not an emitter of this type (events.proto)"
+
+
 class InvalidOccurredAt(InvalidEvent):
     code = "invalid_occurred_at"
     default_message = "occurred_at must be set, not before 2020 and not in the future"

@@ -128,7 +128,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
                 raise BatchTooLarge(f"at most {self._max_batch} events in one batch")
             latest = self._clock.now() + self._skew
             valid = [
-                validate(e, i, latest=latest, devices=self._devices)
+                validate(e, i, source=source, latest=latest, devices=self._devices)
                 for i, e in enumerate(request.events)
             ]
             result = await self._ingestor.ingest(source, valid)

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from palisade.audit import errors
-from palisade.audit.catalogue import is_known
+from palisade.audit.catalogue import is_known, may_emit
 from palisade.audit.model import SYSTEM_CHAIN, NewEvent
 from palisade.audit.tables import DEVICE_PART_CHARS, PRINCIPAL_CHARS, REASON_CHARS
 from palisade.common.client_text import client_ip
@@ -118,16 +118,26 @@ def _device(event: pb.IngestEvent, user_agent: str, index: int, devices: DeviceP
 
 
 def validate(
-    event: pb.IngestEvent, index: int, *, latest: datetime, devices: DeviceParser | None = None
+    event: pb.IngestEvent,
+    index: int,
+    *,
+    source: str,
+    latest: datetime,
+    devices: DeviceParser | None = None,
 ) -> NewEvent:
     """The event as the log will keep it; raises the InvalidEvent that says what is wrong.
 
-    latest: the last moment an event may claim to have happened (now plus the clock skew);
-    devices: the (caching) User-Agent parser to use."""
+    source: the calling service (its verified caller assertion), which must be one of the
+    type's emitters; latest: the last moment an event may claim to have happened (now plus the
+    clock skew); devices: the (caching) User-Agent parser to use."""
     if not EVENT_ID.fullmatch(event.event_id):
         raise errors.InvalidEventId(index)
     if not is_known(event.type):
         raise errors.UnknownEventType(index)
+    if not may_emit(source, event.type):
+        # A service writes only its own kinds of events: a compromised apikeys must not be able
+        # to record (or fake a trail of) sign-ins, which only auth performs.
+        raise errors.EventTypeNotAllowed(index, f"type {event.type} is not emitted by {source}")
     if not event.HasField("occurred_at"):
         raise errors.InvalidOccurredAt(index)
     occurred_at = _moment(event.occurred_at, index, latest)
