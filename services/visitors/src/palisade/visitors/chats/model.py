@@ -1,0 +1,52 @@
+"""The chats domain's records: what the store reads and writes, free of SQL and protobuf."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+VISITOR = "visitor"
+AGENT = "agent"
+
+
+@dataclass(frozen=True)
+class Tenancy:
+    """Where a caller's chats live: its workspace and its mode (test keys see test data only;
+    live keys and people live data only)."""
+
+    workspace_id: str
+    test: bool
+
+    @property
+    def mode(self) -> str:
+        return "test" if self.test else "live"
+
+
+@dataclass(frozen=True)
+class ChatRecord:
+    id: str
+    workspace_id: str
+    visitor_id: str
+    test: bool
+    created_at: datetime
+    visitor_erased: bool
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    id: str
+    chat_id: str
+    body: str
+    sender: str  # VISITOR | AGENT
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    id: str
+    chat_id: str
+    body: str
+    sender: str
+    created_at: datetime
+    position: int  # 1, 2, ... within the chat: ListMessages' cursor
+    seq: int  # storage order in the database: search's tie-break and cursor
