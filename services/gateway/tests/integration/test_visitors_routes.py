@@ -22,9 +22,9 @@ from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 
 from palisade.common.api_key_format import generate
-from palisade.common.caller import AssertionSigner
+from palisade.common.caller import AssertionSigner, AssertionVerifier, Caller
 from palisade.common.clock import ManualClock
-from palisade.common.edge_keys import KeySource, ServiceKeys
+from palisade.common.edge_keys import KeyDocument, KeySource
 from palisade.common.edges import EDGES, Edge
 from palisade.gateway.app import Gateway, Upstreams
 from palisade.gateway.edge_auth import EdgeAuthenticator
@@ -115,6 +115,11 @@ class Harness:
     base_url: str
     upstream: ScriptedVisitors
     keys: SpyKeys
+    verifier: AssertionVerifier  # the visitors service's: reads what the gateway asserted
+
+    def last_caller(self) -> Caller:
+        method, _, metadata = self.upstream.calls[-1]
+        return self.verifier.verify(metadata["x-palisade-caller"], method=method)
 
     async def call(
         self,
@@ -166,9 +171,11 @@ async def visitors_gateway() -> AsyncIterator[Harness]:
     edges = tuple(EDGES)
     if not any(edge.name == "gateway:visitors" for edge in edges):
         edges = (*edges, Edge("gateway", "visitors", delegates=True))
+    master = KeyDocument.generate(edges)
     signer = AssertionSigner(
-        keys=KeySource.fixed(ServiceKeys.generate("gateway", edges)), clock=clock, ttl_seconds=60
+        keys=KeySource.from_master(master, "gateway", edges), clock=clock, ttl_seconds=60
     )
+    verifier = AssertionVerifier(keys=KeySource.from_master(master, "visitors", edges), clock=clock)
     edge = EdgeAuthenticator(
         stub=auth,
         signer=signer,
@@ -211,7 +218,7 @@ async def visitors_gateway() -> AsyncIterator[Harness]:
     port = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
     try:
         async with aiohttp.ClientSession() as http:
-            yield Harness(http, f"http://127.0.0.1:{port}", upstream, keys)
+            yield Harness(http, f"http://127.0.0.1:{port}", upstream, keys, verifier)
     finally:
         await runner.cleanup()
 
@@ -299,7 +306,12 @@ async def test_publishable_keys_from_their_origins_only(visitors_gateway: Harnes
     assert headers["Vary"] == "Origin"
     assert "X-Request-Id" in headers["Access-Control-Expose-Headers"]
     assert "Access-Control-Allow-Credentials" not in headers
-    assert h.upstream.calls[-1][2]["x-palisade-caller"]  # forwarded as the key
+    caller = h.last_caller()  # forwarded as the key, which speaks for the visitor
+    assert (caller.principal, caller.key_type, caller.key_mode) == (
+        "apikey:key_0",
+        "publishable",
+        "live",
+    )
     status, _, body = await h.call(
         "POST", "/v1/chats/cht_1/messages", credential=widget, origin=SHOP, json={"body": "hi"}
     )
@@ -340,6 +352,7 @@ async def test_scopes_are_checked_as_for_every_key(visitors_gateway: Harness) ->
     assert (status, body["code"]) == (403, "insufficient_scope")
     status, _, _ = await h.call("DELETE", "/v1/visitors/vis_1", credential=secret)
     assert status == 204
+    assert h.last_caller().key_type == "secret"
     # A secret key from a browser is served (it is a valid key) but no page may read it.
     status, headers, _ = await h.call(
         "POST", "/v1/visitors", credential=secret, origin=SHOP, json={"name": "Ada"}

@@ -82,6 +82,9 @@ class Caller:
     # person who created it (the user whose rate limit and permissions the key acts under).
     key_mode: str | None = None
     acting_user_id: str | None = None
+    # An API key's type ("publishable" or "secret"): a publishable key lives in a visitor's
+    # browser, so what it writes is the visitor's (a chat message's sender), not the workspace's.
+    key_type: str | None = None
 
     @property
     def is_service(self) -> bool:
@@ -143,6 +146,7 @@ class AssertionSigner:
         authenticated_at: int | None = None,
         key_mode: str | None = None,
         acting_user_id: str | None = None,
+        key_type: str | None = None,
     ) -> str:
         now_exact = self._clock.timestamp()
         edge = self._keys.current.signing.get(audience)
@@ -174,6 +178,7 @@ class AssertionSigner:
             "aat": authenticated_at,
             "kmd": key_mode,
             "usr": acting_user_id,
+            "ktp": key_type,
         }
         claims.update({k: v for k, v in optional.items() if v is not None})
         payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
@@ -294,6 +299,7 @@ class AssertionVerifier:
                 authenticated_at=_int(claims["aat"]) if "aat" in claims else None,
                 key_mode=_optional_str(claims, "kmd"),
                 acting_user_id=_optional_str(claims, "usr"),
+                key_type=_optional_str(claims, "ktp"),
             )
         except (KeyError, TypeError):
             raise InvalidCallerAssertion("malformed caller assertion") from None

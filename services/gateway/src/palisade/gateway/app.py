@@ -397,6 +397,7 @@ class Gateway:
                 user_agent=agent,
                 key_mode=key.mode,
                 acting_user_id=key.created_by,
+                key_type="publishable" if key.publishable else "secret",
             )
         else:
             assertion = self._signer.sign(
