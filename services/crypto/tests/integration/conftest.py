@@ -19,12 +19,11 @@ from palisade_api.crypto.v1 import crypto_pb2_grpc
 
 pytestmark = pytest.mark.postgres
 
-# The real edges, plus callers crypto will have (visitors) or must not trust with its data
+# The real edges, plus a caller crypto must not trust with its data
 # (a gateway->crypto edge exists nowhere in production): what crypto itself refuses is tested
 # with validly signed assertions from them.
 TEST_EDGES = (
     *EDGES,
-    Edge("visitors", "crypto"),
     Edge("gateway", "crypto", delegates=True),
 )
 

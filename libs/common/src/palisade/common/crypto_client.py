@@ -8,6 +8,7 @@ raises SubjectErased, unless the caller asked to tolerate it (then those items c
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Literal, cast, overload
 
@@ -27,6 +28,7 @@ _SERVICE = "/" + pb.DESCRIPTOR.services_by_name["CryptoService"].full_name + "/"
 _ENCRYPT, _DECRYPT, _BLIND_INDEX = (_SERVICE + m for m in ("Encrypt", "Decrypt", "BlindIndex"))
 _REPORT_INDEX_VERSIONS = _SERVICE + "ReportIndexVersions"
 _SHRED_SUBJECT = _SERVICE + "ShredSubject"
+_REWRAP, _KEY_STATUS = _SERVICE + "Rewrap", _SERVICE + "KeyStatus"
 
 # (plaintext, associated data), or with the data subject it belongs to ("user:usr_…").
 EncryptInput = tuple[bytes, bytes] | tuple[bytes, bytes, str]
@@ -44,6 +46,37 @@ class Normalization(IntEnum):
     EMAIL = pb.NORMALIZATION_EMAIL
     PHONE = pb.NORMALIZATION_PHONE
     CASEFOLD = pb.NORMALIZATION_CASEFOLD
+
+
+@dataclass(frozen=True)
+class IndexInput:
+    """A value to blind-index in the same Encrypt call (see CryptoClient.encrypt_indexed)."""
+
+    value: str
+    normalization: Normalization
+    context: bytes
+
+
+@dataclass(frozen=True)
+class IndexedEncryption:
+    ciphertexts: list[bytes]
+    key_version: int  # the data key version every envelope is under
+    index_tokens: list[tuple[int, str]]  # (index key version, token), one per IndexInput
+
+
+@dataclass(frozen=True)
+class Rewrapped:
+    ciphertexts: list[bytes]
+    moved: list[bool]
+    key_version: int
+
+
+@dataclass(frozen=True)
+class KeyVersions:
+    primary_data: int
+    min_data: int
+    primary_index: int
+    min_index: int
 
 
 class CryptoFailure(PalisadeError):
@@ -115,6 +148,62 @@ class CryptoClient:
         except grpc.aio.AioRpcError as error:
             raise _translate(error) from None
         return list(reply.ciphertexts)
+
+    async def encrypt_indexed(
+        self, items: Sequence[EncryptInput], index: Sequence[IndexInput], *, subject: str = ""
+    ) -> IndexedEncryption:
+        """encrypt() and the primary-version blind-index tokens of `index`, in one round trip
+        (a write that stores both makes one call). All or nothing."""
+        request = pb.EncryptRequest(
+            items=[
+                pb.EncryptItem(
+                    plaintext=item[0],
+                    associated_data=item[1],
+                    subject=item[2] if len(item) == 3 else subject,
+                )
+                for item in items
+            ],
+            index_items=[_index_item(i.value, i.normalization, i.context) for i in index],
+        )
+        try:
+            reply = await self._stub.Encrypt(
+                request, metadata=self._identity.metadata("crypto", _ENCRYPT), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _translate(error) from None
+        tokens = [(r.tokens[0].key_version, r.tokens[0].token) for r in reply.index_results]
+        if len(tokens) != len(index) or len(reply.ciphertexts) != len(items):
+            raise CryptoFailure()  # a crypto that does not know index items
+        return IndexedEncryption(list(reply.ciphertexts), reply.key_version, tokens)
+
+    async def rewrap(self, items: Sequence[tuple[bytes, bytes]]) -> Rewrapped:
+        """Envelopes moved under the primary data key (the plaintext never leaves crypto)."""
+        request = pb.RewrapRequest(
+            items=[pb.DecryptItem(ciphertext=c, associated_data=a) for c, a in items]
+        )
+        try:
+            reply = await self._stub.Rewrap(
+                request, metadata=self._identity.metadata("crypto", _REWRAP), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _translate(error) from None
+        return Rewrapped(list(reply.ciphertexts), list(reply.rewrapped), reply.key_version)
+
+    async def key_versions(self) -> KeyVersions:
+        """The primary and lowest usable data and index key versions (no key material)."""
+        try:
+            reply = await self._stub.KeyStatus(
+                pb.KeyStatusRequest(),
+                metadata=self._identity.metadata("crypto", _KEY_STATUS),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _translate(error) from None
+        data = [k.version for k in reply.data_keys if k.primary]
+        index = [k.version for k in reply.index_keys if k.primary]
+        if not data or not index:
+            raise CryptoFailure()
+        return KeyVersions(data[0], reply.min_data_version, index[0], reply.min_index_version)
 
     @overload
     async def decrypt(
@@ -194,14 +283,7 @@ class CryptoClient:
         if not values:
             return []
         request = pb.BlindIndexRequest(
-            items=[
-                pb.BlindIndexItem(
-                    value=value,
-                    normalization=cast("pb.Normalization.ValueType", int(normalization)),
-                    context=context,
-                )
-                for value in values
-            ],
+            items=[_index_item(value, normalization, context) for value in values],
             all_versions=all_versions,
         )
         try:
@@ -225,3 +307,11 @@ class CryptoClient:
             )
         except grpc.aio.AioRpcError as error:
             raise _translate(error) from None
+
+
+def _index_item(value: str, normalization: Normalization, context: bytes) -> pb.BlindIndexItem:
+    return pb.BlindIndexItem(
+        value=value,
+        normalization=cast("pb.Normalization.ValueType", int(normalization)),
+        context=context,
+    )

@@ -65,6 +65,11 @@ EDGES: tuple[Edge, ...] = (
     Edge("audit", "crypto"),
     # Audit accepts events only for workspaces auth knows (auth's workspace directory).
     Edge("audit", "auth"),
+    # Visitors: PII encrypted (and blind-indexed, shredded on erasure) through crypto, events
+    # shipped to audit, client calls forwarded by the gateway (publishable keys included).
+    Edge("visitors", "crypto"),
+    Edge("visitors", "audit"),
+    Edge("gateway", "visitors", delegates=True),
     # The bench-only echo backend behind the gateway (bench/p3_forwarded.py); it verifies
     # nothing, but the gateway signs for every upstream it forwards to.
     Edge("gateway", "echo", delegates=True),

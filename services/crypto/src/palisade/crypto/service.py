@@ -492,6 +492,16 @@ class _BatchSubjects:
             if record is None:
                 raise UnknownSubjectKey()
             if record.erased:
+                # Answered whatever the item's associated data, and it cannot be otherwise: the
+                # only thing that binds associated data to an envelope is its AES-GCM tag, under
+                # the subject's key, and that key died with the secret (deriving it needs the
+                # secret; nothing else about the data survives, by design). So a wrong-AD item
+                # of an erased subject cannot be told from a right one and answers
+                # subject_erased too: a service holding a copy of an envelope (even under its
+                # own associated data) learns that its subject was erased, and nothing else.
+                # Closing that would need a new envelope format carrying an AD commitment
+                # under a keyring-derived key, which outlives the shred. A live subject's
+                # wrong-AD item still fails as tampered. See test_encrypt_with_index.py.
                 raise SubjectErased()
             secret = self._secrets[key_id] = _unwrap(data_keys, record)
         return secret

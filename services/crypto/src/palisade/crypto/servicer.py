@@ -3,6 +3,7 @@ only about their own data (the associated data's first part names the calling se
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -12,7 +13,7 @@ from palisade.common.caller import require_service_caller
 from palisade.common.errors import InvalidArgument
 from palisade.crypto.index_consumers import IndexConsumers
 from palisade.crypto.normalize import Normalization
-from palisade.crypto.service import CryptoService, IndexRequest, KeyVersionInfo
+from palisade.crypto.service import CryptoService, IndexRequest, IndexToken, KeyVersionInfo
 from palisade_api.crypto.v1 import crypto_pb2 as pb
 from palisade_api.crypto.v1 import crypto_pb2_grpc
 
@@ -35,13 +36,22 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
         caller = require_service_caller()
         items = [(i.plaintext, i.associated_data) for i in request.items]
         self._service.check_owner("encrypt", caller.issuer, [aad for _, aad in items])
+        # Blind indexes asked for with the envelopes (one round trip per write): checked and
+        # computed first, so a bad index item fails the call before any encryption is counted.
+        index_results: list[list[IndexToken]] = []
+        if request.index_items:
+            index_results = await self._blind_index(
+                caller.issuer, request.index_items, all_versions=False
+            )
         # Any service may name any subject: a person's data is spread over services, and
         # one shred must reach all of it.
         subjects = [i.subject for i in request.items]
         ciphertexts, version = await self._service.encrypt(
             items, subjects if any(subjects) else None
         )
-        return pb.EncryptResponse(ciphertexts=ciphertexts, key_version=version)
+        return pb.EncryptResponse(
+            ciphertexts=ciphertexts, key_version=version, index_results=_results(index_results)
+        )
 
     async def Decrypt(self, request: pb.DecryptRequest, context: Context) -> pb.DecryptResponse:
         caller = require_service_caller()
@@ -63,24 +73,26 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
         self, request: pb.BlindIndexRequest, context: Context
     ) -> pb.BlindIndexResponse:
         caller = require_service_caller()
+        results = await self._blind_index(
+            caller.issuer, request.items, all_versions=request.all_versions
+        )
+        return pb.BlindIndexResponse(results=_results(results))
+
+    async def _blind_index(
+        self, issuer: str, items: Sequence[pb.BlindIndexItem], *, all_versions: bool
+    ) -> list[list[IndexToken]]:
+        """BlindIndex's checks and tokens, for BlindIndex and Encrypt's index items alike."""
         requests = []
-        for index, item in enumerate(request.items):
+        for index, item in enumerate(items):
             normalization = _NORMALIZATIONS.get(item.normalization)
             if normalization is None:
                 raise InvalidArgument(f"item {index}: normalization is required")
             requests.append(IndexRequest(item.value, normalization, item.context))
-        self._service.check_owner("blind_index", caller.issuer, [r.context for r in requests])
-        results = self._service.blind_index(requests, all_versions=request.all_versions)
+        self._service.check_owner("blind_index", issuer, [r.context for r in requests])
+        results = self._service.blind_index(requests, all_versions=all_versions)
         if self._consumers is not None:
-            await self._consumers.seen(caller.issuer)  # on record before it has a token
-        return pb.BlindIndexResponse(
-            results=[
-                pb.BlindIndexResult(
-                    tokens=[pb.IndexToken(key_version=t.key_version, token=t.token) for t in r]
-                )
-                for r in results
-            ]
-        )
+            await self._consumers.seen(issuer)  # on record before it has a token
+        return results
 
     async def KeyStatus(
         self, request: pb.KeyStatusRequest, context: Context
@@ -113,6 +125,15 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
         caller = require_service_caller()
         shredded = await self._service.shred_subject(request.subject, actor=caller.issuer)
         return pb.ShredSubjectResponse(shredded=shredded)
+
+
+def _results(results: list[list[IndexToken]]) -> list[pb.BlindIndexResult]:
+    return [
+        pb.BlindIndexResult(
+            tokens=[pb.IndexToken(key_version=t.key_version, token=t.token) for t in r]
+        )
+        for r in results
+    ]
 
 
 def _version_status(info: KeyVersionInfo) -> pb.KeyVersionStatus:
