@@ -18,9 +18,9 @@ proof, a password change or reset, and "sign out everywhere" retire every change
 user, and a link confirms only while the session that requested it is live (a link whose
 session ended is used up and answers 400 invalid_verification_link).
 
-Confirm (the link's POST, the same route as a verification): one transaction consumes the token,
-checks the requesting session is live and the address is still free, moves users.email_ct and
-email_index, proves the new address (accounts/address_proof.py: a first proof ends the earlier
+Confirm (the link's POST, the same route as a verification): one transaction locks the user
+row (auth's lock order: before any token), consumes the token, checks the requesting session
+is live and the address is still free, moves users.email_ct and email_index, proves the new address (accounts/address_proof.py: a first proof ends the earlier
 sessions; otherwise sessions keep working, the owner proved control by confirming), retires
 the links sent to the old address (magic links, verification and reset links, other change
 links) and queues the old address's "your email was changed" notice. An address taken between
@@ -230,7 +230,11 @@ class EmailChanges:
         try:
             async with self._store.transaction() as tx:
                 now = self._clock.now()
-                redeemed = await self._tokens.redeem(tx, token, retire_siblings=True)
+                # Auth's lock order: the user row before the token (exclusive: the address
+                # moves), so a path that holds the row and then retires change links (a
+                # password change, a first proof) makes this wait, not deadlock.
+                await SessionRecords(tx).lock_user(user_id, exclusive=True)
+                redeemed = await self._tokens.redeem(tx, token, retire_siblings=True, owner=user_id)
                 if redeemed is None:  # lost a race for it, or replaced meanwhile
                     outcome: str | AddressProof = "invalid"
                 elif not await self._session_live(tx, pending, now):

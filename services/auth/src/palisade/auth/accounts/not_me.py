@@ -56,7 +56,7 @@ class NotMeReports:
             if owner is None:
                 _invalid()
             await SessionRecords(tx).lock_user(owner, exclusive=True)
-            redeemed = await self._tokens.redeem(tx, token, retire_siblings=True)
+            redeemed = await self._tokens.redeem(tx, token, retire_siblings=True, owner=owner)
             if redeemed is None:  # used, expired, or lost the race for it
                 _invalid()
             await forget_networks(tx, owner, now=self._clock.now())

@@ -12,8 +12,9 @@ the one confirm route that both it and an email change's link land on.
   waiting for an email that never comes. An address already verified gets no email (202).
 - Confirm route: a token of the right prefix is looked at once (no consumption) to tell a
   verification from an email change; the change's own flow (accounts/email_change.py) then
-  consumes it. Any token that is unknown, used, expired, replaced or malformed gets one answer,
-  400 invalid_verification_link.
+  consumes it. Either way the confirm locks the token's owner's user row before it uses the
+  token up (auth's lock order: the user row first). Any token that is unknown, used,
+  expired, replaced or malformed gets one answer, 400 invalid_verification_link.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from palisade.auth.links.tables import (
 from palisade.auth.mail import MailQueue, OutgoingEmail, SealedEmail
 from palisade.auth.mail.templates import verification_email
 from palisade.auth.sessions.manager import ClientInfo, SessionManager
+from palisade.auth.sessions.store import SessionRecords
 from palisade.auth.store import AuthStore, AuthTransaction, users
 from palisade.auth.throttle import Counter, CounterLimiter
 from palisade.common.aad import associated_data
@@ -214,7 +216,14 @@ class EmailVerifications:
             await self.changes.confirm(token=token, pending=pending, client=client)
             return
         async with self._store.transaction() as tx:
-            redeemed = await self._tokens.redeem(tx, token, retire_siblings=True)
+            # Auth's lock order: the user row (named by the look above, which took no lock)
+            # before the token; exclusive, since a first proof writes it. Using the token up
+            # first and then waiting for the row would deadlock against a path that holds the
+            # row and then retires the user's links (a password change, a sibling's confirm).
+            await SessionRecords(tx).lock_user(pending.user_id, exclusive=True)
+            redeemed = await self._tokens.redeem(
+                tx, token, retire_siblings=True, owner=pending.user_id
+            )
             if redeemed is not None:
                 proof = await prove_address(
                     tx,

@@ -9,6 +9,11 @@ password reset, email-change confirmation, team invitations and "this wasn't me"
   Postgres or SQLite, exactly one gets a row back.
 - Siblings: issuing or redeeming can retire the user's other outstanding tokens of the same
   purpose (one sign-in per email round; a new reset link voids the old one).
+- Lock order: auth locks a user's row before anything else of theirs (sessions/store.py
+  lock_user), and a path that holds it may go on to retire the user's tokens (a password
+  change, a sibling's confirm). So a redemption that unlocks a change to the account reads
+  the token's owner first (owner(), no lock), locks that user row, and only then redeems,
+  naming the owner (redeem's `owner`): never the token first, then the row.
 
 The core is parameterised by table (TokenTable): a table with a purpose column can hold many
 purposes; a purpose-specific table (magic_links, with `used_at`) holds exactly one, and the core
@@ -134,24 +139,33 @@ class SingleUseTokens:
         return IssuedToken(token, now + lifetime)
 
     async def redeem(
-        self, tx: AuthTransaction, token: str, *, retire_siblings: bool
+        self,
+        tx: AuthTransaction,
+        token: str,
+        *,
+        retire_siblings: bool,
+        owner: str | None = None,
     ) -> RedeemedToken | None:
         """Uses the token up; None if it is unknown, used, expired or of another purpose.
 
         One conditional UPDATE decides: the row count (RETURNING) names the single winner.
         retire_siblings: the winner also retires the user's other tokens of this purpose.
-        A token of the wrong shape or prefix raises (see check) before any statement runs.
+        owner: the user whose row the caller locked first (auth's lock order, see the module
+        doc); the token must be theirs, else None. A token of the wrong shape or prefix raises
+        (see check) before any statement runs.
         """
         digest = self.check(token)
         now = self._clock.now()
         if retire_siblings and tx.locks_rows:
-            await self._lock_siblings(tx, digest)
+            await self._lock_siblings(tx, digest, owner)
+        mine = [] if owner is None else [self._owner == owner]
         won = (
             await tx.conn.execute(
                 update(self._table)
                 .where(
                     self._table.c.token_hash == digest,
                     *self._of_purpose(),
+                    *mine,
                     self._consumed.is_(None),
                     self._table.c.expires_at > now,
                 )
@@ -166,13 +180,14 @@ class SingleUseTokens:
             await self._retire(tx, owner, now)
         return RedeemedToken(owner, created_at)
 
-    async def _lock_siblings(self, tx: AuthTransaction, digest: bytes) -> None:
+    async def _lock_siblings(self, tx: AuthTransaction, digest: bytes, owner: str | None) -> None:
         """Locks the outstanding tokens of this token's owner, in token_hash order, before the
         conditional UPDATE (Postgres). Two parallel redemptions of sibling tokens would
         otherwise each lock their own row and then wait for the other's in the retirement: a
         deadlock. Locking the whole set in one order makes the second wait for the first and
-        then find its token retired (None), as the one-winner rule wants."""
-        owner = await self.owner(tx, digest)
+        then find its token retired (None), as the one-winner rule wants. (A caller that
+        locked the owner's user row first is serialised there already; the set is then free.)"""
+        owner = owner if owner is not None else await self.owner(tx, digest)
         if owner is None:
             return
         await tx.conn.execute(

@@ -7,8 +7,9 @@ backup code. Without one, the answer is "mfa required" and nothing changes; wron
 on the same per-user counter as login's second step. Passkeys are a way to sign in, not a
 second factor (as at login), so a passkey-only account resets with the emailed link alone.
 
-Then the Argon2id hash (outside any transaction), and one transaction: the core's conditional
-UPDATE uses the token up (of any number of parallel confirmations one wins; the others see no
+Then the Argon2id hash (outside any transaction), and one transaction, in auth's lock order:
+the user row is locked (FOR NO KEY UPDATE) before the token is touched; the core's conditional
+UPDATE then uses the token up (of any number of parallel confirmations one wins; the others see no
 row and roll back), the code is used up (atomically), the hash is set with
 password_changed_at, pending second steps and the user's other emailed links die, the address
 counts as proven (the email reached its owner), the "password reset" notice is queued, and
@@ -37,6 +38,7 @@ from palisade.auth.passwords.hashing import PasswordHasher
 from palisade.auth.passwords.policy import check_new_password
 from palisade.auth.sessions.manager import ClientInfo, SessionManager
 from palisade.auth.sessions.revocation import RevocationNotice
+from palisade.auth.sessions.store import SessionRecords
 from palisade.auth.store import AuthStore, AuthTransaction, UserRow
 from palisade.auth.throttle import LoginThrottle
 from palisade.common.aad import associated_data
@@ -207,9 +209,15 @@ class ResetConfirmations:
     ) -> _Done:
         async with self._store.transaction() as tx:
             now = self._clock.now()
+            # Auth's lock order: the user row (its id from the look, which took no lock) before
+            # the token. A password change holds the row and then retires the reset links; had
+            # this used its token up first and then waited for the row, the two would deadlock.
+            # Exclusive: the hash is written below.
+            if not await SessionRecords(tx).lock_user(user_id, exclusive=True):
+                raise _Refused("unknown", InvalidResetToken())
             # The user's other reset tokens die with this one.
-            redeemed = await self._tokens.redeem(tx, token, retire_siblings=True)
-            if redeemed is None or redeemed.user_id != user_id:
+            redeemed = await self._tokens.redeem(tx, token, retire_siblings=True, owner=user_id)
+            if redeemed is None:
                 raise _Refused("used", InvalidResetToken())  # a parallel confirmation won
             if proof is None:
                 if await self._mfa.required(tx, user_id):
