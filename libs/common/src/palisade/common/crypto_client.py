@@ -296,6 +296,24 @@ class CryptoClient:
             raise _translate(error) from None
         return [[t.token for t in result.tokens] for result in reply.results]
 
+    async def index_tokens(self, index: Sequence[IndexInput]) -> list[tuple[int, str]]:
+        """Primary-version tokens of values with contexts of their own, in one call: (index key
+        version, token) per input (a reindex recomputes many rows' tokens at once)."""
+        if not index:
+            return []
+        request = pb.BlindIndexRequest(
+            items=[_index_item(i.value, i.normalization, i.context) for i in index]
+        )
+        try:
+            reply = await self._stub.BlindIndex(
+                request,
+                metadata=self._identity.metadata("crypto", _BLIND_INDEX),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _translate(error) from None
+        return [(r.tokens[0].key_version, r.tokens[0].token) for r in reply.results]
+
     async def report_index_versions(self, versions_in_use: Sequence[int]) -> None:
         """Tells crypto which index key versions this service's stored rows still use."""
         request = pb.ReportIndexVersionsRequest(versions_in_use=sorted(set(versions_in_use)))

@@ -1,0 +1,197 @@
+"""The visitors domain: create, read, look up and erase visitors whose PII only crypto can open.
+
+One crypto round trip per call: a create seals every field and computes its blind indexes in
+one Encrypt; a read opens every field of every visitor it answers with in one Decrypt; a
+lookup asks for the tokens of every usable index key version in one BlindIndex. While crypto is
+unreachable the client raises Unavailable before anything is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Sequence
+
+from palisade.common.clock import Clock
+from palisade.common.crypto_client import CryptoClient, IndexInput, Normalization
+from palisade.common.outbox import SecurityEvent
+from palisade.visitors.errors import LookupRequired, PiiRequired, VisitorNotFound
+from palisade.visitors.model import Scope, StoredVisitor, Visitor
+from palisade.visitors.normalize import clean_email, clean_name, clean_phone, email_lookup
+from palisade.visitors.pii import (
+    FIELDS,
+    Field,
+    IndexedField,
+    field_aad,
+    index_context,
+    subject_of,
+)
+from palisade.visitors.store import VisitorStore
+
+log = logging.getLogger("palisade.visitors")
+
+_ID_PREFIX = "vis_"
+
+
+def new_visitor_id() -> str:
+    return _ID_PREFIX + secrets.token_hex(16)
+
+
+def is_visitor_id(text: str) -> bool:
+    body = text[len(_ID_PREFIX) :]
+    return (
+        text.startswith(_ID_PREFIX)
+        and len(body) == 32
+        and all(c in "0123456789abcdef" for c in body)
+    )
+
+
+def visitor_event(kind: str, row: StoredVisitor, actor: str, clock: Clock) -> SecurityEvent:
+    """visitor.created / visitor.erased: ids only, never PII."""
+    return SecurityEvent(
+        type=kind,
+        occurred_at=clock.now(),
+        actor=actor,
+        subject=subject_of(row.id),
+        workspace_id=row.workspace_id,
+        details={"visitor_id": row.id, "test": row.test},
+    )
+
+
+class VisitorsService:
+    def __init__(self, *, store: VisitorStore, crypto: CryptoClient, clock: Clock) -> None:
+        self._store = store
+        self._crypto = crypto
+        self._clock = clock
+
+    async def create(self, scope: Scope, *, name: str, email: str, phone: str) -> Visitor:
+        values: dict[Field, str] = {}
+        index: list[tuple[Field, IndexInput]] = []
+        if name:
+            values["name"] = clean_name(name)
+        if email:
+            values["email"], lookup = clean_email(email)
+            ctx = index_context(scope.workspace_id, "email")
+            index.append(("email", IndexInput(lookup, Normalization.EMAIL, ctx)))
+        if phone:
+            values["phone"] = clean_phone(phone)
+            ctx = index_context(scope.workspace_id, "phone")
+            index.append(("phone", IndexInput(values["phone"], Normalization.PHONE, ctx)))
+        if not values:
+            raise PiiRequired()
+        visitor_id = new_visitor_id()
+        fields = [f for f in FIELDS if f in values]
+        sealed = await self._crypto.encrypt_indexed(
+            [(values[f].encode(), field_aad(scope.workspace_id, visitor_id, f)) for f in fields],
+            [i for _, i in index],
+            subject=subject_of(visitor_id),
+        )
+        envelopes = dict(zip(fields, sealed.ciphertexts, strict=True))
+        tokens = {f: t for (f, _), t in zip(index, sealed.index_tokens, strict=True)}
+        row = StoredVisitor(
+            id=visitor_id,
+            workspace_id=scope.workspace_id,
+            test=scope.test,
+            created_at=self._clock.now(),
+            erased_at=None,
+            name_ct=envelopes.get("name"),
+            email_ct=envelopes.get("email"),
+            phone_ct=envelopes.get("phone"),
+            email_index=tokens["email"][1] if "email" in tokens else None,
+            phone_index=tokens["phone"][1] if "phone" in tokens else None,
+            data_key_version=sealed.key_version,
+            index_key_version=min((v for v, _ in tokens.values()), default=None),
+        )
+        event = visitor_event("visitor.created", row, scope.actor, self._clock)
+        await self._store.insert(row, event)
+        return Visitor(
+            id=row.id,
+            test=row.test,
+            created_at=row.created_at,
+            erased=False,
+            name=values.get("name", ""),
+            email=values.get("email", ""),
+            phone=values.get("phone", ""),
+        )
+
+    async def get(self, scope: Scope, visitor_id: str) -> Visitor:
+        row = await self._row(scope, visitor_id)
+        [visitor] = await self._open([row], scope.actor)
+        return visitor
+
+    async def find(self, scope: Scope, *, email: str, phone: str) -> list[Visitor]:
+        if bool(email) == bool(phone):
+            raise LookupRequired()
+        field: IndexedField
+        if email:
+            value, normalization, field = email_lookup(email), Normalization.EMAIL, "email"
+        else:
+            value, normalization, field = clean_phone(phone), Normalization.PHONE, "phone"
+        # Every usable index key version: rows not yet moved to the primary still match.
+        tokens = await self._crypto.blind_index(
+            value, normalization, index_context(scope.workspace_id, field), all_versions=True
+        )
+        rows = await self._store.find(scope.workspace_id, field, tokens, test=scope.test)
+        visitors = await self._open(rows, scope.actor)
+        return [v for v in visitors if not v.erased]
+
+    async def erase(self, scope: Scope, visitor_id: str) -> None:
+        """Shreds the subject key first, then clears the row: a crash in between leaves PII no
+        one can open (the key is gone) and a retry (or the next read) finishes the clearing.
+        Idempotent: an erased visitor answers as a success, with no second event."""
+        row = await self._row(scope, visitor_id)
+        if row.erased_at is not None:
+            return
+        await self._crypto.shred_subject(subject_of(row.id))
+        await self._finish_erasure(row, scope.actor)
+
+    async def _finish_erasure(self, row: StoredVisitor, actor: str) -> None:
+        event = visitor_event("visitor.erased", row, actor, self._clock)
+        if await self._store.finish_erasure(row.id, self._clock.now(), event):
+            log.info("visitor erased", extra={"visitor_id": row.id})
+
+    async def _row(self, scope: Scope, visitor_id: str) -> StoredVisitor:
+        row = None
+        if is_visitor_id(visitor_id):
+            row = await self._store.get(scope.workspace_id, visitor_id, test=scope.test)
+        if row is None:
+            raise VisitorNotFound()
+        return row
+
+    async def _open(self, rows: Sequence[StoredVisitor], actor: str) -> list[Visitor]:
+        """The rows decrypted in one call. A row whose subject was shredded but not yet cleared
+        (erasure interrupted after the shred) answers as erased, and its clearing is finished."""
+        items: list[tuple[bytes, bytes]] = []
+        places: list[tuple[int, Field]] = []
+        for n, row in enumerate(rows):
+            for f in FIELDS:
+                envelope = getattr(row, f"{f}_ct")
+                if envelope is not None and row.erased_at is None:
+                    items.append((envelope, field_aad(row.workspace_id, row.id, f)))
+                    places.append((n, f))
+        plaintexts = await self._crypto.decrypt(items, tolerate_erased=True)
+        opened: list[dict[str, str]] = [{} for _ in rows]
+        shredded: set[int] = set()
+        for (n, f), plain in zip(places, plaintexts, strict=True):
+            if plain is None:
+                shredded.add(n)
+            else:
+                opened[n][f] = plain.decode()
+        out: list[Visitor] = []
+        for n, row in enumerate(rows):
+            erased = row.erased_at is not None or n in shredded
+            if n in shredded and row.erased_at is None:
+                await self._finish_erasure(row, actor)
+            values = {} if erased else opened[n]
+            out.append(
+                Visitor(
+                    id=row.id,
+                    test=row.test,
+                    created_at=row.created_at,
+                    erased=erased,
+                    name=values.get("name", ""),
+                    email=values.get("email", ""),
+                    phone=values.get("phone", ""),
+                )
+            )
+        return out
