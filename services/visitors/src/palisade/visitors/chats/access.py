@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from palisade.common.caller import Caller
-from palisade.visitors.chats.errors import CallerNotAllowed
+from palisade.visitors.chats.errors import CallerNotAllowed, MissingScope
 from palisade.visitors.chats.model import AGENT, VISITOR, Tenancy
 
 USER_PREFIX = "user:"
@@ -26,21 +26,11 @@ class ChatCaller:
         return VISITOR if self.publishable else AGENT
 
 
-def key_type(caller: Caller) -> str | None:
-    """The API key's type ("publishable" | "secret") as the gateway asserts it.
-
-    Read by name: the claim is the gateway's to add to palisade.common.caller.Caller (the
-    `key_type` field). An assertion without it is taken as a secret key's, which changes
-    only who a message is shown as sent by: publishable keys reach no route the gateway's
-    access rules keep from them either way.
-    """
-    value = getattr(caller, "key_type", None)
-    return value if isinstance(value, str) else None
-
-
-def chat_caller(caller: Caller) -> ChatCaller:
-    """The caller as chats see it; CallerNotAllowed for services, anonymous clients, callers
-    without a workspace and keys without a known mode."""
+def chat_caller(caller: Caller, *, needs: str) -> ChatCaller:
+    """The caller as chats see it, for a method needing scope `needs` (API keys must hold it;
+    people hold every scope of their workspace). CallerNotAllowed for services, anonymous
+    clients, callers without a workspace and keys without a known mode; MissingScope for a
+    key without the scope (the gateway refuses both first: this is the service's own check)."""
     workspace_id = caller.workspace_id
     if not workspace_id:
         raise CallerNotAllowed()
@@ -51,6 +41,8 @@ def chat_caller(caller: Caller) -> ChatCaller:
         test = _MODES.get(caller.key_mode or "")
         if test is None:
             raise CallerNotAllowed()
-        publishable = key_type(caller) == "publishable"
+        if needs not in caller.scopes:
+            raise MissingScope()
+        publishable = caller.key_type == "publishable"
         return ChatCaller(caller.principal, Tenancy(workspace_id, test=test), publishable)
     raise CallerNotAllowed()

@@ -61,3 +61,9 @@ class CallerNotAllowed(PermissionDenied):
 
     code = "permission_denied"
     default_message = "chats need a workspace member or an API key of the workspace"
+
+
+class MissingScope(PermissionDenied):
+    # The gateway's code for the same refusal, so clients handle both alike.
+    code = "insufficient_scope"
+    default_message = "this API key lacks the scope this method needs"

@@ -1,14 +1,15 @@
 """Full-text search over message bodies, one statement per backend.
 
 Postgres: the stored `body_tsv` (english configuration) matched with plainto_tsquery, which
-knows no operators, over the query's extracted words; ranked by ts_rank with length
-normalisation 1 (a word in a short message counts for more than in a long one). SQLite: the
+knows no operators, over the query's extracted words; ranked by ts_rank_cd (cover density:
+repeated and nearby matches count) with length normalisation 1, so a word in a short message
+counts for more than in a long one, as bm25 has it (plain ts_rank ignores length). SQLite: the
 FTS5 table `messages_fts` (porter unicode61) matched with every word quoted as an FTS5 string;
 ranked by bm25 (lower is better). Both order equal scores newest first (storage order).
 
 Paging is by keyset: the cursor is the storage sequence number of the last message shown, and
 the next page holds what sorts after that message's score and sequence number, its score being
-computed again in the same statement. On Postgres a message's ts_rank depends on it and the
+computed again in the same statement. On Postgres a message's ts_rank_cd depends on it and the
 query only, so pages of a query never overlap or leave a gap. bm25 also weighs how common each
 word is in the whole table, so on SQLite (the embedded single-node default) scores drift a
 little as messages are written: the order within one statement is always consistent, but a
@@ -56,7 +57,7 @@ class PostgresSearch:
             "SELECT m.id, m.chat_id, m.body, m.sender, m.created_at, m.position, m.seq "
             "FROM messages m, q "
             "WHERE m.body_tsv @@ q.query AND m.workspace_id = :workspace_id AND m.test = :test "
-            "ORDER BY ts_rank(m.body_tsv, q.query, 1) DESC, m.seq DESC LIMIT :limit"
+            "ORDER BY ts_rank_cd(m.body_tsv, q.query, 1) DESC, m.seq DESC LIMIT :limit"
         )
     )
     # What follows (score, seq) in that order: a lower score, or the same and a lower seq.
@@ -66,10 +67,10 @@ class PostgresSearch:
             "SELECT m.id, m.chat_id, m.body, m.sender, m.created_at, m.position, m.seq "
             "FROM messages m, q "
             "WHERE m.body_tsv @@ q.query AND m.workspace_id = :workspace_id AND m.test = :test "
-            "AND (ts_rank(m.body_tsv, q.query, 1), m.seq) < ("
-            "SELECT ts_rank(c.body_tsv, q.query, 1), c.seq FROM messages c "
+            "AND (ts_rank_cd(m.body_tsv, q.query, 1), m.seq) < ("
+            "SELECT ts_rank_cd(c.body_tsv, q.query, 1), c.seq FROM messages c "
             "WHERE c.seq = :after_seq AND c.workspace_id = :workspace_id) "
-            "ORDER BY ts_rank(m.body_tsv, q.query, 1) DESC, m.seq DESC LIMIT :limit"
+            "ORDER BY ts_rank_cd(m.body_tsv, q.query, 1) DESC, m.seq DESC LIMIT :limit"
         )
     )
 
