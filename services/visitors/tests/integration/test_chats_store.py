@@ -3,6 +3,7 @@ rules on bodies and the events they write (search has test_chats_search.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import secrets
 import sys
@@ -334,3 +335,17 @@ async def test_list_tokens_are_bound_to_the_chat_workspace_and_mode(env: Chats) 
     # The same chat id in another mode or workspace is not found before any token is read.
     with pytest.raises(ChatNotFound):
         await env.service.list_messages(agent(ws, test=True), chat_id, 1, token)
+
+
+async def test_parallel_posts_get_every_position_once(env: Chats) -> None:
+    ws = workspace_id()
+    visitor_id = await env.visitor(ws)
+    chat = await env.service.create_chat(agent(ws), visitor_id)
+    callers = [widget(ws) if i % 2 else agent(ws) for i in range(20)]
+    posted = await asyncio.gather(
+        *(env.service.post_message(c, chat.id, f"parallel {i}") for i, c in enumerate(callers))
+    )
+    assert sorted(m.position for m in posted) == list(range(1, 21))
+    page = await env.service.list_messages(agent(ws), chat.id, 100, "")
+    assert [m.id for m in page.messages] == [m.id for m in sorted(posted, key=lambda m: m.position)]
+    assert len(await env.events("chat.message.created")) == 20
