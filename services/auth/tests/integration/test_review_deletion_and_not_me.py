@@ -47,11 +47,6 @@ async def _apikeys_dump(world: World) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: account deletion leaves the person's IP and User-Agent in apikeys' "
-    "notice_outbox payloads and api_key_events in plaintext",
-)
 async def test_deletion_leaves_no_ip_or_user_agent_in_apikeys(tmp_path, backend) -> None:
     async with start_world(tmp_path, backend) as world:
         ada = await world.person()

@@ -203,6 +203,7 @@ class KeyLifecycle:
                     details={**key_details(record), "source": where or "unknown"},
                     ip=actor.ip or "",
                     user_agent=actor.user_agent or "",
+                    actor=actor.principal,
                 ),
             )
         self._revocations.notify()
@@ -268,6 +269,7 @@ class KeyLifecycle:
                 details={**key_details(record), "scopes": " ".join(record.scopes)},
                 ip=actor.ip or "",
                 user_agent=actor.user_agent or "",
+                actor=actor.principal,
             ),
         )
 

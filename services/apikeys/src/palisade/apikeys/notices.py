@@ -9,6 +9,12 @@ LOCKED), so replicas share the work instead of doubling it. A refusal that canno
 (auth says INVALID_ARGUMENT or PERMISSION_DENIED) is given up at once.
 
 Payloads hold ids, names, the key's display prefix and last four characters: never a key.
+They also hold the client (IP and User-Agent) of whoever acted, which auth's email shows, and
+that person's principal (`actor`, kept here only: account deletion finds their notices by it).
+The client is plaintext only while the notice waits: marking a notice sent or given up strips
+it (auth has it, or never will), and deleting the actor's account strips it from those still
+waiting (palisade.apikeys.erasure). The relay sends what it claimed; a notice the erasure
+changed meanwhile is marked from the stripped copy, so stripping is never undone.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -71,6 +77,7 @@ class Notice:
     details: Mapping[str, str] = field(default_factory=dict)
     ip: str = ""
     user_agent: str = ""
+    actor: str = ""  # whose client ip/user_agent are ("user:<id>"); never sent to auth
 
     def to_json(self) -> str:
         doc = asdict(self)
@@ -84,7 +91,15 @@ class Notice:
         doc = json.loads(raw)
         doc["occurred_at"] = datetime.fromisoformat(doc["occurred_at"])
         doc["roles"] = tuple(doc["roles"])
-        return cls(**doc)
+        return cls(**doc)  # rows from before `actor` existed: ""
+
+    def without_client(self) -> Notice:
+        return replace(self, ip="", user_agent="")
+
+
+def without_client(payload: str) -> str:
+    """A stored payload with its client (IP and User-Agent) removed."""
+    return Notice.from_json(payload).without_client().to_json()
 
 
 class NoticeRefused(Exception):
@@ -176,6 +191,10 @@ class _Claim:
     attempt: int
     payload: str
 
+    @property
+    def stripped(self) -> str:
+        return without_client(self.payload)
+
 
 class NoticeRelay:
     def __init__(
@@ -210,7 +229,7 @@ class NoticeRelay:
             except Exception as error:  # one notice's failure must not stop the others
                 await self._failed(claim, error)
                 continue
-            await self._mark(claim.id, sent_at=self._clock.now())
+            await self._mark(claim.id, sent_at=self._clock.now(), payload=claim.stripped)
             sent += 1
         return sent
 
@@ -250,7 +269,7 @@ class NoticeRelay:
         final = isinstance(error, NoticeRefused) or claim.attempt >= self._max_attempts
         extra = {"notice_id": claim.id, "attempt": claim.attempt, "reason": reason}
         if final:
-            await self._mark(claim.id, failed_at=now, last_error=reason)
+            await self._mark(claim.id, failed_at=now, last_error=reason, payload=claim.stripped)
             log.warning("security notice given up", extra=extra)
         else:
             await self._mark(

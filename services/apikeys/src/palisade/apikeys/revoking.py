@@ -9,9 +9,17 @@ running service's relays publish and send.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import asdict
 from datetime import datetime
 
 from palisade.apikeys.access import Person
+from palisade.apikeys.erasure import (
+    ACCOUNT_DELETED,
+    erase_person,
+    lock_keys_of_creator,
+    truncate_wal,
+)
 from palisade.apikeys.errors import KeyNotFound
 from palisade.apikeys.model import SYSTEM, Actor, KeyEvent, KeyRecord
 from palisade.apikeys.notices import KEY_REVOKED, Notice, NoticeOutbox
@@ -20,6 +28,8 @@ from palisade.apikeys.store import ApiKeyStore, KeysTransaction
 from palisade.common.clock import Clock
 from palisade.common.outbox import SecurityEvent
 from palisade.common.revocation_outbox import RevocationOutbox
+
+log = logging.getLogger("palisade.apikeys.revoking")
 
 # Keys revoked per transaction by revoke_keys_of_user.
 _USER_BATCH = 200
@@ -80,7 +90,32 @@ class KeyRevoker:
                         revoked += 1
             self._wake(bool(records))
             if len(records) < _USER_BATCH:
-                return revoked
+                break
+        if reason == ACCOUNT_DELETED:
+            revoked += await self._erase(user_id, actor)
+        return revoked
+
+    async def _erase(self, user_id: str, actor: Actor) -> int:
+        """The deleted person's client out of every table (erasure.py), in one transaction
+        with the revocation of any key they made since the batches above looked (through a
+        gateway that still had their session cached): after its commit, none of their keys
+        works and nothing of their client is left. Returns how many keys it revoked."""
+        async with self._store.transaction() as tx:
+            await lock_keys_of_creator(tx, user_id)  # before any row lock, in id order
+            now = self._clock.now()
+            late = await tx.live_keys_of_creator(user_id, None, now=now, limit=_USER_BATCH)
+            revoked = 0
+            for record in late:
+                if await self.revoke_in(tx, record, actor, reason=ACCOUNT_DELETED, notify=False):
+                    revoked += 1
+            erased = await erase_person(tx, user_id, now)
+        self._wake(bool(revoked))
+        await truncate_wal(self._store.engine)
+        log.info(
+            "deleted account's client erased",
+            extra={"user_id": user_id, "late_keys_revoked": revoked, **asdict(erased)},
+        )
+        return revoked
 
     def _wake(self, revoked: bool) -> None:
         if revoked:
@@ -112,6 +147,7 @@ class KeyRevoker:
                     details={**key_details(record), "reason": reason},
                     ip=actor.ip or "",
                     user_agent=actor.user_agent or "",
+                    actor=actor.principal,
                 ),
             )
         return True

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from palisade.apikeys.access import RecentAuth
 from palisade.apikeys.config import SERVICE_NAME, ApiKeysSettings
+from palisade.apikeys.erasure import zero_freed_space
 from palisade.apikeys.expiry import ExpiryRecorder
 from palisade.apikeys.lifecycle import KeyLifecycle
 from palisade.apikeys.model import RateLimit
@@ -95,6 +96,7 @@ async def serve_apikeys(
         pool_size, max_overflow = settings.database_pool_size, settings.database_max_overflow
         engine = create_engine(database_url, pool_size=pool_size, max_overflow=max_overflow)
         stack.push_async_callback(engine.dispose)
+        zero_freed_space(engine)  # SQLite: an erased client leaves no bytes in the file
         if settings.migrate_on_start:
             await upgrade(engine, MIGRATIONS_PACKAGE)
 

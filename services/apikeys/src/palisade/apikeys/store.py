@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from palisade.apikeys.model import KeyEvent, KeyRecord, RateLimit, Usage
@@ -329,7 +329,13 @@ class KeysTransaction:
         return [KeyEvent(*row) for row in await self.conn.execute(query)]
 
     async def record_usage(self, usages: Sequence[Usage]) -> None:
-        """Moves last_used_at/ip forward only: a late, older batch never overwrites a newer."""
+        """Moves last_used_at/ip forward only: a late, older batch never overwrites a newer.
+
+        A key whose creator's account was deleted keeps no IP (creator_erased_at): the
+        condition is in the SET itself, so it is read from the row the UPDATE writes. On
+        Postgres an UPDATE that waited for the erasure's row lock re-reads the row once the
+        erasure commits and stores NULL; on SQLite the transactions take turns. A gateway's
+        batch arriving after the erasure cannot bring the address back."""
         if not usages:
             return
         statement = (
@@ -341,7 +347,12 @@ class KeysTransaction:
                     api_keys.c.last_used_at < bindparam("b_at", type_=TS),
                 ),
             )
-            .values(last_used_at=bindparam("b_at", type_=TS), last_used_ip=bindparam("b_ip"))
+            .values(
+                last_used_at=bindparam("b_at", type_=TS),
+                last_used_ip=case(
+                    (api_keys.c.creator_erased_at.is_(None), bindparam("b_ip")), else_=None
+                ),
+            )
         )
         await self.conn.execute(
             statement, [{"b_id": u.key_id, "b_at": u.used_at, "b_ip": u.ip} for u in usages]

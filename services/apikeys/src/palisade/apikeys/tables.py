@@ -65,6 +65,9 @@ api_keys = Table(
     # Set once the expiry recorder has written the key's `expired` history and security event
     # (or found it revoked first): each key's expiry is recorded exactly once.
     Column("expiry_recorded_at", TS, nullable=True),
+    # Set when the creator's account was deleted (palisade.apikeys.erasure, migration 0005):
+    # from then on no usage report stores an IP for the key.
+    Column("creator_erased_at", TS, nullable=True),
 )
 Index("ix_api_keys_workspace_created", api_keys.c.workspace_id, api_keys.c.created_at)
 # The expiry recorder's due keys (migration 0003): only ends not recorded yet are indexed.
@@ -103,6 +106,8 @@ api_key_events = Table(
     Column("source", String(SOURCE_CHARS), nullable=True),
 )
 Index("ix_api_key_events_key", api_key_events.c.key_id, api_key_events.c.occurred_at)
+# What a person did, wherever: the erasure of a deleted account's client details (0005).
+Index("ix_api_key_events_actor", api_key_events.c.actor)
 
 # Security notices for auth's mailer, sent after commit by palisade.apikeys.notices.
 notice_outbox = Table(
