@@ -43,6 +43,7 @@ class VisitorsServer:
     maintenance: KeyMaintenance
     registry: CollectorRegistry
     engine: AsyncEngine  # for tests that look at the tables
+    crypto: CryptoClient  # signing as visitors, for tests that open envelopes themselves
 
 
 @asynccontextmanager
@@ -159,4 +160,4 @@ async def serve_visitors(
             ),
         ):
             await maintenance.refresh_metrics()
-            yield VisitorsServer(running, service, maintenance, registry, engine)
+            yield VisitorsServer(running, service, maintenance, registry, engine, crypto)
