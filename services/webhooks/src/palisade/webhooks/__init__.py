@@ -1,0 +1,1 @@
+"""palisade.webhooks: webhook endpoints, Standard Webhooks signed deliveries, SSRF-safe egress."""

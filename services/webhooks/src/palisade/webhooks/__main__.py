@@ -1,0 +1,5 @@
+import sys
+
+from palisade.webhooks.cli import main
+
+sys.exit(main())
