@@ -49,6 +49,9 @@ SERVICES = [
     # keep them in their outboxes until it is up).
     ServiceSpec("audit", "palisade.audit", 50054, 9104),
     ServiceSpec("apikeys", "palisade.apikeys", 50053, 9103),
+    # Visitors calls crypto and forwards its events to audit; the gateway routes /v1/visitors
+    # and /v1/chats to it on 50055 (its "visitors" upstream).
+    ServiceSpec("visitors", "palisade.visitors", 50055, 9105),
     ServiceSpec("gateway", "palisade.gateway", 8080, 9100, protocol="http"),
 ]
 

@@ -7,6 +7,8 @@ palisade-visitors rewrap         move every visitor to the primary data key now 
                                  Rewrap: no plaintext here), then print what moved; resumable
 palisade-visitors reindex        recompute blind indexes under the primary index key and
                                  report the versions in use to crypto (`keys retire --index`)
+palisade-visitors page-token-key init   create the chats routes' page-token key file (0600)
+                                 if missing (for a Secret; the embedded default makes it itself)
 """
 
 from __future__ import annotations
@@ -111,6 +113,17 @@ async def run_job(settings: VisitorsSettings, job: str, out: TextIO, clock: Cloc
     return 0 if result.failed == 0 else 1
 
 
+def init_page_token_key(settings: VisitorsSettings, out: TextIO) -> int:
+    from palisade.common.page_tokens import load_page_token_key
+    from palisade.common.secret_files import SECRET_DIR_MODE
+
+    path = settings.resolved_page_token_key_file()
+    path.parent.mkdir(mode=SECRET_DIR_MODE, parents=True, exist_ok=True)
+    load_page_token_key(path, create=True)
+    out.write(f"page-token key at {path}\n")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="palisade-visitors", description="Palisade visitors")
     commands = parser.add_subparsers(dest="command")
@@ -119,6 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("key-versions", help="rows per data key version, index versions in use")
     commands.add_parser("rewrap", help="move every visitor to the primary data key version")
     commands.add_parser("reindex", help="recompute blind indexes under the primary index key")
+    tokens = commands.add_parser("page-token-key", help="the page-token key file")
+    tokens.add_subparsers(dest="action", required=True).add_parser("init", help="create it")
     return parser
 
 
@@ -149,6 +164,8 @@ def main(
 
         asyncio.run(migrate())
         return 0
+    if command == "page-token-key":
+        return init_page_token_key(settings, out)
     if command == "key-versions":
         return asyncio.run(key_versions(settings, out))
     return asyncio.run(run_job(settings, command, out, clock))
