@@ -23,7 +23,7 @@ MAX_PHONE_INPUT_CHARS = 40
 _PHONE_SEPARATORS = re.compile(r"[\s\-.()]")
 _E164 = re.compile(r"\+[1-9][0-9]{7,14}", re.ASCII)
 # A domain label: letters (any script: internationalized domains), digits, inner hyphens.
-_LABEL = re.compile(r"[^\W_](?:[\w-]{0,61}[^\W_])?")
+_LABEL = re.compile(r"[^\W_](?:(?:[^\W_]|-){0,61}[^\W_])?")
 _LOCAL_FORBIDDEN = re.compile(r'[\s@<>()\[\]\\,;:"]')
 
 
