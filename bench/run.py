@@ -23,6 +23,7 @@ from bench import (
     p6_crypto_batch,
     p7_audit_ingest,
     p10_peer,
+    p11_visitors,
 )
 from bench.common import print_table
 
@@ -36,6 +37,7 @@ BENCHMARKS = [
     p7_audit_ingest,
     cpu_budget,
     p10_peer,
+    p11_visitors,
 ]
 
 
