@@ -83,7 +83,7 @@ async def test_a_chat_starts_with_a_visitor_of_the_callers_workspace_and_mode(en
             "device": None,
             "outcome": "success",
             "reason": None,
-            "details": {"chat_id": chat.id, "mode": "live"},
+            "details": {"chat_id": chat.id, "visitor_id": visitor_id, "test": False},
         }
     ]
 
@@ -108,7 +108,7 @@ async def test_a_visitor_outside_the_workspace_or_mode_is_not_found(env: Chats) 
     assert await env.events("chat.created") == []
     test_chat = await env.service.create_chat(agent(ws, test=True), test_visitor)
     assert test_chat.visitor_id == test_visitor
-    assert (await env.events("chat.created"))[0]["details"]["mode"] == "test"
+    assert (await env.events("chat.created"))[0]["details"]["test"] is True
 
 
 async def test_no_chat_starts_with_an_erased_visitor(env: Chats) -> None:
@@ -226,8 +226,9 @@ async def test_message_events_carry_ids_and_never_the_body(env: Chats) -> None:
             "details": {
                 "chat_id": chat.id,
                 "message_id": posted.id,
+                "visitor_id": visitor_id,
                 "sender": "visitor",
-                "mode": "live",
+                "test": False,
             },
         }
     ]

@@ -89,7 +89,7 @@ class ChatsService:
                     actor=caller.principal,
                     subject=f"visitor:{visitor_id}",
                     workspace_id=tenancy.workspace_id,
-                    details={"chat_id": chat.id, "mode": tenancy.mode},
+                    details={"chat_id": chat.id, "visitor_id": visitor_id, "test": tenancy.test},
                 )
             )
         return chat
@@ -125,8 +125,9 @@ class ChatsService:
                     details={
                         "chat_id": chat_id,
                         "message_id": message.id,
+                        "visitor_id": visitor_id,
                         "sender": message.sender,
-                        "mode": tenancy.mode,
+                        "test": tenancy.test,
                     },
                 )
             )
