@@ -133,6 +133,10 @@ BOUNDED_BY = {
     "new_network_alerts.device": "devices.describe_device, new_networks clip",
     "new_network_alerts.method": "login method constants, new_networks clip (<= 32)",
     "new_network_alerts.last_error": "new_network_alerts._failed class name (<= 200)",
+    "new_network_alerts.kind": "new_networks constants ALERT / PAUSED",
+    "new_network_alert_caps.user_id": "generated",
+    "new_network_alert_log.id": "generated (nnl_ + uuid hex)",
+    "new_network_alert_log.user_id": "generated",
 }
 
 

@@ -126,6 +126,11 @@ class AuthSettings(CommonSettings):
 
     # New-network sign-in alerts: how long their "this wasn't me" link works.
     not_me_link_seconds: int = Field(default=7 * 86400, ge=3600, le=30 * 86400)
+    # At most this many new-network alert emails per account within any rolling 24 hours
+    # (sessions/new_networks.py): a stolen password or a phone hopping mobile networks must not
+    # flood the inbox. Past it every sign-in is still logged (session.new_ip) and its network
+    # remembered, and one email says alerts are paused until the window has room again.
+    new_network_alerts_per_day: int = Field(default=5, ge=1, le=100)
 
     # Outgoing email: SMTP when smtp_host is set; otherwise .eml files in mail_dir
     # (default <data dir>/mail), the embedded default.

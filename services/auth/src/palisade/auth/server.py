@@ -47,6 +47,7 @@ from palisade.auth.servicer import AuthServicer
 from palisade.auth.sessions.geo import Locator, MaxMindLocator, NullLocator
 from palisade.auth.sessions.manager import SessionManager, SessionPolicy
 from palisade.auth.sessions.new_network_alerts import NewNetworkAlertRelay, NotMePolicy
+from palisade.auth.sessions.new_networks import AlertCap
 from palisade.auth.sessions.recent_auth import RecentAuth
 from palisade.auth.sessions.revocation import (
     LocalRevocationFeed,
@@ -242,6 +243,7 @@ async def serve_auth(
             clock=clock,
             local_keys=local_keys,
             restrictions=UnverifiedRestrictions.from_setting(settings.unverified_restrictions),
+            alert_cap=AlertCap(per_window=settings.new_network_alerts_per_day),
         )
         throttle = LoginThrottle(counts=counts, limits=throttle_limits(settings), clock=clock)
         limiter = CounterLimiter(counts=counts, clock=clock)
@@ -384,6 +386,7 @@ async def serve_auth(
             policy=NotMePolicy(
                 public_base_url=settings.public_base_url,
                 link_seconds=settings.not_me_link_seconds,
+                alerts_per_day=settings.new_network_alerts_per_day,
             ),
             clock=clock,
             registry=registry,

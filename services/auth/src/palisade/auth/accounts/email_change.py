@@ -20,13 +20,13 @@ session ended is used up and answers 400 invalid_verification_link).
 
 Confirm (the link's POST, the same route as a verification): one transaction locks the user
 row (auth's lock order: before any token), consumes the token, checks the requesting session
-is live and the address is still free, moves users.email_ct and email_index, proves the new address (accounts/address_proof.py: a first proof ends the earlier
-sessions; otherwise sessions keep working, the owner proved control by confirming), retires
-the links sent to the old address (magic links, verification and reset links, other change
-links) and queues the old address's "your email was changed" notice. An address taken between
-request and confirm answers 400 email_unavailable (the unique email index is the guard against
-a racing sign-up or change; the token is used up only when the change, or that refusal,
-commits).
+is live and the address is still free, moves users.email_ct and email_index, proves the new
+address (accounts/address_proof.py: a first proof ends the earlier sessions; otherwise
+sessions keep working, the owner proved control by confirming), retires the links sent to the
+old address (magic links, verification and reset links, other change links) and queues the
+old address's "your email was changed" notice. An address taken between request and confirm
+answers 400 email_unavailable (the unique email index is the guard against a racing sign-up
+or change; the token is used up only when the change, or that refusal, commits).
 """
 
 from __future__ import annotations

@@ -224,6 +224,64 @@ def new_sign_in_email(
     )
 
 
+def new_sign_ins_paused_email(
+    *,
+    to: str,
+    link: str,
+    when: str,
+    ip: str,
+    location: str,
+    device: str,
+    method: str,
+    until: str,
+    per_day: int,
+    days: int,
+) -> OutgoingEmail:
+    """The one email past the cap on new-sign-in alerts (sessions/new_networks.py): the facts
+    of the sign-in that reached it, and that further alerts are paused until `until`. Like
+    new_sign_in_email, every value is the server's own text, escaped in HTML all the same."""
+    facts = [
+        ("When", when),
+        ("IP address", ip or "unknown"),
+        ("Location", location or "unknown"),
+        ("Device", device or "unknown device"),
+        ("Signed in with", describe_method(method)),
+    ]
+    lead = (
+        "Your Palisade account was just signed in to from another network it had not been used"
+        f" from before. It has had more such sign-ins than the {per_day} we email about in 24"
+        " hours, so we will not email about further new networks until"
+        f" {until}. Every sign-in is still recorded in your account's security log."
+    )
+    text = (
+        f"{lead}\n\n"
+        + "".join(f"{label}: {value}\n" for label, value in facts)
+        + "\nIf these sign-ins were all you (travelling, a phone changing networks), there is"
+        " nothing to do.\n\n"
+        "If any of them wasn't you, open this link to sign out every session of the account at"
+        f" once, then reset your password:\n\n{link}\n\n"
+        f"The link works once, for {days} days.\n"
+    )
+    rows = "".join(
+        f'<tr><th align="left">{html.escape(label)}</th><td>{html.escape(value)}</td></tr>'
+        for label, value in facts
+    )
+    page = (
+        f"<p>{html.escape(lead)}</p><table>{rows}</table>"
+        "<p>If these sign-ins were all you (travelling, a phone changing networks), there is"
+        " nothing to do.</p>"
+        f'<p>If any of them wasn\'t you: <a href="{html.escape(link)}">sign out everywhere</a>,'
+        " then reset your password.</p>"
+        f"<p>The link works once, for {days} days.</p>"
+    )
+    return OutgoingEmail(
+        to=to,
+        subject="New sign-ins to your Palisade account: alerts paused",
+        text=text,
+        html=page,
+    )
+
+
 async def seal_or_decoy(
     queue: MailQueue, email: OutgoingEmail, *, deliver: bool
 ) -> SealedEmail | None:

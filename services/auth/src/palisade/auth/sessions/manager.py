@@ -32,7 +32,7 @@ from palisade.auth.errors import (
     TokenReused,
 )
 from palisade.auth.local_keys import LocalKeys
-from palisade.auth.sessions.new_networks import observe_sign_in
+from palisade.auth.sessions.new_networks import DEFAULT_ALERT_CAP, AlertCap, observe_sign_in
 from palisade.auth.sessions.revocation import RevocationNotice
 from palisade.auth.sessions.revocation_outbox import RevocationOutbox
 from palisade.auth.sessions.store import (
@@ -95,9 +95,11 @@ class SessionManager:
         clock: Clock,
         local_keys: LocalKeys,
         restrictions: UnverifiedRestrictions = DEFAULT_RESTRICTIONS,
+        alert_cap: AlertCap = DEFAULT_ALERT_CAP,
     ) -> None:
         self._store = store
         self._local_keys = local_keys  # names known networks (new_networks.py)
+        self._alert_cap = alert_cap  # new-network alert emails per account and window
         self._crypto = crypto
         self._revocations = revocations
         self._policy = policy
@@ -222,6 +224,7 @@ class SessionManager:
             method=method,
             session_id=session_id,
             now=self._clock.now(),
+            cap=self._alert_cap,
         )
 
     def _refresh_lifetime(self, remember_me: bool) -> timedelta:

@@ -12,6 +12,10 @@ to 5 min) and goes out when crypto is back; nothing is lost, nothing written in 
 
 An account that is gone or disabled by the time its alert goes out gets none (its row is
 dropped). The link's confirm step is accounts/not_me.py.
+
+A row of kind PAUSED (the sign-in that went past the account's cap, new_networks.py) is
+emailed the same way, as the "further alerts are paused until <time>" email, with its own
+"this wasn't me" link; sign-ins withheld by the cap leave no row at all.
 """
 
 from __future__ import annotations
@@ -22,18 +26,25 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Row, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from palisade.auth.links.single_use import SingleUseTokens
 from palisade.auth.links.tables import ACCOUNT_TOKENS, NOT_ME
 from palisade.auth.mail import MailQueue
-from palisade.auth.mail.templates import new_sign_in_email
+from palisade.auth.mail.message import OutgoingEmail
+from palisade.auth.mail.templates import new_sign_in_email, new_sign_ins_paused_email
 from palisade.auth.sessions.geo import Locator
-from palisade.auth.sessions.new_networks import WAKE_FLAG, new_network_alerts
+from palisade.auth.sessions.new_networks import (
+    DEFAULT_ALERT_CAP,
+    PAUSED,
+    WAKE_FLAG,
+    new_network_alerts,
+)
 from palisade.auth.store import AuthStore
 from palisade.common.aad import associated_data
 from palisade.common.clock import Clock
@@ -48,7 +59,15 @@ NOT_ME_PATH = "/auth/not-me"
 _T = new_network_alerts
 _OUTBOX = LeasedOutbox(
     _T,
-    columns=(_T.c.user_id, _T.c.occurred_at, _T.c.ip, _T.c.device, _T.c.method),
+    columns=(
+        _T.c.user_id,
+        _T.c.occurred_at,
+        _T.c.ip,
+        _T.c.device,
+        _T.c.method,
+        _T.c.kind,
+        _T.c.paused_until,
+    ),
     order_by=(_T.c.created_at, _T.c.id),
     due_when_unset=True,
 )
@@ -58,6 +77,7 @@ _OUTBOX = LeasedOutbox(
 class NotMePolicy:
     public_base_url: str
     link_seconds: int  # how long a "this wasn't me" link works
+    alerts_per_day: int = DEFAULT_ALERT_CAP.per_window  # the cap the pause email names
 
     def link(self, token: str) -> str:
         return f"{self.public_base_url.rstrip('/')}{NOT_ME_PATH}?token={quote(token)}"
@@ -175,17 +195,7 @@ class NewNetworkAlertRelay:
             [(user.email_ct, associated_data("auth", "user", user.id, "email"))]
         )
         token = self._tokens.new_token()
-        occurred_at: datetime = row.occurred_at
-        email = new_sign_in_email(
-            to=address.decode(),
-            link=self._policy.link(token),
-            when=occurred_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-            ip=row.ip or "",
-            location=self._locator.locate(row.ip),
-            device=row.device or "",
-            method=row.method,
-            days=max(1, self._policy.link_seconds // 86400),
-        )
+        email = self._compose(row, to=address.decode(), link=self._policy.link(token))
         [sealed] = await self._mail.seal_many([email.for_user(user.id)])  # its subject key
         async with self._store.transaction() as tx:
             taken = await tx.conn.execute(delete(_T).where(_OUTBOX.held(claim.id, claim.attempt)))
@@ -204,6 +214,28 @@ class NewNetworkAlertRelay:
             await self._mail.enqueue(tx, sealed)
         self._metrics.sent.inc()
         return 1
+
+    def _compose(self, row: Row[tuple[Any, ...]], *, to: str, link: str) -> OutgoingEmail:
+        """The alert's email: the usual one, or (kind PAUSED) the one that says until when
+        further alerts are paused."""
+        occurred_at: datetime = row.occurred_at
+        facts = {
+            "to": to,
+            "link": link,
+            "when": _utc(occurred_at),
+            "ip": row.ip or "",
+            "location": self._locator.locate(row.ip),
+            "device": row.device or "",
+            "method": row.method,
+            "days": max(1, self._policy.link_seconds // 86400),
+        }
+        if row.kind == PAUSED and row.paused_until is not None:
+            return new_sign_ins_paused_email(
+                **facts,
+                until=_utc(row.paused_until),
+                per_day=self._policy.alerts_per_day,
+            )
+        return new_sign_in_email(**facts)
 
     async def _drop(self, claim: Claim) -> None:
         async with self._engine.begin() as conn:
@@ -226,3 +258,7 @@ class NewNetworkAlertRelay:
                         last_error=reason,
                     )
                 )
+
+
+def _utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
