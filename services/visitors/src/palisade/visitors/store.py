@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from palisade.common.outbox import SecurityEvent, emit
@@ -219,4 +220,10 @@ async def _upsert_cursor(
         update(maintenance_cursors).where(maintenance_cursors.c.job == job).values(**values)
     )
     if result.rowcount == 0:
-        await conn.execute(insert(maintenance_cursors).values(job=job, **values))
+        try:
+            async with conn.begin_nested():  # another replica may insert it first
+                await conn.execute(insert(maintenance_cursors).values(job=job, **values))
+        except IntegrityError:
+            await conn.execute(
+                update(maintenance_cursors).where(maintenance_cursors.c.job == job).values(**values)
+            )
