@@ -138,7 +138,7 @@ async def test_deletion_leaves_no_trace_of_the_persons_client(keys) -> None:
         }
     # Bob's rows: his keys, his history entries and his security events, as they were.
     for table in ("api_keys", "api_key_events", "outbox_events"):
-        bobs = [r for r in kept[table] if BOB_IP in repr(r) and ALICE_IP not in repr(r)]
+        bobs = [r for r in kept[table] if BOB in repr(r) and ALICE not in repr(r)]
         assert bobs
         assert set(bobs) <= set(now[table]), table
 

@@ -89,6 +89,7 @@ async def list_keys(settings: ApiKeysSettings, workspace_id: str, out: TextIO, c
 
 
 async def revoke_key(settings: ApiKeysSettings, key_id: str, out: TextIO, clock: Clock) -> int:
+    from palisade.apikeys.history_seal import HistorySeal
     from palisade.apikeys.notices import NoticeOutbox
     from palisade.apikeys.revoking import KeyRevoker
     from palisade.apikeys.tables import revocation_outbox
@@ -99,6 +100,7 @@ async def revoke_key(settings: ApiKeysSettings, key_id: str, out: TextIO, clock:
             store=store,
             revocations=RevocationOutbox(table=revocation_outbox, clock=clock),
             notices=NoticeOutbox(clock=clock),
+            seal=HistorySeal(crypto=None),  # the operator acts as the system: no client
             clock=clock,
         )
         try:

@@ -13,9 +13,11 @@ device description made from it:
   creator_erased_at fences RecordKeyUsage (store.py): a gateway's usage batch that arrives
   after this commit (they are batched, so one usually does) stores the time but no IP.
 - api_key_events the person acted in (actor user:<id>), in any workspace and on anyone's key:
-  ip and device emptied. Entries others made on the person's keys keep their own actor's
-  client (not the person's). The security log keeps its copies sealed under the person's
-  subject key, which the deletion shreds: those become unreadable there at the same time.
+  their sealed client (history_seal.py: under the person's subject key, which the deletion
+  shreds, so copies in backups are unreadable too) is emptied as well, and so are ip and device
+  of entries written before sealing existed. Entries others made on the person's keys keep
+  their own actor's client (not the person's). The security log keeps its copies sealed under
+  the person's subject key: those become unreadable there at the same time.
 - notice_outbox: notices addressed to the person still waiting are dropped (failed_at, reason
   account_deleted: auth has nobody to send them to); every other notice naming them (as the
   recipient, or as the actor whose client an email to someone else would show) loses its
@@ -24,14 +26,15 @@ device description made from it:
   audit): IP and device removed, as the forwarder removes them once audit has an event.
   Forwarded rows kept none. revocation_outbox rows hold key hashes, ids and reasons only.
 
-Why erasing rather than sealing these fields under the person's subject key (the crypto-
-shredding the security log uses): a revocation must never wait for crypto (a leaked key has to
-end while crypto is down, and sealing its history entry would make it fail or write plaintext),
-RecordKeyUsage is the gateway's batched hot path, and every copy that leaves apikeys is already
-covered: audit seals the events it gets under the subject key, forwarded outbox rows and sent
-notices keep no client, and auth's mail queue is encrypted and dropped for a deleted account.
-What remains is a backup of apikeys' database taken before the deletion: it keeps the person's
-client until it expires (docs/operations.md, Backups: bounded retention).
+What is sealed and what is erased. The history is the one place that keeps a person's client
+for long, so it is sealed (crypto-shredding reaches its copies in backups). The rest is erased
+in place: the notice and security-event outboxes hold a client only until it is handed on
+(auth's mail queue is encrypted and dropped for a deleted account; audit seals what it gets
+under the subject key), and last_used_ip is one value per key, overwritten by every use and
+written by the gateway's batched usage reports, whose hot path gets no crypto call. So a backup
+of apikeys' database taken before the deletion still holds, for its retention, the last caller
+address of the person's keys and the client of notices and events that were waiting at that
+moment (docs/operations.md, Backups: bounded retention); no history entry of theirs.
 
 On SQLite (the embedded default) a changed row's old bytes would stay in the file: in the
 page's free space and in the -wal file's older page images. The service's connections run with
@@ -133,9 +136,13 @@ async def erase_person(tx: KeysTransaction, user_id: str, now: datetime) -> Eras
         update(api_key_events)
         .where(
             api_key_events.c.actor == principal,
-            or_(api_key_events.c.ip.is_not(None), api_key_events.c.device.is_not(None)),
+            or_(
+                api_key_events.c.ip.is_not(None),
+                api_key_events.c.device.is_not(None),
+                api_key_events.c.client_ct.is_not(None),
+            ),
         )
-        .values(ip=None, device=None)
+        .values(ip=None, device=None, client_ct=None)
     )
     dropped, stripped = await _erase_notices(tx, user_id, principal, now)
     return Erased(

@@ -3,8 +3,10 @@
 Each step commits its history entry, its security event (the outbox), its revocation notice
 (the revocation outbox, for the gateways) and its email notice (the notice outbox, for auth)
 in one transaction with the change itself: an outage of audit, Redis or auth delays those,
-never drops them, and never fails the step. One crypto call per create, rotate and reveal;
-a request that breaks a rule is refused before anything is encrypted or written.
+never drops them, and never fails the step. One crypto call per create and rotate (the key's
+secret and the person's client in its history entries, history_seal.py), two per reveal (the
+secret opened, the entry's client sealed); a request that breaks a rule is refused before
+anything is encrypted or written.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from datetime import timedelta
 from palisade.apikeys.access import Person, RecentAuth
 from palisade.apikeys.client_text import leak_source
 from palisade.apikeys.errors import KeyNotActive, KeyNotFound, NotRevealable
-from palisade.apikeys.model import ACTIVE, EXPIRING, Actor, KeyRecord, KeySettings
+from palisade.apikeys.history_seal import (
+    HistorySeal,
+    is_persons,
+    seal_inputs,
+    with_sealed,
+    without_client,
+)
+from palisade.apikeys.model import ACTIVE, EXPIRING, Actor, KeyEvent, KeyRecord, KeySettings
 from palisade.apikeys.notices import KEY_CREATED, KEY_LEAK_REPORTED, Notice, NoticeOutbox
 from palisade.apikeys.revocations import notice as revocation_notice
 from palisade.apikeys.revoking import KeyRevoker, history, key_details, security_event
@@ -56,12 +65,14 @@ class KeyLifecycle:
         revocations: RevocationOutbox,
         revoker: KeyRevoker,
         notices: NoticeOutbox,
+        seal: HistorySeal,
         recent_auth: RecentAuth,
         clock: Clock,
         default_overlap_seconds: int = 3600,
     ) -> None:
         self._store = store
         self._crypto = crypto
+        self._seal = seal
         self._revocations = revocations
         self._revoker = revoker
         self._notices = notices
@@ -87,10 +98,11 @@ class KeyLifecycle:
             raise KeyNotFound()
         if old.state(self._clock.now()) != ACTIVE:
             raise KeyNotActive()
-        minted = await self._mint(person, old.settings)
+        minted = await self._mint(person, old.settings, rotating=old, revoking=overlap == 0)
         now = minted.created.record.created_at
         ends = now + timedelta(seconds=overlap)
         actor = person.actor
+        _, rotated_entry, *revoked_entry = minted.entries
         async with self._store.transaction() as tx:
             await self._insert(tx, person, minted)
             # The conditional UPDATE decides between concurrent rotations (and a revocation).
@@ -102,7 +114,7 @@ class KeyLifecycle:
                 revoke=overlap == 0,
             ):
                 raise KeyNotActive()  # rolls back the new key too
-            await tx.add_event(old.id, old.workspace_id, history("rotated", now, actor))
+            await tx.add_event(old.id, old.workspace_id, rotated_entry)
             await tx.emit(
                 security_event(
                     "apikey.rotated",
@@ -113,7 +125,9 @@ class KeyLifecycle:
                 )
             )
             if overlap == 0:
-                await self._revoker.announce(tx, old, now, actor, reason="rotated")
+                await self._revoker.announce(
+                    tx, old, now, actor, reason="rotated", entry=revoked_entry[0]
+                )
             else:
                 # Not a revocation yet, but every gateway caches the old key as valid without
                 # end: the notice makes them forget it, and their next lookup learns when the
@@ -150,8 +164,11 @@ class KeyLifecycle:
             raise KeyNotActive()  # a revoked or expired key is never shown again
         [plain] = await self._crypto.decrypt([(secret_ct, secret_aad(record.workspace_id, key_id))])
         now = self._clock.now()
+        [entry] = await self._seal.seal(
+            [(record.workspace_id, key_id, history("revealed", now, person.actor))]
+        )
         async with self._store.transaction() as tx:
-            await tx.add_event(key_id, record.workspace_id, history("revealed", now, person.actor))
+            await tx.add_event(key_id, record.workspace_id, entry)
             await tx.emit(security_event("apikey.revealed", now, person.actor, record))
         return plain.decode("ascii")
 
@@ -179,6 +196,10 @@ class KeyLifecycle:
             if not await tx.revoke(record.id, now=now, reason="leak_reported"):
                 return
             event = replace(history("leak_reported", now, actor), source=where)
+            if is_persons(event):
+                # A signed-in reporter's client is not shown to the key's workspace (usually
+                # another one); the security event keeps it for audit (history_seal.py).
+                event = without_client(event)
             await tx.add_event(record.id, record.workspace_id, event)
             await tx.emit(
                 security_event(
@@ -211,11 +232,29 @@ class KeyLifecycle:
 
     # -- shared steps --------------------------------------------------------------------
 
-    async def _mint(self, person: Person, settings: KeySettings) -> _Minted:
+    async def _mint(
+        self,
+        person: Person,
+        settings: KeySettings,
+        *,
+        rotating: KeyRecord | None = None,
+        revoking: bool = False,
+    ) -> _Minted:
+        """A new key, its secret sealed, and its history entries with the person's client
+        sealed in the same Encrypt call: `created`, and for a rotation the old key's `rotated`
+        (and `revoked` when it ends at once), in that order."""
         key = api_key_format.generate(settings.type, settings.mode)
         key_id = new_key_id()
-        [secret_ct] = await self._crypto.encrypt(
-            [(key.encode("ascii"), secret_aad(person.workspace_id, key_id))]
+        now = self._clock.now()
+        actor = person.actor
+        entries = [(person.workspace_id, key_id, history("created", now, actor))]
+        if rotating is not None:
+            old = (rotating.workspace_id, rotating.id)
+            entries.append((*old, history("rotated", now, actor)))
+            if revoking:
+                entries.append((*old, history("revoked", now, actor)))
+        [secret_ct, *clients] = await self._crypto.encrypt(
+            [(key.encode("ascii"), secret_aad(person.workspace_id, key_id)), *seal_inputs(entries)]
         )
         record = KeyRecord(
             id=key_id,
@@ -229,7 +268,7 @@ class KeyLifecycle:
             allowed_origins=settings.allowed_origins,
             rate_limit=settings.rate_limit,
             created_by=person.user_id,
-            created_at=self._clock.now(),
+            created_at=now,
             expires_at=settings.expires_at,
             revoked_at=None,
             revoke_reason=None,
@@ -238,13 +277,18 @@ class KeyLifecycle:
             last_used_at=None,
             last_used_ip=None,
         )
-        return _Minted(CreatedKey(record, key), api_key_format.lookup_hash(key), secret_ct)
+        return _Minted(
+            CreatedKey(record, key),
+            api_key_format.lookup_hash(key),
+            secret_ct,
+            with_sealed(entries, clients),
+        )
 
     async def _insert(self, tx: KeysTransaction, person: Person, minted: _Minted) -> None:
         record, actor = minted.created.record, person.actor
         now = record.created_at
         await tx.insert_key(record, lookup_hash=minted.lookup_hash, secret_ct=minted.secret_ct)
-        await tx.add_event(record.id, record.workspace_id, history("created", now, actor))
+        await tx.add_event(record.id, record.workspace_id, minted.entries[0])
         await tx.emit(
             security_event(
                 "apikey.created",
@@ -279,3 +323,4 @@ class _Minted:
     created: CreatedKey
     lookup_hash: bytes
     secret_ct: bytes
+    entries: list[KeyEvent]  # history, sealed: created (then a rotation's rotated, revoked)

@@ -127,6 +127,9 @@ class KeyEvent:
     device: str | None = None
     source: str | None = None
     id: int = 0  # 0: synthesized (expired), not a stored row
+    # A person's ip and device, sealed under their subject key (history_seal.py); ip and
+    # device are then None until the history's reader opens it.
+    client_ct: bytes | None = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from palisade.apikeys.errors import InvalidApiKey, InvalidUsage, KeyExpired, KeyNotFound
+from palisade.apikeys.history_seal import HistorySeal
 from palisade.apikeys.model import (
     KeyEvent,
     KeyRecord,
@@ -48,9 +49,16 @@ class Page(Generic[T]):
 
 class KeyQueries:
     def __init__(
-        self, *, store: ApiKeyStore, clock: Clock, default_rate_limit: RateLimit, max_usages: int
+        self,
+        *,
+        store: ApiKeyStore,
+        seal: HistorySeal,
+        clock: Clock,
+        default_rate_limit: RateLimit,
+        max_usages: int,
     ) -> None:
         self._store = store
+        self._seal = seal
         self._clock = clock
         self._default_rate_limit = default_rate_limit
         self._max_usages = max_usages
@@ -92,7 +100,8 @@ class KeyQueries:
             stored = await tx.events(key_id, before=before, limit=limit + 1)
             # Until the expiry recorder has stored it, the end of validity is shown as it is.
             recorded = await tx.has_event(key_id, "expired")
-        found = list(stored)
+        # People's clients open in one Decrypt for the page (an erased person's: none).
+        found = await self._seal.open(workspace_id, key_id, stored)
         expired = None if recorded else expired_event(record, self._clock.now())
         # Synthesized events sort by (time, id 0): after stored events of the same moment.
         if expired is not None and (before is None or (expired.occurred_at, expired.id) < before):

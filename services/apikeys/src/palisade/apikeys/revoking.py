@@ -21,6 +21,7 @@ from palisade.apikeys.erasure import (
     truncate_wal,
 )
 from palisade.apikeys.errors import KeyNotFound
+from palisade.apikeys.history_seal import HistorySeal
 from palisade.apikeys.model import SYSTEM, Actor, KeyEvent, KeyRecord
 from palisade.apikeys.notices import KEY_REVOKED, Notice, NoticeOutbox
 from palisade.apikeys.revocations import notice as revocation_notice
@@ -42,20 +43,30 @@ class KeyRevoker:
         store: ApiKeyStore,
         revocations: RevocationOutbox,
         notices: NoticeOutbox,
+        seal: HistorySeal,
         clock: Clock,
     ) -> None:
         self._store = store
         self._revocations = revocations
         self._notices = notices
+        self._seal = seal
         self._clock = clock
 
     async def revoke(self, person: Person, key_id: str) -> bool:
-        """Revokes a key of the person's workspace; returns whether this call revoked it."""
+        """Revokes a key of the person's workspace; returns whether this call revoked it.
+        The history entry's client is sealed first (never inside the transaction); if crypto
+        cannot, the key is revoked all the same and the entry keeps no client."""
+        now = self._clock.now()
+        [entry] = await self._seal.seal(
+            [(person.workspace_id, key_id, history("revoked", now, person.actor))]
+        )
         async with self._store.transaction() as tx:
             record = await tx.key(key_id, person.workspace_id)
             if record is None:
                 raise KeyNotFound()
-            revoked = await self.revoke_in(tx, record, person.actor, reason="revoked")
+            revoked = await self.revoke_in(
+                tx, record, person.actor, reason="revoked", now=now, entry=entry
+            )
         self._wake(revoked)
         return revoked
 
@@ -130,11 +141,14 @@ class KeyRevoker:
         *,
         reason: str,
         notify: bool = True,
+        now: datetime | None = None,
+        entry: KeyEvent | None = None,
     ) -> bool:
-        now = self._clock.now()
+        """entry: the history entry, sealed, where the actor is a person (see announce)."""
+        now = now or self._clock.now()
         if not await tx.revoke(record.id, now=now, reason=reason):
             return False
-        await self.announce(tx, record, now, actor, reason=reason)
+        await self.announce(tx, record, now, actor, reason=reason, entry=entry)
         # The creator hears of it when someone else (or an operator) ended their key.
         if notify and record.created_by != actor.user_id:
             await self._notices.enqueue(
@@ -153,10 +167,20 @@ class KeyRevoker:
         return True
 
     async def announce(
-        self, tx: KeysTransaction, record: KeyRecord, now: datetime, actor: Actor, *, reason: str
+        self,
+        tx: KeysTransaction,
+        record: KeyRecord,
+        now: datetime,
+        actor: Actor,
+        *,
+        reason: str,
+        entry: KeyEvent | None = None,
     ) -> None:
-        """History, security event and the gateways' notice of a revocation just written."""
-        await tx.add_event(record.id, record.workspace_id, history("revoked", now, actor))
+        """History, security event and the gateways' notice of a revocation just written.
+        entry: the sealed history entry of a person's revocation (the store refuses a
+        person's client in plaintext); None: made here, for actors that are not people."""
+        event = entry if entry is not None else history("revoked", now, actor)
+        await tx.add_event(record.id, record.workspace_id, event)
         await tx.emit(security_event("apikey.revoked", now, actor, record, reason=reason))
         hashes = await tx.lookup_hashes([record.id])
         await self._revocations.enqueue(

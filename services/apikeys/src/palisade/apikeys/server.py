@@ -18,6 +18,7 @@ from palisade.apikeys.access import RecentAuth
 from palisade.apikeys.config import SERVICE_NAME, ApiKeysSettings
 from palisade.apikeys.erasure import zero_freed_space
 from palisade.apikeys.expiry import ExpiryRecorder
+from palisade.apikeys.history_seal import HistorySeal
 from palisade.apikeys.lifecycle import KeyLifecycle
 from palisade.apikeys.model import RateLimit
 from palisade.apikeys.notices import AuthNoticeSender, NoticeOutbox, NoticeRelay, NoticeSender
@@ -133,8 +134,9 @@ async def serve_apikeys(
             validate=_validate_revocation,
         )
         notices = NoticeOutbox(clock=clock)
+        seal = HistorySeal(crypto=crypto)
         revoker = KeyRevoker(
-            store=store, revocations=revocation_outbox_, notices=notices, clock=clock
+            store=store, revocations=revocation_outbox_, notices=notices, seal=seal, clock=clock
         )
         notice_relay = NoticeRelay(
             engine=engine,
@@ -150,6 +152,7 @@ async def serve_apikeys(
             revocations=revocation_outbox_,
             revoker=revoker,
             notices=notices,
+            seal=seal,
             recent_auth=RecentAuth(
                 store=store, clock=clock, max_age_seconds=settings.recent_auth_seconds
             ),
@@ -158,6 +161,7 @@ async def serve_apikeys(
         )
         queries = KeyQueries(
             store=store,
+            seal=seal,
             clock=clock,
             default_rate_limit=default_rate_limit(settings),
             max_usages=settings.max_usage_batch,

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from palisade.apikeys.history_seal import needs_seal
 from palisade.apikeys.model import KeyEvent, KeyRecord, RateLimit, Usage
 from palisade.apikeys.tables import TS, api_key_events, api_keys, outbox
 from palisade.common.direct_reads import DirectReads
@@ -49,7 +50,7 @@ _KEY_COLUMNS = [
 ]
 _EVENT_COLUMNS = [
     api_key_events.c[name]
-    for name in ("type", "occurred_at", "actor", "ip", "device", "source", "id")
+    for name in ("type", "occurred_at", "actor", "ip", "device", "source", "id", "client_ct")
 ]
 
 # The gateway's question, by the key's SHA-256: one statement, no transaction.
@@ -97,6 +98,12 @@ def record_from(row: Sequence[Any]) -> KeyRecord:
         rate_limit_of(rpm, burst),
         *rest,
     )
+
+
+def event_from(row: Sequence[Any]) -> KeyEvent:
+    kind, occurred_at, actor, ip, device, source, event_id, client_ct = row
+    sealed = None if client_ct is None else bytes(client_ct)
+    return KeyEvent(kind, occurred_at, actor, ip, device, source, event_id, sealed)
 
 
 def rate_limit_of(rpm: int | None, burst: int | None) -> RateLimit | None:
@@ -295,6 +302,10 @@ class KeysTransaction:
         return (await self.conn.execute(query)).first() is not None
 
     async def add_event(self, key_id: str, workspace_id: str, event: KeyEvent) -> None:
+        """event: sealed where it is a person's (history_seal.py); a person's client in
+        plaintext is refused, so no step can store one by mistake."""
+        if needs_seal(event):
+            raise ValueError("a person's client must be sealed before it is stored")
         await self.conn.execute(
             insert(api_key_events).values(
                 key_id=key_id,
@@ -305,6 +316,7 @@ class KeysTransaction:
                 ip=event.ip,
                 device=event.device,
                 source=event.source,
+                client_ct=event.client_ct,
             )
         )
 
@@ -326,7 +338,7 @@ class KeysTransaction:
         query = query.order_by(
             api_key_events.c.occurred_at.desc(), api_key_events.c.id.desc()
         ).limit(limit)
-        return [KeyEvent(*row) for row in await self.conn.execute(query)]
+        return [event_from(row) for row in await self.conn.execute(query)]
 
     async def record_usage(self, usages: Sequence[Usage]) -> None:
         """Moves last_used_at/ip forward only: a late, older batch never overwrites a newer.

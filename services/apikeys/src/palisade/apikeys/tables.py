@@ -104,6 +104,9 @@ api_key_events = Table(
     Column("ip", String(IP_CHARS), nullable=True),
     Column("device", String(DEVICE_CHARS), nullable=True),
     Column("source", String(SOURCE_CHARS), nullable=True),
+    # A person's ip and device as one envelope under their subject key (migration 0006,
+    # palisade.apikeys.history_seal); their ip and device columns stay empty.
+    Column("client_ct", LargeBinary, nullable=True),
 )
 Index("ix_api_key_events_key", api_key_events.c.key_id, api_key_events.c.occurred_at)
 # What a person did, wherever: the erasure of a deleted account's client details (0005).
