@@ -18,11 +18,10 @@ from palisade.common.clock import ManualClock
 from palisade.common.db import create_engine
 from palisade.common.migrations import upgrade
 from palisade.common.page_tokens import PageTokens
-from palisade.visitors.chats.access import ChatCaller
 from palisade.visitors.chats.errors import InvalidPageToken
-from palisade.visitors.chats.model import Tenancy
 from palisade.visitors.chats.service import ChatsService
 from palisade.visitors.chats.store import SqlChatStore
+from palisade.visitors.model import Scope
 from palisade.visitors.tables import MIGRATIONS_PACKAGE, outbox_events, visitors
 
 START = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
@@ -32,18 +31,16 @@ def workspace_id() -> str:
     return f"ws_{secrets.token_hex(16)}"
 
 
-def agent(workspace: str, *, test: bool = False) -> ChatCaller:
-    principal = (
-        f"apikey:key_{secrets.token_hex(16)}" if test else f"user:usr_{secrets.token_hex(16)}"
-    )
-    return ChatCaller(principal, Tenancy(workspace, test=test), publishable=False)
+def agent(workspace: str, *, test: bool = False) -> Scope:
+    """A person (live), or a secret test-mode key."""
+    actor = f"apikey:key_{secrets.token_hex(16)}" if test else f"user:usr_{secrets.token_hex(16)}"
+    return Scope(workspace_id=workspace, test=test, actor=actor)
 
 
-def widget(workspace: str, *, test: bool = False) -> ChatCaller:
+def widget(workspace: str, *, test: bool = False) -> Scope:
     """A publishable key in the visitor's browser."""
-    return ChatCaller(
-        f"apikey:key_{secrets.token_hex(16)}", Tenancy(workspace, test=test), publishable=True
-    )
+    actor = f"apikey:key_{secrets.token_hex(16)}"
+    return Scope(workspace_id=workspace, test=test, actor=actor, publishable=True)
 
 
 @dataclass
@@ -75,8 +72,8 @@ class Chats:
                 .values(erased_at=self.clock.now())
             )
 
-    async def chat_with_messages(self, caller: ChatCaller, *bodies: str) -> str:
-        visitor_id = await self.visitor(caller.tenancy.workspace_id, test=caller.tenancy.test)
+    async def chat_with_messages(self, caller: Scope, *bodies: str) -> str:
+        visitor_id = await self.visitor(caller.workspace_id, test=caller.test)
         chat = await self.service.create_chat(caller, visitor_id)
         for body in bodies:
             await self.service.post_message(caller, chat.id, body)

@@ -156,14 +156,14 @@ async def test_refusals_carry_their_status_and_code(harness: Any, chats: Any) ->
             pb.SearchMessagesRequest(q="hello"), metadata=harness.key(ws, scopes=("chats:write",))
         ),
         DENIED,
-        "insufficient_scope",
+        "permission_denied",
     )
     await refused(
         chats.SearchMessages(
             pb.SearchMessagesRequest(q="hello"), metadata=harness.signing.marker("gateway")
         ),
         DENIED,
-        "permission_denied",
+        "workspace_required",
     )
     assert len(await harness.events("chat.message.created")) == 0
 

@@ -76,7 +76,7 @@ async def test_a_chat_starts_with_a_visitor_of_the_callers_workspace_and_mode(en
     events = await env.events("chat.created")
     assert events == [
         {
-            "actor": caller.principal,
+            "actor": caller.actor,
             "subject": f"visitor:{visitor_id}",
             "workspace_id": ws,
             "ip": None,
@@ -216,7 +216,7 @@ async def test_message_events_carry_ids_and_never_the_body(env: Chats) -> None:
     events = await env.events("chat.message.created")
     assert events == [
         {
-            "actor": caller.principal,
+            "actor": caller.actor,
             "subject": f"visitor:{visitor_id}",
             "workspace_id": ws,
             "ip": None,
@@ -251,7 +251,7 @@ async def test_an_erased_visitors_chat_stays_and_only_agents_post_in_it(env: Cha
     assert [m.body for m in page.messages] == ["before erasure", "closing note"]
     found = await env.service.search_messages(agent(ws), "erasure", 0, "")
     assert [m.body for m in found.messages] == ["before erasure"]
-    store_chat = await env.service._store.chat(agent(ws).tenancy, chat.id)
+    store_chat = await env.service._store.chat(agent(ws), chat.id)
     assert store_chat is not None
     assert store_chat.visitor_erased
     assert len(await env.events("chat.message.created")) == 2

@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 
 from palisade.common.caller import Caller
-from palisade.visitors.chats.access import chat_caller
+from palisade.common.errors import PermissionDenied
+from palisade.visitors.chats.access import READ, WRITE, chat_scope, mode_of, sender_of
 from palisade.visitors.chats.errors import (
     BodyTooLong,
-    CallerNotAllowed,
     InvalidBody,
     InvalidPageSize,
     InvalidQuery,
-    MissingScope,
 )
 from palisade.visitors.chats.service import page_size
 from palisade.visitors.chats.text import clean_body, fts5_query, query_words, tsquery_text
+from palisade.visitors.errors import NotAWorkspaceCaller
 
 WS = "ws_" + "a" * 32
 
@@ -105,39 +105,33 @@ def _caller(principal: str, **claims: object) -> Caller:
 
 
 def test_callers_map_to_workspace_mode_and_sender() -> None:
-    person = chat_caller(_caller("user:usr_1"), needs="chats:write")
-    assert (person.tenancy.workspace_id, person.tenancy.test, person.sender) == (WS, False, "agent")
-    scopes = ("chats:read", "chats:write")
-    live = chat_caller(
-        _caller("apikey:key_1", key_mode="live", key_type="secret", scopes=scopes),
-        needs="chats:read",
+    person = chat_scope(_caller("user:usr_1"), needs=WRITE)
+    assert (person.workspace_id, person.test, sender_of(person)) == (WS, False, "agent")
+    scopes = (READ, WRITE)
+    live = chat_scope(
+        _caller("apikey:key_1", key_mode="live", key_type="secret", scopes=scopes), needs=READ
     )
-    assert (live.tenancy.test, live.sender) == (False, "agent")
-    test = chat_caller(
-        _caller("apikey:key_1", key_mode="test", key_type="secret", scopes=scopes),
-        needs="chats:read",
+    assert (live.test, sender_of(live), mode_of(live)) == (False, "agent", "live")
+    test = chat_scope(
+        _caller("apikey:key_1", key_mode="test", key_type="secret", scopes=scopes), needs=READ
     )
-    assert (test.tenancy.test, test.sender) == (True, "agent")
-    widget = chat_caller(
+    assert (test.test, sender_of(test), mode_of(test)) == (True, "agent", "test")
+    widget = chat_scope(
         _caller("apikey:key_1", key_mode="test", key_type="publishable", scopes=scopes),
-        needs="chats:write",
+        needs=WRITE,
     )
-    assert (widget.tenancy.test, widget.sender) == (True, "visitor")
+    assert (widget.test, sender_of(widget)) == (True, "visitor")
     # A person is never in test mode, whatever the assertion says.
-    assert not chat_caller(_caller("user:usr_1", key_mode="test"), needs="x").tenancy.test
+    assert not chat_scope(_caller("user:usr_1", key_mode="test"), needs=READ).test
 
 
-def test_callers_without_a_workspace_mode_or_scope_are_refused() -> None:
+def test_callers_without_a_workspace_or_scope_are_refused() -> None:
     for caller in (
         _caller("user:usr_1", workspace_id=None),
-        _caller("apikey:key_1", scopes=("chats:read",)),  # no mode
-        _caller("apikey:key_1", key_mode="staging", scopes=("chats:read",)),
         _caller("service:gateway"),
         _caller("anonymous"),
     ):
-        with pytest.raises(CallerNotAllowed):
-            chat_caller(caller, needs="chats:read")
-    with pytest.raises(MissingScope):
-        chat_caller(
-            _caller("apikey:key_1", key_mode="live", scopes=("chats:write",)), needs="chats:read"
-        )
+        with pytest.raises(NotAWorkspaceCaller):
+            chat_scope(caller, needs=READ)
+    with pytest.raises(PermissionDenied):
+        chat_scope(_caller("apikey:key_1", key_mode="live", scopes=(WRITE,)), needs=READ)

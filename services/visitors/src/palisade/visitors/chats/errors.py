@@ -6,26 +6,25 @@ a caller learns nothing about ids outside its own workspace and mode.
 
 from __future__ import annotations
 
-import grpc
+from palisade.common.errors import InvalidArgument, NotFound
+from palisade.visitors.errors import VisitorErased, VisitorNotFound
 
-from palisade.common.errors import InvalidArgument, NotFound, PalisadeError, PermissionDenied
-
-
-class VisitorNotFound(NotFound):
-    code = "visitor_not_found"
-    default_message = "visitor not found"
+# The visitors service's own, raised here too (one class per code).
+__all__ = [
+    "BodyTooLong",
+    "ChatNotFound",
+    "InvalidBody",
+    "InvalidPageSize",
+    "InvalidPageToken",
+    "InvalidQuery",
+    "VisitorErased",
+    "VisitorNotFound",
+]
 
 
 class ChatNotFound(NotFound):
     code = "chat_not_found"
     default_message = "chat not found"
-
-
-class VisitorErased(PalisadeError):
-    # The visitor exists but asked to be erased: the request is refused for good, not retried.
-    status = grpc.StatusCode.FAILED_PRECONDITION
-    code = "visitor_erased"
-    default_message = "the visitor has been erased"
 
 
 class InvalidBody(InvalidArgument):
@@ -53,17 +52,3 @@ class InvalidPageSize(InvalidArgument):
 class InvalidPageToken(InvalidArgument):
     code = "invalid_page_token"
     default_message = "the page token is invalid"
-
-
-class CallerNotAllowed(PermissionDenied):
-    """Chats are for a workspace's people and API keys; a service or an anonymous client (or
-    an assertion without a workspace) has none to read or write."""
-
-    code = "permission_denied"
-    default_message = "chats need a workspace member or an API key of the workspace"
-
-
-class MissingScope(PermissionDenied):
-    # The gateway's code for the same refusal, so clients handle both alike.
-    code = "insufficient_scope"
-    default_message = "this API key lacks the scope this method needs"

@@ -23,9 +23,9 @@ from typing import Any, Protocol
 from sqlalchemy import TextClause, text
 from sqlalchemy.sql.selectable import TextualSelect
 
-from palisade.visitors.chats.model import Tenancy
 from palisade.visitors.chats.tables import messages
 from palisade.visitors.chats.text import fts5_query, tsquery_text
+from palisade.visitors.model import Scope
 
 _COLUMNS = (
     messages.c.id,
@@ -40,7 +40,7 @@ _COLUMNS = (
 
 class SearchStatements(Protocol):
     def page(
-        self, tenancy: Tenancy, words: tuple[str, ...], after_seq: int | None, limit: int
+        self, scope: Scope, words: tuple[str, ...], after_seq: int | None, limit: int
     ) -> tuple[TextualSelect, dict[str, Any]]:
         """The statement for one page of matches and its parameters."""
 
@@ -75,12 +75,12 @@ class PostgresSearch:
     )
 
     def page(
-        self, tenancy: Tenancy, words: tuple[str, ...], after_seq: int | None, limit: int
+        self, scope: Scope, words: tuple[str, ...], after_seq: int | None, limit: int
     ) -> tuple[TextualSelect, dict[str, Any]]:
         params: dict[str, Any] = {
             "query": tsquery_text(words),
-            "workspace_id": tenancy.workspace_id,
-            "test": tenancy.test,
+            "workspace_id": scope.workspace_id,
+            "test": scope.test,
             "limit": limit,
         }
         if after_seq is None:
@@ -115,12 +115,12 @@ class SqliteSearch:
     )
 
     def page(
-        self, tenancy: Tenancy, words: tuple[str, ...], after_seq: int | None, limit: int
+        self, scope: Scope, words: tuple[str, ...], after_seq: int | None, limit: int
     ) -> tuple[TextualSelect, dict[str, Any]]:
         params: dict[str, Any] = {
             "query": fts5_query(words),
-            "workspace_id": tenancy.workspace_id,
-            "test": tenancy.test,
+            "workspace_id": scope.workspace_id,
+            "test": scope.test,
             "limit": limit,
         }
         if after_seq is None:

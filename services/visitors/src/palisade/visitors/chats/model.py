@@ -10,19 +10,6 @@ AGENT = "agent"
 
 
 @dataclass(frozen=True)
-class Tenancy:
-    """Where a caller's chats live: its workspace and its mode (test keys see test data only;
-    live keys and people live data only)."""
-
-    workspace_id: str
-    test: bool
-
-    @property
-    def mode(self) -> str:
-        return "test" if self.test else "live"
-
-
-@dataclass(frozen=True)
 class ChatRecord:
     id: str
     workspace_id: str

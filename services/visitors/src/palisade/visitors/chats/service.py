@@ -1,6 +1,6 @@
 """Chats and messages: the domain rules of ChatsService, over the ChatStore Protocol.
 
-Everything is scoped to the caller's tenancy (workspace and mode): a chat or visitor outside it
+Everything is scoped to the caller's Scope (workspace and mode): a chat or visitor outside it
 answers as an unknown one. Events `chat.created` and `chat.message.created` commit with their
 change through the outbox and carry ids only: never a body, never a client address (a
 publishable key's client is the visitor).
@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 from palisade.common.clock import Clock
 from palisade.common.outbox import SecurityEvent
-from palisade.common.page_tokens import PageTokens, scope
-from palisade.visitors.chats.access import ChatCaller
+from palisade.common.page_tokens import PageTokens
+from palisade.common.page_tokens import scope as token_scope
+from palisade.visitors.chats.access import mode_of, sender_of
 from palisade.visitors.chats.errors import (
     ChatNotFound,
     InvalidPageSize,
@@ -31,6 +32,7 @@ from palisade.visitors.chats.errors import (
 from palisade.visitors.chats.model import VISITOR, ChatRecord, MessageRecord, NewMessage
 from palisade.visitors.chats.store import ChatStore, ChatTransaction
 from palisade.visitors.chats.text import clean_body, query_words
+from palisade.visitors.model import Scope
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
@@ -64,18 +66,17 @@ class ChatsService:
         self._clock = clock
         self._tokens = page_tokens
 
-    async def create_chat(self, caller: ChatCaller, visitor_id: str) -> ChatRecord:
+    async def create_chat(self, caller: Scope, visitor_id: str) -> ChatRecord:
         # An id of a form the service never mints names no visitor (and a NUL, which Postgres
         # refuses in text, never reaches the database).
         if not VISITOR_ID.fullmatch(visitor_id):
             raise VisitorNotFound()
-        tenancy = caller.tenancy
         now = self._clock.now()
         chat = ChatRecord(
             id=new_id("cht"),
-            workspace_id=tenancy.workspace_id,
+            workspace_id=caller.workspace_id,
             visitor_id=visitor_id,
-            test=tenancy.test,
+            test=caller.test,
             created_at=now,
             visitor_erased=False,
         )
@@ -86,48 +87,47 @@ class ChatsService:
                 SecurityEvent(
                     type="chat.created",
                     occurred_at=now,
-                    actor=caller.principal,
+                    actor=caller.actor,
                     subject=f"visitor:{visitor_id}",
-                    workspace_id=tenancy.workspace_id,
-                    details={"chat_id": chat.id, "visitor_id": visitor_id, "test": tenancy.test},
+                    workspace_id=caller.workspace_id,
+                    details={"chat_id": chat.id, "visitor_id": visitor_id, "test": caller.test},
                 )
             )
         return chat
 
-    async def post_message(self, caller: ChatCaller, chat_id: str, raw_body: str) -> MessageRecord:
+    async def post_message(self, caller: Scope, chat_id: str, raw_body: str) -> MessageRecord:
         body = clean_body(raw_body)
         if not CHAT_ID.fullmatch(chat_id):
             raise ChatNotFound()
-        tenancy = caller.tenancy
         now = self._clock.now()
         message = NewMessage(
-            id=new_id("msg"), chat_id=chat_id, body=body, sender=caller.sender, created_at=now
+            id=new_id("msg"), chat_id=chat_id, body=body, sender=sender_of(caller), created_at=now
         )
         async with self._store.transaction() as tx:
             if message.sender == VISITOR:
                 # Visitor first, then the chat: the order CreateChat (and erasure) lock them in.
-                visitor_id = await tx.visitor_of_chat(tenancy, chat_id)
+                visitor_id = await tx.visitor_of_chat(caller, chat_id)
                 if visitor_id is None:
                     raise ChatNotFound()
                 await _require_visitor(tx, caller, visitor_id)
-            claimed = await tx.claim_position(tenancy, chat_id)
+            claimed = await tx.claim_position(caller, chat_id)
             if claimed is None:
                 raise ChatNotFound()
             visitor_id, position = claimed
-            seq = await tx.add_message(tenancy, message, position)
+            seq = await tx.add_message(caller, message, position)
             await tx.emit(
                 SecurityEvent(
                     type="chat.message.created",
                     occurred_at=now,
-                    actor=caller.principal,
+                    actor=caller.actor,
                     subject=f"visitor:{visitor_id}",
-                    workspace_id=tenancy.workspace_id,
+                    workspace_id=caller.workspace_id,
                     details={
                         "chat_id": chat_id,
                         "message_id": message.id,
                         "visitor_id": visitor_id,
                         "sender": message.sender,
-                        "test": tenancy.test,
+                        "test": caller.test,
                     },
                 )
             )
@@ -142,15 +142,14 @@ class ChatsService:
         )
 
     async def list_messages(
-        self, caller: ChatCaller, chat_id: str, requested_size: int, token: str
+        self, caller: Scope, chat_id: str, requested_size: int, token: str
     ) -> MessagePage:
         size = page_size(requested_size)
         if not CHAT_ID.fullmatch(chat_id):
             raise ChatNotFound()
-        tenancy = caller.tenancy
-        if await self._store.chat(tenancy, chat_id) is None:
+        if await self._store.chat(caller, chat_id) is None:
             raise ChatNotFound()
-        bound = scope(_LIST_SCOPE, tenancy.workspace_id, tenancy.mode, chat_id)
+        bound = token_scope(_LIST_SCOPE, caller.workspace_id, mode_of(caller), chat_id)
         after = self._tokens.read_int(token, bound)[1] if token else 0
         rows = await self._store.messages_after(chat_id, after, size + 1)
         if len(rows) <= size:
@@ -159,23 +158,22 @@ class ChatsService:
         return MessagePage(rows[:size], self._tokens.issue(bound, last.created_at, last.position))
 
     async def search_messages(
-        self, caller: ChatCaller, query: str, requested_size: int, token: str
+        self, caller: Scope, query: str, requested_size: int, token: str
     ) -> MessagePage:
         size = page_size(requested_size)
         words = query_words(query)
-        tenancy = caller.tenancy
         # Bound to the words searched for, not to how the query spelled them.
-        bound = scope(_SEARCH_SCOPE, tenancy.workspace_id, tenancy.mode, *words)
+        bound = token_scope(_SEARCH_SCOPE, caller.workspace_id, mode_of(caller), *words)
         after = self._tokens.read_int(token, bound)[1] if token else None
-        rows = await self._store.search(tenancy, words, after, size + 1)
+        rows = await self._store.search(caller, words, after, size + 1)
         if len(rows) <= size:
             return MessagePage(rows, "")
         last = rows[size - 1]
         return MessagePage(rows[:size], self._tokens.issue(bound, last.created_at, last.seq))
 
 
-async def _require_visitor(tx: ChatTransaction, caller: ChatCaller, visitor_id: str) -> None:
-    erased = await tx.visitor_erased(caller.tenancy, visitor_id)
+async def _require_visitor(tx: ChatTransaction, caller: Scope, visitor_id: str) -> None:
+    erased = await tx.visitor_erased(caller, visitor_id)
     if erased is None:
         raise VisitorNotFound()
     if erased:

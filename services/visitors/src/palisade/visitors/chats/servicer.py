@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from palisade.common.caller import require_caller
 from palisade.common.clock import Clock
 from palisade.common.page_tokens import PageTokens
-from palisade.visitors.chats.access import chat_caller
+from palisade.visitors.chats.access import READ, WRITE, chat_scope
 from palisade.visitors.chats.model import ChatRecord, MessageRecord
 from palisade.visitors.chats.service import ChatsService, MessagePage
 from palisade.visitors.chats.store import SqlChatStore
@@ -25,8 +25,6 @@ from palisade_api.visitors.v1 import visitors_pb2 as pb
 from palisade_api.visitors.v1 import visitors_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
-READ = "chats:read"
-WRITE = "chats:write"
 
 
 def _timestamp(moment: datetime) -> Timestamp:
@@ -73,18 +71,18 @@ class ChatsServicer(visitors_pb2_grpc.ChatsServiceServicer):
         self._service = ChatsService(store=store, clock=clock, page_tokens=page_tokens)
 
     async def CreateChat(self, request: pb.CreateChatRequest, context: Context) -> pb.Chat:
-        caller = chat_caller(require_caller(), needs=WRITE)
+        caller = chat_scope(require_caller(), needs=WRITE)
         return chat_message(await self._service.create_chat(caller, request.visitor_id))
 
     async def PostMessage(self, request: pb.PostMessageRequest, context: Context) -> pb.Message:
-        caller = chat_caller(require_caller(), needs=WRITE)
+        caller = chat_scope(require_caller(), needs=WRITE)
         posted = await self._service.post_message(caller, request.chat_id, request.body)
         return message_message(posted)
 
     async def ListMessages(
         self, request: pb.ListMessagesRequest, context: Context
     ) -> pb.ListMessagesResponse:
-        caller = chat_caller(require_caller(), needs=READ)
+        caller = chat_scope(require_caller(), needs=READ)
         page = await self._service.list_messages(
             caller, request.chat_id, request.page_size, request.page_token
         )
@@ -93,7 +91,7 @@ class ChatsServicer(visitors_pb2_grpc.ChatsServiceServicer):
     async def SearchMessages(
         self, request: pb.SearchMessagesRequest, context: Context
     ) -> pb.ListMessagesResponse:
-        caller = chat_caller(require_caller(), needs=READ)
+        caller = chat_scope(require_caller(), needs=READ)
         page = await self._service.search_messages(
             caller, request.q, request.page_size, request.page_token
         )

@@ -19,8 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from palisade.common.outbox import SecurityEvent, emit
 from palisade.visitors.chats.fts import SearchStatements, search_statements
-from palisade.visitors.chats.model import ChatRecord, MessageRecord, NewMessage, Tenancy
+from palisade.visitors.chats.model import ChatRecord, MessageRecord, NewMessage
 from palisade.visitors.chats.tables import chats, messages
+from palisade.visitors.model import Scope
 from palisade.visitors.tables import visitors
 
 _MESSAGE_COLUMNS = (
@@ -48,20 +49,20 @@ def message_from(row: Sequence[Any]) -> MessageRecord:
 
 
 class ChatTransaction(Protocol):
-    async def visitor_erased(self, tenancy: Tenancy, visitor_id: str) -> bool | None:
+    async def visitor_erased(self, scope: Scope, visitor_id: str) -> bool | None:
         """Whether the visitor is erased (share-locking its row); None when there is no such
-        visitor in the tenancy."""
+        visitor in the scope."""
 
     async def add_chat(self, chat: ChatRecord) -> None: ...
 
-    async def visitor_of_chat(self, tenancy: Tenancy, chat_id: str) -> str | None:
-        """The chat's visitor, or None when the chat is not in the tenancy."""
+    async def visitor_of_chat(self, scope: Scope, chat_id: str) -> str | None:
+        """The chat's visitor, or None when the chat is not in the scope."""
 
-    async def claim_position(self, tenancy: Tenancy, chat_id: str) -> tuple[str, int] | None:
+    async def claim_position(self, scope: Scope, chat_id: str) -> tuple[str, int] | None:
         """Locks the chat and hands out its next message position: (visitor id, position),
-        or None when the chat is not in the tenancy."""
+        or None when the chat is not in the scope."""
 
-    async def add_message(self, tenancy: Tenancy, message: NewMessage, position: int) -> int:
+    async def add_message(self, scope: Scope, message: NewMessage, position: int) -> int:
         """Stores the message; its storage sequence number."""
 
     async def emit(self, event: SecurityEvent) -> None: ...
@@ -70,7 +71,7 @@ class ChatTransaction(Protocol):
 class ChatStore(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[ChatTransaction]: ...
 
-    async def chat(self, tenancy: Tenancy, chat_id: str) -> ChatRecord | None: ...
+    async def chat(self, scope: Scope, chat_id: str) -> ChatRecord | None: ...
 
     async def messages_after(
         self, chat_id: str, after_position: int, limit: int
@@ -78,9 +79,9 @@ class ChatStore(Protocol):
         """Up to limit messages of the chat after the position, oldest first."""
 
     async def search(
-        self, tenancy: Tenancy, words: tuple[str, ...], after_seq: int | None, limit: int
+        self, scope: Scope, words: tuple[str, ...], after_seq: int | None, limit: int
     ) -> list[MessageRecord]:
-        """Up to limit of the tenancy's messages holding every word (or its stem), best match
+        """Up to limit of the scope's messages holding every word (or its stem), best match
         first and, among equals, newest first; after_seq: the last message of the page
         before."""
 
@@ -90,14 +91,14 @@ class _SqlTransaction:
         self._conn = conn
         self._outbox = outbox
 
-    async def visitor_erased(self, tenancy: Tenancy, visitor_id: str) -> bool | None:
+    async def visitor_erased(self, scope: Scope, visitor_id: str) -> bool | None:
         row = (
             await self._conn.execute(
                 select(visitors.c.erased_at)
                 .where(
                     visitors.c.id == visitor_id,
-                    visitors.c.workspace_id == tenancy.workspace_id,
-                    visitors.c.test == tenancy.test,
+                    visitors.c.workspace_id == scope.workspace_id,
+                    visitors.c.test == scope.test,
                 )
                 .with_for_update(read=True)
             )
@@ -116,24 +117,24 @@ class _SqlTransaction:
             )
         )
 
-    async def visitor_of_chat(self, tenancy: Tenancy, chat_id: str) -> str | None:
+    async def visitor_of_chat(self, scope: Scope, chat_id: str) -> str | None:
         found = await self._conn.scalar(
             select(chats.c.visitor_id).where(
                 chats.c.id == chat_id,
-                chats.c.workspace_id == tenancy.workspace_id,
-                chats.c.test == tenancy.test,
+                chats.c.workspace_id == scope.workspace_id,
+                chats.c.test == scope.test,
             )
         )
         return None if found is None else str(found)
 
-    async def claim_position(self, tenancy: Tenancy, chat_id: str) -> tuple[str, int] | None:
+    async def claim_position(self, scope: Scope, chat_id: str) -> tuple[str, int] | None:
         row = (
             await self._conn.execute(
                 update(chats)
                 .where(
                     chats.c.id == chat_id,
-                    chats.c.workspace_id == tenancy.workspace_id,
-                    chats.c.test == tenancy.test,
+                    chats.c.workspace_id == scope.workspace_id,
+                    chats.c.test == scope.test,
                 )
                 .values(message_count=chats.c.message_count + 1)
                 .returning(chats.c.visitor_id, chats.c.message_count)
@@ -141,14 +142,14 @@ class _SqlTransaction:
         ).first()
         return None if row is None else (str(row[0]), int(row[1]))
 
-    async def add_message(self, tenancy: Tenancy, message: NewMessage, position: int) -> int:
+    async def add_message(self, scope: Scope, message: NewMessage, position: int) -> int:
         result = await self._conn.execute(
             insert(messages)
             .values(
                 id=message.id,
                 chat_id=message.chat_id,
-                workspace_id=tenancy.workspace_id,
-                test=tenancy.test,
+                workspace_id=scope.workspace_id,
+                test=scope.test,
                 position=position,
                 sender=message.sender,
                 body=message.body,
@@ -173,7 +174,7 @@ class SqlChatStore:
         async with self._engine.begin() as conn:
             yield _SqlTransaction(conn, self._outbox)
 
-    async def chat(self, tenancy: Tenancy, chat_id: str) -> ChatRecord | None:
+    async def chat(self, scope: Scope, chat_id: str) -> ChatRecord | None:
         statement = (
             select(
                 chats.c.id,
@@ -186,8 +187,8 @@ class SqlChatStore:
             .select_from(chats.join(visitors, visitors.c.id == chats.c.visitor_id))
             .where(
                 chats.c.id == chat_id,
-                chats.c.workspace_id == tenancy.workspace_id,
-                chats.c.test == tenancy.test,
+                chats.c.workspace_id == scope.workspace_id,
+                chats.c.test == scope.test,
             )
         )
         async with self._engine.begin() as conn:
@@ -217,9 +218,9 @@ class SqlChatStore:
         return [message_from(row) for row in rows]
 
     async def search(
-        self, tenancy: Tenancy, words: tuple[str, ...], after_seq: int | None, limit: int
+        self, scope: Scope, words: tuple[str, ...], after_seq: int | None, limit: int
     ) -> list[MessageRecord]:
-        statement, params = self._search.page(tenancy, words, after_seq, limit)
+        statement, params = self._search.page(scope, words, after_seq, limit)
         async with self._engine.begin() as conn:
             rows = (await conn.execute(statement, params)).all()
         return [message_from(row) for row in rows]
