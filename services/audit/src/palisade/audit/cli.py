@@ -2,11 +2,14 @@
 
 palisade-audit serve                          run the gRPC service (default)
 palisade-audit migrate                        apply database migrations and exit
-palisade-audit verify [--workspace ID|--system] [--public-keys FILE]
+palisade-audit verify [--workspace ID|--system] [--public-keys FILE] [--checkpoint FILE ...]
+                      [--witness FILE|--no-witness]
                                               recompute every chain (or one) from its start or
-                                              retention anchor and check every checkpoint; exit 0
-                                              if intact, 1 listing what broke (one JSON object a
-                                              line: workspace, seq, what, detail)
+                                              signed retention anchor and check every checkpoint,
+                                              stored, in the witness file or given; exit 0 if
+                                              intact, 1 listing what broke (one JSON object a
+                                              line: workspace, seq, what, detail); what it cannot
+                                              detect: `palisade-audit verify --help`
 palisade-audit export --workspace ID [--format jsonl|ocsf] [--since T] [--until T]
                                               a workspace's log, one JSON object a line (PII
                                               decrypted through crypto; erased subjects empty)
@@ -30,7 +33,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from palisade.audit.config import SERVICE_NAME, AuditSettings
 from palisade.audit.store import AuditStore
@@ -39,7 +42,26 @@ from palisade.common.clock import Clock, SystemClock
 from palisade.common.logs import configure_logging
 from palisade.common.secret_files import harden_process
 
+if TYPE_CHECKING:  # the commands import what they use when they run
+    from palisade.audit.chain.verify import Problem
+    from palisade.audit.chain.walk import SignatureChecks
+    from palisade.audit.model import CheckpointRecord
+
 SYSTEM_CHAIN_NAME = "system"
+VERIFY_LIMITS = """\
+What verify can and cannot detect:
+  From the database alone it catches any edited, deleted, inserted or reordered event, a
+  stored checkpoint that no longer matches or whose signature fails, and a chain that starts
+  later than event 1 without a retention anchor signed by the purge job. It cannot see events
+  cut off the END of a chain together with every checkpoint signed over them, nor events
+  appended after the last checkpoint by someone with database access: what is left is
+  consistent. Only a checkpoint kept outside the database shows that: the witness file (every
+  checkpoint the service signed, written beside the signing key, compared by default when it
+  exists) and --checkpoint FILE (one a client or SIEM fetched earlier). Each is only as good as
+  its keeper: an attacker who can also rewrite the witness file gets past it, and nothing
+  protects events newer than the newest checkpoint kept elsewhere. After restoring the database
+  from a backup, the witness rightly reports the events lost since the backup.
+"""
 
 
 async def _serve(settings: AuditSettings) -> None:
@@ -92,10 +114,85 @@ def _public_keys(path: Path) -> Callable[[str, bytes, bytes], bool]:
     return verify
 
 
+class CheckpointFileInvalid(Exception):
+    pass
+
+
+def _given_checkpoints(path: Path) -> list[CheckpointRecord]:
+    """The checkpoints in a file: one JSON object as GET /v1/audit/checkpoint serves it (as
+    saved by a client or a SIEM), or several, one a line."""
+    from palisade.audit.messages import CheckpointTextInvalid, checkpoint_from_json
+
+    origin = f"from {path}"
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointFileInvalid(f"{path}: cannot be read ({type(exc).__name__})") from None
+    try:
+        return [checkpoint_from_json(text, origin=origin)]
+    except CheckpointTextInvalid:
+        pass  # not one object: JSON lines?
+    found = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            found.append(checkpoint_from_json(line, origin=origin))
+        except CheckpointTextInvalid as exc:
+            raise CheckpointFileInvalid(f"{path} line {number}: {exc}") from None
+    if not found:
+        raise CheckpointFileInvalid(f"{path}: holds no checkpoint")
+    return found
+
+
+def _witnessed(
+    settings: AuditSettings,
+    witness: Path | None,
+    use_witness: bool,
+    signatures: SignatureChecks,
+    out: TextIO,
+) -> list[CheckpointRecord]:
+    """The latest witnessed checkpoint of each chain, and the witness lines whose signature
+    fails (someone wrote them into the file: verify_chain reports them unless they are copies
+    of stored checkpoints, whose own signature failure it reports)."""
+    from palisade.audit.checkpoints.witness import WitnessFileInvalid, read_witness
+
+    if not use_witness:
+        out.write("witness: not used (--no-witness)\n")
+        return []
+    path = witness or settings.resolved_witness_file()
+    if witness is None and not path.exists():
+        out.write(
+            f"witness: no witness file at {path}; events cut off the end of a chain together "
+            "with their checkpoints cannot be detected without one (or --checkpoint)\n"
+        )
+        return []
+    try:
+        found = read_witness(path, signatures.checkpoint)
+    except WitnessFileInvalid as exc:
+        raise CheckpointFileInvalid(str(exc)) from None
+    out.write(f"witness: the latest checkpoint of {len(found.latest)} chain(s) from {path}\n")
+    if found.unreadable:
+        shown = ", ".join(str(n) for n in found.unreadable[:10])
+        out.write(
+            f"witness: {len(found.unreadable)} line(s) of {path} are no checkpoint and were "
+            f"skipped (line {shown}{', ...' if len(found.unreadable) > 10 else ''}): a torn "
+            "append after a crash, or an edit\n"
+        )
+    return [*found.latest.values(), *found.unsigned]
+
+
 async def verify(
-    settings: AuditSettings, workspace: str | None, public_keys: Path | None, out: TextIO
+    settings: AuditSettings,
+    workspace: str | None,
+    public_keys: Path | None,
+    out: TextIO,
+    *,
+    checkpoint_files: Sequence[Path] = (),
+    witness: Path | None = None,
+    use_witness: bool = True,
 ) -> int:
-    from palisade.audit.chain.walk import signature_check, verify_chain
+    from palisade.audit.chain.walk import signature_checks, verify_chain
     from palisade.audit.checkpoints.signing_keys import SigningKeysInvalid, read_signing_keys
 
     try:
@@ -104,21 +201,27 @@ async def verify(
             if public_keys is not None
             else read_signing_keys(settings.resolved_signing_key_file()).verify
         )
-    except (SigningKeysInvalid, PublicKeysInvalid) as exc:
+        signatures = signature_checks(check)
+        given = [c for path in checkpoint_files for c in _given_checkpoints(path)]
+        if workspace is not None and any(c.workspace_id != workspace for c in given):
+            raise CheckpointFileInvalid("a --checkpoint is of another chain than the one verified")
+        outside = given + _witnessed(settings, witness, use_witness, signatures, out)
+    except (SigningKeysInvalid, PublicKeysInvalid, CheckpointFileInvalid) as exc:
         out.write(f"error: {exc}\n")
         return 2
-    signature_ok = signature_check(check)
     async with _store(settings, migrate=False) as store:
         if workspace is None:
             async with store.transaction() as tx:
                 names = {c.workspace_id for c in await tx.chains()}
                 names |= await tx.workspaces_with_events()
+            # A chain known only from outside (deleted whole from the database) is checked too.
+            names |= {c.workspace_id for c in outside}
             chains = sorted(names)
         else:
             chains = [workspace]
-        problems = []
+        problems: list[Problem] = []
         for name in chains:
-            problems.extend(await verify_chain(store, name, signature_ok=signature_ok))
+            problems.extend(await verify_chain(store, name, signatures=signatures, outside=outside))
     for problem in problems:
         out.write(
             json.dumps(
@@ -240,7 +343,15 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the gRPC service (default)")
     commands.add_parser("migrate", help="apply database migrations and exit")
-    check = commands.add_parser("verify", help="verify every chain (or one) and its checkpoints")
+    check = commands.add_parser(
+        "verify",
+        help="verify every chain (or one) and its checkpoints",
+        description="Recompute every chain from its start or signed retention anchor, check "
+        "every checkpoint stored for it and the ones kept outside the database. Exit 0 if "
+        "intact, 1 listing what broke (one JSON object a line), 2 if it could not run.",
+        epilog=VERIFY_LIMITS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     which = check.add_mutually_exclusive_group()
     which.add_argument("--workspace", metavar="ID")
     which.add_argument("--system", action="store_true", help="the chain of no workspace")
@@ -250,6 +361,23 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="public keys as GET /v1/audit/keys serves them (default: the signing key file)",
     )
+    check.add_argument(
+        "--checkpoint",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="a checkpoint as GET /v1/audit/checkpoint served it (kept by a client or SIEM; "
+        "one JSON object, or JSON lines): the chain must still hold its prefix (repeatable)",
+    )
+    witness = check.add_mutually_exclusive_group()
+    witness.add_argument(
+        "--witness",
+        type=Path,
+        metavar="FILE",
+        help="the witness file to compare with (default: the service's, "
+        "PALISADE_AUDIT_WITNESS_FILE, when it exists)",
+    )
+    witness.add_argument("--no-witness", action="store_true", help="compare with no witness file")
     dump = commands.add_parser("export", help="export a workspace's log")
     which = dump.add_mutually_exclusive_group(required=True)
     which.add_argument("--workspace", metavar="ID")
@@ -295,7 +423,17 @@ def main(
         asyncio.run(migrate())
         return 0
     if command == "verify":
-        return asyncio.run(verify(settings, _chain_name(args), args.public_keys, out))
+        return asyncio.run(
+            verify(
+                settings,
+                _chain_name(args),
+                args.public_keys,
+                out,
+                checkpoint_files=args.checkpoint or (),
+                witness=args.witness,
+                use_witness=not args.no_witness,
+            )
+        )
     if command == "export":
         try:
             since, until = _moment(args.since), _moment(args.until)

@@ -31,6 +31,13 @@ class AuditSettings(CommonSettings):
     # ones). Default: <data_dir>/keys/audit-signing.json, created on first run when
     # create_missing_keys; in Kubernetes a mounted Secret. Never in the database.
     signing_key_file: Path | None = None
+    # Every signed checkpoint is appended here (JSON lines, as GET /v1/audit/checkpoint serves
+    # them), outside the database: `palisade-audit verify` checks each chain still holds its
+    # latest witnessed checkpoint, which a tail cut off together with its checkpoints does not.
+    # Default: audit-witness.jsonl beside the signing key file. Must be writable (in Kubernetes
+    # a volume of its own, not the read-only Secret); record_witness=false: none is kept.
+    witness_file: Path | None = None
+    record_witness: bool = True
     # The key that authenticates page tokens (HMAC-SHA256), shared by every replica. Default:
     # <data_dir>/keys/audit-page-tokens.json, created like the signing key.
     page_token_key_file: Path | None = None
@@ -64,6 +71,9 @@ class AuditSettings(CommonSettings):
 
     def resolved_signing_key_file(self) -> Path:
         return self.signing_key_file or self.data_dir / "keys" / "audit-signing.json"
+
+    def resolved_witness_file(self) -> Path:
+        return self.witness_file or self.resolved_signing_key_file().parent / "audit-witness.jsonl"
 
     def resolved_page_token_key_file(self) -> Path:
         return self.page_token_key_file or self.data_dir / "keys" / "audit-page-tokens.json"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
+from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from palisade.audit.checkpoints.notes import note
@@ -65,3 +67,41 @@ def checkpoint_message(record: CheckpointRecord) -> pb.Checkpoint:
         note=note(record.workspace_id, record.size, record.head, record.signed_at),
         signature=base64.b64encode(record.signature).decode(),
     )
+
+
+class CheckpointTextInvalid(ValueError):
+    """Text that is not a checkpoint as GET /v1/audit/checkpoint serves it."""
+
+
+def checkpoint_json(record: CheckpointRecord) -> str:
+    """The checkpoint as GET /v1/audit/checkpoint serves it, on one line."""
+    return json_format.MessageToJson(checkpoint_message(record), indent=None, sort_keys=True)
+
+
+def checkpoint_from_json(text: str, *, origin: str) -> CheckpointRecord:
+    """A checkpoint as GET /v1/audit/checkpoint serves it (or checkpoint_json wrote it), with
+    its fields checked against its note: the note is what the signature covers, so fields that
+    say something else would be checked for a statement nobody signed."""
+    try:
+        message = json_format.Parse(text, pb.Checkpoint(), ignore_unknown_fields=True)
+        head = bytes.fromhex(message.head)
+        signature = base64.b64decode(message.signature, validate=True)
+        signed_at = message.signed_at.ToDatetime(tzinfo=UTC)
+    except (json_format.ParseError, ValueError, binascii.Error, OverflowError):
+        raise CheckpointTextInvalid("not a checkpoint of GET /v1/audit/checkpoint's form") from None
+    if len(head) != 32 or not message.HasField("signed_at") or not message.key_id:
+        raise CheckpointTextInvalid("a checkpoint needs a 32-byte head, signedAt and keyId")
+    record = CheckpointRecord(
+        0,
+        message.workspace_id,
+        message.size,
+        head,
+        signed_at,
+        message.key_id,
+        signature,
+        "",
+        origin=origin,
+    )
+    if message.note and message.note != note(record.workspace_id, record.size, head, signed_at):
+        raise CheckpointTextInvalid("the checkpoint's note does not match its fields")
+    return record

@@ -52,3 +52,8 @@ class AuditMetrics:
             "Events removed by the retention purge.",
             registry=registry,
         )
+        self.witness_failures = Counter(
+            "palisade_audit_witness_failures_total",
+            "Signed checkpoints that could not be appended to the witness file.",
+            registry=registry,
+        )

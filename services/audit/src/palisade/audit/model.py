@@ -75,7 +75,8 @@ class ChainHead:
     workspace_id: str
     size: int
     head: bytes
-    # After a retention purge: the signed checkpoint the first remaining event links to.
+    # After a retention purge: what the first remaining event links to, which a signed
+    # retention anchor (AnchorRecord) of that size and head must vouch for; 0 and zeros: none.
     anchor_size: int
     anchor_head: bytes
     anchor_checkpoint_id: int | None
@@ -91,3 +92,37 @@ class CheckpointRecord:
     key_id: str
     signature: bytes
     kind: str  # "periodic", "on_demand" or "retention"
+    # Where verify got it: "" for the database; else e.g. "witness file" or "from <path>".
+    origin: str = ""
+
+    def same_statement(self, other: CheckpointRecord) -> bool:
+        """Whether both are the one signed statement (wherever each copy was kept)."""
+        return (
+            self.workspace_id,
+            self.size,
+            self.head,
+            self.signed_at,
+            self.key_id,
+            self.signature,
+        ) == (
+            other.workspace_id,
+            other.size,
+            other.head,
+            other.signed_at,
+            other.key_id,
+            other.signature,
+        )
+
+
+@dataclass(frozen=True)
+class AnchorRecord:
+    """A retention anchor: "the purge deleted this chain's first <size> events, which ended in
+    <head>", signed by the purge job (palisade.audit.checkpoints.notes.anchor_note)."""
+
+    id: int
+    workspace_id: str
+    size: int
+    head: bytes
+    purged_at: datetime
+    key_id: str
+    signature: bytes

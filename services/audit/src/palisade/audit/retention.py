@@ -3,9 +3,17 @@
 A chain loses only a prefix: the events up to the last one recorded before the cutoff (ingest
 appends in recording order, so everything before it is older too). Before deleting, the whole
 part to go is verified (from the anchor, against every checkpoint within it: nothing in it can be
-examined afterwards) and a checkpoint is signed at the purge boundary; it becomes the chain's
-anchor, in the same transaction as the delete. `palisade-audit verify` then starts from the
-anchor: the first remaining event must link to the head the anchor's signature vouches for.
+examined afterwards). Then one transaction signs and stores a checkpoint at the purge boundary
+and a retention anchor (its own signed note, which only this job makes), moves the chain's start
+there and deletes the prefix. `palisade-audit verify` then starts from the anchor: the chain may
+start after event 1 only at a signed anchor, and the first remaining event must link to its
+head.
+
+Crashes. The signatures are computed in memory and stored by the transaction that deletes, so
+a crash anywhere before its commit leaves the chain whole and as it was (verify passes; the next
+pass purges it), and after it leaves the purge complete. The witness file gets the boundary's
+checkpoint after the commit; a crash before that append loses only that line, which verify does
+not need (the anchor vouches for the start, later checkpoints for the rest).
 """
 
 from __future__ import annotations
@@ -87,12 +95,15 @@ class Purger:
         until = ChainHead(head.workspace_id, size, digest, head.anchor_size, head.anchor_head, None)
         # The whole part that goes, from the anchor (or the start), against every checkpoint
         # within it: what is deleted can never be examined again, so a change anywhere in it
-        # (even one older than the latest checkpoint) must stop the purge, and stay.
-        problems = await verify_since(
+        # (even one older than the latest checkpoint) must stop the purge, and stay. And the
+        # chain must still hold its latest witnessed checkpoint: moving its start past a cut's
+        # evidence would hide the cut.
+        problems = await self._checkpoints.witness_problems(head.workspace_id)
+        problems += await verify_since(
             self._store,
             until,
             None,
-            signature_ok=self._checkpoints.signature_ok(),
+            signatures=self._checkpoints.signatures(),
             checkpoints=signed,
         )
         if problems:
@@ -103,14 +114,18 @@ class Purger:
                 extra={"workspace_id": head.workspace_id, "problems": len(problems)},
             )
             return 0
-        async with self._store.transaction() as tx:
-            anchor = await self._checkpoints.sign(tx, head.workspace_id, size, digest, RETENTION)
-            await set_anchor(tx, head.workspace_id, anchor)
+        async with self._store.transaction() as tx:  # all of it, or (on a crash) none
+            boundary_checkpoint = await self._checkpoints.sign(
+                tx, head.workspace_id, size, digest, RETENTION
+            )
+            await self._checkpoints.sign_anchor(tx, head.workspace_id, size, digest)
+            await set_anchor(tx, head.workspace_id, boundary_checkpoint)
             result = await tx.conn.execute(
                 delete(events).where(
                     events.c.workspace_id == head.workspace_id, events.c.seq <= size
                 )
             )
+        await self._checkpoints.witnessed(boundary_checkpoint)
         purged = int(result.rowcount or 0)
         self._metrics.purged.inc(purged)
         log.info(

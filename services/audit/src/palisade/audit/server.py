@@ -11,8 +11,10 @@ import grpc
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from palisade.audit.chain.walk import signature_checks
 from palisade.audit.checkpoints.service import Checkpointer
 from palisade.audit.checkpoints.signing_keys import SigningKeyHolder, create_signing_keys
+from palisade.audit.checkpoints.witness import WitnessFile
 from palisade.audit.config import SERVICE_NAME, AuditSettings
 from palisade.audit.ingest.directory import (
     AuthWorkspaceDirectory,
@@ -21,6 +23,7 @@ from palisade.audit.ingest.directory import (
 )
 from palisade.audit.ingest.service import Ingestor
 from palisade.audit.metrics import AuditMetrics
+from palisade.audit.model import CheckpointRecord
 from palisade.audit.pii import PiiVault
 from palisade.audit.queries.page_tokens import PageTokens, load_page_token_key
 from palisade.audit.queries.service import EventQueries
@@ -136,12 +139,24 @@ async def serve_audit(
             batch_events=settings.stream_batch_events,
             poll_seconds=settings.stream_poll_seconds,
         )
+
+        def witnessed_ok(record: CheckpointRecord) -> bool:
+            # With the keys in use now (a rotation keeps the earlier public halves).
+            return signature_checks(signing_keys.current.verify).checkpoint(record)
+
         checkpoints = Checkpointer(
             store=store,
             keys=signing_keys,
             clock=clock,
             metrics=metrics,
             interval_seconds=settings.checkpoint_interval_seconds,
+            witness=(
+                WitnessFile(
+                    settings.resolved_witness_file(), metrics=metrics, signature_ok=witnessed_ok
+                )
+                if settings.record_witness
+                else None
+            ),
         )
         purger = Purger(
             store=store,

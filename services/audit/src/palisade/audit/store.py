@@ -307,6 +307,17 @@ class AuditTransaction:
         )
         return [stored_event(r) for r in rows]
 
+    async def hash_at(self, workspace_id: str, seq: int) -> bytes | None:
+        """The stored hash of a chain's event at seq (None: no such row, or several)."""
+        rows = (
+            await self.conn.execute(
+                select(events.c.hash)
+                .where(events.c.workspace_id == workspace_id, events.c.seq == seq)
+                .limit(2)
+            )
+        ).all()
+        return bytes(rows[0][0]) if len(rows) == 1 else None
+
     async def workspaces_with_events(self) -> set[str]:
         rows = await self.conn.execute(select(events.c.workspace_id).distinct())
         return {r[0] for r in rows}

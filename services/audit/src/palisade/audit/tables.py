@@ -3,7 +3,8 @@
 events holds each workspace's hash chain (seq 1, 2, ... per workspace_id; "" is the system
 chain); no column holds a plaintext IP, user agent or location, only their ciphertexts from
 the crypto service. chains holds each chain's head, the row Ingest locks to append (Postgres),
-and the retention anchor. checkpoints holds every signed checkpoint.
+and the retention anchor. checkpoints holds every signed checkpoint, anchors every signed
+retention anchor (a purge's boundary).
 """
 
 from __future__ import annotations
@@ -105,3 +106,16 @@ checkpoints = Table(
     Column("kind", String(16), nullable=False),
 )
 Index("ix_checkpoints_workspace_size", checkpoints.c.workspace_id, checkpoints.c.size)
+
+anchors = Table(
+    "anchors",
+    metadata,
+    Column("id", _serial(), primary_key=True, autoincrement=True),
+    Column("workspace_id", String(ID_CHARS), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("head", LargeBinary(32), nullable=False),
+    Column("purged_at", TS, nullable=False),
+    Column("key_id", String(KEY_ID_CHARS), nullable=False),
+    Column("signature", LargeBinary(64), nullable=False),
+)
+Index("ix_anchors_workspace_size", anchors.c.workspace_id, anchors.c.size)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from palisade.audit.chain.hashing import event_hash
+from palisade.audit.checkpoints.notes import signed_at_text
 from palisade.audit.model import CheckpointRecord, StoredEvent
 
 EDITED, DELETED, INSERTED, REORDERED = "edited", "deleted", "inserted", "reordered"
@@ -42,6 +43,17 @@ class Problem:
     seq: int  # the stored position where it shows (for a deletion: the missing position)
     what: str
     detail: str
+
+
+def checkpoint_label(checkpoint: CheckpointRecord) -> str:
+    """How a problem names a checkpoint: a stored one by its id, one kept outside the
+    database by where it came from, its size and when it was signed."""
+    if checkpoint.origin:
+        return (
+            f"checkpoint of size {checkpoint.size} signed "
+            f"{signed_at_text(checkpoint.signed_at)} ({checkpoint.origin})"
+        )
+    return f"checkpoint {checkpoint.id}"
 
 
 def _original_position(event: StoredEvent) -> int | None:
@@ -83,11 +95,11 @@ class ChainVerifier:
         self._checkpoints: dict[int, list[CheckpointRecord]] = {}
         for checkpoint in checkpoints:
             if not signature_ok(checkpoint):
-                self._report(checkpoint.size, BAD_SIGNATURE, f"checkpoint {checkpoint.id}")
+                self._report(checkpoint.size, BAD_SIGNATURE, checkpoint_label(checkpoint))
             elif checkpoint.size > start_size:
                 self._checkpoints.setdefault(checkpoint.size, []).append(checkpoint)
             elif checkpoint.size == start_size and checkpoint.head != start_head:
-                self._report(checkpoint.size, CHECKPOINT_MISMATCH, f"checkpoint {checkpoint.id}")
+                self._report(checkpoint.size, CHECKPOINT_MISMATCH, checkpoint_label(checkpoint))
 
     def _report(self, seq: int, what: str, detail: str) -> None:
         self.problems.append(Problem(self.workspace_id, seq, what, detail))
@@ -98,7 +110,7 @@ class ChainVerifier:
         self._last_stored_seq, self._last_hash = stored_seq, event.hash
         for checkpoint in self._checkpoints.pop(stored_seq, ()):
             if checkpoint.head != event.hash:
-                self._report(stored_seq, CHECKPOINT_MISMATCH, f"checkpoint {checkpoint.id}")
+                self._report(stored_seq, CHECKPOINT_MISMATCH, checkpoint_label(checkpoint))
         original = _original_position(event)
         if original is None:
             self._unplaced.append(event)
@@ -183,7 +195,10 @@ class ChainVerifier:
         for pending in sorted(self._checkpoints):
             for checkpoint in self._checkpoints[pending]:
                 self._report(
-                    pending, CHECKPOINT_MISMATCH, f"checkpoint {checkpoint.id} is beyond the chain"
+                    pending,
+                    CHECKPOINT_MISMATCH,
+                    f"{checkpoint_label(checkpoint)} is beyond the chain: events it covered "
+                    "are gone from the end",
                 )
         self._checkpoints = {}
         self.problems.sort()

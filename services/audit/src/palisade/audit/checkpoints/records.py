@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
-from palisade.audit.model import CheckpointRecord
+from palisade.audit.model import AnchorRecord, CheckpointRecord
 from palisade.audit.store import AuditTransaction
-from palisade.audit.tables import chains, checkpoints
+from palisade.audit.tables import anchors, chains, checkpoints
 
 _COLUMNS = (
     checkpoints.c.id,
@@ -85,13 +85,6 @@ async def checkpoints_of(tx: AuditTransaction, workspace_id: str) -> list[Checkp
     return [_record(r) for r in rows]
 
 
-async def checkpoint_by_id(tx: AuditTransaction, checkpoint_id: int) -> CheckpointRecord | None:
-    row = (
-        await tx.conn.execute(select(*_COLUMNS).where(checkpoints.c.id == checkpoint_id))
-    ).first()
-    return _record(row) if row is not None else None
-
-
 async def checkpointed_sizes(tx: AuditTransaction) -> dict[str, int]:
     """Each chain's largest checkpointed size."""
     rows = await tx.conn.execute(
@@ -112,3 +105,56 @@ async def set_anchor(tx: AuditTransaction, workspace_id: str, checkpoint: Checkp
             anchor_checkpoint_id=checkpoint.id,
         )
     )
+
+
+_ANCHOR_COLUMNS = (
+    anchors.c.id,
+    anchors.c.workspace_id,
+    anchors.c.size,
+    anchors.c.head,
+    anchors.c.purged_at,
+    anchors.c.key_id,
+    anchors.c.signature,
+)
+
+
+def _anchor(row: Sequence[Any]) -> AnchorRecord:
+    aid, workspace_id, size, head, purged_at, key_id, signature = row
+    return AnchorRecord(aid, workspace_id, size, bytes(head), purged_at, key_id, bytes(signature))
+
+
+async def insert_anchor(
+    tx: AuditTransaction,
+    *,
+    workspace_id: str,
+    size: int,
+    head: bytes,
+    purged_at: datetime,
+    key_id: str,
+    signature: bytes,
+) -> AnchorRecord:
+    result = await tx.conn.execute(
+        insert(anchors)
+        .values(
+            workspace_id=workspace_id,
+            size=size,
+            head=head,
+            purged_at=purged_at,
+            key_id=key_id,
+            signature=signature,
+        )
+        .returning(anchors.c.id)
+    )
+    return AnchorRecord(
+        int(result.scalar_one()), workspace_id, size, head, purged_at, key_id, signature
+    )
+
+
+async def anchors_at(tx: AuditTransaction, workspace_id: str, size: int) -> list[AnchorRecord]:
+    """The retention anchors stored for this chain at this size (one, unless tampered with)."""
+    rows = await tx.conn.execute(
+        select(*_ANCHOR_COLUMNS)
+        .where(anchors.c.workspace_id == workspace_id, anchors.c.size == size)
+        .order_by(anchors.c.id)
+    )
+    return [_anchor(r) for r in rows]
