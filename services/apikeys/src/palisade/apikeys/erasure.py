@@ -19,9 +19,12 @@ device description made from it:
   their own actor's client (not the person's). The security log keeps its copies sealed under
   the person's subject key: those become unreadable there at the same time.
 - notice_outbox: notices addressed to the person still waiting are dropped (failed_at, reason
-  account_deleted: auth has nobody to send them to); every other notice naming them (as the
-  recipient, or as the actor whose client an email to someone else would show) loses its
-  client. Notices already sent lost theirs when they were marked (notices.py).
+  account_deleted: auth has nobody to send them to); a waiting notice to someone else that
+  names them as the actor (whose client that email would show) loses the client and is still
+  sent. Notices already sent or given up lost theirs when they were marked (notices.py). One
+  the relay is sending at this very moment reaches auth with the client (auth's deletion
+  handles its own copies); the relay's mark then writes its stripped copy, or nothing once
+  the notice was dropped.
 - outbox_events the person acted in that audit has not taken yet (pending, or set aside by
   audit): IP and device removed, as the forwarder removes them once audit has an event.
   Forwarded rows kept none. revocation_outbox rows hold key hashes, ids and reasons only.
@@ -52,7 +55,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, event, func, or_, select, update
+from sqlalchemy import and_, bindparam, event, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from palisade.apikeys.notices import Notice
@@ -157,30 +160,30 @@ async def erase_person(tx: KeysTransaction, user_id: str, now: datetime) -> Eras
 async def _erase_notices(
     tx: KeysTransaction, user_id: str, principal: str, now: datetime
 ) -> tuple[int, int]:
-    # The id is unique and fixed-length, so a text match finds every notice naming the
-    # person (a superset: each is decided below on its parsed fields).
+    # Only waiting notices still hold a client (a sent or given-up one lost it when it was
+    # marked, or in migration 0005), and only those need dropping: the partial index of
+    # waiting notices bounds the scan. The id is unique and fixed-length, so a text match
+    # finds every one naming the person (a superset: each is decided on its parsed fields).
     rows = (
         await tx.conn.execute(
-            select(
-                notice_outbox.c.id, notice_outbox.c.payload, NOTICE_PENDING.label("pending")
-            ).where(notice_outbox.c.payload.contains(user_id, autoescape=True))
+            select(notice_outbox.c.id, notice_outbox.c.payload).where(
+                NOTICE_PENDING, notice_outbox.c.payload.contains(user_id, autoescape=True)
+            )
         )
     ).all()
     drop, strip = [], []
-    for notice_id, payload, pending in rows:
+    for notice_id, payload in rows:
         notice = Notice.from_json(payload)
         clean = {"b_id": notice_id, "b_payload": notice.without_client().to_json()}
-        if notice.user_id == user_id and pending:
+        if notice.user_id == user_id:
             drop.append(clean)
-        elif (notice.user_id == user_id or notice.actor == principal) and (
-            notice.ip or notice.user_agent
-        ):
+        elif notice.actor == principal and (notice.ip or notice.user_agent):
             strip.append(clean)
-    by_id = notice_outbox.c.id == bindparam("b_id")
+    waiting = and_(notice_outbox.c.id == bindparam("b_id"), NOTICE_PENDING)
     if drop:
         await tx.conn.execute(
             update(notice_outbox)
-            .where(by_id, NOTICE_PENDING)
+            .where(waiting)
             .values(
                 payload=bindparam("b_payload"), failed_at=now, last_error=DROPPED_NOTICE_REASON
             ),
@@ -188,7 +191,7 @@ async def _erase_notices(
         )
     if strip:
         await tx.conn.execute(
-            update(notice_outbox).where(by_id).values(payload=bindparam("b_payload")), strip
+            update(notice_outbox).where(waiting).values(payload=bindparam("b_payload")), strip
         )
     return len(drop), len(strip)
 
