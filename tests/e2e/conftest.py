@@ -1,9 +1,10 @@
-"""The whole suite (crypto, auth, audit, apikeys, gateway) on free ports, reached over real HTTP."""
+"""The whole suite (crypto, auth, audit, apikeys, visitors, gateway) on free ports, reached over
+real HTTP."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +25,8 @@ from palisade.crypto.config import CryptoSettings
 from palisade.crypto.server import serve_crypto
 from palisade.gateway.config import GatewaySettings
 from palisade.gateway.server import GatewayServer, serve_gateway
+from palisade.visitors.config import VisitorsSettings
+from palisade.visitors.server import serve_visitors
 
 PASSWORD = "correct horse battery staple"
 # The relying party and origin the soft authenticator speaks for (the auth service's default).
@@ -54,6 +57,10 @@ class Suite:
     # The security log the suite's services forward their events to.
     audit: AuditServer | None = None
     audit_database_url: str = ""
+    # The visitors service's database (visitors, chats, messages, its outbox).
+    visitors_database_url: str = ""
+    # Stops the crypto service (for outage tests); the rest of the suite keeps running.
+    stop_crypto: Callable[[], Awaitable[None]] | None = None
 
     def auth_database_dump(self) -> bytes:
         """Every row of every auth table, as bytes: for "no plaintext at rest" checks."""
@@ -61,6 +68,20 @@ class Suite:
 
     def apikeys_database_dump(self) -> bytes:
         return database_dump(self.apikeys_database_url)
+
+    def visitors_database_dump(self) -> bytes:
+        return database_dump(self.visitors_database_url)
+
+    def visitors_row_count(self) -> int:
+        """Rows of the visitors table (blocking: call through asyncio.to_thread)."""
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.visitors_database_url).set(drivername="postgresql")
+        with psycopg.connect(url.render_as_string(hide_password=False)) as conn:
+            row = conn.execute("SELECT count(*) FROM visitors").fetchone()
+        assert row is not None
+        return int(row[0])
 
     async def json_call(self, method: str, path: str, **kwargs):
         """(status, parsed JSON body or None, headers)."""
@@ -179,7 +200,11 @@ async def suite(
     clock = ManualClock(datetime.now(UTC))
     common = {"data_dir": tmp_path, "grpc_port": 0, "metrics_port": 0, "shutdown_grace_seconds": 1}
     async with AsyncExitStack() as stack:
-        crypto = await stack.enter_async_context(
+        # In a stack of its own, so a test can stop crypto alone (closed again, a no-op, at the
+        # end).
+        crypto_stack = AsyncExitStack()
+        stack.push_async_callback(crypto_stack.aclose)
+        crypto = await crypto_stack.enter_async_context(
             serve_crypto(
                 CryptoSettings(
                     **common, database_url=postgres_database_factory(), usage_sync_seconds=3600
@@ -240,6 +265,19 @@ async def suite(
                 clock=clock,
             )
         )
+        visitors_database_url = postgres_database_factory()
+        visitors = await stack.enter_async_context(
+            serve_visitors(
+                VisitorsSettings(
+                    **common,
+                    database_url=visitors_database_url,
+                    crypto_target=crypto.running.target,
+                    audit_target=audit.running.target,
+                    audit_poll_seconds=0.1,
+                ),
+                clock=clock,
+            )
+        )
         gateway_settings = GatewaySettings(
             data_dir=tmp_path,
             http_port=0,
@@ -247,6 +285,7 @@ async def suite(
             auth_target=auth.running.target,
             apikeys_target=apikeys.running.target,
             audit_target=audit.running.target,
+            visitors_target=visitors.running.target,
             redis_url=redis_url,
             max_body_bytes=16 * 1024,
             shutdown_grace_seconds=1,
@@ -264,6 +303,8 @@ async def suite(
         )
         suite.crypto_target, suite.data_dir = crypto.running.target, tmp_path
         suite.audit, suite.audit_database_url = audit, audit_database_url
+        suite.visitors_database_url = visitors_database_url
+        suite.stop_crypto = crypto_stack.aclose
         await wait_for_feeds(gateway)
         yield suite
 

@@ -32,6 +32,7 @@ from palisade.gateway.token_cache import TokenCache
 from palisade_api.apikeys.v1 import apikeys_pb2, apikeys_pb2_grpc
 from palisade_api.audit.v1 import audit_pb2
 from palisade_api.auth.v1 import auth_pb2, auth_pb2_grpc
+from palisade_api.visitors.v1 import visitors_pb2
 
 log = logging.getLogger("palisade.gateway.server")
 
@@ -73,8 +74,10 @@ async def serve_gateway(
         stack.push_async_callback(apikeys_channel.close, None)
         audit_channel = insecure_channel(settings.audit_target)
         stack.push_async_callback(audit_channel.close, None)
+        visitors_channel = insecure_channel(settings.visitors_target)
+        stack.push_async_callback(visitors_channel.close, None)
         signer = AssertionSigner(keys=keys, clock=clock, ttl_seconds=settings.assertion_ttl_seconds)
-        for audience in ("auth", "apikeys", "audit", *settings.extra_upstreams):
+        for audience in ("auth", "apikeys", "audit", "visitors", *settings.extra_upstreams):
             signer.require_edge(audience)  # an upstream without an edge key: fail at start
         registry = CollectorRegistry()
         metrics = GatewayMetrics(registry)
@@ -136,8 +139,17 @@ async def serve_gateway(
             *((service_descriptor(module, name), "auth") for module, name in _AUTH_SERVICES),
             (apikeys_pb2.DESCRIPTOR.services_by_name["ApiKeysService"], "apikeys"),
             (audit_pb2.DESCRIPTOR.services_by_name["AuditService"], "audit"),
+            *(
+                (visitors_pb2.DESCRIPTOR.services_by_name[name], "visitors")
+                for name in ("VisitorsService", "ChatsService")
+            ),
         ]
-        channels = {"auth": auth_channel, "apikeys": apikeys_channel, "audit": audit_channel}
+        channels = {
+            "auth": auth_channel,
+            "apikeys": apikeys_channel,
+            "audit": audit_channel,
+            "visitors": visitors_channel,
+        }
         for audience, upstream in settings.extra_upstreams.items():
             services.append((service_descriptor(upstream.proto_module, upstream.service), audience))
             channels[audience] = insecure_channel(upstream.target)
