@@ -13,6 +13,7 @@ import asyncio
 import email.utils
 import json
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from standardwebhooks import Webhook
 
 from palisade.common.clock import ManualClock
@@ -593,3 +598,107 @@ async def test_every_socket_comes_from_the_connector(receivers, resolver) -> Non
         assert result.error == "connect_failed"
     assert refuse_all.asked == [("127.0.0.1", main.port)] * 2
     assert main.hits == []
+
+
+# -- TLS: connected to the pinned address, verified against the name ------------------------
+
+
+def _self_signed(tmp_path, name: str):
+    """A certificate for `name` (its own CA) and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+@pytest.fixture
+async def tls_receiver(tmp_path) -> AsyncIterator[tuple[int, list[str | None], object]]:
+    cert_file, key_file = _self_signed(tmp_path, "receiver.example.com")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert_file, key_file)
+    server_names: list[str | None] = []
+    server_context.sni_callback = lambda _sock, name, _ctx: server_names.append(name)
+
+    async def ok(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=200, text=request.host)
+
+    app = web.Application()
+    app.router.add_post("/hook", ok)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    client_context = ssl.create_default_context(cafile=str(cert_file))
+    try:
+        yield port, server_names, client_context
+    finally:
+        await runner.cleanup()
+
+
+async def test_https_to_the_pinned_address_verifies_the_name(
+    tls_receiver, resolver, connector
+) -> None:
+    port, server_names, client_context = tls_receiver
+    resolver.add("receiver.example.com", ["127.0.0.1"])
+    resolver.add("impostor.example.com", ["127.0.0.1"])
+    client = _client(resolver, connector, ssl_context=client_context)
+
+    result = await client.post(f"https://receiver.example.com:{port}/hook", BODY, HEADERS)
+    assert result.succeeded
+    assert result.body == f"receiver.example.com:{port}".encode()
+    assert server_names == ["receiver.example.com"]
+    assert connector.dialled == [("127.0.0.1", port)]
+
+    # The same address under another name: the certificate does not match, so no delivery.
+    wrong = await client.post(f"https://impostor.example.com:{port}/hook", BODY, HEADERS)
+    assert wrong.error == "tls_failed"
+    assert wrong.status == 0
+    assert server_names[-1] == "impostor.example.com"
+
+
+async def test_https_with_an_untrusted_certificate_fails(tls_receiver, resolver, connector) -> None:
+    port, _, _ = tls_receiver
+    resolver.add("receiver.example.com", ["127.0.0.1"])
+    # The system's CAs (the default): our self-signed certificate is not among them.
+    result = await _client(resolver, connector).post(
+        f"https://receiver.example.com:{port}/hook", BODY, HEADERS
+    )
+    assert result.error == "tls_failed"
