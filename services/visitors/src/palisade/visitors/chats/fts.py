@@ -5,7 +5,9 @@ knows no operators, over the query's extracted words; ranked by ts_rank_cd (cove
 repeated and nearby matches count) with length normalisation 1, so a word in a short message
 counts for more than in a long one, as bm25 has it (plain ts_rank ignores length). SQLite: the
 FTS5 table `messages_fts` (porter unicode61) matched with every word quoted as an FTS5 string;
-ranked by bm25 (lower is better). Both order equal scores newest first (storage order).
+ranked by bm25 (lower is better). Both order equal scores newest first (storage order). One
+difference shows: Postgres's english configuration drops stop words ("the", "or", "not"), so a
+query of stop words alone finds nothing there, while FTS5 matches them as words.
 
 Paging is by keyset: the cursor is the storage sequence number of the last message shown, and
 the next page holds what sorts after that message's score and sequence number, its score being
