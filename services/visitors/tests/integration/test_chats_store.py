@@ -12,7 +12,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text, update
 
 from palisade.visitors.chats.errors import (
     BodyTooLong,
@@ -24,6 +24,7 @@ from palisade.visitors.chats.errors import (
     VisitorNotFound,
 )
 from palisade.visitors.chats.tables import chats, messages
+from palisade.visitors.tables import visitors
 
 
 def _load_support() -> ModuleType:
@@ -350,3 +351,47 @@ async def test_parallel_posts_get_every_position_once(env: Chats) -> None:
     page = await env.service.list_messages(agent(ws), chat.id, 100, "")
     assert [m.id for m in page.messages] == [m.id for m in sorted(posted, key=lambda m: m.position)]
     assert len(await env.events("chat.message.created")) == 20
+
+
+async def _until_waiting_on_a_lock(env: Chats) -> None:
+    """Until some other session of this database waits for a row lock."""
+    for _ in range(500):
+        async with env.engine.connect() as conn:
+            waiting = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                )
+            )
+        if waiting:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the post never waited for the visitor's row")
+
+
+@pytest.mark.postgres
+async def test_a_visitor_post_racing_an_erasure_waits_for_it_and_is_refused(
+    postgres_url: str,
+) -> None:
+    async with chats_on(postgres_url) as env:
+        ws = workspace_id()
+        visitor_id = await env.visitor(ws)
+        chat = await env.service.create_chat(widget(ws), visitor_id)
+        async with env.engine.connect() as eraser:
+            await eraser.begin()
+            # An erasure in progress holds the visitor's row.
+            await eraser.execute(
+                select(visitors.c.id).where(visitors.c.id == visitor_id).with_for_update()
+            )
+            post = asyncio.create_task(env.service.post_message(widget(ws), chat.id, "still here?"))
+            await _until_waiting_on_a_lock(env)
+            assert not post.done()
+            await eraser.execute(
+                update(visitors)
+                .where(visitors.c.id == visitor_id)
+                .values(erased_at=env.clock.now())
+            )
+            await eraser.commit()
+        with pytest.raises(VisitorErased):
+            await post
+        assert await _count(env, messages) == 0
