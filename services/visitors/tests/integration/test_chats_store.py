@@ -12,8 +12,10 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import MetaData, Table, func, select, text, update
+from sqlalchemy.exc import DBAPIError
 
+from palisade.common.outbox import outbox_columns
 from palisade.visitors.chats.errors import (
     BodyTooLong,
     ChatNotFound,
@@ -23,6 +25,8 @@ from palisade.visitors.chats.errors import (
     VisitorErased,
     VisitorNotFound,
 )
+from palisade.visitors.chats.service import ChatsService
+from palisade.visitors.chats.store import SqlChatStore
 from palisade.visitors.chats.tables import chats, messages
 from palisade.visitors.tables import visitors
 
@@ -395,3 +399,30 @@ async def test_a_visitor_post_racing_an_erasure_waits_for_it_and_is_refused(
         with pytest.raises(VisitorErased):
             await post
         assert await _count(env, messages) == 0
+
+
+async def test_the_change_and_its_event_commit_together_or_not_at_all(env: Chats) -> None:
+    ws = workspace_id()
+    visitor_id = await env.visitor(ws)
+    chat = await env.service.create_chat(agent(ws), visitor_id)
+    # The same store writing its events to a table that is not there: the event's INSERT
+    # fails after the chat's or message's, and neither may stay.
+    broken = ChatsService(
+        store=SqlChatStore(
+            engine=env.engine,
+            outbox_table=Table("no_outbox_here", MetaData(), *outbox_columns()),
+        ),
+        clock=env.clock,
+        page_tokens=env.tokens,
+    )
+    with pytest.raises(DBAPIError):
+        await broken.create_chat(agent(ws), visitor_id)
+    with pytest.raises(DBAPIError):
+        await broken.post_message(agent(ws), chat.id, "lost with its event")
+    assert await _count(env, chats) == 1
+    assert await _count(env, messages) == 0
+    page = await env.service.list_messages(agent(ws), chat.id, 0, "")
+    assert page.messages == []
+    # The chat's position counter rolled back too: the next message is the first.
+    first = await env.service.post_message(agent(ws), chat.id, "kept")
+    assert first.position == 1
