@@ -1,0 +1,1 @@
+"""Alembic revisions of the webhooks service's database."""

@@ -1,0 +1,3 @@
+from palisade.common.migrations import run_env
+
+run_env()
