@@ -249,9 +249,14 @@ class DeliveryClient:
         started = time.perf_counter()
         progress = _Progress()
         error: str | None
+        deadline = asyncio.timeout(self._timeout)
         try:
-            async with asyncio.timeout(self._timeout):
+            async with deadline:
                 error = await self._attempt(url, body, headers, progress)
+            if deadline.expired():
+                # The deadline's cancellation surfaced inside aiohttp as another error (a
+                # closed connection, say): it is still the deadline that ended the attempt.
+                error = TIMEOUT
         except TimeoutError:
             # Ours, or aiohttp's own timer (a subclass): either way the receiver was too slow.
             error = TIMEOUT
