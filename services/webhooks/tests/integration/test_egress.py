@@ -30,7 +30,7 @@ from standardwebhooks import Webhook
 from palisade.common.clock import ManualClock
 from palisade.webhooks.egress.addresses import AddressPolicy, parse_allowed_networks
 from palisade.webhooks.egress.client import DeliveryClient
-from palisade.webhooks.egress.resolver import SystemResolver
+from palisade.webhooks.egress.resolver import ResolutionFailed, SystemResolver
 from palisade.webhooks.egress.urls import check_webhook_url
 from palisade.webhooks.signing import generate_secret, signed_headers
 
@@ -709,21 +709,31 @@ async def test_https_with_an_untrusted_certificate_fails(tls_receiver, resolver,
 
 
 async def test_system_resolver_answers_numeric_hosts_without_a_lookup() -> None:
-    resolver = SystemResolver()
-    assert [str(a) for a in await resolver.resolve("127.0.0.1", 80)] == ["127.0.0.1"]
-    assert [str(a) for a in await resolver.resolve("::1", 443)] == ["::1"]
+    resolver = SystemResolver(threads=1)
+    try:
+        assert [str(a) for a in await resolver.resolve("127.0.0.1", 80)] == ["127.0.0.1"]
+        assert [str(a) for a in await resolver.resolve("::1", 443)] == ["::1"]
+    finally:
+        resolver.close()
+    # Once closed (the service stopping), a lookup is a failure to record, not a crash.
+    with pytest.raises(ResolutionFailed):
+        await resolver.resolve("127.0.0.1", 80)
 
 
 async def test_real_resolver_and_connector_deliver_to_a_local_literal(receivers) -> None:
     """The production wiring (SystemResolver, SocketConnector) against a loopback literal:
     the literal is never handed to the resolver, and the socket goes to 127.0.0.1 only."""
     main, _ = receivers
-    client = DeliveryClient(policy=LOCAL, resolver=SystemResolver(), timeout_seconds=LONG_TIMEOUT)
-    result = await client.post(main.url("/status/200"), BODY, HEADERS)
-    assert result.succeeded
-    assert result.peer == "127.0.0.1"
-    refused = await DeliveryClient(policy=AddressPolicy(), resolver=SystemResolver()).post(
-        main.url("/status/200"), BODY, HEADERS
-    )
-    assert refused.error == "address_not_allowed"
-    assert len(main.hits) == 1
+    resolver = SystemResolver()
+    try:
+        client = DeliveryClient(policy=LOCAL, resolver=resolver, timeout_seconds=LONG_TIMEOUT)
+        result = await client.post(main.url("/status/200"), BODY, HEADERS)
+        assert result.succeeded
+        assert result.peer == "127.0.0.1"
+        refused = await DeliveryClient(policy=AddressPolicy(), resolver=resolver).post(
+            main.url("/status/200"), BODY, HEADERS
+        )
+        assert refused.error == "address_not_allowed"
+        assert len(main.hits) == 1
+    finally:
+        resolver.close()
