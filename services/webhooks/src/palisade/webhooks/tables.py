@@ -101,7 +101,11 @@ deliveries = Table(
     Column("event_type", String(EVENT_TYPE_CHARS), nullable=False),
     Column("payload", Text, nullable=False),  # the body exactly as signed
     Column("state", String(16), nullable=False),  # pending | succeeded | failed
-    Column("attempts", Integer, nullable=False),
+    Column("attempts", Integer, nullable=False),  # every attempt made, manual retries too
+    # Attempts made before the current round of the retry schedule: a manual retry starts a
+    # new round (schedule_base = attempts), so its delays are retry_schedule[attempts -
+    # schedule_base - 1] and the round fails once those are spent.
+    Column("schedule_base", Integer, nullable=False),
     Column("next_attempt_at", TS, nullable=True),  # NULL once succeeded or failed
     Column("claimed_until", TS, nullable=True),
     Column("claimed_by", String(WORKER_CHARS), nullable=True),

@@ -60,6 +60,7 @@ def upgrade() -> None:
         sa.Column("payload", sa.Text, nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("schedule_base", sa.Integer, nullable=False),
         sa.Column("next_attempt_at", ts, nullable=True),
         sa.Column("claimed_until", ts, nullable=True),
         sa.Column("claimed_by", sa.String(64), nullable=True),
