@@ -4,6 +4,7 @@ publishable-key rule checked when routes are built, origins as browsers send the
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pytest
 from google.api import annotations_pb2
@@ -13,7 +14,16 @@ from pydantic import ValidationError
 from palisade.common.origins import is_browser_origin
 from palisade.gateway.config import GatewaySettings
 from palisade.gateway.cors import BrowserRoutes
-from palisade.gateway.routes import _compile, build_routes, match, matching_order
+from palisade.gateway.routes import (
+    MethodNotAllowed,
+    Route,
+    RouteNotFound,
+    Router,
+    _compile,
+    build_routes,
+    match,
+    matching_order,
+)
 from palisade_api.common.v1 import access_pb2
 from palisade_api.visitors.v1 import visitors_pb2
 
@@ -42,7 +52,8 @@ def test_every_visitors_and_chats_rpc_is_a_route_with_its_rule() -> None:
         ("POST", "/v1/chats/{chat_id}/messages"),
     }
     assert routes[("DELETE", "/v1/visitors/{id}")].access.success_status == 204
-    assert BrowserRoutes(matching_order(list(routes.values()))).templates == {
+    table = list(routes.values())
+    assert BrowserRoutes(table, Router(table)).templates == {
         "/v1/visitors",
         "/v1/chats",
         "/v1/chats/{chat_id}/messages",
@@ -59,10 +70,61 @@ def test_a_literal_path_wins_over_a_template_of_its_shape_in_any_order() -> None
         listing, template="/v1/chats/{chat_id}", pattern=pattern, variables=variables
     )
     for order in ([by_id, search], [search, by_id]):
-        route, params = match(matching_order(order), "GET", "/v1/chats/search")
-        assert (route.method.name, params) == ("SearchMessages", {})
-        route, params = match(matching_order(order), "GET", "/v1/chats/cht_1")
-        assert (route.template, params) == ("/v1/chats/{chat_id}", {"chat_id": "cht_1"})
+        by_patterns = functools.partial(match, matching_order(order))
+        for find in (Router(order).match, by_patterns):
+            route, params = find("GET", "/v1/chats/search")
+            assert (route.method.name, params) == ("SearchMessages", {})
+            route, params = find("GET", "/v1/chats/cht_1")
+            assert (route.template, params) == ("/v1/chats/{chat_id}", {"chat_id": "cht_1"})
+
+
+def _every_route() -> list[Route]:
+    from palisade.gateway.routes import service_descriptor
+    from palisade.gateway.server import _AUTH_SERVICES
+    from palisade_api.apikeys.v1 import apikeys_pb2
+    from palisade_api.audit.v1 import audit_pb2
+    from palisade_api.auth.v1 import auth_pb2
+
+    return build_routes(
+        [
+            (auth_pb2.DESCRIPTOR.services_by_name["AuthService"], "auth"),
+            *((service_descriptor(module, name), "auth") for module, name in _AUTH_SERVICES),
+            (apikeys_pb2.DESCRIPTOR.services_by_name["ApiKeysService"], "apikeys"),
+            (audit_pb2.DESCRIPTOR.services_by_name["AuditService"], "audit"),
+            *_SERVICES,
+        ]
+    )
+
+
+def _outcome(find: object, method: str, path: str) -> object:
+    try:
+        route, params = find(method, path)  # type: ignore[operator]
+    except MethodNotAllowed as exc:
+        return ("405", exc.allowed)
+    except RouteNotFound:
+        return "404"
+    return (route.full_method, params)
+
+
+def test_the_route_tree_answers_as_the_patterns_do() -> None:
+    """The Router (the dispatcher's) against match() over every pattern, on every route's path
+    with its variables filled by other routes' literal segments, and on mutations of it."""
+    routes = _every_route()
+    ordered, router = matching_order(routes), Router(routes)
+    words = sorted({s for r in routes for s in r.template.split("/") if "{" not in s} - {""})
+    paths = {"/", "", "//", "/v1", "/v1/", "v1/me", "/v1/me/", "/v1//me", "/v1/me/x", "/v1/me\n"}
+    for route in routes:
+        for word in (*words, "x", "vis_1"):
+            path = "/".join(word if "{" in s else s for s in route.template.split("/"))
+            paths.update({path, path + "/", path + "/x", path.rsplit("/", 1)[0], "/x" + path})
+            paths.add(path + "\n")
+    assert len(paths) > 1000
+    assert _outcome(router.match, "GET", "/v1/me\n") == "404"
+    methods = ("GET", "POST", "PATCH", "DELETE", "PUT", "OPTIONS", "get")
+    for path in sorted(paths):
+        for method in methods:
+            expected = _outcome(lambda m, p: match(ordered, m, p), method, path)
+            assert _outcome(router.match, method, path) == expected, (method, path)
 
 
 def _service_with_rule(name: str, rule: access_pb2.AccessRule) -> object:

@@ -48,7 +48,7 @@ from palisade.gateway.routes import (
     MethodNotAllowed,
     Route,
     RouteNotFound,
-    match,
+    Router,
     matching_order,
 )
 from palisade.gateway.token_cache import Grant
@@ -100,8 +100,8 @@ class Gateway:
     ) -> None:
         self._api_keys = api_keys
         self._limits = rate_limits
-        self._routes = matching_order(routes)
-        self._browser = BrowserRoutes(self._routes)
+        self._router = Router(matching_order(routes))
+        self._browser = BrowserRoutes(routes, self._router)
         self._upstreams = upstreams
         self._signer = signer
         self._edge = edge
@@ -237,7 +237,7 @@ class Gateway:
         if request.method == "OPTIONS":
             return self._preflight(request)
         try:
-            route, params = match(self._routes, request.method, request.path)
+            route, params = self._router.match(request.method, request.path)
         except RouteNotFound:
             return problem(404, detail="no such route")
         except MethodNotAllowed as exc:

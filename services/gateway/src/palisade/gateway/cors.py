@@ -35,7 +35,7 @@ Every other route keeps the gateway's plain CORS rule (PALISADE_GATEWAY_CORS_ORI
 from __future__ import annotations
 
 from palisade.common.origins import is_browser_origin
-from palisade.gateway.routes import MethodNotAllowed, Route, RouteNotFound, match
+from palisade.gateway.routes import MethodNotAllowed, Route, RouteNotFound, Router
 
 # What a page may send: the key, a JSON body, and its own request id for support tickets. The
 # gateway takes no idempotency header, so none is listed.
@@ -51,10 +51,10 @@ _VARY = "Origin, Access-Control-Request-Method"
 class BrowserRoutes:
     """The preflight answers of the publishable-key routes, computed once at start."""
 
-    def __init__(self, routes: list[Route]) -> None:
-        """routes: in routes.matching_order(), as the dispatcher matches them (a preflight
-        must find the very route its real request will reach)."""
-        self._routes = routes
+    def __init__(self, routes: list[Route], router: Router) -> None:
+        """router: the dispatcher's own, so a preflight finds the very route its real request
+        will reach."""
+        self._router = router
         methods: dict[str, set[str]] = {}
         for route in routes:
             if route.access.publishable_keys:
@@ -81,7 +81,7 @@ class BrowserRoutes:
         if requested_method is None or not self._answers or not is_browser_origin(origin):
             return None
         try:
-            route, _ = match(self._routes, requested_method, path)
+            route, _ = self._router.match(requested_method, path)
         except (RouteNotFound, MethodNotAllowed):
             return None
         if not route.access.publishable_keys:
