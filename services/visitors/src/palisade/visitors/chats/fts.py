@@ -110,8 +110,9 @@ class SqliteSearch:
             "SELECT m.id, m.chat_id, m.body, m.sender, m.created_at, m.position, m.seq "
             "FROM hits JOIN messages m ON m.seq = hits.seq "
             "WHERE m.workspace_id = :workspace_id AND m.test = :test "
-            "AND (hits.score, -m.seq) > "
-            "(SELECT h.score, -h.seq FROM hits h WHERE h.seq = :after_seq) "
+            "AND (hits.score, -m.seq) > ("
+            "SELECT bm25(messages_fts), -messages_fts.rowid FROM messages_fts "
+            "WHERE messages_fts MATCH :query AND messages_fts.rowid = :after_seq) "
             "ORDER BY hits.score, m.seq DESC LIMIT :limit"
         )
     )
