@@ -70,6 +70,13 @@ EDGES: tuple[Edge, ...] = (
     Edge("visitors", "crypto"),
     Edge("visitors", "audit"),
     Edge("gateway", "visitors", delegates=True),
+    # Webhooks: endpoint management forwarded by the gateway; URLs and signing secrets sealed
+    # through crypto; its webhook.* events shipped to audit, whose StreamEvents feeds the
+    # deliveries; owners told through auth's notices when an endpoint is disabled.
+    Edge("gateway", "webhooks", delegates=True),
+    Edge("webhooks", "crypto"),
+    Edge("webhooks", "audit"),
+    Edge("webhooks", "auth"),
     # The bench-only echo backend behind the gateway (bench/p3_forwarded.py); it verifies
     # nothing, but the gateway signs for every upstream it forwards to.
     Edge("gateway", "echo", delegates=True),
