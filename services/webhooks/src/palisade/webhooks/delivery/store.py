@@ -1,0 +1,260 @@
+"""The delivery queue in the service's database: claims with a lease, and settling an attempt.
+
+A worker claims due deliveries in one short transaction: pending, due (next_attempt_at <= now),
+no live lease (claimed_until NULL or past), of an enabled endpoint. Each claimed row gets the
+claim's token in claimed_by, a lease end in claimed_until, and one more attempt counted. On
+Postgres the read is SELECT ... FOR UPDATE SKIP LOCKED, so two workers claiming at the same
+moment take disjoint rows without waiting; on SQLite every transaction begins IMMEDIATE
+(palisade.common.db), which makes the claim a single-writer compare-and-set. The attempt then
+runs with no transaction open, and is settled under `claimed_by = token`: if the lease ran out
+meanwhile and another worker took the row (a new token), or the endpoint was deleted, the
+settle matches nothing and the later claim's outcome is the one that counts. A worker that dies
+mid-attempt leaves its lease to run out, and the row is attempted again: at least once.
+
+The attempt count is taken at claim time, so an attempt that crashed still counts (a delivery
+that crashes its worker every time ends as failed instead of looping), and its number is missing
+from delivery_attempts, which records every attempt that finished.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from palisade.webhooks.model import PENDING, SUCCEEDED
+from palisade.webhooks.tables import deliveries, delivery_attempts, endpoints
+
+# How many due rows one claim looks at per row it may take: rows of endpoints already at their
+# concurrency cap are passed over in favour of the next endpoint's.
+_WINDOW_FACTOR = 4
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    id: str
+    endpoint_id: str
+    workspace_id: str
+    event_id: str
+    event_type: str
+    payload: bytes
+    attempt: int  # this attempt's number, from 1
+    round_attempt: int  # its number in the current round of the schedule (manual retries)
+    token: str  # settle under it
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What an attempt ended as. next_attempt_at None and state pending is not allowed."""
+
+    state: str
+    status: int  # 0: no HTTP answer
+    error: str | None
+    started_at: datetime
+    duration_ms: int
+    next_attempt_at: datetime | None
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    depth: int
+    oldest_created_at: datetime | None
+    disabled_endpoints: int
+
+
+def _insert_ignoring_duplicates(conn: AsyncConnection, table: Any, values: dict[str, Any]) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).values(values).on_conflict_do_nothing()
+
+
+class DeliveryStore:
+    def __init__(self, *, engine: AsyncEngine, worker_id: str) -> None:
+        self._engine = engine
+        # claimed_by holds "<worker id>/<claim id>": who, and which claim.
+        self._worker = worker_id[:31]
+
+    async def claim(
+        self,
+        *,
+        now: datetime,
+        lease_seconds: float,
+        limit: int,
+        per_endpoint: int,
+        busy: Mapping[str, int],
+    ) -> list[ClaimedDelivery]:
+        """Up to limit due deliveries, at most per_endpoint of one endpoint counting those the
+        caller has in flight (busy), oldest due first."""
+        if limit < 1 or per_endpoint < 1:
+            return []
+        saturated = [endpoint for endpoint, n in busy.items() if n >= per_endpoint]
+        d = deliveries
+        query = (
+            select(
+                d.c.id,
+                d.c.endpoint_id,
+                d.c.workspace_id,
+                d.c.event_id,
+                d.c.event_type,
+                d.c.payload,
+                d.c.attempts,
+                d.c.schedule_base,
+            )
+            .join(endpoints, endpoints.c.id == d.c.endpoint_id)
+            .where(
+                d.c.state == PENDING,
+                d.c.next_attempt_at <= now,
+                or_(d.c.claimed_until.is_(None), d.c.claimed_until < now),
+                endpoints.c.enabled.is_(True),
+            )
+            .order_by(d.c.next_attempt_at, d.c.id)
+            .limit(limit * _WINDOW_FACTOR)
+        )
+        if saturated:
+            query = query.where(d.c.endpoint_id.not_in(saturated))
+        token = f"{self._worker}/{uuid.uuid4().hex}"
+        async with self._engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True, of=d)
+            rows = (await conn.execute(query)).all()
+            taken: dict[str, int] = dict(busy)
+            picked = []
+            for row in rows:
+                if taken.get(row.endpoint_id, 0) >= per_endpoint:
+                    continue
+                taken[row.endpoint_id] = taken.get(row.endpoint_id, 0) + 1
+                picked.append(row)
+                if len(picked) == limit:
+                    break
+            if picked:
+                await conn.execute(
+                    update(d)
+                    .where(d.c.id.in_([row.id for row in picked]))
+                    .values(
+                        attempts=d.c.attempts + 1,
+                        claimed_by=token,
+                        claimed_until=now + timedelta(seconds=lease_seconds),
+                    )
+                )
+        return [
+            ClaimedDelivery(
+                id=row.id,
+                endpoint_id=row.endpoint_id,
+                workspace_id=row.workspace_id,
+                event_id=row.event_id,
+                event_type=row.event_type,
+                payload=row.payload.encode("utf-8"),
+                attempt=int(row.attempts) + 1,
+                round_attempt=int(row.attempts) + 1 - int(row.schedule_base),
+                token=token,
+            )
+            for row in picked
+        ]
+
+    async def settle(
+        self, claimed: ClaimedDelivery, outcome: Settlement, *, now: datetime
+    ) -> datetime | None:
+        """Records the attempt and its outcome, and the endpoint's failure streak. Returns when
+        the endpoint's current streak of failures began (None after a success, or when the
+        claim was lost). False-y settle (lost lease) still records the attempt if the delivery
+        exists: it happened."""
+        d = deliveries
+        async with self._engine.begin() as conn:
+            held = await conn.execute(
+                update(d)
+                .where(d.c.id == claimed.id, d.c.claimed_by == claimed.token)
+                .values(
+                    state=outcome.state,
+                    next_attempt_at=outcome.next_attempt_at,
+                    last_status=outcome.status or None,
+                    last_error=outcome.error,
+                    last_attempt_at=outcome.started_at,
+                    claimed_by=None,
+                    claimed_until=None,
+                )
+            )
+            exists = (
+                held.rowcount == 1
+                or (await conn.execute(select(d.c.id).where(d.c.id == claimed.id))).first()
+                is not None
+            )
+            if exists:
+                await conn.execute(
+                    _insert_ignoring_duplicates(
+                        conn,
+                        delivery_attempts,
+                        {
+                            "delivery_id": claimed.id,
+                            "number": claimed.attempt,
+                            "started_at": outcome.started_at,
+                            "status": outcome.status or None,
+                            "error": outcome.error,
+                            "duration_ms": outcome.duration_ms,
+                        },
+                    )
+                )
+            e = endpoints
+            if outcome.state == SUCCEEDED:
+                await conn.execute(
+                    update(e)
+                    .where(e.c.id == claimed.endpoint_id, e.c.failing_since.is_not(None))
+                    .values(failing_since=None)
+                )
+                return None
+            await conn.execute(
+                update(e)
+                .where(e.c.id == claimed.endpoint_id, e.c.failing_since.is_(None))
+                .values(failing_since=now)
+            )
+            since = (
+                await conn.execute(
+                    select(e.c.failing_since).where(
+                        e.c.id == claimed.endpoint_id, e.c.enabled.is_(True)
+                    )
+                )
+            ).scalar_one_or_none()
+            return since if isinstance(since, datetime) else None
+
+    async def release(self, claimed: ClaimedDelivery, *, retry_at: datetime | None = None) -> None:
+        """Gives a claimed row back with its attempt uncounted, because none was made: the
+        endpoint had no target, or its secrets could not be opened (crypto away). retry_at:
+        not claimed again before then (None: as it was)."""
+        d = deliveries
+        values: dict[str, Any] = {
+            "attempts": d.c.attempts - 1,
+            "claimed_by": None,
+            "claimed_until": None,
+        }
+        if retry_at is not None:
+            values["next_attempt_at"] = retry_at
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(d)
+                .where(d.c.id == claimed.id, d.c.claimed_by == claimed.token)
+                .values(values)
+            )
+
+    async def stats(self) -> QueueStats:
+        d, e = deliveries, endpoints
+        async with self._engine.connect() as conn:
+            depth, oldest = (
+                await conn.execute(
+                    select(func.count(), func.min(d.c.created_at))
+                    .select_from(d.join(e, e.c.id == d.c.endpoint_id))
+                    .where(and_(d.c.state == PENDING, e.c.enabled.is_(True)))
+                )
+            ).one()
+            disabled = (
+                await conn.execute(
+                    select(func.count()).select_from(e).where(e.c.enabled.is_(False))
+                )
+            ).scalar_one()
+        oldest_at = oldest if isinstance(oldest, datetime) else None
+        return QueueStats(
+            depth=int(depth), oldest_created_at=oldest_at, disabled_endpoints=int(disabled)
+        )

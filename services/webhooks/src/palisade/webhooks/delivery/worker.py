@@ -1,0 +1,249 @@
+"""The delivery worker: due deliveries claimed, signed, POSTed, recorded and settled.
+
+One loop per process keeps up to `concurrency` attempts in flight, at most `per_endpoint` of
+them for any one endpoint (a slow or hanging receiver holds its own slots for at most the
+client's deadline and never the others'). It claims more whenever a slot frees, when woken
+(the intake rings after queueing, a manual retry may too) or every poll interval.
+
+Each attempt: the endpoint's URL and live secrets (opened through crypto by the endpoint store),
+the three Standard Webhooks headers signed over the stored body with every live secret
+(webhook-id: the event's id, the same on every retry; webhook-timestamp: this attempt's), one
+POST through the SSRF-safe egress client, then the outcome settled (store.py):
+- 2xx: succeeded; the endpoint's failure streak ends;
+- 410 Gone: failed, and the endpoint is disabled at once (reason "gone");
+- anything else (an answer, a timeout, a refused address, ...): retried on the schedule
+  (schedule.py, Retry-After honoured when longer), failed once the schedule is spent;
+  an endpoint whose every attempt has failed for `disable_after` (5 days) is disabled
+  ("failing") and its workspace's owners are emailed (notices.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from palisade.common.clock import Clock
+from palisade.common.relay_loop import Wakeup
+from palisade.webhooks.delivery.metrics import DeliveryMetrics
+from palisade.webhooks.delivery.schedule import RetrySchedule
+from palisade.webhooks.delivery.store import ClaimedDelivery, DeliveryStore, Settlement
+from palisade.webhooks.egress.client import AttemptResult, DeliveryClient
+from palisade.webhooks.model import FAILED, FAILING, GONE, PENDING, SUCCEEDED, DeliveryTarget
+from palisade.webhooks.signing import signed_headers
+
+log = logging.getLogger("palisade.webhooks.delivery")
+
+# Wait after the endpoint's URL and secrets could not be opened (crypto away) before trying.
+TARGET_RETRY_SECONDS = 5.0
+
+
+class EndpointTargets(Protocol):
+    """The endpoint store as the worker needs it."""
+
+    async def delivery_target(self, endpoint_id: str) -> DeliveryTarget | None:
+        """The endpoint's URL and live secrets, opened; None if it is gone or disabled."""
+        ...
+
+    async def disable(self, endpoint_id: str, *, reason: str) -> bool:
+        """Disables an enabled endpoint (with its webhook.disabled event); False if it was
+        not enabled (already disabled, or deleted)."""
+        ...
+
+
+class DisabledNotifier(Protocol):
+    def notify(self) -> None:
+        """An endpoint was just disabled as failing: email its owners soon."""
+        ...
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()[:20]}-{id(object()) & 0xFFFFFF:06x}"
+
+
+def result_label(result: AttemptResult) -> str:
+    if result.succeeded:
+        return "succeeded"
+    return result.error or f"http_{result.status}"
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        *,
+        store: DeliveryStore,
+        targets: EndpointTargets,
+        client: DeliveryClient,
+        clock: Clock,
+        schedule: RetrySchedule,
+        metrics: DeliveryMetrics,
+        concurrency: int = 32,
+        per_endpoint: int = 2,
+        batch_size: int = 50,
+        lease_seconds: float = 60.0,
+        poll_seconds: float = 0.5,
+        disable_after_seconds: float = 5 * 86_400.0,
+        notifier: DisabledNotifier | None = None,
+    ) -> None:
+        if lease_seconds <= client.timeout_seconds:
+            # A lease shorter than an attempt would let a second worker start the same
+            # delivery while the first is still sending it.
+            raise ValueError("the claim lease must outlast an attempt's deadline")
+        self._store = store
+        self._targets = targets
+        self._client = client
+        self._clock = clock
+        self._schedule = schedule
+        self._metrics = metrics
+        self._concurrency = concurrency
+        self._per_endpoint = per_endpoint
+        self._batch = batch_size
+        self._lease = lease_seconds
+        self._poll = poll_seconds
+        self._disable_after = timedelta(seconds=disable_after_seconds)
+        self._notifier = notifier
+        self._wakeup = Wakeup()
+        self._busy: Counter[str] = Counter()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def notify(self) -> None:
+        """Claims now instead of at the next poll (any thread): new deliveries are due."""
+        self._wakeup.notify()
+
+    async def run(self) -> None:
+        """Until cancelled: claims whenever a slot is free, attempts concurrently. On
+        cancellation the attempts under way are cancelled too; their leases run out and the
+        deliveries are attempted again (by this worker after a restart, or another)."""
+        try:
+            while True:
+                claimed = 0
+                try:
+                    claimed = await self._claim_and_start()
+                except Exception:
+                    log.exception("claiming deliveries failed; will retry")
+                if claimed and len(self._tasks) < self._concurrency:
+                    continue  # a full batch may mean more is due now
+                await self._wait_for_work()
+        finally:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def drain(self) -> int:
+        """One pass for tests and tools: claims what is due (repeatedly, while slots allow)
+        and waits for every attempt started to settle. Returns how many were attempted."""
+        done = 0
+        while True:
+            claimed = await self._claim_and_start()
+            done += claimed
+            if not self._tasks:
+                return done
+            await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+
+    async def _wait_for_work(self) -> None:
+        waiter = asyncio.ensure_future(self._wakeup.wait(self._poll))
+        try:
+            await asyncio.wait({waiter, *self._tasks}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+
+    async def _claim_and_start(self) -> int:
+        free = self._concurrency - len(self._tasks)
+        if free < 1:
+            return 0
+        claims = await self._store.claim(
+            now=self._clock.now(),
+            lease_seconds=self._lease,
+            limit=min(free, self._batch),
+            per_endpoint=self._per_endpoint,
+            busy=self._busy,
+        )
+        for claim in claims:
+            self._busy[claim.endpoint_id] += 1
+            task = asyncio.create_task(self._attempt(claim), name=f"webhook-attempt-{claim.id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return len(claims)
+
+    async def _attempt(self, claim: ClaimedDelivery) -> None:
+        self._metrics.in_flight.inc()
+        try:
+            await self._attempt_once(claim)
+        except Exception:
+            # The lease runs out and the delivery is attempted again.
+            log.exception("webhook attempt %s could not be settled", claim.id)
+        finally:
+            self._metrics.in_flight.dec()
+            self._busy[claim.endpoint_id] -= 1
+            if self._busy[claim.endpoint_id] <= 0:
+                del self._busy[claim.endpoint_id]
+
+    async def _attempt_once(self, claim: ClaimedDelivery) -> None:
+        try:
+            target = await self._targets.delivery_target(claim.endpoint_id)
+        except Exception as exc:
+            # Crypto (or the database) away: no attempt was made, so none is counted; the
+            # delivery waits a little instead of spinning against the outage.
+            log.warning("webhook target of %s unavailable: %s", claim.id, type(exc).__name__)
+            retry_at = self._clock.now() + timedelta(seconds=TARGET_RETRY_SECONDS)
+            await self._store.release(claim, retry_at=retry_at)
+            return
+        if target is None or not target.enabled or not target.secrets:
+            # Deleted or disabled since the claim: nothing to send; the row stays as it was
+            # (deletion takes it away, enabling again brings it back).
+            await self._store.release(claim)
+            return
+        started = self._clock.now()
+        headers = signed_headers(
+            target.secrets, claim.event_id, int(started.timestamp()), claim.payload
+        )
+        result = await self._client.post(target.url, claim.payload, headers)
+        self._metrics.attempts.labels(result_label(result)).inc()
+        self._metrics.attempt_seconds.observe(result.elapsed)
+        now = self._clock.now()
+        outcome, label = self._outcome(claim, result, started, now)
+        failing_since = await self._store.settle(claim, outcome, now=now)
+        self._metrics.deliveries.labels(label).inc()
+        if label == GONE:
+            await self._disable(claim.endpoint_id, GONE)
+        elif failing_since is not None and now - failing_since >= self._disable_after:
+            await self._disable(claim.endpoint_id, FAILING)
+
+    def _outcome(
+        self, claim: ClaimedDelivery, result: AttemptResult, started: datetime, now: datetime
+    ) -> tuple[Settlement, str]:
+        def settled(state: str, next_at: datetime | None) -> Settlement:
+            return Settlement(
+                state=state,
+                status=result.status,
+                error=result.error,
+                started_at=started,
+                duration_ms=max(0, round(result.elapsed * 1000)),
+                next_attempt_at=next_at,
+            )
+
+        if result.succeeded:
+            return settled(SUCCEEDED, None), "succeeded"
+        if result.status == 410 and result.error is None:
+            return settled(FAILED, None), GONE
+        wait = self._schedule.next_wait(claim.round_attempt, result.retry_after)
+        if wait is None:
+            return settled(FAILED, None), "failed"
+        return settled(PENDING, now + timedelta(seconds=wait)), "retrying"
+
+    async def _disable(self, endpoint_id: str, reason: str) -> None:
+        if not await self._targets.disable(endpoint_id, reason=reason):
+            return  # another attempt (or a person) got there first
+        self._metrics.disabled.labels(reason).inc()
+        log.info("webhook endpoint %s disabled: %s", endpoint_id, reason)
+        if reason == FAILING and self._notifier is not None:
+            self._notifier.notify()

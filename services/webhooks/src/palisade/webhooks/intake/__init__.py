@@ -1,0 +1,1 @@
+"""The intake: audit's event stream fanned out into deliveries, resumable from its cursor."""
