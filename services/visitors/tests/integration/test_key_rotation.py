@@ -198,3 +198,22 @@ async def test_index_rotation_reindex_and_retire(harness) -> None:
     ):
         found = await harness.stub.FindVisitors(request, metadata=harness.person(ws))
         assert old in {v.id for v in found.visitors}
+
+
+async def test_the_background_job_moves_rows_after_a_rotation(visitors_factory, sqlite_url) -> None:
+    overrides = {"rewrap_poll_seconds": 0.05}
+    async with visitors_factory(sqlite_url, **overrides) as harness:
+        ws = new_workspace()
+        ids = [(await harness.create(harness.person(ws), name=f"V{n}")).id for n in range(3)]
+        await _ok(harness, "keys", "rotate")
+        await harness.until_crypto(lambda c: c.keyring.current.data.primary == 2)
+        registry = harness.server.registry
+        gauge = "palisade_visitors_rows_by_data_key_version"
+        async with harness.server.maintenance.running(), asyncio.timeout(20):
+            while True:  # the job's own task, on its own timer; the gauge is set last
+                if registry.get_sample_value(gauge, {"version": "2"}) == 3:
+                    break
+                await asyncio.sleep(0.05)
+        assert {(await harness.row(i)).data_key_version for i in ids} == {2}
+        assert registry.get_sample_value("palisade_visitors_rows_rewrapped_total") == 3
+        assert registry.get_sample_value(gauge, {"version": "1"}) is None
