@@ -1,9 +1,9 @@
 """When a failed delivery is tried again: Svix's schedule with jitter, and Retry-After.
 
 After the first attempt fails, the waits are 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (eight
-attempts over about 27 hours), each moved by up to +-10 % at random so that the deliveries of
-an outage do not all come back in the same second. After the last wait's attempt fails, the
-delivery is given up ("failed").
+attempts over about 27 hours), each moved by up to +-jitter at random (settings.retry_jitter,
+20 % by default) so that the deliveries of an outage do not all come back in the same second.
+After the last wait's attempt fails, the delivery is given up ("failed").
 
 Retry-After (a 429 or 503 asking us to wait): honoured when it asks for MORE than the schedule's
 next wait, never for less, and capped to what is left of the schedule from there (the sum of

@@ -49,7 +49,7 @@ class EndpointTargets(Protocol):
         """The endpoint's URL and live secrets, opened; None if it is gone or disabled."""
         ...
 
-    async def disable(self, endpoint_id: str, *, reason: str) -> bool:
+    async def disable(self, endpoint_id: str, reason: str) -> bool:
         """Disables an enabled endpoint (with its webhook.disabled event); False if it was
         not enabled (already disabled, or deleted)."""
         ...
@@ -241,7 +241,7 @@ class DeliveryWorker:
         return settled(PENDING, now + timedelta(seconds=wait)), "retrying"
 
     async def _disable(self, endpoint_id: str, reason: str) -> None:
-        if not await self._targets.disable(endpoint_id, reason=reason):
+        if not await self._targets.disable(endpoint_id, reason):
             return  # another attempt (or a person) got there first
         self._metrics.disabled.labels(reason).inc()
         log.info("webhook endpoint %s disabled: %s", endpoint_id, reason)
