@@ -60,16 +60,9 @@ def _event(
     actor: str,
     workspace_id: str,
     details: Mapping[str, str | int | bool | None],
-    event_id: str | None = None,
 ) -> SecurityEvent:
-    extra = {"event_id": event_id} if event_id else {}
     return SecurityEvent(
-        type=kind,
-        occurred_at=now,
-        actor=actor,
-        workspace_id=workspace_id,
-        details=details,
-        **extra,
+        type=kind, occurred_at=now, actor=actor, workspace_id=workspace_id, details=details
     )
 
 
@@ -233,7 +226,11 @@ class EndpointService:
         return Rotated(secret, expires)
 
     async def send_test(self, manager: Manager, endpoint_id: str) -> str:
-        """Queues a webhook.test delivery for this endpoint alone; its event id."""
+        """Queues a webhook.test delivery for this endpoint alone; its event id.
+
+        Nothing goes to the outbox: an event in the security log would come back through
+        audit's stream to the intake and reach every endpoint of the workspace that
+        subscribes to webhook.test, not this one alone."""
         ws = manager.workspace_id
         now = self._clock.now()
         event_id = new_event_id()
@@ -250,10 +247,7 @@ class EndpointService:
             payload=body,
             now=now,
         )
-        # The log's event carries the delivery's event id: the webhook-id the receiver sees.
-        details = {"webhook_id": endpoint_id}
-        event = _event(TEST_EVENT_TYPE, now, manager.actor, ws, details, event_id=event_id)
-        if not await self._store.queue_test(ws, endpoint_id, values, event):
+        if not await self._store.queue_test(ws, endpoint_id, values):
             raise WebhookNotFound()
         return event_id
 

@@ -252,13 +252,13 @@ class WebhookStore:
             return True
 
     async def queue_test(
-        self, workspace_id: str, endpoint_id: str, values: Mapping[str, Any], event: SecurityEvent
+        self, workspace_id: str, endpoint_id: str, values: Mapping[str, Any]
     ) -> bool:
+        """A delivery for this endpoint alone (False: no such endpoint in the workspace)."""
         async with self._engine.begin() as conn:
             if not await _lock_endpoint(conn, workspace_id, endpoint_id):
                 return False
             await queue_delivery(conn, values)
-            await emit(conn, outbox_events, event)
             return True
 
     async def delivery_rows(
