@@ -20,6 +20,15 @@ class ChatRecord:
 
 
 @dataclass(frozen=True)
+class ChatCursor:
+    """Where a page of a visitor's chats (newest first) ended: its last chat's creation moment
+    and id (the tie-break among chats created in the same microsecond)."""
+
+    created_at: datetime
+    chat_id: str
+
+
+@dataclass(frozen=True)
 class NewMessage:
     id: str
     chat_id: str

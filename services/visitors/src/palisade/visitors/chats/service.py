@@ -29,7 +29,13 @@ from palisade.visitors.chats.errors import (
     VisitorErased,
     VisitorNotFound,
 )
-from palisade.visitors.chats.model import VISITOR, ChatRecord, MessageRecord, NewMessage
+from palisade.visitors.chats.model import (
+    VISITOR,
+    ChatCursor,
+    ChatRecord,
+    MessageRecord,
+    NewMessage,
+)
 from palisade.visitors.chats.store import ChatStore, ChatTransaction
 from palisade.visitors.chats.text import clean_body, query_words
 from palisade.visitors.model import Scope
@@ -40,6 +46,7 @@ CHAT_ID = re.compile(r"cht_[0-9a-f]{32}")
 VISITOR_ID = re.compile(r"vis_[0-9a-f]{32}")
 _LIST_SCOPE = "palisade.visitors.v1.ChatsService/ListMessages"
 _SEARCH_SCOPE = "palisade.visitors.v1.ChatsService/SearchMessages"
+_VISITOR_CHATS_SCOPE = "palisade.visitors.v1.ChatsService/ListVisitorChats"
 
 
 def page_size(requested: int) -> int:
@@ -57,6 +64,12 @@ def new_id(prefix: str) -> str:
 @dataclass(frozen=True)
 class MessagePage:
     messages: list[MessageRecord]
+    next_token: str  # "" on the last page
+
+
+@dataclass(frozen=True)
+class ChatPage:
+    chats: list[ChatRecord]
     next_token: str  # "" on the last page
 
 
@@ -140,6 +153,31 @@ class ChatsService:
             position=position,
             seq=seq,
         )
+
+    async def get_chat(self, caller: Scope, chat_id: str) -> ChatRecord:
+        if not CHAT_ID.fullmatch(chat_id):
+            raise ChatNotFound()
+        chat = await self._store.chat(caller, chat_id)
+        if chat is None:
+            raise ChatNotFound()
+        return chat
+
+    async def list_visitor_chats(
+        self, caller: Scope, visitor_id: str, requested_size: int, token: str
+    ) -> ChatPage:
+        """The visitor's chats, newest first; an erased visitor's too (their history stays)."""
+        size = page_size(requested_size)
+        if not VISITOR_ID.fullmatch(visitor_id):
+            raise VisitorNotFound()
+        bound = token_scope(_VISITOR_CHATS_SCOPE, caller.workspace_id, mode_of(caller), visitor_id)
+        after = ChatCursor(*self._tokens.read_str(token, bound)) if token else None
+        found = await self._store.visitor_chats(caller, visitor_id, after, size + 1)
+        if found is None:
+            raise VisitorNotFound()
+        if len(found) <= size:
+            return ChatPage(found, "")
+        last = found[size - 1]
+        return ChatPage(found[:size], self._tokens.issue(bound, last.created_at, last.id))
 
     async def list_messages(
         self, caller: Scope, chat_id: str, requested_size: int, token: str

@@ -19,7 +19,7 @@ from palisade.common.clock import Clock
 from palisade.common.page_tokens import PageTokens
 from palisade.visitors.chats.access import READ, WRITE, chat_scope
 from palisade.visitors.chats.model import ChatRecord, MessageRecord
-from palisade.visitors.chats.service import ChatsService, MessagePage
+from palisade.visitors.chats.service import ChatPage, ChatsService, MessagePage
 from palisade.visitors.chats.store import SqlChatStore
 from palisade_api.visitors.v1 import visitors_pb2 as pb
 from palisade_api.visitors.v1 import visitors_pb2_grpc
@@ -58,6 +58,12 @@ def page_message(page: MessagePage) -> pb.ListMessagesResponse:
     )
 
 
+def chat_page_message(page: ChatPage) -> pb.ListVisitorChatsResponse:
+    return pb.ListVisitorChatsResponse(
+        chats=[chat_message(c) for c in page.chats], next_page_token=page.next_token
+    )
+
+
 class ChatsServicer(visitors_pb2_grpc.ChatsServiceServicer):
     def __init__(
         self,
@@ -78,6 +84,19 @@ class ChatsServicer(visitors_pb2_grpc.ChatsServiceServicer):
         caller = chat_scope(require_caller(), needs=WRITE)
         posted = await self._service.post_message(caller, request.chat_id, request.body)
         return message_message(posted)
+
+    async def GetChat(self, request: pb.GetChatRequest, context: Context) -> pb.Chat:
+        caller = chat_scope(require_caller(), needs=READ)
+        return chat_message(await self._service.get_chat(caller, request.id))
+
+    async def ListVisitorChats(
+        self, request: pb.ListVisitorChatsRequest, context: Context
+    ) -> pb.ListVisitorChatsResponse:
+        caller = chat_scope(require_caller(), needs=READ)
+        page = await self._service.list_visitor_chats(
+            caller, request.visitor_id, request.page_size, request.page_token
+        )
+        return chat_page_message(page)
 
     async def ListMessages(
         self, request: pb.ListMessagesRequest, context: Context

@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
-from sqlalchemy import Table, and_, insert, select, update
+from sqlalchemy import Table, and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from palisade.common.outbox import SecurityEvent, emit
 from palisade.visitors.chats.fts import SearchStatements, search_statements
-from palisade.visitors.chats.model import ChatRecord, MessageRecord, NewMessage
+from palisade.visitors.chats.model import ChatCursor, ChatRecord, MessageRecord, NewMessage
 from palisade.visitors.chats.tables import chats, messages
 from palisade.visitors.model import Scope
 from palisade.visitors.tables import visitors
@@ -48,6 +48,27 @@ def message_from(row: Sequence[Any]) -> MessageRecord:
     )
 
 
+_CHAT_COLUMNS = (
+    chats.c.id,
+    chats.c.workspace_id,
+    chats.c.visitor_id,
+    chats.c.test,
+    chats.c.created_at,
+)
+
+
+def chat_from(row: Sequence[Any], *, visitor_erased: bool) -> ChatRecord:
+    chat_id, workspace_id, visitor_id, test, created_at = row[:5]
+    return ChatRecord(
+        id=chat_id,
+        workspace_id=workspace_id,
+        visitor_id=visitor_id,
+        test=bool(test),
+        created_at=created_at,
+        visitor_erased=visitor_erased,
+    )
+
+
 class ChatTransaction(Protocol):
     async def visitor_erased(self, scope: Scope, visitor_id: str) -> bool | None:
         """Whether the visitor is erased (share-locking its row); None when there is no such
@@ -71,7 +92,14 @@ class ChatTransaction(Protocol):
 class ChatStore(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[ChatTransaction]: ...
 
-    async def chat(self, scope: Scope, chat_id: str) -> ChatRecord | None: ...
+    async def chat(self, scope: Scope, chat_id: str) -> ChatRecord | None:
+        """The chat in the scope, visitor_erased read from its visitor's row."""
+
+    async def visitor_chats(
+        self, scope: Scope, visitor_id: str, after: ChatCursor | None, limit: int
+    ) -> list[ChatRecord] | None:
+        """Up to limit of the visitor's chats, newest first, after the cursor; None when the
+        visitor is not in the scope (an erased visitor is: their row stays)."""
 
     async def messages_after(
         self, chat_id: str, after_position: int, limit: int
@@ -176,14 +204,7 @@ class SqlChatStore:
 
     async def chat(self, scope: Scope, chat_id: str) -> ChatRecord | None:
         statement = (
-            select(
-                chats.c.id,
-                chats.c.workspace_id,
-                chats.c.visitor_id,
-                chats.c.test,
-                chats.c.created_at,
-                visitors.c.erased_at,
-            )
+            select(*_CHAT_COLUMNS, visitors.c.erased_at)
             .select_from(chats.join(visitors, visitors.c.id == chats.c.visitor_id))
             .where(
                 chats.c.id == chat_id,
@@ -193,16 +214,44 @@ class SqlChatStore:
         )
         async with self._engine.begin() as conn:
             row = (await conn.execute(statement)).first()
-        if row is None:
-            return None
-        return ChatRecord(
-            id=row[0],
-            workspace_id=row[1],
-            visitor_id=row[2],
-            test=bool(row[3]),
-            created_at=row[4],
-            visitor_erased=row[5] is not None,
+        return None if row is None else chat_from(row, visitor_erased=row[5] is not None)
+
+    async def visitor_chats(
+        self, scope: Scope, visitor_id: str, after: ChatCursor | None, limit: int
+    ) -> list[ChatRecord] | None:
+        statement = (
+            select(*_CHAT_COLUMNS)
+            .where(
+                chats.c.visitor_id == visitor_id,
+                chats.c.workspace_id == scope.workspace_id,
+                chats.c.test == scope.test,
+            )
+            .order_by(chats.c.created_at.desc(), chats.c.id.desc())
+            .limit(limit)
         )
+        if after is not None:
+            statement = statement.where(
+                or_(
+                    chats.c.created_at < after.created_at,
+                    and_(chats.c.created_at == after.created_at, chats.c.id < after.chat_id),
+                )
+            )
+        # The visitor and their chats read in one transaction: the flag and the list agree.
+        async with self._engine.begin() as conn:
+            visitor = (
+                await conn.execute(
+                    select(visitors.c.erased_at).where(
+                        visitors.c.id == visitor_id,
+                        visitors.c.workspace_id == scope.workspace_id,
+                        visitors.c.test == scope.test,
+                    )
+                )
+            ).first()
+            if visitor is None:
+                return None
+            rows = (await conn.execute(statement)).all()
+        erased = visitor[0] is not None
+        return [chat_from(row, visitor_erased=erased) for row in rows]
 
     async def messages_after(
         self, chat_id: str, after_position: int, limit: int
