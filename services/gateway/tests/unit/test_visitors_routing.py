@@ -44,6 +44,8 @@ def test_every_visitors_and_chats_rpc_is_a_route_with_its_rule() -> None:
         ("POST", "/v1/chats/{chat_id}/messages"),
         ("GET", "/v1/chats/{chat_id}/messages"),
         ("GET", "/v1/chats/search"),
+        ("GET", "/v1/chats/{id}"),
+        ("GET", "/v1/visitors/{visitor_id}/chats"),
     }
     publishable = {shape for shape, route in routes.items() if route.access.publishable_keys}
     assert publishable == {
@@ -76,6 +78,30 @@ def test_a_literal_path_wins_over_a_template_of_its_shape_in_any_order() -> None
             assert (route.method.name, params) == ("SearchMessages", {})
             route, params = find("GET", "/v1/chats/cht_1")
             assert (route.template, params) == ("/v1/chats/{chat_id}", {"chat_id": "cht_1"})
+
+
+def test_a_chat_by_id_beside_search_and_its_messages() -> None:
+    """The real table: /v1/chats/{id} never takes /v1/chats/search, nor a chat's messages."""
+    routes = build_routes(_SERVICES)
+    by_patterns = functools.partial(match, matching_order(routes))
+    chat, visitor = "cht_" + "0" * 32, "vis_" + "0" * 32
+    for find in (Router(routes).match, by_patterns):
+        for method, path, expected in (
+            ("GET", "/v1/chats/search", ("SearchMessages", {})),
+            ("GET", f"/v1/chats/{chat}", ("GetChat", {"id": chat})),
+            ("GET", "/v1/chats/messages", ("GetChat", {"id": "messages"})),
+            ("GET", f"/v1/chats/{chat}/messages", ("ListMessages", {"chat_id": chat})),
+            ("POST", f"/v1/chats/{chat}/messages", ("PostMessage", {"chat_id": chat})),
+            ("GET", f"/v1/visitors/{visitor}", ("GetVisitor", {"id": visitor})),
+            ("GET", f"/v1/visitors/{visitor}/chats", ("ListVisitorChats", {"visitor_id": visitor})),
+        ):
+            route, params = find(method, path)
+            assert (route.method.name, params) == expected, path
+        with pytest.raises(MethodNotAllowed) as caught:
+            find("DELETE", f"/v1/chats/{chat}")
+        assert caught.value.allowed == ["GET"]
+        with pytest.raises(RouteNotFound):
+            find("GET", f"/v1/chats/{chat}/x")
 
 
 def _every_route() -> list[Route]:
