@@ -320,3 +320,30 @@ async def test_bad_requests_are_refused_with_a_stable_code(auth, fields, code) -
         code,
     )
     assert _count(auth, "SELECT count(*) FROM notice_requests") == 0
+
+
+async def test_webhooks_tells_the_owners_of_a_disabled_endpoint(mailed) -> None:
+    """The webhooks service (its endpoint failed for 5 days) has the owners emailed."""
+    auth, catcher = mailed, mailed.extra["mail"]
+    workspace, _ = await _workspace(auth)
+    request = pb.SendNoticeRequest(
+        kind="webhook_disabled",
+        workspace_id=workspace,
+        roles=["owner"],
+        details={
+            "webhook_id": "whk_" + "b" * 32,
+            "url_origin": "https://hooks.example.com",
+            "failing_since": "2026-03-01T00:00:00.000Z",
+        },
+        idempotency_key="webhook_disabled:whk_b:1",
+    )
+    assert await _send(auth, request, caller=auth.signing.marker("webhooks")) == 2
+    messages = await catcher.until(2)
+    assert sorted(m["To"] for m in messages) == ["ada@example.com", "dorothy@example.com"]
+    text = _text(messages[0])
+    assert messages[0]["Subject"] == "A webhook endpoint of your Palisade workspace was disabled"
+    assert "Endpoint: whk_" + "b" * 32 in text
+    assert "Destination: https://hooks.example.com" in text
+    # Sent again (a sweep that died before recording it): no second email.
+    assert await _send(auth, request, caller=auth.signing.marker("webhooks")) == 2
+    assert _count(auth, "SELECT count(*) FROM mail_outbox") == 2

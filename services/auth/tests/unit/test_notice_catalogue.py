@@ -30,11 +30,24 @@ CONTEXT = NoticeContext(
 
 
 def test_the_catalogue_and_its_whitelists() -> None:
-    assert set(CATALOGUE) == {"api_key_created", "api_key_leak_reported", "api_key_revoked"}
+    assert set(CATALOGUE) == {
+        "api_key_created",
+        "api_key_leak_reported",
+        "api_key_revoked",
+        "webhook_disabled",
+    }
     common = {"key_name", "key_prefix", "key_last4", "key_type", "key_mode", "key_id"}
     assert allowed_keys(CATALOGUE["api_key_created"]) == common | {"scopes"}
     assert allowed_keys(CATALOGUE["api_key_leak_reported"]) == common | {"source"}
     assert allowed_keys(CATALOGUE["api_key_revoked"]) == common | {"reason"}
+    # (key_prefix/key_last4 are accepted by every kind: shown together as one "Key" line.)
+    assert allowed_keys(CATALOGUE["webhook_disabled"]) == {
+        "webhook_id",
+        "url_origin",
+        "failing_since",
+        "key_prefix",
+        "key_last4",
+    }
     with pytest.raises(UnknownNoticeKind):
         notice_kind("API_KEY_CREATED")
 
@@ -108,3 +121,23 @@ def test_page_tokens_round_trip_and_refuse_anything_else() -> None:
     for bad in ("", "!!", "e30", "eyJ0IjogIngiLCAidSI6ICJ5In0", "x" * 300, "é", *odd_ids):
         with pytest.raises(InvalidPageToken):
             decode_page_token(bad)
+
+
+def test_the_webhook_disabled_mail_names_the_endpoint_and_its_destination() -> None:
+    kind = CATALOGUE["webhook_disabled"]
+    details = check_details(
+        kind,
+        {
+            "webhook_id": "whk_" + "a" * 32,
+            "url_origin": "https://hooks.example.com",
+            "failing_since": "2026-01-01T00:00:00.000Z",
+        },
+    )
+    mail = notice_email(kind, details, CONTEXT, to="ada@example.com")
+    assert mail.subject == "A webhook endpoint of your Palisade workspace was disabled"
+    assert "Endpoint: whk_" + "a" * 32 in mail.text
+    assert "Destination: https://hooks.example.com" in mail.text
+    assert "Failing since: 2026-01-01T00:00:00.000Z" in mail.text
+    assert "Key:" not in mail.text
+    with pytest.raises(InvalidNoticeDetails):
+        check_details(kind, {"url": "https://hooks.example.com/secret-path"})

@@ -33,7 +33,7 @@ from palisade_api.auth.v1 import auth_pb2_grpc
 Context = grpc.aio.ServicerContext[Any, Any]
 # Services that may have auth email security notices (SendNotice); the gateway alone
 # validates tokens and follows revocations.
-NOTICE_CALLERS = frozenset({"service:apikeys"})
+NOTICE_CALLERS = frozenset({"service:apikeys", "service:webhooks"})
 GATEWAY_CALLERS = frozenset({"service:gateway"})
 TEAM_READ_SCOPE = "team:read"
 

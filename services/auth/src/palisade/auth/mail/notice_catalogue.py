@@ -103,6 +103,24 @@ CATALOGUE: dict[str, NoticeKind] = {
             ),
             details=(*_KEY_DETAILS, ("reason", "Reason")),
         ),
+        # From the webhooks service: an endpoint whose every delivery failed for 5 days.
+        NoticeKind(
+            name="webhook_disabled",
+            subject="A webhook endpoint of your Palisade workspace was disabled",
+            headline=(
+                "A webhook endpoint of your Palisade workspace was disabled because every"
+                " delivery to it has failed for 5 days: no more events are sent to it."
+            ),
+            advice=(
+                "Check that the receiver is up and answers with a 2xx status, then enable the"
+                " endpoint again in your workspace's webhook settings."
+            ),
+            details=(
+                ("webhook_id", "Endpoint"),
+                ("url_origin", "Destination"),
+                ("failing_since", "Failing since"),
+            ),
+        ),
     )
 }
 
