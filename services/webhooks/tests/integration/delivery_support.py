@@ -59,6 +59,7 @@ class Receiver:
     delay_seconds: float = 0.0  # every answer waits this long (a slowish receiver)
     port: int = 0
     _release: asyncio.Event = field(default_factory=asyncio.Event)
+    _arrival: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
 
     def url(self, path: str = "/hook") -> str:
@@ -70,11 +71,20 @@ class Receiver:
     def to(self, path: str) -> list[Received]:
         return [r for r in self.requests if r.path == path]
 
+    async def until(self, count: int, *, within: float = 10.0) -> list[Received]:
+        """Waits (woken by each arrival, never polling) until count requests have come."""
+        async with asyncio.timeout(within):
+            while len(self.requests) < count:
+                self._arrival.clear()
+                await self._arrival.wait()
+        return self.requests
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         body = await request.read()
         headers = {k.lower(): v for k, v in request.headers.items()}
         self.requests.append(Received(path, headers, body, time.perf_counter()))
+        self._arrival.set()
         self.in_flight[path] += 1
         self.max_in_flight[path] = max(self.max_in_flight[path], self.in_flight[path])
         try:
