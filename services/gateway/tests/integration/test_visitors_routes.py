@@ -269,6 +269,9 @@ async def test_search_is_never_taken_for_a_chat_id(visitors_gateway: Harness) ->
     status, _, _ = await h.call("GET", "/v1/chats/search/messages", credential=TOKEN)
     assert status == 200
     assert h.upstream.calls[-1][1] == v.ListMessagesRequest(chat_id="search")
+    status, _, _ = await h.call("GET", "/v1/chats/cht_1", credential=TOKEN)
+    assert status == 200
+    assert h.upstream.calls[-1][1] == v.GetChatRequest(id="cht_1")
     status, headers, body = await h.call("DELETE", "/v1/chats/search", credential=TOKEN)
     assert (status, body["code"], headers["Allow"]) == (405, "method_not_allowed", "GET")
 
@@ -331,6 +334,8 @@ async def test_publishable_keys_from_their_origins_only(visitors_gateway: Harnes
         ("GET", "/v1/visitors?email=a%40example.com"),
         ("GET", "/v1/chats/cht_1/messages"),
         ("GET", "/v1/chats/search?q=x"),
+        ("GET", "/v1/chats/cht_1"),
+        ("GET", "/v1/visitors/vis_1/chats"),
     ):
         status, headers, body = await h.call(method, path, credential=widget, origin=SHOP)
         assert (status, body["code"]) == (403, "secret_key_required"), path
@@ -417,6 +422,8 @@ async def test_preflights_on_publishable_routes_answer_any_well_formed_origin(
         ("/v1/visitors/vis_1", "DELETE", SHOP),
         ("/v1/chats/cht_1/messages", "GET", SHOP),
         ("/v1/chats/search", "GET", SHOP),
+        ("/v1/chats/cht_1", "GET", SHOP),
+        ("/v1/visitors/vis_1/chats", "GET", SHOP),
         ("/v1/api-keys", "POST", SHOP),
         ("/v1/api-keys", "GET", "https://random.example.org"),
         ("/v1/nothing-here", "POST", SHOP),

@@ -158,6 +158,9 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
                 "application/json": {"schema": schemas.ref(method.output_type, request=False)}
             },
         }
+    description = _who_may_call(route.access)
+    if description:
+        operation["description"] = description
     if route.access.access == access_pb2.ACCESS_USER:
         operation["security"] = [{"bearer": []}]
     elif route.access.bearer_optional:
@@ -189,6 +192,18 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
             },
         }
     return operation
+
+
+def _who_may_call(rule: access_pb2.AccessRule) -> str:
+    """The access rule in words, for the parts a bearer scheme cannot say."""
+    if not rule.api_keys:
+        return ""
+    text = "People (bearer access token) and API keys"
+    if rule.scope:
+        text += f" holding `{rule.scope}`"
+    if rule.publishable_keys:
+        return text + "; publishable keys from their allowedOrigins only (CORS answered)."
+    return text + "; secret keys only (a publishable key is 403 secret_key_required)."
 
 
 def _query_schema(field: FieldDescriptor) -> dict[str, Any]:
