@@ -150,11 +150,16 @@ def _crypto_settings(tmp_path: Path) -> CryptoSettings:
 
 @pytest.fixture
 def webhooks_factory(
-    tmp_path: Path, resolver: Any
+    tmp_path: Path, resolver: Any, connector: Any
 ) -> Callable[..., AbstractAsyncContextManager[Harness]]:
     resolver.add(PUBLIC_HOST, [PUBLIC_ADDRESS])
 
-    def start(database_url: str, **overrides: Any) -> AbstractAsyncContextManager[Harness]:
+    def start(
+        database_url: str, *, run_background: bool = False, **overrides: Any
+    ) -> AbstractAsyncContextManager[Harness]:
+        """run_background: also run the worker and the intake (their sockets come from the
+        egress tests' LoopbackOnlyConnector)."""
+
         @asynccontextmanager
         async def running() -> AsyncIterator[Harness]:
             clock = ManualClock(datetime.now(UTC).replace(microsecond=0))
@@ -179,7 +184,13 @@ def webhooks_factory(
                 values.update(overrides)
                 settings = WebhooksSettings(**values)
                 server = await stack.enter_async_context(
-                    serve_webhooks(settings, clock=clock, resolver=resolver, run_background=False)
+                    serve_webhooks(
+                        settings,
+                        clock=clock,
+                        resolver=resolver,
+                        connector=connector,
+                        run_background=run_background,
+                    )
                 )
                 master = read_document(crypto_settings.resolved_edge_keys_master_file())
                 signing = DeferredSigning(

@@ -24,6 +24,7 @@ from palisade.common.grpc_server import RunningServer, run_server
 from palisade.common.migrations import upgrade
 from palisade.common.page_tokens import PageTokens, load_page_token_key
 from palisade.webhooks.config import SERVICE_NAME, WebhooksSettings
+from palisade.webhooks.delivery.runtime import running_delivery
 from palisade.webhooks.egress.addresses import AddressPolicy
 from palisade.webhooks.egress.client import Connector
 from palisade.webhooks.egress.resolver import Resolver, SystemResolver
@@ -63,19 +64,20 @@ class Background:
 
 @asynccontextmanager
 async def background_tasks(background: Background) -> AsyncIterator[None]:
-    """Runs the delivery worker and the stream intake until the block exits.
-
-    HOOK for the delivery-worker helper: start palisade.webhooks.delivery's worker (claims
-    due rows, signs with EndpointService.delivery_target()'s secrets, sends through
-    egress.client.DeliveryClient, records attempts, disables with service.disable()) and
-    palisade.webhooks.intake's consumer (audit's StreamEvents from the persisted cursor,
-    fan-out with store.queue_delivery()) here, each as a task that always stops, e.g.
-        async with worker_of(background).running(), intake_of(background).running():
-            yield
-    Until then nothing is delivered automatically; the API queues deliveries regardless.
-    """
-    del background
-    yield
+    """Runs the delivery worker, the stream intake, the owners' notice sweep and the queue
+    gauges (palisade.webhooks.delivery.runtime) until the block exits."""
+    async with running_delivery(
+        settings=background.settings,
+        engine=background.engine,
+        targets=background.service,
+        identity=background.identity,
+        clock=background.clock,
+        registry=background.registry,
+        policy=background.policy,
+        resolver=background.resolver,
+        connector=background.connector,
+    ):
+        yield
 
 
 @asynccontextmanager
