@@ -63,6 +63,8 @@ class StreamIntake:
         # Set once a stream has its starting position (its headers came): tests wait on it.
         self.connected = asyncio.Event()
         self.batches_committed = 0
+        self.events_committed = 0
+        self._progress = asyncio.Event()
 
     async def run(self) -> None:
         """Until cancelled: stream, fan out, and resume from the stored cursor on failure."""
@@ -84,6 +86,12 @@ class StreamIntake:
                 delay = self._retry  # it worked for a while: start the backoff over
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_RETRY_SECONDS)
+
+    async def until_committed(self, events: int) -> None:
+        """Returns once this intake has committed that many events (tests and tools)."""
+        while self.events_committed < events:
+            self._progress.clear()
+            await self._progress.wait()
 
     async def _stream_once(self) -> None:
         cursor = await load_cursor(self._engine)
@@ -148,6 +156,8 @@ class StreamIntake:
     async def _commit(self, batch: list[audit_pb2.StreamedEvent]) -> None:
         queued = await fan_out(self._engine, batch, now=self._clock.now())
         self.batches_committed += 1
+        self.events_committed += len(batch)
+        self._progress.set()
         self._metrics.events_seen.inc(len(batch))
         if queued:
             self._metrics.events_queued.inc(queued)
