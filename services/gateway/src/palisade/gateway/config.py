@@ -37,6 +37,8 @@ class GatewaySettings(CommonSettings):
     audit_target: str = "127.0.0.1:50054"
     # The visitors service: visitors (PII encrypted there) and chats with their messages.
     visitors_target: str = "127.0.0.1:50055"
+    # The webhooks service: webhook endpoints, their secrets, deliveries and the event types.
+    webhooks_target: str = "127.0.0.1:50056"
     # More services, by the audience their caller assertions name (JSON in the environment:
     # {"echo": {"proto_module": "...", "service": "...", "target": "host:port"}}). Empty by
     # default; the benchmarks put a bare echo service here (bench/p3_forwarded.py).
@@ -78,7 +80,7 @@ class GatewaySettings(CommonSettings):
     @field_validator("extra_upstreams")
     @classmethod
     def _auth_is_built_in(cls, value: dict[str, ExtraUpstream]) -> dict[str, ExtraUpstream]:
-        for built_in in ("auth", "apikeys", "audit", "visitors"):
+        for built_in in ("auth", "apikeys", "audit", "visitors", "webhooks"):
             if built_in in value:
                 raise ValueError(f"{built_in} is built in (set {built_in}_target instead)")
         return value

@@ -33,6 +33,7 @@ from palisade_api.apikeys.v1 import apikeys_pb2, apikeys_pb2_grpc
 from palisade_api.audit.v1 import audit_pb2
 from palisade_api.auth.v1 import auth_pb2, auth_pb2_grpc
 from palisade_api.visitors.v1 import visitors_pb2
+from palisade_api.webhooks.v1 import webhooks_pb2
 
 log = logging.getLogger("palisade.gateway.server")
 
@@ -76,8 +77,11 @@ async def serve_gateway(
         stack.push_async_callback(audit_channel.close, None)
         visitors_channel = insecure_channel(settings.visitors_target)
         stack.push_async_callback(visitors_channel.close, None)
+        webhooks_channel = insecure_channel(settings.webhooks_target)
+        stack.push_async_callback(webhooks_channel.close, None)
         signer = AssertionSigner(keys=keys, clock=clock, ttl_seconds=settings.assertion_ttl_seconds)
-        for audience in ("auth", "apikeys", "audit", "visitors", *settings.extra_upstreams):
+        built_in = ("auth", "apikeys", "audit", "visitors", "webhooks")
+        for audience in (*built_in, *settings.extra_upstreams):
             signer.require_edge(audience)  # an upstream without an edge key: fail at start
         registry = CollectorRegistry()
         metrics = GatewayMetrics(registry)
@@ -143,12 +147,14 @@ async def serve_gateway(
                 (visitors_pb2.DESCRIPTOR.services_by_name[name], "visitors")
                 for name in ("VisitorsService", "ChatsService")
             ),
+            (webhooks_pb2.DESCRIPTOR.services_by_name["WebhooksService"], "webhooks"),
         ]
         channels = {
             "auth": auth_channel,
             "apikeys": apikeys_channel,
             "audit": audit_channel,
             "visitors": visitors_channel,
+            "webhooks": webhooks_channel,
         }
         for audience, upstream in settings.extra_upstreams.items():
             services.append((service_descriptor(upstream.proto_module, upstream.service), audience))
