@@ -88,6 +88,8 @@ async def test_a_widget_key_is_refused_from_other_origins_and_on_other_routes(
         ("DELETE", f"/v1/visitors/{visitor['id']}"),
         ("GET", f"/v1/chats/{chat['id']}/messages"),
         ("GET", "/v1/chats/search?q=spam"),
+        ("GET", f"/v1/chats/{chat['id']}"),
+        ("GET", f"/v1/visitors/{visitor['id']}/chats"),
     ):
         status, answer, headers = await suite.json_call(
             method, path, token=widget, headers={"Origin": SHOP}
@@ -149,6 +151,8 @@ async def test_preflights_are_answered_on_publishable_routes(
         ("/v1/visitors", "GET"),
         ("/v1/chats/cht_0123/messages", "GET"),
         ("/v1/chats/search", "GET"),
+        ("/v1/chats/cht_0123", "GET"),
+        ("/v1/visitors/vis_0123/chats", "GET"),
         ("/v1/me", "GET"),
         ("/v1/auth/login", "POST"),
         ("/v1/whoami", "GET"),

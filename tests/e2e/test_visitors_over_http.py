@@ -160,6 +160,8 @@ async def test_test_mode_visitors_are_invisible_to_live_keys_and_people(suite: S
             ("POST", "/v1/chats", {"visitorId": test_visitor["id"]}),
             ("GET", f"/v1/chats/{test_chat['id']}/messages", None),
             ("POST", f"/v1/chats/{test_chat['id']}/messages", {"body": "hi"}),
+            ("GET", f"/v1/chats/{test_chat['id']}", None),
+            ("GET", f"/v1/visitors/{test_visitor['id']}/chats", None),
         ):
             status, answer, _ = await suite.json_call(method, path, token=credential, json=body)
             assert status == 404, (method, path, answer)
@@ -194,6 +196,8 @@ async def test_another_workspaces_ids_answer_404_on_every_route(suite: Suite) ->
                 ("POST", "/v1/chats", {"visitorId": vid}),
                 ("GET", f"/v1/chats/{cid}/messages", None),
                 ("POST", f"/v1/chats/{cid}/messages", {"body": "hello"}),
+                ("GET", f"/v1/chats/{cid}", None),
+                ("GET", f"/v1/visitors/{vid}/chats", None),
             ):
                 status, answer, _ = await suite.json_call(method, path, token=credential, json=body)
                 assert status == 404, (method, path, answer)
@@ -299,6 +303,13 @@ async def test_erasure_keeps_the_chats_and_no_dump_holds_the_pii(suite: Suite) -
     status, found, _ = await suite.json_call("GET", "/v1/chats/search?q=gooseberry", token=key)
     assert [m["chatId"] for m in found["messages"]] == [chat["id"]]
     # The erased visitor can start no new chat; the existing one shows them erased.
+    status, shown, _ = await suite.json_call("GET", f"/v1/chats/{chat['id']}", token=key)
+    assert (status, shown["id"], shown["visitorErased"]) == (200, chat["id"], True)
+    status, chats, _ = await suite.json_call(
+        "GET", f"/v1/visitors/{visitor['id']}/chats", token=token
+    )
+    assert status == 200
+    assert [(c["id"], c["visitorErased"]) for c in chats["chats"]] == [(chat["id"], True)]
     status, answer, _ = await suite.json_call(
         "POST", "/v1/chats", json={"visitorId": visitor["id"]}, token=key
     )
