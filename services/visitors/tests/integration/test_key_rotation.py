@@ -154,7 +154,53 @@ async def test_the_rewrap_job_finishes_an_interrupted_erasure(harness) -> None:
     erased = await harness.row(gone)
     assert erased.erased_at is not None
     assert erased.name_ct is None
-    assert len(await harness.events("visitor.erased")) == 1
+    [event] = await harness.events("visitor.erased")
+    assert json.loads(event.payload)["actor"] == "service:visitors"
+
+
+async def test_the_jobs_leave_a_planted_erased_envelope_in_place(harness) -> None:
+    ws = new_workspace()
+    ada = (await harness.create(harness.person(ws), name="Ada", email="ada@example.com")).id
+    bob = (await harness.create(harness.person(ws), name="Bob", email="bob@example.com")).id
+    planted = (await harness.row(ada)).email_ct
+    await harness.stub.EraseVisitor(pb.EraseVisitorRequest(id=ada), metadata=harness.person(ws))
+    await harness.execute("UPDATE visitors SET email_ct = :ct WHERE id = :id", ct=planted, id=bob)
+    await _ok(harness, "keys", "rotate")
+    await _ok(harness, "keys", "rotate", "--index")
+    await harness.until_crypto(lambda c: c.keyring.current.index.primary == 2)
+
+    async def no_wait(seconds: float) -> None:
+        return None
+
+    for run in (_job(harness, sleep=no_wait).rewrap, _job(harness, sleep=no_wait).reindex):
+        result = await run()
+        assert (result.moved, result.erased, result.failed) == (0, 0, 1)
+    row = await harness.row(bob)
+    assert row.erased_at is None
+    assert row.name_ct is not None
+    assert len(await harness.events("visitor.erased")) == 1  # Ada's
+
+
+async def test_reindex_finishes_an_interrupted_erasure(harness) -> None:
+    ws = new_workspace()
+    keep = (await harness.create(harness.person(ws), email="keep@example.com")).id
+    gone = (await harness.create(harness.person(ws), email="gone@example.com")).id
+    await _ok(harness, "keys", "rotate", "--index")
+    await harness.until_crypto(lambda c: c.keyring.current.index.primary == 2)
+    assert await harness.server.crypto.shred_subject(subject_of(gone))
+    harness.clock.advance(3600)
+
+    async def no_wait(seconds: float) -> None:
+        return None
+
+    result = await _job(harness, sleep=no_wait).reindex()
+    assert (result.moved, result.erased, result.failed) == (1, 1, 0)
+    assert (await harness.row(keep)).index_key_version == 2
+    row = await harness.row(gone)
+    assert row.erased_at is not None
+    assert row.email_index is None
+    assert await VisitorStore(engine=harness.server.engine).index_versions_in_use() == [2]
+    await _ok(harness, "keys", "retire", "--index", "--below", "2")
 
 
 async def test_index_rotation_reindex_and_retire(harness) -> None:

@@ -158,10 +158,41 @@ async def test_an_erasure_interrupted_after_the_shred_is_finished_by_the_next_re
     row = await harness.row(made.id)
     assert row.erased_at is not None
     assert row.email_ct is None
-    assert len(await harness.events("visitor.erased")) == 1
+    [event] = await harness.events("visitor.erased")
+    # The reader erased no one: the service finished its own interrupted erasure.
+    assert json.loads(event.payload)["actor"] == "service:visitors"
     # And the retry of the erasure itself succeeds without a second event.
     await harness.stub.EraseVisitor(pb.EraseVisitorRequest(id=made.id), metadata=harness.person(ws))
     assert len(await harness.events("visitor.erased")) == 1
+
+
+async def test_an_erased_visitors_envelope_planted_in_a_live_row_fails_and_clears_nothing(
+    harness,
+) -> None:
+    """Crypto answers subject_erased for it whatever its associated data, so only asking about
+    the row's own subject tells a planted envelope from an interrupted erasure."""
+    ws = new_workspace()
+    ada = await harness.create(harness.person(ws), name="Ada", email="ada@example.com")
+    bob = await harness.create(harness.person(ws), name="Bob", email="bob@example.com")
+    old_copy = (await harness.row(ada.id)).name_ct  # e.g. from a restored backup
+    await harness.stub.EraseVisitor(pb.EraseVisitorRequest(id=ada.id), metadata=harness.person(ws))
+    await harness.execute(
+        "UPDATE visitors SET name_ct = :ct WHERE id = :id", ct=old_copy, id=bob.id
+    )
+    await harness.refused(
+        harness.stub.GetVisitor(pb.GetVisitorRequest(id=bob.id), metadata=harness.person(ws)),
+        grpc.StatusCode.INTERNAL,
+        "internal",
+    )
+    found = harness.stub.FindVisitors(
+        pb.FindVisitorsRequest(email="bob@example.com"), metadata=harness.person(ws)
+    )
+    await harness.refused(found, grpc.StatusCode.INTERNAL, "internal")
+    row = await harness.row(bob.id)
+    assert row.erased_at is None
+    assert row.email_ct is not None
+    erased = await harness.events("visitor.erased")
+    assert [json.loads(e.payload)["details"]["visitor_id"] for e in erased] == [ada.id]
 
 
 async def test_crypto_down_stores_nothing_and_reads_fail_unavailable(harness) -> None:

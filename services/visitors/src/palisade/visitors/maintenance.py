@@ -25,21 +25,26 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from palisade.common.clock import Clock
-from palisade.common.crypto_client import CryptoClient, IndexInput, Normalization, SubjectErased
+from palisade.common.crypto_client import (
+    CryptoClient,
+    CryptoFailure,
+    IndexInput,
+    Normalization,
+    SubjectErased,
+)
 from palisade.common.errors import PalisadeError, Unavailable
 from palisade.common.tasks import running_in_background
+from palisade.visitors.erasure import Erasures
 from palisade.visitors.metrics import VisitorsMetrics
 from palisade.visitors.model import StoredVisitor
 from palisade.visitors.normalize import email_lookup
 from palisade.visitors.pii import FIELDS, Field, IndexedField, field_aad, index_context
-from palisade.visitors.service import visitor_event
 from palisade.visitors.store import VisitorStore
 
 log = logging.getLogger("palisade.visitors.maintenance")
 
 REWRAP_JOB = "rewrap"
 REINDEX_JOB = "reindex"
-SYSTEM_ACTOR = "service:visitors"
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,7 @@ class KeyMaintenance:
         self._rate = rows_per_second
         self._poll = poll_seconds
         self._sleep = sleep
+        self._erasures = Erasures(store=store, crypto=crypto, clock=clock)
 
     async def refresh_metrics(self) -> dict[int, int]:
         counts = await self._store.rows_per_data_version()
@@ -136,8 +142,11 @@ class KeyMaintenance:
             try:
                 moved += await self._rewrap_batch([row])
             except SubjectErased:
-                event = visitor_event("visitor.erased", row, SYSTEM_ACTOR, self._clock)
-                erased += await self._store.finish_erasure(row.id, self._clock.now(), event)
+                try:
+                    erased += await self._erasures.finish_interrupted(row)
+                except CryptoFailure:
+                    failed += 1  # an erased subject's envelope in a live row: logged there
+                    self._metrics.rewrap_failures.inc()
             except Unavailable:
                 raise
             except PalisadeError as exc:
@@ -174,20 +183,20 @@ class KeyMaintenance:
         the versions still in use to crypto."""
         target = (await self._crypto.key_versions()).primary_index
         pacer = Pacer(self._rate, sleep=self._sleep)
-        moved = failed = 0
+        moved = erased = failed = 0
         after = await self._store.cursor(REINDEX_JOB, target)
         while rows := await self._store.below_index_version(target, after=after, limit=self._batch):
-            m, f = await self._reindex_rows(rows)
-            moved, failed = moved + m, failed + f
+            m, e, f = await self._reindex_rows(rows)
+            moved, erased, failed = moved + m, erased + e, failed + f
             after = rows[-1].id
             await self._store.save_cursor(REINDEX_JOB, target, after, self._clock.now())
             self._metrics.rows_reindexed.inc(m)
             await pacer.done(len(rows))
         await self._store.save_cursor(REINDEX_JOB, target, "", self._clock.now())
         await self._crypto.report_index_versions(await self._store.index_versions_in_use())
-        return PassResult(moved, 0, failed, target)
+        return PassResult(moved, erased, failed, target)
 
-    async def _reindex_rows(self, rows: list[StoredVisitor]) -> tuple[int, int]:
+    async def _reindex_rows(self, rows: list[StoredVisitor]) -> tuple[int, int, int]:
         items: list[tuple[bytes, bytes]] = []
         places: list[tuple[int, IndexedField]] = []
         for n, row in enumerate(rows):
@@ -205,7 +214,7 @@ class KeyMaintenance:
         skipped: set[int] = set()
         for (n, f), plain in zip(places, plaintexts, strict=True):
             if plain is None:
-                skipped.add(n)  # shredded: its erasure clears the tokens
+                skipped.add(n)  # an interrupted erasure (or a planted envelope): below
                 continue
             text = plain.decode()
             ws = rows[n].workspace_id
@@ -222,11 +231,18 @@ class KeyMaintenance:
         for (n, field), (version, token) in zip(where, tokens, strict=True):
             new[n][f"{field}_index"] = token
             versions[n] = version
-        moved = 0
+        moved = erased = failed = 0
         for n, row in enumerate(rows):
             if n not in skipped and new[n]:
                 moved += await self._store.replace_tokens(row, new[n], versions[n])
-        return moved, len(skipped)
+        for n in sorted(skipped):
+            # Finishing the erasure clears the old tokens too, so retiring the index version is
+            # not held up by a visitor no one reads again.
+            try:
+                erased += await self._erasures.finish_interrupted(rows[n])
+            except CryptoFailure:
+                failed += 1
+        return moved, erased, failed
 
     # -- in the background --------------------------------------------------------------------
 

@@ -8,13 +8,12 @@ unreachable the client raises Unavailable before anything is stored.
 
 from __future__ import annotations
 
-import logging
 import secrets
 from collections.abc import Sequence
 
 from palisade.common.clock import Clock
 from palisade.common.crypto_client import CryptoClient, IndexInput, Normalization
-from palisade.common.outbox import SecurityEvent
+from palisade.visitors.erasure import Erasures, visitor_event
 from palisade.visitors.errors import LookupRequired, PiiRequired, VisitorNotFound
 from palisade.visitors.model import Scope, StoredVisitor, Visitor
 from palisade.visitors.normalize import clean_email, clean_name, clean_phone, email_lookup
@@ -27,8 +26,6 @@ from palisade.visitors.pii import (
     subject_of,
 )
 from palisade.visitors.store import VisitorStore
-
-log = logging.getLogger("palisade.visitors")
 
 _ID_PREFIX = "vis_"
 
@@ -46,23 +43,12 @@ def is_visitor_id(text: str) -> bool:
     )
 
 
-def visitor_event(kind: str, row: StoredVisitor, actor: str, clock: Clock) -> SecurityEvent:
-    """visitor.created / visitor.erased: ids only, never PII."""
-    return SecurityEvent(
-        type=kind,
-        occurred_at=clock.now(),
-        actor=actor,
-        subject=subject_of(row.id),
-        workspace_id=row.workspace_id,
-        details={"visitor_id": row.id, "test": row.test},
-    )
-
-
 class VisitorsService:
     def __init__(self, *, store: VisitorStore, crypto: CryptoClient, clock: Clock) -> None:
         self._store = store
         self._crypto = crypto
         self._clock = clock
+        self._erasures = Erasures(store=store, crypto=crypto, clock=clock)
 
     async def create(self, scope: Scope, *, name: str, email: str, phone: str) -> Visitor:
         values: dict[Field, str] = {}
@@ -102,7 +88,7 @@ class VisitorsService:
             data_key_version=sealed.key_version,
             index_key_version=min((v for v, _ in tokens.values()), default=None),
         )
-        event = visitor_event("visitor.created", row, scope.actor, self._clock)
+        event = visitor_event("visitor.created", row, scope.actor, self._clock)  # ids only
         await self._store.insert(row, event)
         return Visitor(
             id=row.id,
@@ -116,7 +102,7 @@ class VisitorsService:
 
     async def get(self, scope: Scope, visitor_id: str) -> Visitor:
         row = await self._row(scope, visitor_id)
-        [visitor] = await self._open([row], scope.actor)
+        [visitor] = await self._open([row])
         return visitor
 
     async def find(self, scope: Scope, *, email: str, phone: str) -> list[Visitor]:
@@ -132,7 +118,7 @@ class VisitorsService:
             value, normalization, index_context(scope.workspace_id, field), all_versions=True
         )
         rows = await self._store.find(scope.workspace_id, field, tokens, test=scope.test)
-        visitors = await self._open(rows, scope.actor)
+        visitors = await self._open(rows)
         return [v for v in visitors if not v.erased]
 
     async def erase(self, scope: Scope, visitor_id: str) -> None:
@@ -143,12 +129,7 @@ class VisitorsService:
         if row.erased_at is not None:
             return
         await self._crypto.shred_subject(subject_of(row.id))
-        await self._finish_erasure(row, scope.actor)
-
-    async def _finish_erasure(self, row: StoredVisitor, actor: str) -> None:
-        event = visitor_event("visitor.erased", row, actor, self._clock)
-        if await self._store.finish_erasure(row.id, self._clock.now(), event):
-            log.info("visitor erased", extra={"visitor_id": row.id})
+        await self._erasures.finish(row, scope.actor)
 
     async def _row(self, scope: Scope, visitor_id: str) -> StoredVisitor:
         row = None
@@ -158,9 +139,10 @@ class VisitorsService:
             raise VisitorNotFound()
         return row
 
-    async def _open(self, rows: Sequence[StoredVisitor], actor: str) -> list[Visitor]:
+    async def _open(self, rows: Sequence[StoredVisitor]) -> list[Visitor]:
         """The rows decrypted in one call. A row whose subject was shredded but not yet cleared
-        (erasure interrupted after the shred) answers as erased, and its clearing is finished."""
+        (erasure interrupted after the shred) answers as erased, and its clearing is finished
+        (see erasure.py: an erased subject's envelope in a live row fails as tampered)."""
         items: list[tuple[bytes, bytes]] = []
         places: list[tuple[int, Field]] = []
         for n, row in enumerate(rows):
@@ -181,7 +163,7 @@ class VisitorsService:
         for n, row in enumerate(rows):
             erased = row.erased_at is not None or n in shredded
             if n in shredded and row.erased_at is None:
-                await self._finish_erasure(row, actor)
+                await self._erasures.finish_interrupted(row)
             values = {} if erased else opened[n]
             out.append(
                 Visitor(
