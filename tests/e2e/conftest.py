@@ -1,5 +1,5 @@
-"""The whole suite (crypto, auth, audit, apikeys, visitors, gateway) on free ports, reached over
-real HTTP."""
+"""The whole suite (crypto, auth, audit, apikeys, visitors, webhooks, gateway) on free ports,
+reached over real HTTP."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ from palisade.gateway.config import GatewaySettings
 from palisade.gateway.server import GatewayServer, serve_gateway
 from palisade.visitors.config import VisitorsSettings
 from palisade.visitors.server import serve_visitors
+from palisade.webhooks.config import WebhooksSettings
+from palisade.webhooks.server import WebhooksServer, serve_webhooks
 
 PASSWORD = "correct horse battery staple"
 # The relying party and origin the soft authenticator speaks for (the auth service's default).
@@ -59,6 +61,9 @@ class Suite:
     audit_database_url: str = ""
     # The visitors service's database (visitors, chats, messages, its outbox).
     visitors_database_url: str = ""
+    # The webhooks service (endpoints, secrets, deliveries) and its database.
+    webhooks: WebhooksServer | None = None
+    webhooks_database_url: str = ""
     # Stops the crypto service (for outage tests); the rest of the suite keeps running.
     stop_crypto: Callable[[], Awaitable[None]] | None = None
 
@@ -189,12 +194,21 @@ def auth_overrides() -> dict[str, object]:
 
 
 @pytest.fixture
+def webhooks_overrides() -> dict[str, object]:
+    """Extra WebhooksSettings (e.g. allowed_networks for a local receiver); a test module
+    overrides this fixture. By default only public https receivers are allowed, as in
+    production, and names are never resolved by a test that gives none."""
+    return {}
+
+
+@pytest.fixture
 async def suite(
     tmp_path: Path,
     postgres_database_factory,
     redis_url: str,
     smtp,
     auth_overrides: dict[str, object],
+    webhooks_overrides: dict[str, object],
 ) -> AsyncIterator[Suite]:
     catcher, smtp_port = smtp
     clock = ManualClock(datetime.now(UTC))
@@ -278,6 +292,22 @@ async def suite(
                 clock=clock,
             )
         )
+        webhooks_database_url = postgres_database_factory()
+        webhooks = await stack.enter_async_context(
+            serve_webhooks(
+                WebhooksSettings(
+                    **common,
+                    database_url=webhooks_database_url,
+                    crypto_target=crypto.running.target,
+                    audit_target=audit.running.target,
+                    auth_target=auth.running.target,
+                    audit_poll_seconds=0.1,
+                    worker_poll_seconds=0.1,
+                    **webhooks_overrides,
+                ),
+                clock=clock,
+            )
+        )
         gateway_settings = GatewaySettings(
             data_dir=tmp_path,
             http_port=0,
@@ -286,6 +316,7 @@ async def suite(
             apikeys_target=apikeys.running.target,
             audit_target=audit.running.target,
             visitors_target=visitors.running.target,
+            webhooks_target=webhooks.running.target,
             redis_url=redis_url,
             max_body_bytes=16 * 1024,
             shutdown_grace_seconds=1,
@@ -304,6 +335,7 @@ async def suite(
         suite.crypto_target, suite.data_dir = crypto.running.target, tmp_path
         suite.audit, suite.audit_database_url = audit, audit_database_url
         suite.visitors_database_url = visitors_database_url
+        suite.webhooks, suite.webhooks_database_url = webhooks, webhooks_database_url
         suite.stop_crypto = crypto_stack.aclose
         await wait_for_feeds(gateway)
         yield suite
