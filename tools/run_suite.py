@@ -52,6 +52,11 @@ SERVICES = [
     # Visitors calls crypto and forwards its events to audit; the gateway routes /v1/visitors
     # and /v1/chats to it on 50055 (its "visitors" upstream).
     ServiceSpec("visitors", "palisade.visitors", 50055, 9105),
+    # Webhooks seals URLs and secrets through crypto, ships its events to audit and reads
+    # audit's stream, and asks auth to email owners; the gateway routes /v1/webhooks and
+    # /v1/webhook-event-types to it on 50056. PALISADE_WEBHOOKS_ALLOWED_NETWORKS stays unset
+    # here (only public https receivers); set it to ["127.0.0.0/8"] to try a local receiver.
+    ServiceSpec("webhooks", "palisade.webhooks", 50056, 9106),
     ServiceSpec("gateway", "palisade.gateway", 8080, 9100, protocol="http"),
 ]
 
