@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from palisade.visitors.errors import InvalidEmail, InvalidName, InvalidPhone
-from palisade.visitors.normalize import clean_email, clean_name, clean_phone, email_lookup
+from palisade.visitors.normalize import (
+    clean_email,
+    clean_name,
+    clean_phone,
+    email_lookup,
+    stored_email_lookup,
+)
 from palisade.visitors.service import is_visitor_id, new_visitor_id
 
 
@@ -114,3 +120,52 @@ def test_visitor_ids() -> None:
     assert new_visitor_id() != made
     for bad in ("", "vis_", "vis_" + "A" * 32, "vis_" + "0" * 31, "usr_" + "0" * 32, made + "0"):
         assert not is_visitor_id(bad)
+
+
+# Every Unicode Cf character an email, a phone or their lookup may not hold; names refuse the
+# ones that hide or reorder text and keep ZWNJ / ZWJ.
+_HIDING = [
+    "\u200b",  # zero-width space
+    "\u00ad",  # soft hyphen
+    "\ufeff",  # byte-order mark
+    "\u202e",  # right-to-left override
+    "\u202a",  # left-to-right embedding
+    "\u2066",  # left-to-right isolate
+    "\u2069",  # pop directional isolate
+    "\u200e",  # left-to-right mark
+    "\u200f",  # right-to-left mark
+    "\u061c",  # Arabic letter mark
+    "\u2060",  # word joiner
+    "\u2064",  # invisible plus
+]
+
+
+@pytest.mark.parametrize("hidden", [*_HIDING, "\u200c", "\u200d", "\U000e0041"])
+def test_emails_phones_and_their_lookups_refuse_every_format_character(hidden: str) -> None:
+    with pytest.raises(InvalidEmail):
+        clean_email(f"ada{hidden}@example.com")
+    with pytest.raises(InvalidEmail):
+        email_lookup(f"ada@exam{hidden}ple.com")
+    with pytest.raises(InvalidPhone):
+        clean_phone(f"+44 20{hidden}7946 0958")
+
+
+@pytest.mark.parametrize("hidden", _HIDING)
+def test_names_refuse_format_characters_that_hide_or_reorder_text(hidden: str) -> None:
+    with pytest.raises(InvalidName):
+        clean_name(f"Ada{hidden} Lovelace")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian: ZWNJ between letters
+        "Ada \U0001f469\u200d\U0001f4bb",  # woman technologist: an emoji ZWJ sequence
+    ],
+)
+def test_names_keep_zwnj_and_zwj(name: str) -> None:
+    assert clean_name(name) == name
+
+
+def test_a_stored_address_with_a_hidden_character_reindexes_as_the_visible_one() -> None:
+    assert stored_email_lookup("Ada\u200b@Example.com") == "ada@example.com"

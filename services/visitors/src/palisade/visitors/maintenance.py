@@ -37,7 +37,7 @@ from palisade.common.tasks import running_in_background
 from palisade.visitors.erasure import Erasures
 from palisade.visitors.metrics import VisitorsMetrics
 from palisade.visitors.model import StoredVisitor
-from palisade.visitors.normalize import email_lookup
+from palisade.visitors.normalize import stored_email_lookup
 from palisade.visitors.pii import FIELDS, Field, IndexedField, field_aad, index_context
 from palisade.visitors.store import VisitorStore
 
@@ -220,7 +220,9 @@ class KeyMaintenance:
             ws = rows[n].workspace_id
             if f == "email":
                 inputs.append(
-                    IndexInput(email_lookup(text), Normalization.EMAIL, index_context(ws, "email"))
+                    IndexInput(
+                        stored_email_lookup(text), Normalization.EMAIL, index_context(ws, "email")
+                    )
                 )
             else:
                 inputs.append(IndexInput(text, Normalization.PHONE, index_context(ws, "phone")))
