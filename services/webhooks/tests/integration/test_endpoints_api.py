@@ -10,9 +10,11 @@ from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import insert
 
 from palisade.webhooks import signing
 from palisade.webhooks.catalogue import EVENT_TYPES, UNPUBLISHED
+from palisade.webhooks.tables import endpoints
 from palisade_api.webhooks.v1 import webhooks_pb2 as pb
 
 BAD = grpc.StatusCode.INVALID_ARGUMENT
@@ -268,3 +270,40 @@ async def test_the_catalogue(harness_sqlite: Harness) -> None:
         assert wanted in types
     assert not UNPUBLISHED & set(types)
     assert all(t.description for t in reply.event_types)
+
+
+@pytest.mark.parametrize("bad_id", ["whk_\x00", "x" * 10_000, "whk_" + "G" * 32, ""])
+async def test_ids_it_never_issued_are_not_found(harness: Harness, bad_id: str) -> None:
+    ws = new_workspace()
+    hook = (await harness.create(ws)).webhook
+    not_found = grpc.StatusCode.NOT_FOUND
+    for call in [
+        harness.stub.GetWebhook(pb.GetWebhookRequest(id=bad_id), metadata=harness.person(ws)),
+        harness.stub.DeleteWebhook(pb.DeleteWebhookRequest(id=bad_id), metadata=harness.person(ws)),
+    ]:
+        await harness.refused(call, not_found, "webhook_not_found")
+    await harness.refused(
+        harness.stub.RetryDelivery(
+            pb.RetryDeliveryRequest(id=hook.id, delivery_id=bad_id), metadata=harness.person(ws)
+        ),
+        not_found,
+        "delivery_not_found",
+    )
+
+
+async def test_a_workspace_has_at_most_100_endpoints(harness_sqlite: Harness) -> None:
+    harness = harness_sqlite
+    ws = new_workspace()
+    await harness.create(ws)
+    (row,) = await harness.endpoint_rows()
+    async with harness.server.engine.begin() as conn:
+        for n in range(99):
+            copy = dict(row._mapping)
+            copy["id"] = f"whk_{n:032x}"
+            await conn.execute(insert(endpoints).values(**copy))
+    await harness.refused(
+        harness.create(ws), grpc.StatusCode.FAILED_PRECONDITION, "webhook_limit_reached"
+    )
+    assert len(await harness.endpoint_rows()) == 100
+    assert len(await harness.events()) == 1
+    await harness.create(new_workspace())  # another workspace is not affected

@@ -7,7 +7,9 @@ an endpoint of another workspace exists: those are all webhook_not_found. The UR
 
 from __future__ import annotations
 
-from palisade.common.errors import InvalidArgument, NotFound, PermissionDenied
+import grpc
+
+from palisade.common.errors import InvalidArgument, NotFound, PalisadeError, PermissionDenied
 from palisade.webhooks.catalogue import MAX_EVENT_TYPES
 
 
@@ -39,6 +41,12 @@ class InvalidPageSize(InvalidArgument):
 class InvalidPageToken(InvalidArgument):
     code = "invalid_page_token"
     default_message = "page_token is not one this list issued"
+
+
+class TooManyWebhooks(PalisadeError):
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    code = "webhook_limit_reached"
+    default_message = "a workspace has at most 100 webhook endpoints; delete one first"
 
 
 class WebhookNotFound(NotFound):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,20 @@ EVENT_PREFIX = "evt_"
 PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
 # Why an endpoint is disabled (Webhook.disabled_reason).
 GONE, FAILING, BY_USER = "gone", "failing", "disabled_by_user"
+
+
+_ENDPOINT_ID = re.compile(r"whk_[0-9a-f]{32}")
+_DELIVERY_ID = re.compile(r"dlv_[0-9a-f]{32}")
+
+
+def is_endpoint_id(text: str) -> bool:
+    """An id this service could have issued (anything else is looked up nowhere: a NUL or a
+    megabyte of text never reaches the database)."""
+    return _ENDPOINT_ID.fullmatch(text) is not None
+
+
+def is_delivery_id(text: str) -> bool:
+    return _DELIVERY_ID.fullmatch(text) is not None
 
 
 def new_endpoint_id() -> str:

@@ -24,7 +24,12 @@ from palisade.webhooks.catalogue import TEST_EVENT_TYPE
 from palisade.webhooks.egress.addresses import AddressPolicy
 from palisade.webhooks.egress.resolver import Resolver
 from palisade.webhooks.egress.urls import WebhookUrl, check_webhook_url
-from palisade.webhooks.errors import DeliveryNotFound, InvalidPageSize, WebhookNotFound
+from palisade.webhooks.errors import (
+    DeliveryNotFound,
+    InvalidPageSize,
+    TooManyWebhooks,
+    WebhookNotFound,
+)
 from palisade.webhooks.model import (
     BY_USER,
     Created,
@@ -34,12 +39,16 @@ from palisade.webhooks.model import (
     Endpoint,
     Rotated,
     delivery_body,
+    is_delivery_id,
+    is_endpoint_id,
     new_endpoint_id,
     new_event_id,
 )
 from palisade.webhooks.sealing import field_aad
 from palisade.webhooks.store import WebhookStore, new_delivery_values
 
+# Each endpoint costs a row per matching event: a bound keeps one workspace's fan-out finite.
+MAX_ENDPOINTS_PER_WORKSPACE = 100
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 
@@ -138,11 +147,16 @@ class EndpointService:
         }
         details = {"webhook_id": endpoint_id, "url_origin": origin}
         event = _event("webhook.created", now, manager.actor, ws, details)
-        await self._store.create(values, secret_ct, event)
+        created = await self._store.create(
+            values, secret_ct, event, max_per_workspace=MAX_ENDPOINTS_PER_WORKSPACE
+        )
+        if not created:
+            raise TooManyWebhooks()
         row = await self._store.endpoint_row(ws, endpoint_id)
         return Created(_endpoint(row, checked.url), secret)
 
     async def get(self, manager: Manager, endpoint_id: str) -> Endpoint:
+        _known(endpoint_id)
         row = await self._store.endpoint_row(manager.workspace_id, endpoint_id)
         if row is None:
             raise WebhookNotFound()
@@ -152,6 +166,7 @@ class EndpointService:
         return await self._endpoints(await self._store.endpoint_rows(manager.workspace_id))
 
     async def update(self, manager: Manager, endpoint_id: str, changes: Changes) -> Endpoint:
+        _known(endpoint_id)
         ws = manager.workspace_id
         values: dict[str, Any] = {}
         if changes.event_types is not None:
@@ -188,6 +203,7 @@ class EndpointService:
         return await self.get(manager, endpoint_id)
 
     async def delete(self, manager: Manager, endpoint_id: str) -> None:
+        _known(endpoint_id)
         ws = manager.workspace_id
         event = _event(
             "webhook.deleted", self._clock.now(), manager.actor, ws, {"webhook_id": endpoint_id}
@@ -198,6 +214,7 @@ class EndpointService:
     async def rotate_secret(
         self, manager: Manager, endpoint_id: str, *, overlap_seconds: int | None
     ) -> Rotated:
+        _known(endpoint_id)
         overlap = validation.overlap_seconds(overlap_seconds)
         ws = manager.workspace_id
         if await self._store.endpoint_row(ws, endpoint_id) is None:
@@ -231,6 +248,7 @@ class EndpointService:
         Nothing goes to the outbox: an event in the security log would come back through
         audit's stream to the intake and reach every endpoint of the workspace that
         subscribes to webhook.test, not this one alone."""
+        _known(endpoint_id)
         ws = manager.workspace_id
         now = self._clock.now()
         event_id = new_event_id()
@@ -254,6 +272,7 @@ class EndpointService:
     async def deliveries(
         self, manager: Manager, endpoint_id: str, *, page_size: int, page_token: str
     ) -> DeliveryPage:
+        _known(endpoint_id)
         if not 0 <= page_size <= MAX_PAGE_SIZE:
             raise InvalidPageSize()
         size = page_size or DEFAULT_PAGE_SIZE
@@ -271,9 +290,12 @@ class EndpointService:
         return DeliveryPage(page, token)
 
     async def retry_delivery(self, manager: Manager, endpoint_id: str, delivery_id: str) -> None:
+        _known(endpoint_id)
         ws = manager.workspace_id
         if await self._store.endpoint_row(ws, endpoint_id) is None:
             raise WebhookNotFound()
+        if not is_delivery_id(delivery_id):
+            raise DeliveryNotFound()
         if not await self._store.retry(ws, endpoint_id, delivery_id, self._clock.now()):
             raise DeliveryNotFound()
 
@@ -315,6 +337,11 @@ class EndpointService:
         details = {"webhook_id": endpoint_id, "reason": reason}
         event = _event("webhook.disabled", now, "system", ws, details)
         return await self._store.disable(endpoint_id, reason, now, event)
+
+
+def _known(endpoint_id: str) -> None:
+    if not is_endpoint_id(endpoint_id):
+        raise WebhookNotFound()
 
 
 def _types_json(types: Sequence[str]) -> str:

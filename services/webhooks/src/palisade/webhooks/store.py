@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -104,9 +104,23 @@ class WebhookStore:
         return self._engine
 
     async def create(
-        self, values: Mapping[str, Any], secret_ct: bytes, event: SecurityEvent
-    ) -> None:
+        self,
+        values: Mapping[str, Any],
+        secret_ct: bytes,
+        event: SecurityEvent,
+        *,
+        max_per_workspace: int,
+    ) -> bool:
+        """The endpoint, its secret and its event; False (nothing written) when the workspace
+        has max_per_workspace endpoints already."""
         async with self._engine.begin() as conn:
+            count = await conn.execute(
+                select(func.count())
+                .select_from(endpoints)
+                .where(endpoints.c.workspace_id == values["workspace_id"])
+            )
+            if count.scalar_one() >= max_per_workspace:
+                return False
             await conn.execute(insert(endpoints).values(**values))
             await conn.execute(
                 insert(endpoint_secrets).values(
@@ -117,6 +131,7 @@ class WebhookStore:
                 )
             )
             await emit(conn, outbox_events, event)
+            return True
 
     async def endpoint_row(self, workspace_id: str, endpoint_id: str) -> Any | None:
         async with self._engine.connect() as conn:
