@@ -15,7 +15,7 @@ from palisade.visitors.chats.errors import (
 )
 from palisade.visitors.chats.service import page_size
 from palisade.visitors.chats.text import clean_body, fts5_query, query_words, tsquery_text
-from palisade.visitors.errors import NotAWorkspaceCaller
+from palisade.visitors.errors import KeyClaimsMissing, NotAWorkspaceCaller
 
 WS = "ws_" + "a" * 32
 
@@ -134,4 +134,11 @@ def test_callers_without_a_workspace_or_scope_are_refused() -> None:
         with pytest.raises(NotAWorkspaceCaller):
             chat_scope(caller, needs=READ)
     with pytest.raises(PermissionDenied):
-        chat_scope(_caller("apikey:key_1", key_mode="live", scopes=(WRITE,)), needs=READ)
+        chat_scope(
+            _caller("apikey:key_1", key_mode="live", key_type="secret", scopes=(WRITE,)),
+            needs=READ,
+        )
+    # An API key's assertion without its type or mode is refused, not read as secret / live.
+    for claims in ({"key_mode": "live"}, {"key_type": "publishable"}, {"key_type": "other"}):
+        with pytest.raises(KeyClaimsMissing):
+            chat_scope(_caller("apikey:key_1", scopes=(READ, WRITE), **claims), needs=WRITE)

@@ -52,6 +52,13 @@ class NotAWorkspaceCaller(PermissionDenied):
     default_message = "this method needs a person or an API key of a workspace"
 
 
+class KeyClaimsMissing(PermissionDenied):
+    # An API key's assertion without its type or mode: defaulting either would fail open (a
+    # publishable key taken for a secret one, a test key for a live one).
+    code = "key_claims_missing"
+    default_message = "this API key's caller assertion lacks its key type or mode"
+
+
 class SecretKeyRequired(PermissionDenied):
     code = "secret_key_required"
     default_message = "publishable keys may not do this"
