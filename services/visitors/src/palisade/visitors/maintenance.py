@@ -128,35 +128,44 @@ class KeyMaintenance:
         return PassResult(moved, erased, failed, target)
 
     async def _rewrap_rows(self, rows: list[StoredVisitor]) -> tuple[int, int, int]:
+        """(moved, erased, failed). A batch crypto refuses is retried row by row to find the
+        rows at fault; a row alone in its batch (the last of a walk, or every one with a batch of
+        1) is settled at once the same way, so one unreadable row never aborts the walk."""
         try:
             return await self._rewrap_batch(rows), 0, 0
-        except SubjectErased:
-            pass  # one of them is an interrupted erasure: row by row, to find it
         except Unavailable:
             raise
-        except PalisadeError:
+        except PalisadeError as exc:
             if len(rows) == 1:
-                raise
+                erased, failed = await self._settle(rows[0], exc)
+                return 0, erased, failed
         moved = erased = failed = 0
         for row in rows:
             try:
                 moved += await self._rewrap_batch([row])
-            except SubjectErased:
-                try:
-                    erased += await self._erasures.finish_interrupted(row)
-                except CryptoFailure:
-                    failed += 1  # an erased subject's envelope in a live row: logged there
-                    self._metrics.rewrap_failures.inc()
             except Unavailable:
                 raise
             except PalisadeError as exc:
-                failed += 1
-                self._metrics.rewrap_failures.inc()
-                log.error(
-                    "a visitor's envelopes could not be rewrapped; left in place",
-                    extra={"visitor_id": row.id, "reason": exc.code},
-                )
+                e, f = await self._settle(row, exc)
+                erased, failed = erased + e, failed + f
         return moved, erased, failed
+
+    async def _settle(self, row: StoredVisitor, refused: PalisadeError) -> tuple[int, int]:
+        """(erased, failed) for a row crypto would not rewrap: an interrupted erasure is
+        finished; anything else (a tampered envelope) is counted, logged by id and left."""
+        if isinstance(refused, SubjectErased):
+            try:
+                return await self._erasures.finish_interrupted(row), 0
+            except CryptoFailure:
+                # An erased subject's envelope in a live row: logged there.
+                self._metrics.rewrap_failures.inc()
+                return 0, 1
+        self._metrics.rewrap_failures.inc()
+        log.error(
+            "a visitor's envelopes could not be rewrapped; left in place",
+            extra={"visitor_id": row.id, "reason": refused.code},
+        )
+        return 0, 1
 
     async def _rewrap_batch(self, rows: list[StoredVisitor]) -> int:
         items: list[tuple[bytes, bytes]] = []
