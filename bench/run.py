@@ -24,6 +24,7 @@ from bench import (
     p7_audit_ingest,
     p10_peer,
     p11_visitors,
+    p12_webhooks,
 )
 from bench.common import print_table
 
@@ -38,6 +39,7 @@ BENCHMARKS = [
     cpu_budget,
     p10_peer,
     p11_visitors,
+    p12_webhooks,
 ]
 
 

@@ -117,6 +117,9 @@ async def test_failing_twice_then_succeeding_keeps_the_webhook_id(local, hooks, 
     assert failing == local.clock.now()
     assert await runtime.worker.drain() == 0  # not due yet: nothing sent
     local.clock.advance(6)
+    await runtime.refresh_gauges()
+    assert sample(runtime.registry, "palisade_webhooks_queue_depth") == 1
+    assert sample(runtime.registry, "palisade_webhooks_oldest_pending_seconds") == 6
     assert await runtime.worker.drain() == 1
     row = await delivery_of(local, created.webhook.id, event.event.id)
     assert (row.state, row.last_status) == ("pending", 503)
@@ -138,6 +141,9 @@ async def test_failing_twice_then_succeeding_keeps_the_webhook_id(local, hooks, 
     row = await delivery_of(local, created.webhook.id, event.event.id)
     assert (row.state, row.attempts, row.next_attempt_at) == ("succeeded", 3, None)
     assert [a.status for a in await attempts_of(local, row.id)] == [500, 503, 200]
+    await runtime.refresh_gauges()
+    assert sample(runtime.registry, "palisade_webhooks_queue_depth") == 0
+    assert sample(runtime.registry, "palisade_webhooks_oldest_pending_seconds") == 0
     # A success ends the endpoint's failure streak.
     assert (await endpoint_row(local, created.webhook.id)).failing_since is None
     assert sample(runtime.registry, "palisade_webhooks_deliveries_total", outcome="retrying") == 2

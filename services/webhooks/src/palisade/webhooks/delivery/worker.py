@@ -23,6 +23,8 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
+import uuid
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -40,6 +42,14 @@ log = logging.getLogger("palisade.webhooks.delivery")
 
 # Wait after the endpoint's URL and secrets could not be opened (crypto away) before trying.
 TARGET_RETRY_SECONDS = 5.0
+# An endpoint's opened URL and secrets are reused this long by the attempts to it (one crypto
+# call and two reads per endpoint per second instead of per attempt; concurrent attempts share
+# one lookup). A change (rotation, new URL) reaches deliveries that much later at most: a
+# secret rotated out with no overlap may still sign beside the new one for that second, which
+# gives a receiver nothing (it verifies with the secret it holds), and the claim re-reads
+# `enabled`, so a disabled endpoint gets nothing new.
+TARGET_CACHE_SECONDS = 1.0
+_TARGET_CACHE_MAX = 10_000
 
 
 class EndpointTargets(Protocol):
@@ -62,7 +72,8 @@ class DisabledNotifier(Protocol):
 
 
 def default_worker_id() -> str:
-    return f"{socket.gethostname()[:20]}-{id(object()) & 0xFFFFFF:06x}"
+    """Host and a random tag: which process holds a lease (claimed_by), for operators."""
+    return f"{socket.gethostname()[:20]}-{uuid.uuid4().hex[:8]}"
 
 
 def result_label(result: AttemptResult) -> str:
@@ -88,6 +99,7 @@ class DeliveryWorker:
         poll_seconds: float = 0.5,
         disable_after_seconds: float = 5 * 86_400.0,
         notifier: DisabledNotifier | None = None,
+        target_cache_seconds: float = TARGET_CACHE_SECONDS,
     ) -> None:
         if lease_seconds <= client.timeout_seconds:
             # A lease shorter than an attempt would let a second worker start the same
@@ -109,6 +121,8 @@ class DeliveryWorker:
         self._wakeup = Wakeup()
         self._busy: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._target_ttl = target_cache_seconds
+        self._target_cache: dict[str, tuple[float, asyncio.Future[DeliveryTarget | None]]] = {}
 
     def notify(self) -> None:
         """Claims now instead of at the next poll (any thread): new deliveries are due."""
@@ -135,6 +149,9 @@ class DeliveryWorker:
             for task in tasks:
                 with contextlib.suppress(BaseException):
                     await task
+            for _, lookup in self._target_cache.values():
+                lookup.cancel()
+            self._target_cache.clear()
 
     async def drain(self) -> int:
         """One pass for tests and tools: claims what is due (repeatedly, while slots allow)
@@ -187,9 +204,28 @@ class DeliveryWorker:
             if self._busy[claim.endpoint_id] <= 0:
                 del self._busy[claim.endpoint_id]
 
+    async def _target(self, endpoint_id: str) -> DeliveryTarget | None:
+        now = time.monotonic()
+        cached = self._target_cache.get(endpoint_id)
+        if cached is None or cached[0] <= now:
+            if len(self._target_cache) >= _TARGET_CACHE_MAX:
+                self._target_cache = {
+                    k: v for k, v in self._target_cache.items() if v[0] > now and v[1].done()
+                }
+            lookup = asyncio.ensure_future(self._targets.delivery_target(endpoint_id))
+            cached = (now + self._target_ttl, lookup)
+            self._target_cache[endpoint_id] = cached
+        try:
+            # Shielded: one waiter cancelled (its worker stopping) must not fail the others.
+            return await asyncio.shield(cached[1])
+        except Exception:
+            if self._target_cache.get(endpoint_id) is cached:
+                del self._target_cache[endpoint_id]  # the next attempt asks again
+            raise
+
     async def _attempt_once(self, claim: ClaimedDelivery) -> None:
         try:
-            target = await self._targets.delivery_target(claim.endpoint_id)
+            target = await self._target(claim.endpoint_id)
         except Exception as exc:
             # Crypto (or the database) away: no attempt was made, so none is counted; the
             # delivery waits a little instead of spinning against the outage.
@@ -241,6 +277,7 @@ class DeliveryWorker:
         return settled(PENDING, now + timedelta(seconds=wait)), "retrying"
 
     async def _disable(self, endpoint_id: str, reason: str) -> None:
+        self._target_cache.pop(endpoint_id, None)
         if not await self._targets.disable(endpoint_id, reason):
             return  # another attempt (or a person) got there first
         self._metrics.disabled.labels(reason).inc()

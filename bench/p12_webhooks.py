@@ -1,0 +1,379 @@
+"""P12: webhook delivery to a local receiver.
+
+Target (shared/PERFORMANCE.md): >= 500 deliveries/s with one worker process; from an event's
+commit to its arrival p99 < 1 s when nothing is retrying.
+
+Real processes, as in production: crypto, auth (its workspace directory answers audit), audit
+and webhooks (one process: its API, its outbox forwarder, the intake and the
+delivery worker, default settings but the allowlist ["127.0.0.0/8"] so it may deliver to the
+receiver over plain http), each with its own Postgres database. The receiver is an aiohttp
+server in this process on 127.0.0.1, answering 200 at once; it verifies nothing (the tests do).
+WORKSPACES workspaces each have one endpoint subscribed to session.login_succeeded and
+webhook.updated.
+
+Measured:
+- worker throughput: DELIVERIES deliveries inserted straight into the webhooks queue in one
+  transaction, time from their commit to the last arrival (the worker alone: claim, open the
+  URL and secrets through crypto, sign, POST, settle);
+- pipeline throughput: EVENTS events ingested into audit (as service:auth, batches of 500),
+  time from the first Ingest to the last arrival (audit's stream, the intake's fan-out, the
+  worker);
+- commit-to-arrival: LATENCY_EVENTS events (webhook.updated) committed one by one, paced, with
+  nothing retrying, in the webhooks service's own outbox table exactly as its API commits its
+  events, timed from that commit to the receiver: the outbox forwarder (it polls every
+  PALISADE_WEBHOOKS_AUDIT_POLL_SECONDS, 1 s by default, like every service's), audit's Ingest
+  and stream, the intake, the worker. Measured with the default poll, then with the webhooks
+  process restarted with a 50 ms one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import insert
+
+from bench.common import fresh_postgres_database, print_table, running_service
+from bench.p7_audit_ingest import _workspaces
+from palisade.common.caller import AssertionSigner
+from palisade.common.clock import SystemClock
+from palisade.common.db import create_engine
+from palisade.common.edge_keys import KeySource, read_document
+from palisade.common.grpc_client import ServiceIdentity, insecure_channel
+from palisade.common.outbox import SecurityEvent, emit
+from palisade_api.audit.v1 import audit_pb2, audit_pb2_grpc
+from palisade_api.webhooks.v1 import webhooks_pb2, webhooks_pb2_grpc
+
+WORKSPACES = 16
+DELIVERIES = 6000
+EVENTS = 6000
+LATENCY_EVENTS = 200
+LATENCY_GAP_SECONDS = 0.05
+TARGET_RATE = 500
+TARGET_P99 = 1.0
+EVENT_TYPE = "session.login_succeeded"
+LATENCY_TYPE = "webhook.updated"  # emitted by webhooks itself, into its own outbox
+CREATE = "/palisade.webhooks.v1.WebhooksService/CreateWebhook"
+INGEST = "/palisade.audit.v1.AuditService/Ingest"
+
+
+class Receiver:
+    """Records the arrival time of each event id (data.id of the body)."""
+
+    def __init__(self) -> None:
+        self.arrivals: dict[str, float] = {}
+        self.count = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        now = time.time()
+        event_id = request.headers.get("webhook-id", "")
+        self.arrivals.setdefault(event_id, now)
+        self.count += 1
+        for waiter in [w for w in self._waiters if self.count >= w[0]]:
+            self._waiters.remove(waiter)
+            if not waiter[1].done():
+                waiter[1].set_result(None)
+        del body
+        return web.Response(status=200)
+
+    async def until(self, count: int, within: float = 300.0) -> None:
+        if self.count >= count:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((count, future))
+        await asyncio.wait_for(future, timeout=within)
+
+    async def until_ids(self, ids: set[str], within: float) -> None:
+        """Until every one of ids has arrived, or `within` seconds (then some are missing)."""
+        deadline = time.time() + within
+        while time.time() < deadline and not ids <= self.arrivals.keys():
+            try:
+                await self.until(self.count + 1, within=max(0.01, deadline - time.time()))
+            except TimeoutError:
+                return
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        self.port = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def _signer(data_dir: Path, issuer: str) -> AssertionSigner:
+    keys = KeySource.from_master(read_document(data_dir / "keys" / "edges.json"), issuer)
+    return AssertionSigner(keys=keys, clock=SystemClock(), ttl_seconds=60)
+
+
+async def _endpoints(
+    webhooks_port: int, data_dir: Path, workspaces: list[tuple[str, str]], url: str
+) -> list[str]:
+    signer = _signer(data_dir, "gateway")
+    created = []
+    async with insecure_channel(f"127.0.0.1:{webhooks_port}") as channel:
+        stub = webhooks_pb2_grpc.WebhooksServiceStub(channel)
+        for workspace, user in workspaces:
+            token = signer.sign(
+                audience="webhooks",
+                method=CREATE,
+                principal=f"user:{user}",
+                request_id=uuid.uuid4().hex,
+                workspace_id=workspace,
+                session_id="ses_bench",
+                role="owner",
+                authenticated_at=int(time.time()),
+            )
+            answer = await stub.CreateWebhook(
+                webhooks_pb2.CreateWebhookRequest(url=url, event_types=[EVENT_TYPE, LATENCY_TYPE]),
+                metadata=(("x-palisade-caller", token),),
+            )
+            created.append(answer.webhook.id)
+    return created
+
+
+def _body(event_id: str) -> str:
+    return json.dumps(
+        {
+            "type": EVENT_TYPE,
+            "timestamp": datetime.now(UTC).isoformat(),
+            "data": {"id": event_id, "type": EVENT_TYPE},
+        },
+        separators=(",", ":"),
+    )
+
+
+async def _worker_rate(
+    receiver: Receiver, webhooks_db: str, endpoints: list[str], workspaces: list[Any]
+) -> float:
+    from palisade.webhooks.tables import deliveries
+
+    engine = create_engine(webhooks_db)
+    now = datetime.now(UTC)
+    rows = []
+    for i in range(DELIVERIES):
+        event_id = uuid.uuid4().hex
+        rows.append(
+            {
+                "id": f"dlv_{uuid.uuid4().hex}",
+                "endpoint_id": endpoints[i % len(endpoints)],
+                "workspace_id": workspaces[i % len(endpoints)][0],
+                "event_id": event_id,
+                "event_type": EVENT_TYPE,
+                "payload": _body(event_id),
+                "state": "pending",
+                "attempts": 0,
+                "schedule_base": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+            }
+        )
+    start_count = receiver.count
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(insert(deliveries), rows)
+        committed = time.time()
+        await receiver.until(start_count + DELIVERIES)
+    finally:
+        await engine.dispose()
+    last = max(receiver.arrivals[r["event_id"]] for r in rows)
+    return DELIVERIES / (last - committed)
+
+
+async def _pipeline_rate(
+    receiver: Receiver, audit_port: int, data_dir: Path, workspaces: list[Any]
+) -> float:
+    identity = ServiceIdentity(name="auth", signer=_signer(data_dir, "auth"))
+    moment = Timestamp()
+    moment.FromDatetime(datetime.now(UTC))
+    batches = []
+    for b in range(EVENTS // 500):
+        events = [
+            audit_pb2.IngestEvent(
+                event_id=uuid.uuid4().hex,
+                type=EVENT_TYPE,
+                occurred_at=moment,
+                workspace_id=workspaces[(b * 500 + i) % len(workspaces)][0],
+                actor=f"user:{workspaces[(b * 500 + i) % len(workspaces)][1]}",
+                outcome="success",
+            )
+            for i in range(500)
+        ]
+        batches.append(audit_pb2.IngestRequest(events=events))
+    start_count = receiver.count
+    async with insecure_channel(f"127.0.0.1:{audit_port}") as channel:
+        stub = audit_pb2_grpc.AuditServiceStub(channel)
+        started = time.time()
+        for batch in batches:
+            await stub.Ingest(batch, metadata=identity.metadata("audit", INGEST), timeout=60)
+        await receiver.until(start_count + len(batches) * 500)
+    ids = [e.event_id for b in batches for e in b.events]
+    return len(ids) / (max(receiver.arrivals[i] for i in ids) - started)
+
+
+async def _latencies(receiver: Receiver, webhooks_db: str, workspaces: list[Any]) -> list[float]:
+    """Events committed one by one in the webhooks service's own outbox (as its API commits
+    webhook.updated), each timed from its commit to its arrival at the receiver."""
+    from palisade.webhooks.tables import outbox_events
+
+    engine = create_engine(webhooks_db)
+    committed: dict[str, float] = {}
+    try:
+        for n in range(LATENCY_EVENTS):
+            workspace, user = workspaces[n % len(workspaces)]
+            event = SecurityEvent(
+                type=LATENCY_TYPE,
+                occurred_at=datetime.now(UTC),
+                actor=f"user:{user}",
+                workspace_id=workspace,
+                details={"webhook_id": "whk_" + "0" * 32},
+            )
+            async with engine.begin() as conn:
+                await emit(conn, outbox_events, event)
+            committed[event.event_id] = time.time()
+            await asyncio.sleep(LATENCY_GAP_SECONDS)
+        await receiver.until_ids(set(committed), within=30)
+    finally:
+        await engine.dispose()
+    return [receiver.arrivals[i] - t for i, t in committed.items() if i in receiver.arrivals]
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        data_dir = Path(tmp)
+        dbs = {
+            name: stack.enter_context(fresh_postgres_database())
+            for name in ("crypto", "auth", "audit", "webhooks")
+        }
+        crypto = stack.enter_context(
+            running_service(
+                "palisade.crypto",
+                "PALISADE_CRYPTO_",
+                data_dir,
+                {"PALISADE_CRYPTO_DATABASE_URL": dbs["crypto"]},
+            )
+        )
+        auth = stack.enter_context(
+            running_service(
+                "palisade.auth",
+                "PALISADE_AUTH_",
+                data_dir,
+                {
+                    "PALISADE_AUTH_DATABASE_URL": dbs["auth"],
+                    "PALISADE_AUTH_CRYPTO_TARGET": f"127.0.0.1:{crypto.port}",
+                    # Auth only answers audit's workspace questions here.
+                    "PALISADE_AUTH_AUDIT_TARGET": "127.0.0.1:9",
+                    "PALISADE_AUTH_LOG_LEVEL": "ERROR",
+                },
+            )
+        )
+        audit = stack.enter_context(
+            running_service(
+                "palisade.audit",
+                "PALISADE_AUDIT_",
+                data_dir,
+                {
+                    "PALISADE_AUDIT_DATABASE_URL": dbs["audit"],
+                    "PALISADE_AUDIT_CRYPTO_TARGET": f"127.0.0.1:{crypto.port}",
+                    "PALISADE_AUDIT_AUTH_TARGET": f"127.0.0.1:{auth.port}",
+                },
+            )
+        )
+
+        def webhooks_service(poll: str) -> Any:
+            return running_service(
+                "palisade.webhooks",
+                "PALISADE_WEBHOOKS_",
+                data_dir,
+                {
+                    "PALISADE_WEBHOOKS_DATABASE_URL": dbs["webhooks"],
+                    "PALISADE_WEBHOOKS_CRYPTO_TARGET": f"127.0.0.1:{crypto.port}",
+                    "PALISADE_WEBHOOKS_AUDIT_TARGET": f"127.0.0.1:{audit.port}",
+                    "PALISADE_WEBHOOKS_AUTH_TARGET": f"127.0.0.1:{auth.port}",
+                    "PALISADE_WEBHOOKS_ALLOWED_NETWORKS": '["127.0.0.0/8"]',
+                    "PALISADE_WEBHOOKS_AUDIT_POLL_SECONDS": poll,
+                    "PALISADE_WEBHOOKS_LOG_LEVEL": "ERROR",
+                },
+            )
+
+        workspaces = _workspaces(auth.port, data_dir)[:WORKSPACES]
+
+        async def run() -> tuple[float, float, dict[str, list[float]]]:
+            receiver = Receiver()
+            await receiver.start()
+            latencies: dict[str, list[float]] = {}
+            try:
+                with webhooks_service("1.0") as webhooks:
+                    endpoints = await _endpoints(
+                        webhooks.port,
+                        data_dir,
+                        workspaces,
+                        f"http://127.0.0.1:{receiver.port}/hook",
+                    )
+                    worker = await _worker_rate(receiver, dbs["webhooks"], endpoints, workspaces)
+                    pipeline = await _pipeline_rate(receiver, audit.port, data_dir, workspaces)
+                    latencies["1.0"] = await _latencies(receiver, dbs["webhooks"], workspaces)
+                # Restarted with a fast forwarder: what the outbox's poll costs the latency.
+                with webhooks_service("0.05"):
+                    latencies["0.05"] = await _latencies(receiver, dbs["webhooks"], workspaces)
+                return worker, pipeline, latencies
+            finally:
+                await receiver.stop()
+
+        worker_rate, pipeline_rate, latencies = asyncio.run(run())
+    rows = [
+        (
+            "deliveries/s, worker alone (queue -> receiver)",
+            f"{worker_rate:,.0f}   target >= {TARGET_RATE}",
+        ),
+        (
+            "deliveries/s, audit Ingest -> stream -> intake -> worker -> receiver",
+            f"{pipeline_rate:,.0f}",
+        ),
+    ]
+    figures = {"p12_deliveries_per_s": worker_rate, "p12_pipeline_per_s": pipeline_rate}
+    for poll, values in latencies.items():
+        lost = LATENCY_EVENTS - len(values)
+        p50, p99 = statistics.median(values), _quantile(values, 0.99)
+        rows.append(
+            (
+                f"outbox commit -> arrival, forwarder poll {poll} s: p50 / p99",
+                f"{p50 * 1000:,.0f} ms / {p99 * 1000:,.0f} ms   target p99 < "
+                f"{TARGET_P99 * 1000:.0f} ms" + (f"   ({lost} not arrived)" if lost else ""),
+            )
+        )
+        figures[f"p12_latency_p99_ms_poll_{poll}"] = p99 * 1000
+    print_table(
+        f"P12  webhook delivery to a local receiver ({WORKSPACES} endpoints, one webhooks "
+        "process, Postgres)",
+        rows,
+    )
+    return figures
+
+
+if __name__ == "__main__":
+    main()
