@@ -5,6 +5,7 @@ crypto being away."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import secrets
@@ -362,3 +363,27 @@ async def test_with_crypto_away_nothing_is_written(harness_sqlite: Harness) -> N
     assert len(await harness.endpoint_rows()) == 1
     assert len(await harness.secret_rows()) == 1
     assert [e.event_type for e in await harness.events()] == ["webhook.created"]
+
+
+async def test_parallel_rotations_leave_one_current_secret(harness: Harness) -> None:
+    ws = new_workspace()
+    created = await harness.create(ws)
+    hook_id = created.webhook.id
+    answers = await asyncio.gather(
+        *(
+            harness.stub.RotateWebhookSecret(
+                pb.RotateWebhookSecretRequest(id=hook_id, overlap_seconds=600),
+                metadata=harness.person(ws),
+            )
+            for _ in range(10)
+        )
+    )
+    rows = await harness.secret_rows()
+    assert len(rows) == 11
+    assert sum(1 for r in rows if r.expires_at is None) == 1
+    live = await harness.server.service.live_secrets(hook_id)
+    assert len(live) == 11
+    assert set(live) == {created.secret, *(a.secret for a in answers)}
+    harness.clock.advance(601)
+    (current,) = await harness.server.service.live_secrets(hook_id)
+    assert current in {a.secret for a in answers}
