@@ -14,10 +14,14 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
+
+from palisade.webhooks.tables import outbox_events
 
 from .conftest import Suite
 from .visitors_support import api_key, owner
+from .waiting import until
 
 PUBLIC_LITERAL = "https://93.184.216.34/hook?token=t0ken"  # registered, never dialled
 
@@ -86,6 +90,26 @@ async def test_manage_endpoints(suite: Suite) -> None:
     assert status == 204
     status, answer, _ = await suite.json_call("GET", f"/v1/webhooks/{hook['id']}", token=token)
     assert (status, answer["code"]) == (404, "webhook_not_found")
+
+    # Its events reached the security log: forwarded, none set aside by audit's validation.
+    assert suite.webhooks is not None
+    engine = suite.webhooks.engine
+
+    async def forwarded() -> list[Any]:
+        async with engine.connect() as conn:
+            return list((await conn.execute(select(outbox_events))).all())
+
+    async def all_forwarded() -> bool:
+        return all(r.forwarded_at or r.rejected_at for r in await forwarded())
+
+    await until(all_forwarded, within=20)
+    rows = await forwarded()
+    assert [(r.event_type, r.rejected_code) for r in rows] == [
+        ("webhook.created", None),
+        ("webhook.updated", None),
+        ("webhook.secret_rotated", None),
+        ("webhook.deleted", None),
+    ]
 
 
 async def test_bad_input_is_a_stable_400_and_no_row(suite: Suite) -> None:
