@@ -262,7 +262,11 @@ async def test_an_erased_visitor_keeps_the_history_and_gets_no_new_chat(
     listed = await chats.ListMessages(
         pb.ListMessagesRequest(chat_id=chat.id), metadata=harness.person(ws)
     )
-    assert [m.body for m in listed.messages] == ["please forget me", "Done: erased on request."]
+    # The history stays; what the visitor wrote is redacted (product decision), the agent's not.
+    assert [(m.body, m.sender, m.erased) for m in listed.messages] == [
+        ("", "visitor", True),
+        ("Done: erased on request.", "agent", False),
+    ]
 
 
 HOSTILE = [

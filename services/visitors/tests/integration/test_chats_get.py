@@ -86,7 +86,8 @@ async def test_a_chat_shows_its_visitor_erased_and_keeps_its_history(
         messages = await chats.ListMessages(
             pb.ListMessagesRequest(chat_id=chat.id), metadata=metadata
         )
-        assert [m.body for m in messages.messages] == ["please forget me"]
+        # Kept in the history (id, time), its body redacted by the erasure.
+        assert [(m.body, m.erased) for m in messages.messages] == [("", True)]
     # The visitor's own side still cannot add to it.
     await harness.refused(
         chats.PostMessage(

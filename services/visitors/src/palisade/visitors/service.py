@@ -124,9 +124,11 @@ class VisitorsService:
     async def erase(self, scope: Scope, visitor_id: str) -> None:
         """Shreds the subject key first, then clears the row: a crash in between leaves PII no
         one can open (the key is gone) and a retry (or the next read) finishes the clearing.
-        Idempotent: an erased visitor answers as a success, with no second event."""
+        Idempotent: an erased visitor answers as a success, with no second event (and any of
+        their messages not yet redacted, from before erasure redacted them, are redacted)."""
         row = await self._row(scope, visitor_id)
         if row.erased_at is not None:
+            await self._store.redact_erased_messages(row.id)
             return
         await self._crypto.shred_subject(subject_of(row.id))
         await self._erasures.finish(row, scope.actor)

@@ -15,6 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from palisade.common.outbox import SecurityEvent, emit
+from palisade.visitors.chats.model import VISITOR
+from palisade.visitors.chats.tables import chats, messages
 from palisade.visitors.model import StoredVisitor
 from palisade.visitors.pii import IndexedField
 from palisade.visitors.tables import maintenance_cursors, outbox_events, visitors
@@ -31,6 +33,23 @@ _CLEARED: dict[str, Any] = {
     "data_key_version": None,
     "index_key_version": None,
 }
+
+
+async def _redact_messages(conn: AsyncConnection, visitor_id: str) -> int:
+    """Empties the bodies of the messages the visitor wrote (sender "visitor") in their chats:
+    what they typed may hold their PII. The search index follows in the same statement (the
+    Postgres tsvector is generated from body; SQLite's FTS5 table by its UPDATE trigger). Agent
+    messages stay as written. Idempotent: already emptied bodies are not touched again."""
+    result = await conn.execute(
+        update(messages)
+        .where(
+            messages.c.chat_id.in_(select(chats.c.id).where(chats.c.visitor_id == visitor_id)),
+            messages.c.sender == VISITOR,
+            messages.c.body != "",
+        )
+        .values(body="")
+    )
+    return int(result.rowcount)
 
 
 def _stored(row: Any) -> StoredVisitor:
@@ -108,8 +127,10 @@ class VisitorStore:
             return [_stored(r) for r in rows]
 
     async def finish_erasure(self, visitor_id: str, now: datetime, event: SecurityEvent) -> bool:
-        """Clears the row's PII and tokens and records the event, once: False if the row was
-        already erased (or is gone). Called after the subject key is shredded."""
+        """Clears the row's PII and tokens, redacts the messages the visitor wrote and records
+        the event, all in one transaction, once: False if the row was already erased (or is
+        gone). Called after the subject key is shredded. The row's UPDATE comes first: it
+        waits for a post holding the visitor's share lock, so that message is redacted too."""
         async with self._engine.begin() as conn:
             result = await conn.execute(
                 update(visitors)
@@ -118,8 +139,22 @@ class VisitorStore:
             )
             if result.rowcount != 1:
                 return False
+            await _redact_messages(conn, visitor_id)
             await emit(conn, outbox_events, event)
             return True
+
+    async def redact_erased_messages(self, visitor_id: str) -> int:
+        """Redacts an already erased visitor's messages (an erasure committed before erasure
+        redacted them): a repeated erase request finishes it. A no-op once done."""
+        async with self._engine.begin() as conn:
+            erased = await conn.scalar(
+                select(visitors.c.id).where(
+                    visitors.c.id == visitor_id, visitors.c.erased_at.isnot(None)
+                )
+            )
+            if erased is None:
+                return 0
+            return await _redact_messages(conn, visitor_id)
 
     # -- key maintenance ----------------------------------------------------------------------
 

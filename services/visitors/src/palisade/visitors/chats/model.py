@@ -46,3 +46,6 @@ class MessageRecord:
     created_at: datetime
     position: int  # 1, 2, ... within the chat: ListMessages' cursor
     seq: int  # storage order in the database: search's tie-break and cursor
+    # Redacted by its visitor's erasure (body emptied). A stored body is never empty otherwise
+    # (clean_body refuses one), so an empty visitor message is exactly a redacted one.
+    erased: bool = False

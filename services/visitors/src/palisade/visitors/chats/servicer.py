@@ -49,6 +49,7 @@ def message_message(message: MessageRecord) -> pb.Message:
         body=message.body,
         created_at=_timestamp(message.created_at),
         sender=message.sender,
+        erased=message.erased,
     )
 
 

@@ -19,7 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from palisade.common.outbox import SecurityEvent, emit
 from palisade.visitors.chats.fts import SearchStatements, search_statements
-from palisade.visitors.chats.model import ChatCursor, ChatRecord, MessageRecord, NewMessage
+from palisade.visitors.chats.model import (
+    VISITOR,
+    ChatCursor,
+    ChatRecord,
+    MessageRecord,
+    NewMessage,
+)
 from palisade.visitors.chats.tables import chats, messages
 from palisade.visitors.model import Scope
 from palisade.visitors.tables import visitors
@@ -45,6 +51,7 @@ def message_from(row: Sequence[Any]) -> MessageRecord:
         created_at=created_at,
         position=int(position),
         seq=int(seq),
+        erased=sender == VISITOR and body == "",
     )
 
 
