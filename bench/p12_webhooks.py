@@ -44,6 +44,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import insert
 
 from bench.common import fresh_postgres_database, print_table, running_service
+from bench.cpu_budget import _postgres_cpu_seconds
+from bench.http_bench import cpu_seconds
 from bench.p7_audit_ingest import _workspaces
 from palisade.common.caller import AssertionSigner
 from palisade.common.clock import SystemClock
@@ -321,6 +323,7 @@ def main() -> dict[str, float]:
             )
 
         workspaces = _workspaces(auth.port, data_dir)[:WORKSPACES]
+        cpu: list[float] = []
 
         async def run() -> tuple[float, float, dict[str, list[float]]]:
             receiver = Receiver()
@@ -334,7 +337,15 @@ def main() -> dict[str, float]:
                         workspaces,
                         f"http://127.0.0.1:{receiver.port}/hook",
                     )
+                    pids = (webhooks.pid, crypto.pid)
+                    before = [cpu_seconds(p) or 0.0 for p in pids] + [_postgres_cpu_seconds()]
+                    before.append(time.process_time())
                     worker = await _worker_rate(receiver, dbs["webhooks"], endpoints, workspaces)
+                    after = [cpu_seconds(p) or 0.0 for p in pids] + [_postgres_cpu_seconds()]
+                    after.append(time.process_time())
+                    cpu[:] = [
+                        (a - b) / DELIVERIES * 1000 for a, b in zip(after, before, strict=True)
+                    ]
                     pipeline = await _pipeline_rate(receiver, audit.port, data_dir, workspaces)
                     latencies["1.0"] = await _latencies(receiver, dbs["webhooks"], workspaces)
                 # Restarted with a fast forwarder: what the outbox's poll costs the latency.
@@ -355,6 +366,10 @@ def main() -> dict[str, float]:
             f"{pipeline_rate:,.0f}",
         ),
     ]
+    for label, value in zip(
+        ("webhooks", "crypto", "postgres", "this process (receiver, load)"), cpu, strict=True
+    ):
+        rows.append((f"CPU s per 1,000 deliveries (worker alone): {label}", f"{value:.3f}"))
     figures = {"p12_deliveries_per_s": worker_rate, "p12_pipeline_per_s": pipeline_rate}
     for poll, values in latencies.items():
         lost = LATENCY_EVENTS - len(values)

@@ -19,7 +19,7 @@ from delivery_attempts, which records every attempt that finished.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -68,9 +68,31 @@ class QueueStats:
     disabled_endpoints: int
 
 
-def _insert_ignoring_duplicates(conn: AsyncConnection, table: Any, values: dict[str, Any]) -> Any:
+def _insert_ignoring_duplicates(conn: AsyncConnection, table: Any) -> Any:
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).values(values).on_conflict_do_nothing()
+    return dialect.insert(table).on_conflict_do_nothing()
+
+
+def _streak_update(endpoint_id: str, outcomes: Sequence[tuple[bool, datetime]]) -> Any:
+    """The endpoint's failure streak after these outcomes (succeeded?, when), in order: none
+    if the last one succeeded; else it began at the first failure after the last success, or,
+    with no success among them, where it already began (or at their first failure)."""
+    e = endpoints
+    successes = [i for i, (ok, _) in enumerate(outcomes) if ok]
+    if successes and successes[-1] == len(outcomes) - 1:
+        return (
+            update(e)
+            .where(e.c.id == endpoint_id, e.c.failing_since.is_not(None))
+            .values(failing_since=None)
+        )
+    if successes:
+        began = outcomes[successes[-1] + 1][1]
+        return update(e).where(e.c.id == endpoint_id).values(failing_since=began)
+    return (
+        update(e)
+        .where(e.c.id == endpoint_id, e.c.failing_since.is_(None))
+        .values(failing_since=outcomes[0][1])
+    )
 
 
 class DeliveryStore:
@@ -159,66 +181,83 @@ class DeliveryStore:
     async def settle(
         self, claimed: ClaimedDelivery, outcome: Settlement, *, now: datetime
     ) -> datetime | None:
-        """Records the attempt and its outcome, and the endpoint's failure streak. Returns when
-        the endpoint's current streak of failures began (None after a success, or when the
-        claim was lost). False-y settle (lost lease) still records the attempt if the delivery
-        exists: it happened."""
-        d = deliveries
+        """settle_many() of one."""
+        [since] = await self.settle_many([(claimed, outcome, now)])
+        return since
+
+    async def settle_many(
+        self, items: Sequence[tuple[ClaimedDelivery, Settlement, datetime]]
+    ) -> list[datetime | None]:
+        """Records attempts and their outcomes, and the endpoints' failure streaks, in ONE
+        transaction (a commit per delivery would cost more than the delivery; the worker
+        groups the attempts that finished together). items: (claim, outcome, when it was
+        settled), in the order the attempts finished. Returns, per item, when its endpoint's
+        current streak of failures began (None after a success, or for an endpoint that is
+        no longer enabled).
+
+        A claim that was lost (its lease ran out and another worker took the row, a manual
+        retry reset it, or the endpoint was deleted) changes nothing, but its attempt is still
+        recorded if the delivery exists: it happened. Rows are written deliveries first, then
+        endpoints, each in id order, so two workers' batches lock in the same order."""
+        if not items:
+            return []
+        d, e = deliveries, endpoints
         async with self._engine.begin() as conn:
-            held = await conn.execute(
-                update(d)
-                .where(d.c.id == claimed.id, d.c.claimed_by == claimed.token)
-                .values(
-                    state=outcome.state,
-                    next_attempt_at=outcome.next_attempt_at,
-                    last_status=outcome.status or None,
-                    last_error=outcome.error,
-                    last_attempt_at=outcome.started_at,
-                    claimed_by=None,
-                    claimed_until=None,
-                )
-            )
-            exists = (
-                held.rowcount == 1
-                or (await conn.execute(select(d.c.id).where(d.c.id == claimed.id))).first()
-                is not None
-            )
-            if exists:
-                await conn.execute(
-                    _insert_ignoring_duplicates(
-                        conn,
-                        delivery_attempts,
-                        {
-                            "delivery_id": claimed.id,
-                            "number": claimed.attempt,
-                            "started_at": outcome.started_at,
-                            "status": outcome.status or None,
-                            "error": outcome.error,
-                            "duration_ms": outcome.duration_ms,
-                        },
+            attempts = []
+            for claimed, outcome, _ in sorted(items, key=lambda item: item[0].id):
+                held = await conn.execute(
+                    update(d)
+                    .where(d.c.id == claimed.id, d.c.claimed_by == claimed.token)
+                    .values(
+                        state=outcome.state,
+                        next_attempt_at=outcome.next_attempt_at,
+                        last_status=outcome.status or None,
+                        last_error=outcome.error,
+                        last_attempt_at=outcome.started_at,
+                        claimed_by=None,
+                        claimed_until=None,
                     )
                 )
-            e = endpoints
-            if outcome.state == SUCCEEDED:
-                await conn.execute(
-                    update(e)
-                    .where(e.c.id == claimed.endpoint_id, e.c.failing_since.is_not(None))
-                    .values(failing_since=None)
+                if held.rowcount != 1:
+                    found = await conn.execute(select(d.c.id).where(d.c.id == claimed.id))
+                    if found.first() is None:
+                        continue
+                attempts.append(
+                    {
+                        "delivery_id": claimed.id,
+                        "number": claimed.attempt,
+                        "started_at": outcome.started_at,
+                        "status": outcome.status or None,
+                        "error": outcome.error,
+                        "duration_ms": outcome.duration_ms,
+                    }
                 )
-                return None
-            await conn.execute(
-                update(e)
-                .where(e.c.id == claimed.endpoint_id, e.c.failing_since.is_(None))
-                .values(failing_since=now)
-            )
-            since = (
-                await conn.execute(
-                    select(e.c.failing_since).where(
-                        e.c.id == claimed.endpoint_id, e.c.enabled.is_(True)
+            if attempts:
+                await conn.execute(_insert_ignoring_duplicates(conn, delivery_attempts), attempts)
+            by_endpoint: dict[str, list[tuple[bool, datetime]]] = {}
+            for claimed, outcome, when in items:
+                by_endpoint.setdefault(claimed.endpoint_id, []).append(
+                    (outcome.state == SUCCEEDED, when)
+                )
+            failing: list[str] = []
+            for endpoint_id in sorted(by_endpoint):
+                await conn.execute(_streak_update(endpoint_id, by_endpoint[endpoint_id]))
+                if not by_endpoint[endpoint_id][-1][0]:
+                    failing.append(endpoint_id)
+            since: dict[str, datetime] = {}
+            if failing:
+                rows = await conn.execute(
+                    select(e.c.id, e.c.failing_since).where(
+                        e.c.id.in_(failing), e.c.enabled.is_(True)
                     )
                 )
-            ).scalar_one_or_none()
-            return since if isinstance(since, datetime) else None
+                since = {
+                    r.id: r.failing_since for r in rows if isinstance(r.failing_since, datetime)
+                }
+        return [
+            None if outcome.state == SUCCEEDED else since.get(claimed.endpoint_id)
+            for claimed, outcome, _ in items
+        ]
 
     async def release(self, claimed: ClaimedDelivery, *, retry_at: datetime | None = None) -> None:
         """Gives a claimed row back with its attempt uncounted, because none was made: the

@@ -31,6 +31,7 @@ from typing import Protocol
 
 from palisade.common.clock import Clock
 from palisade.common.relay_loop import Wakeup
+from palisade.common.tasks import cancel_and_wait
 from palisade.webhooks.delivery.metrics import DeliveryMetrics
 from palisade.webhooks.delivery.schedule import RetrySchedule
 from palisade.webhooks.delivery.store import ClaimedDelivery, DeliveryStore, Settlement
@@ -50,6 +51,8 @@ TARGET_RETRY_SECONDS = 5.0
 # `enabled`, so a disabled endpoint gets nothing new.
 TARGET_CACHE_SECONDS = 1.0
 _TARGET_CACHE_MAX = 10_000
+# Outcomes written per settling transaction at most.
+_SETTLE_BATCH = 100
 
 
 class EndpointTargets(Protocol):
@@ -121,6 +124,11 @@ class DeliveryWorker:
         self._wakeup = Wakeup()
         self._busy: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last_claim_full = False
+        self._settling: list[
+            tuple[ClaimedDelivery, Settlement, datetime, asyncio.Future[datetime | None]]
+        ] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._target_ttl = target_cache_seconds
         self._target_cache: dict[str, tuple[float, asyncio.Future[DeliveryTarget | None]]] = {}
 
@@ -134,12 +142,12 @@ class DeliveryWorker:
         deliveries are attempted again (by this worker after a restart, or another)."""
         try:
             while True:
-                claimed = 0
+                claimed, full = 0, False
                 try:
-                    claimed = await self._claim_and_start()
+                    claimed, full = await self._claim(), self._last_claim_full
                 except Exception:
                     log.exception("claiming deliveries failed; will retry")
-                if claimed and len(self._tasks) < self._concurrency:
+                if full and claimed and len(self._tasks) < self._concurrency:
                     continue  # a full batch may mean more is due now
                 await self._wait_for_work()
         finally:
@@ -149,6 +157,8 @@ class DeliveryWorker:
             for task in tasks:
                 with contextlib.suppress(BaseException):
                     await task
+            if self._flusher is not None:
+                await cancel_and_wait(self._flusher)
             for _, lookup in self._target_cache.values():
                 lookup.cancel()
             self._target_cache.clear()
@@ -158,29 +168,39 @@ class DeliveryWorker:
         and waits for every attempt started to settle. Returns how many were attempted."""
         done = 0
         while True:
-            claimed = await self._claim_and_start()
+            claimed = await self._claim()
             done += claimed
             if not self._tasks:
                 return done
             await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
 
     async def _wait_for_work(self) -> None:
+        """Until woken, the poll interval passed, or enough slots are free to make a claim
+        worth its transaction (a quarter of them, or all: claiming after every single
+        completion would cost one claim query per delivery under load)."""
+        refill = max(1, self._concurrency // 4)
         waiter = asyncio.ensure_future(self._wakeup.wait(self._poll))
         try:
-            await asyncio.wait({waiter, *self._tasks}, return_when=asyncio.FIRST_COMPLETED)
+            while not waiter.done():
+                await asyncio.wait({waiter, *self._tasks}, return_when=asyncio.FIRST_COMPLETED)
+                if not self._tasks or self._concurrency - len(self._tasks) >= refill:
+                    return
         finally:
             waiter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await waiter
 
-    async def _claim_and_start(self) -> int:
+    async def _claim(self) -> int:
+        """Claims what fits in the free slots and starts an attempt for each."""
         free = self._concurrency - len(self._tasks)
+        self._last_claim_full = False
         if free < 1:
             return 0
+        limit = min(free, self._batch)
         claims = await self._store.claim(
             now=self._clock.now(),
             lease_seconds=self._lease,
-            limit=min(free, self._batch),
+            limit=limit,
             per_endpoint=self._per_endpoint,
             busy=self._busy,
         )
@@ -189,6 +209,7 @@ class DeliveryWorker:
             task = asyncio.create_task(self._attempt(claim), name=f"webhook-attempt-{claim.id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        self._last_claim_full = len(claims) == limit
         return len(claims)
 
     async def _attempt(self, claim: ClaimedDelivery) -> None:
@@ -203,6 +224,34 @@ class DeliveryWorker:
             self._busy[claim.endpoint_id] -= 1
             if self._busy[claim.endpoint_id] <= 0:
                 del self._busy[claim.endpoint_id]
+
+    async def _settle(
+        self, claim: ClaimedDelivery, outcome: Settlement, now: datetime
+    ) -> datetime | None:
+        """Settles through the group commit: attempts that finish while a settling transaction
+        runs are written together in the next one (store.settle_many)."""
+        done: asyncio.Future[datetime | None] = asyncio.get_running_loop().create_future()
+        self._settling.append((claim, outcome, now, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="palisade-webhooks-settle")
+        # Shielded: an attempt cancelled now (its worker stopping) still has its outcome kept.
+        return await asyncio.shield(done)
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # attempts finishing in this same turn of the loop join in
+        while self._settling:
+            batch = self._settling[:_SETTLE_BATCH]
+            del self._settling[:_SETTLE_BATCH]
+            try:
+                results = await self._store.settle_many([item[:3] for item in batch])
+            except Exception as exc:
+                for *_, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for (*_, done), since in zip(batch, results, strict=True):
+                if not done.done():
+                    done.set_result(since)
 
     async def _target(self, endpoint_id: str) -> DeliveryTarget | None:
         now = time.monotonic()
@@ -247,7 +296,7 @@ class DeliveryWorker:
         self._metrics.attempt_seconds.observe(result.elapsed)
         now = self._clock.now()
         outcome, label = self._outcome(claim, result, started, now)
-        failing_since = await self._store.settle(claim, outcome, now=now)
+        failing_since = await self._settle(claim, outcome, now)
         self._metrics.deliveries.labels(label).inc()
         if label == GONE:
             await self._disable(claim.endpoint_id, GONE)
