@@ -42,10 +42,16 @@ def service_process(
 
 @contextmanager
 def running_service(
-    module: str, env_prefix: str, data_dir: Path, extra_env: dict[str, str] | None = None
+    module: str,
+    env_prefix: str,
+    data_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    *,
+    port: int | None = None,
 ) -> Iterator[RunningService]:
-    """Like service_process, yielding the process id too (for CPU accounting from /proc)."""
-    port = free_port()
+    """Like service_process, yielding the process id too (for CPU accounting from /proc).
+    port: the gRPC port, when callers started earlier must already know it."""
+    port = port or free_port()
     env = {
         **os.environ,
         "PALISADE_DATA_DIR": str(data_dir),

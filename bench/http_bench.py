@@ -83,7 +83,9 @@ def suite_behind_gateway(
     production_backends: bool = False,
     auth_env: dict[str, str] | None = None,
 ) -> Iterator[GatewayProcess]:
-    """Crypto, auth, apikeys and a gateway process, ready to serve.
+    """Crypto, auth, apikeys, audit, visitors, webhooks and a gateway, ready to serve (the
+    gateway is ready only once every upstream is; audit also takes the events auth and apikeys
+    forward, as in production).
 
     By default on the embedded SQLite: enough where the measured requests are token-cache hits,
     which touch no database. With production_backends, crypto and auth each get a fresh Postgres
@@ -91,6 +93,7 @@ def suite_behind_gateway(
     backend, whose cost is what is measured.
     """
     with ExitStack() as stack:
+        audit_port = free_port()  # auth and apikeys forward their events to it
         crypto_env: dict[str, str] = {}
         auth_extra: dict[str, str] = {}
         if production_backends:
@@ -111,6 +114,7 @@ def suite_behind_gateway(
                 data_dir,
                 {
                     "PALISADE_AUTH_CRYPTO_TARGET": f"127.0.0.1:{crypto.port}",
+                    "PALISADE_AUTH_AUDIT_TARGET": f"127.0.0.1:{audit_port}",
                     **auth_extra,
                     **(auth_env or {}),
                 },
@@ -119,6 +123,7 @@ def suite_behind_gateway(
         apikeys_env = {
             "PALISADE_APIKEYS_CRYPTO_TARGET": f"127.0.0.1:{crypto.port}",
             "PALISADE_APIKEYS_AUTH_TARGET": f"127.0.0.1:{auth.port}",
+            "PALISADE_APIKEYS_AUDIT_TARGET": f"127.0.0.1:{audit_port}",
         }
         if production_backends:
             apikeys_env["PALISADE_APIKEYS_DATABASE_URL"] = stack.enter_context(
@@ -128,6 +133,41 @@ def suite_behind_gateway(
         apikeys = stack.enter_context(
             running_service("palisade.apikeys", "PALISADE_APIKEYS_", data_dir, apikeys_env)
         )
+        audit = stack.enter_context(
+            running_service(
+                "palisade.audit",
+                "PALISADE_AUDIT_",
+                data_dir,
+                {
+                    "PALISADE_AUDIT_CRYPTO_TARGET": f"127.0.0.1:{crypto.port}",
+                    "PALISADE_AUDIT_AUTH_TARGET": f"127.0.0.1:{auth.port}",
+                },
+                port=audit_port,
+            )
+        )
+        visitors = stack.enter_context(
+            running_service(
+                "palisade.visitors",
+                "PALISADE_VISITORS_",
+                data_dir,
+                {
+                    "PALISADE_VISITORS_CRYPTO_TARGET": f"127.0.0.1:{crypto.port}",
+                    "PALISADE_VISITORS_AUDIT_TARGET": f"127.0.0.1:{audit.port}",
+                },
+            )
+        )
+        webhooks = stack.enter_context(
+            running_service(
+                "palisade.webhooks",
+                "PALISADE_WEBHOOKS_",
+                data_dir,
+                {
+                    "PALISADE_WEBHOOKS_CRYPTO_TARGET": f"127.0.0.1:{crypto.port}",
+                    "PALISADE_WEBHOOKS_AUDIT_TARGET": f"127.0.0.1:{audit.port}",
+                    "PALISADE_WEBHOOKS_AUTH_TARGET": f"127.0.0.1:{auth.port}",
+                },
+            )
+        )
         http_port, metrics_port = free_port(), free_port()
         env = {
             "PALISADE_DATA_DIR": str(data_dir),
@@ -135,6 +175,9 @@ def suite_behind_gateway(
             "PALISADE_GATEWAY_METRICS_PORT": str(metrics_port),
             "PALISADE_GATEWAY_AUTH_TARGET": f"127.0.0.1:{auth.port}",
             "PALISADE_GATEWAY_APIKEYS_TARGET": f"127.0.0.1:{apikeys.port}",
+            "PALISADE_GATEWAY_AUDIT_TARGET": f"127.0.0.1:{audit.port}",
+            "PALISADE_GATEWAY_VISITORS_TARGET": f"127.0.0.1:{visitors.port}",
+            "PALISADE_GATEWAY_WEBHOOKS_TARGET": f"127.0.0.1:{webhooks.port}",
             "PALISADE_GATEWAY_LOG_LEVEL": "WARNING",
             # One signed-in bench user sends thousands of requests a second: the per-user
             # limit would refuse most of them, and the benches measure serving, not refusing.
@@ -145,7 +188,15 @@ def suite_behind_gateway(
         }
         ready = f"http://127.0.0.1:{http_port}/readyz"
         pid = stack.enter_context(http_process(["-m", "palisade.gateway", "serve"], env, ready))
-        pids = {"crypto": crypto.pid, "auth": auth.pid, "apikeys": apikeys.pid, "gateway": pid}
+        pids = {
+            "crypto": crypto.pid,
+            "auth": auth.pid,
+            "apikeys": apikeys.pid,
+            "audit": audit.pid,
+            "visitors": visitors.pid,
+            "webhooks": webhooks.pid,
+            "gateway": pid,
+        }
         yield GatewayProcess(http_port, metrics_port, pid, pids)
 
 
