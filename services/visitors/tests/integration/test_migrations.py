@@ -1,4 +1,5 @@
-"""Migration 0001 creates exactly the tables and columns palisade.visitors.tables declares."""
+"""The migrations (0001, and 0003's visitors.source) create exactly the tables and columns
+palisade.visitors.tables declares."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from palisade.visitors.tables import visitors as visitors_table
 async def test_the_migrated_schema_matches_the_tables(database_url: str) -> None:
     engine = create_engine(database_url)
     try:
-        await upgrade(engine, MIGRATIONS_PACKAGE, "0001")
+        await upgrade(engine, MIGRATIONS_PACKAGE)
 
         def columns(conn: Connection) -> dict[str, set[str]]:
             inspector = inspect(conn)

@@ -46,5 +46,15 @@ def scope_of(caller: Caller, *, needs: str, publishable_ok: bool) -> Scope:
     )
 
 
+WIDGET, API, DASHBOARD = "widget", "api", "dashboard"
+
+
+def source_of(scope: Scope) -> str:
+    """What a visitor created in this scope records as its source."""
+    if scope.actor.startswith(USER_PREFIX):
+        return DASHBOARD
+    return WIDGET if scope.publishable else API
+
+
 def current_scope(*, needs: str, publishable_ok: bool = False) -> Scope:
     return scope_of(require_caller(), needs=needs, publishable_ok=publishable_ok)

@@ -32,6 +32,7 @@ class StoredVisitor:
     phone_index: str | None = field(repr=False)
     data_key_version: int | None
     index_key_version: int | None
+    source: str | None = None  # see Visitor.source; None for rows from before it was recorded
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class Visitor:
     test: bool
     created_at: datetime
     erased: bool
+    # Who created it: "widget" (a publishable key, public: nothing it sent is verified), "api"
+    # (a secret key), "dashboard" (a person); "" if unknown (created before it was recorded).
+    source: str = ""
     name: str = field(default="", repr=False)
     email: str = field(default="", repr=False)
     phone: str = field(default="", repr=False)

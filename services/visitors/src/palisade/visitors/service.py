@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from palisade.common.clock import Clock
 from palisade.common.crypto_client import CryptoClient, IndexInput, Normalization
+from palisade.common.page_tokens import PageTokens
+from palisade.common.page_tokens import scope as token_scope
+from palisade.visitors.access import source_of
+from palisade.visitors.chats.service import page_size
 from palisade.visitors.erasure import Erasures, visitor_event
 from palisade.visitors.errors import LookupRequired, PiiRequired, VisitorNotFound
 from palisade.visitors.model import Scope, StoredVisitor, Visitor
@@ -28,6 +33,13 @@ from palisade.visitors.pii import (
 from palisade.visitors.store import VisitorStore
 
 _ID_PREFIX = "vis_"
+_FIND_SCOPE = "palisade.visitors.v1.VisitorsService/FindVisitors"
+
+
+@dataclass(frozen=True)
+class VisitorPage:
+    visitors: list[Visitor]
+    next_token: str  # "" on the last page
 
 
 def new_visitor_id() -> str:
@@ -44,10 +56,13 @@ def is_visitor_id(text: str) -> bool:
 
 
 class VisitorsService:
-    def __init__(self, *, store: VisitorStore, crypto: CryptoClient, clock: Clock) -> None:
+    def __init__(
+        self, *, store: VisitorStore, crypto: CryptoClient, clock: Clock, page_tokens: PageTokens
+    ) -> None:
         self._store = store
         self._crypto = crypto
         self._clock = clock
+        self._tokens = page_tokens
         self._erasures = Erasures(store=store, crypto=crypto, clock=clock)
 
     async def create(self, scope: Scope, *, name: str, email: str, phone: str) -> Visitor:
@@ -87,6 +102,7 @@ class VisitorsService:
             phone_index=tokens["phone"][1] if "phone" in tokens else None,
             data_key_version=sealed.key_version,
             index_key_version=min((v for v, _ in tokens.values()), default=None),
+            source=source_of(scope),
         )
         event = visitor_event("visitor.created", row, scope.actor, self._clock)  # ids only
         await self._store.insert(row, event)
@@ -95,6 +111,7 @@ class VisitorsService:
             test=row.test,
             created_at=row.created_at,
             erased=False,
+            source=row.source or "",
             name=values.get("name", ""),
             email=values.get("email", ""),
             phone=values.get("phone", ""),
@@ -105,7 +122,13 @@ class VisitorsService:
         [visitor] = await self._open([row])
         return visitor
 
-    async def find(self, scope: Scope, *, email: str, phone: str) -> list[Visitor]:
+    async def find(
+        self, scope: Scope, *, email: str, phone: str, requested_size: int = 0, token: str = ""
+    ) -> VisitorPage:
+        """The live visitors with that email or phone, newest first, a page at a time: nobody
+        (a publishable key creating impostors with the address, say) can push one out of reach.
+        The page token is bound to the workspace, the mode and the lookup's index tokens."""
+        size = page_size(requested_size)
         if bool(email) == bool(phone):
             raise LookupRequired()
         field: IndexedField
@@ -117,9 +140,18 @@ class VisitorsService:
         tokens = await self._crypto.blind_index(
             value, normalization, index_context(scope.workspace_id, field), all_versions=True
         )
-        rows = await self._store.find(scope.workspace_id, field, tokens, test=scope.test)
-        visitors = await self._open(rows)
-        return [v for v in visitors if not v.erased]
+        mode = "test" if scope.test else "live"
+        bound = token_scope(_FIND_SCOPE, scope.workspace_id, mode, field, *sorted(tokens))
+        after = self._tokens.read_str(token, bound) if token else None
+        rows = await self._store.find(
+            scope.workspace_id, field, tokens, test=scope.test, after=after, limit=size + 1
+        )
+        page, more = rows[:size], len(rows) > size
+        # The token holds the last row read, even if it turned out an interrupted erasure
+        # (left out below): the next page starts after it.
+        next_token = self._tokens.issue(bound, page[-1].created_at, page[-1].id) if more else ""
+        visitors = await self._open(page)
+        return VisitorPage([v for v in visitors if not v.erased], next_token)
 
     async def erase(self, scope: Scope, visitor_id: str) -> None:
         """Shreds the subject key first, then clears the row: a crash in between leaves PII no
@@ -173,6 +205,7 @@ class VisitorsService:
                     test=row.test,
                     created_at=row.created_at,
                     erased=erased,
+                    source=row.source or "",
                     name=values.get("name", ""),
                     email=values.get("email", ""),
                     phone=values.get("phone", ""),

@@ -29,6 +29,7 @@ def visitor_proto(visitor: Visitor) -> pb.Visitor:
         created_at=created,
         test=visitor.test,
         erased=visitor.erased,
+        source=visitor.source,
     )
 
 
@@ -52,8 +53,16 @@ class VisitorsServicer(visitors_pb2_grpc.VisitorsServiceServicer):
         self, request: pb.FindVisitorsRequest, context: Context
     ) -> pb.FindVisitorsResponse:
         scope = current_scope(needs=READ)
-        found = await self._service.find(scope, email=request.email, phone=request.phone)
-        return pb.FindVisitorsResponse(visitors=[visitor_proto(v) for v in found])
+        found = await self._service.find(
+            scope,
+            email=request.email,
+            phone=request.phone,
+            requested_size=request.page_size,
+            token=request.page_token,
+        )
+        return pb.FindVisitorsResponse(
+            visitors=[visitor_proto(v) for v in found.visitors], next_page_token=found.next_token
+        )
 
     async def EraseVisitor(
         self, request: pb.EraseVisitorRequest, context: Context

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -21,7 +21,7 @@ from palisade.visitors.model import StoredVisitor
 from palisade.visitors.pii import IndexedField
 from palisade.visitors.tables import maintenance_cursors, outbox_events, visitors
 
-MAX_MATCHES = 100
+MAX_MATCHES = 100  # the largest lookup page
 
 # What erasure clears: every envelope, every token, and the versions they were under.
 _CLEARED: dict[str, Any] = {
@@ -66,6 +66,7 @@ def _stored(row: Any) -> StoredVisitor:
         phone_index=row.phone_index,
         data_key_version=row.data_key_version,
         index_key_version=row.index_key_version,
+        source=row.source,
     )
 
 
@@ -89,6 +90,7 @@ class VisitorStore:
                     phone_index=row.phone_index,
                     data_key_version=row.data_key_version,
                     index_key_version=row.index_key_version,
+                    source=row.source,
                 )
             )
             await emit(conn, outbox_events, event)
@@ -108,21 +110,37 @@ class VisitorStore:
         return None if row is None else _stored(row)
 
     async def find(
-        self, workspace_id: str, field: IndexedField, tokens: Sequence[str], *, test: bool
+        self,
+        workspace_id: str,
+        field: IndexedField,
+        tokens: Sequence[str],
+        *,
+        test: bool,
+        after: tuple[datetime, str] | None,
+        limit: int,
     ) -> list[StoredVisitor]:
-        """Live visitors of the workspace and mode whose token is one of tokens, newest first."""
+        """Live visitors of the workspace and mode whose token is one of tokens, newest first
+        (id the tie-break), after the (created_at, id) of the last one a page showed."""
         column = visitors.c.email_index if field == "email" else visitors.c.phone_index
+        statement = select(visitors).where(
+            visitors.c.workspace_id == workspace_id,
+            column.in_(list(tokens)),
+            visitors.c.test == test,
+            visitors.c.erased_at.is_(None),
+        )
+        if after is not None:
+            created_at, last_id = after
+            statement = statement.where(
+                or_(
+                    visitors.c.created_at < created_at,
+                    and_(visitors.c.created_at == created_at, visitors.c.id < last_id),
+                )
+            )
         async with self._engine.connect() as conn:
             rows = await conn.execute(
-                select(visitors)
-                .where(
-                    visitors.c.workspace_id == workspace_id,
-                    column.in_(list(tokens)),
-                    visitors.c.test == test,
-                    visitors.c.erased_at.is_(None),
+                statement.order_by(visitors.c.created_at.desc(), visitors.c.id.desc()).limit(
+                    min(limit, MAX_MATCHES + 1)
                 )
-                .order_by(visitors.c.created_at.desc(), visitors.c.id.desc())
-                .limit(MAX_MATCHES)
             )
             return [_stored(r) for r in rows]
 

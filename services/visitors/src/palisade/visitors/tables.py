@@ -1,4 +1,4 @@
-"""The visitors database: its tables (migration 0001 creates exactly these columns).
+"""The visitors database: its tables (migrations 0001 and 0003 create exactly these columns).
 
 No column holds a visitor's name, email or phone in clear: each is an AES-256-GCM envelope made
 by the crypto service under the visitor's subject key ("visitor:<id>"), bound by associated
@@ -34,6 +34,7 @@ ID_CHARS = 36  # vis_ + 32 hex
 WORKSPACE_CHARS = 40
 # "bi1.<version>.<43 base64url characters>" with room for large versions.
 INDEX_TOKEN_CHARS = 64
+SOURCE_CHARS = 16
 
 visitors = Table(
     "visitors",
@@ -54,6 +55,9 @@ visitors = Table(
     # together) and the index key version of its tokens; NULL when the row holds none.
     Column("data_key_version", Integer, nullable=True),
     Column("index_key_version", Integer, nullable=True),
+    # Who created it (migration 0003): "widget" (a publishable key: public, unverified), "api"
+    # (a secret key), "dashboard" (a person); NULL for rows from before it was recorded.
+    Column("source", String(SOURCE_CHARS), nullable=True),
 )
 # Lookups are per workspace; the mode and erasure are filtered on the few rows that match.
 Index("ix_visitors_email_index", visitors.c.workspace_id, visitors.c.email_index)
