@@ -11,8 +11,6 @@ crowd out the rest.
 
 from __future__ import annotations
 
-import pytest
-
 from palisade.visitors.store import MAX_MATCHES
 from palisade_api.visitors.v1 import visitors_pb2 as pb
 
