@@ -76,6 +76,7 @@ class Harness:
         workspace_id: str,
         *,
         type: str = "secret",
+        mode: str = "live",
         scopes: tuple[str, ...] = ("webhooks:manage",),
     ) -> tuple[tuple[str, str], ...]:
         return self.signing.marker(
@@ -83,7 +84,7 @@ class Harness:
             principal=f"apikey:key_{secrets.token_hex(16)}",
             workspace_id=workspace_id,
             scopes=list(scopes),
-            key_mode="live",
+            key_mode=mode,
             key_type=type,
             acting_user_id="usr_alice",
         )

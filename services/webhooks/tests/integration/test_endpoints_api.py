@@ -242,6 +242,16 @@ async def test_who_may_manage(harness_sqlite: Harness) -> None:
         (harness.key(ws, scopes=("chats:read",)), "insufficient_scope"),
         (harness.key(ws, type="publishable"), "secret_key_required"),
         (harness.signing.marker("gateway", principal="anonymous"), "workspace_required"),
+        (harness.key(ws, mode="test"), "live_key_required"),
+        (
+            harness.signing.marker(
+                "gateway",
+                principal="apikey:key_nokind",
+                workspace_id=ws,
+                scopes=["webhooks:manage"],
+            ),
+            "key_claims_missing",
+        ),
     ]:
         await harness.refused(harness.stub.ListWebhooks(request, metadata=metadata), denied, code)
     for metadata in (harness.person(ws, role="admin"), harness.key(ws)):

@@ -77,3 +77,13 @@ class InsufficientScope(PermissionDenied):
 class SecretKeyRequired(PermissionDenied):
     code = "secret_key_required"
     default_message = "publishable keys may not manage webhooks"
+
+
+class KeyClaimsMissing(PermissionDenied):
+    code = "key_claims_missing"
+    default_message = "this API key's caller assertion lacks its key type or mode"
+
+
+class LiveKeyRequired(PermissionDenied):
+    code = "live_key_required"
+    default_message = "test-mode keys may not manage webhooks (endpoints receive live events)"
