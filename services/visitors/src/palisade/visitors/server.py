@@ -119,9 +119,7 @@ async def serve_visitors(
         registry = CollectorRegistry()
         metrics = VisitorsMetrics(registry)
         store = VisitorStore(engine=engine)
-        service = VisitorsService(
-            store=store, crypto=crypto, clock=clock, page_tokens=page_tokens
-        )
+        service = VisitorsService(store=store, crypto=crypto, clock=clock, page_tokens=page_tokens)
         maintenance = maintenance_of(
             settings, store=store, crypto=crypto, clock=clock, metrics=metrics
         )
