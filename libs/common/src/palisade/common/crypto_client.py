@@ -131,16 +131,16 @@ class CryptoClient:
         """
         if not items:
             return []
-        request = pb.EncryptRequest(
-            items=[
-                pb.EncryptItem(
-                    plaintext=item[0],
-                    associated_data=item[1],
-                    subject=item[2] if len(item) == 3 else subject,
-                )
-                for item in items
-            ]
-        )
+        request = pb.EncryptRequest()
+        # Items added in place: building each EncryptItem apart and passing the list copies
+        # every one again (twice the CPU for a batch of a thousand, as audit's ingest sends).
+        add = request.items.add
+        for item in items:
+            add(
+                plaintext=item[0],
+                associated_data=item[1],
+                subject=item[2] if len(item) == 3 else subject,
+            )
         try:
             reply = await self._stub.Encrypt(
                 request, metadata=self._identity.metadata("crypto", _ENCRYPT), timeout=self._timeout

@@ -83,3 +83,8 @@ def may_emit(service: str, event_type: str) -> bool:
     """Whether the service may record events of this (known) type."""
     info = EVENT_TYPES.get(event_type)
     return info is not None and service in info.emitters
+
+
+def emitted_by(service: str) -> frozenset[str]:
+    """The types the service may record (one set lookup per event instead of two)."""
+    return frozenset(name for name, info in EVENT_TYPES.items() if service in info.emitters)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from palisade.common.devices import Device
 
@@ -18,11 +19,12 @@ MANAGER_ROLES = frozenset({"owner", "admin"})
 PII_FIELDS = ("ip", "user_agent", "location")
 
 
-@dataclass(frozen=True)
-class NewEvent:
-    """A validated event of an Ingest batch (index: its position there)."""
+class NewEvent(NamedTuple):
+    """A validated event of an Ingest batch (batch_index: its position there). A NamedTuple
+    rather than a frozen dataclass: one is made per event ingested, and building a frozen
+    dataclass of this size costs about a microsecond more."""
 
-    index: int
+    batch_index: int
     event_id: str
     type: str
     occurred_at: datetime  # UTC, whole microseconds

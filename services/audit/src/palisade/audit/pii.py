@@ -18,10 +18,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import NamedTuple
 
 from palisade.audit.model import NewEvent, SealedEvent
 from palisade.common.aad import associated_data
-from palisade.common.crypto_client import CryptoClient, SubjectErased
+from palisade.common.crypto_client import CryptoClient, EncryptInput, SubjectErased
 from palisade.common.geo import UNKNOWN, Location, Locator
 
 AAD_OWNER = "audit"
@@ -73,8 +74,9 @@ def _location(raw: bytes) -> Location:
         return UNKNOWN
 
 
-@dataclass(frozen=True)
-class SealedPii:
+class SealedPii(NamedTuple):
+    """An event's PII fields as crypto sealed them (a NamedTuple: one is made per event)."""
+
     ip_ct: bytes | None
     user_agent_ct: bytes | None
     location_ct: bytes | None
@@ -91,15 +93,11 @@ class RevealedPii:
 
 
 NO_PII = RevealedPii()
+_ERASED = SealedPii(None, None, None, erased=True)
 
 
-@dataclass(frozen=True)
-class _Item:
-    event: int  # index into the events being sealed
-    field: str
-    plaintext: bytes
-    aad: bytes
-    subject: str
+# The fields sealed, in SealedPii's order.
+_SEALED = ("ip", "user_agent", "location")
 
 
 class PiiVault:
@@ -108,28 +106,39 @@ class PiiVault:
         self._locator = locator
         self._batch_items = batch_items
 
-    def _items(self, events: Sequence[NewEvent]) -> list[_Item]:
-        items: list[_Item] = []
+    def _items(self, events: Sequence[NewEvent]) -> tuple[list[EncryptInput], list[int]]:
+        """(what to encrypt, for each item its event's index * 3 + its field's in _SEALED)."""
+        items: list[EncryptInput] = []
+        owners: list[int] = []
+        locations: dict[str, bytes] = {}  # a batch repeats its IPs
+        suffixes = [_FIELD_SUFFIXES[f] for f in _SEALED]
         for index, event in enumerate(events):
+            ip = event.ip
+            if ip:
+                location = locations.get(ip)
+                if location is None:
+                    found = self._locator.location(ip)
+                    location = locations[ip] = _location_bytes(found) if found.known else b""
+            else:
+                location = b""
+            user_agent = event.user_agent
+            if not (ip or user_agent or location):
+                continue
             subject = pii_subject(event.actor, event.subject)
-            location = self._locator.location(event.ip) if event.ip else UNKNOWN
-            fields = (
-                ("ip", event.ip.encode()),
-                ("user_agent", event.user_agent.encode()),
-                ("location", _location_bytes(location) if location.known else b""),
-            )
-            for field, plaintext in fields:
+            raw_id = event.event_id.encode()
+            # field_aad(event_id, field) for each field, sharing the event's part.
+            event_aad = _OWNER_PREFIX + len(raw_id).to_bytes(4, "big") + raw_id
+            slot = index * 3
+            for offset, plaintext in enumerate((ip.encode(), user_agent.encode(), location)):
                 if plaintext:
-                    aad = field_aad(event.event_id, field)
-                    items.append(_Item(index, field, plaintext, aad, subject))
-        return items
+                    items.append((plaintext, event_aad + suffixes[offset], subject))
+                    owners.append(slot + offset)
+        return items, owners
 
-    async def _encrypt(self, items: Sequence[_Item]) -> list[bytes | None]:
+    async def _encrypt(self, items: Sequence[EncryptInput]) -> list[bytes | None]:
         """Envelopes in order; None for items of a subject already erased."""
         try:
-            return list(
-                await self._crypto.encrypt([(i.plaintext, i.aad, i.subject) for i in items])
-            )
+            return list(await self._crypto.encrypt(items))
         except SubjectErased:
             pass
         # Rare: a subject of this chunk was erased (e.g. the account was deleted while its
@@ -137,15 +146,12 @@ class PiiVault:
         # for it: the event itself is still recorded.
         by_subject: dict[str, list[int]] = defaultdict(list)
         for position, item in enumerate(items):
-            by_subject[item.subject].append(position)
+            by_subject[item[2] if len(item) == 3 else ""].append(position)
         out: list[bytes | None] = [None] * len(items)
 
         async def one(positions: list[int]) -> None:
-            group = [items[p] for p in positions]
             try:
-                sealed = await self._crypto.encrypt(
-                    [(i.plaintext, i.aad, i.subject) for i in group]
-                )
+                sealed = await self._crypto.encrypt([items[p] for p in positions])
             except SubjectErased:
                 return
             for position, envelope in zip(positions, sealed, strict=True):
@@ -156,24 +162,23 @@ class PiiVault:
 
     async def seal(self, events: Sequence[NewEvent]) -> list[SealedPii]:
         """Each event's encrypted PII fields; raises Unavailable if crypto is unreachable."""
-        items = self._items(events)
+        items, owners = self._items(events)
         size = self._batch_items
         chunks = [items[i : i + size] for i in range(0, len(items), size)]
         results = await asyncio.gather(*(self._encrypt(c) for c in chunks))
-        fields: list[dict[str, bytes]] = [{} for _ in events]
-        erased = [False] * len(events)
-        for chunk, envelopes in zip(chunks, results, strict=True):
-            for item, envelope in zip(chunk, envelopes, strict=True):
+        # Three slots per event (_SEALED's fields); an erased subject's event keeps none.
+        slots: list[bytes | None] = [None] * (3 * len(events))
+        erased: set[int] = set()
+        for start, envelopes in zip(range(0, len(items), size), results, strict=True):
+            for owner, envelope in zip(owners[start : start + size], envelopes, strict=True):
                 if envelope is None:
-                    erased[item.event] = True
+                    erased.add(owner // 3)
                 else:
-                    fields[item.event][item.field] = envelope
-        return [
-            SealedPii(None, None, None, erased=True)
-            if erased[i]
-            else SealedPii(f.get("ip"), f.get("user_agent"), f.get("location"))
-            for i, f in enumerate(fields)
-        ]
+                    slots[owner] = envelope
+        sealed = [SealedPii(slots[i], slots[i + 1], slots[i + 2]) for i in range(0, len(slots), 3)]
+        for index in erased:
+            sealed[index] = _ERASED
+        return sealed
 
     async def reveal(self, events: Sequence[SealedEvent]) -> list[RevealedPii]:
         """Each event's PII in plaintext (empty and erased for an erased subject), decrypted in

@@ -21,7 +21,7 @@ from palisade.audit.errors import (
     SubscriberRequired,
 )
 from palisade.audit.ingest.service import Ingestor
-from palisade.audit.ingest.validation import validate
+from palisade.audit.ingest.validation import validate_batch
 from palisade.audit.messages import checkpoint_message, event_message
 from palisade.audit.metrics import AuditMetrics
 from palisade.audit.model import MANAGER_ROLES
@@ -127,10 +127,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             if len(request.events) > self._max_batch:
                 raise BatchTooLarge(f"at most {self._max_batch} events in one batch")
             latest = self._clock.now() + self._skew
-            valid = [
-                validate(e, i, source=source, latest=latest, devices=self._devices)
-                for i, e in enumerate(request.events)
-            ]
+            valid = validate_batch(
+                request.events, source=source, latest=latest, devices=self._devices
+            )
             result = await self._ingestor.ingest(source, valid)
         except PalisadeError as error:
             if error.status == grpc.StatusCode.INVALID_ARGUMENT:

@@ -15,18 +15,18 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import psycopg
 from sqlalchemy.exc import DBAPIError
 
-from palisade.audit.chain.hashing import event_hash
 from palisade.audit.errors import UnknownWorkspace
 from palisade.audit.ingest.directory import WorkspaceDirectory
+from palisade.audit.ingest.rows import BatchEncoder, Moment, PreparedEvent
 from palisade.audit.metrics import AuditMetrics
 from palisade.audit.model import SYSTEM_CHAIN, NewEvent, SealedEvent, StoredEvent
 from palisade.audit.pii import PiiVault, SealedPii
-from palisade.audit.store import AppendConflict, AuditStore, AuditTransaction
+from palisade.audit.store import AppendConflict, AuditStore, AuditTransaction, NewRow
 from palisade.common.clock import Clock
 from palisade.common.db import transaction_conflict
 
@@ -68,9 +68,9 @@ def _differences(new: NewEvent, stored: SealedEvent) -> list[str]:
 
 def _new_differences(new: NewEvent, first: NewEvent) -> list[str]:
     return [
-        f.name
-        for f in fields(NewEvent)
-        if f.name != "index" and getattr(new, f.name) != getattr(first, f.name)
+        name
+        for name in NewEvent._fields
+        if name != "batch_index" and getattr(new, name) != getattr(first, name)
     ]
 
 
@@ -118,21 +118,24 @@ class Ingestor:
         known = await self._directory.existing(wanted)
         for event in events:
             if event.workspace_id != SYSTEM_CHAIN and event.workspace_id not in known:
-                raise UnknownWorkspace(event.index)
+                raise UnknownWorkspace(event.batch_index)
 
     async def _append(
         self, source: str, events: Sequence[NewEvent], sealed: Sequence[SealedPii]
-    ) -> tuple[list[SealedEvent], set[str]]:
+    ) -> tuple[list[NewEvent], set[str]]:
         """(the events appended, the ids found stored already).
 
         The first attempt does not look for stored ids: the unique index on event_id is the
         judge, and a batch holding none (nearly every one) is spared a lookup per event. A batch
         it refuses (a retry, or another batch storing one of these ids into another chain at the
         same moment) is appended again, leaving out what is stored."""
+        encoder = BatchEncoder(source)
+        # Before any lock: everything but each event's place in its chain.
+        prepared = [encoder.prepare(e, p) for e, p in zip(events, sealed, strict=True)]
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 async with self._store.transaction() as tx:
-                    return await self._append_in(tx, source, events, sealed, look=attempt > 1)
+                    return await self._append_in(tx, encoder, prepared, look=attempt > 1)
             except AppendConflict:
                 if attempt == _ATTEMPTS:
                     raise
@@ -146,51 +149,32 @@ class Ingestor:
     async def _append_in(
         self,
         tx: AuditTransaction,
-        source: str,
-        events: Sequence[NewEvent],
-        sealed: Sequence[SealedPii],
+        encoder: BatchEncoder,
+        prepared: Sequence[PreparedEvent],
         *,
         look: bool,
-    ) -> tuple[list[SealedEvent], set[str]]:
-        if not events:
+    ) -> tuple[list[NewEvent], set[str]]:
+        if not prepared:
             return [], set()
-        heads = await tx.lock_chains(e.workspace_id for e in events)
+        heads = await tx.lock_chains({p.event.workspace_id for p in prepared})
         # Under the chain locks: a batch that held them before us may have stored some of ours.
-        already = await tx.existing_event_ids([e.event_id for e in events]) if look else set()
-        recorded_at = self._clock.now()
+        already = (
+            await tx.existing_event_ids([p.event.event_id for p in prepared]) if look else set()
+        )
+        recorded = Moment.of(self._clock.now())
         position = {w: (h.size, h.head) for w, h in heads.items()}
-        rows: list[tuple[SealedEvent, bytes]] = []
-        appended: list[SealedEvent] = []
-        for event, pii in zip(events, sealed, strict=True):
-            if event.event_id in already:
+        rows: list[NewRow] = []
+        appended: list[NewEvent] = []
+        link = encoder.link
+        for item in prepared:
+            event = item.event
+            if already and event.event_id in already:
                 continue
             size, head = position[event.workspace_id]
-            sealed_event = SealedEvent(
-                workspace_id=event.workspace_id,
-                seq=size + 1,
-                prev_hash=head,
-                event_id=event.event_id,
-                type=event.type,
-                occurred_at=event.occurred_at,
-                recorded_at=recorded_at,
-                source=source,
-                actor=event.actor,
-                subject=event.subject,
-                ip_ct=pii.ip_ct,
-                user_agent_ct=pii.user_agent_ct,
-                location_ct=pii.location_ct,
-                pii_erased=pii.erased,
-                device_browser=event.device.browser,
-                device_os=event.device.os,
-                device_kind=event.device.kind,
-                outcome=event.outcome,
-                reason=event.reason,
-                details=event.details,
-            )
-            digest = event_hash(sealed_event)
+            digest, row = link(item, size + 1, head, recorded)
             position[event.workspace_id] = (size + 1, digest)
-            rows.append((sealed_event, digest))
-            appended.append(sealed_event)
+            rows.append(row)
+            appended.append(event)
         await tx.append(rows)
         await tx.move_heads(
             (w, size, head)
