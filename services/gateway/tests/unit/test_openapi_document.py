@@ -239,3 +239,31 @@ def test_map_fields_are_json_objects() -> None:
     message = build_request(route, params, [], b'{"tags": {"a": 1, "b": 2}}', JSON)
     assert dict(message.tags) == {"a": 1, "b": 2}  # type: ignore[attr-defined]
     assert GetMessageClass(route.method.output_type) is type(message)
+
+
+def test_the_webhooks_section_documents_every_published_event_type() -> None:
+    from palisade.common.event_catalogue import PUBLISHED_EVENT_TYPES, WEBHOOKS_EXCLUDED
+
+    document = openapi_document(ROUTES, [WHOAMI], PUBLISHED_EVENT_TYPES)
+    webhooks = document["webhooks"]
+    assert sorted(webhooks) == sorted(PUBLISHED_EVENT_TYPES)
+    assert "chat.message.created" in webhooks
+    assert "session.login_succeeded" in webhooks
+    assert not set(webhooks) & WEBHOOKS_EXCLUDED
+    delivery = webhooks["chat.message.created"]["post"]
+    headers = {p["name"] for p in delivery["parameters"] if p["in"] == "header"}
+    assert headers == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+    body = delivery["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["type", "timestamp", "data"]
+    assert body["properties"]["type"] == {"const": "chat.message.created"}
+    schemas = document["components"]["schemas"]
+    data = body["properties"]["data"]["$ref"].rsplit("/", 1)[1]
+    assert "ip" not in schemas[data]["properties"]  # no client PII leaves through webhooks
+    assert "userAgent" not in schemas[data]["properties"]
+    test_body = webhooks["webhook.test"]["post"]["requestBody"]["content"]["application/json"]
+    test_data = test_body["schema"]["properties"]["data"]["$ref"].rsplit("/", 1)[1]
+    assert schemas[test_data]["required"] == ["webhookId", "workspaceId", "message"]
+
+
+def test_no_webhooks_section_without_webhook_types() -> None:
+    assert "webhooks" not in openapi_document(ROUTES, [WHOAMI])

@@ -18,6 +18,7 @@ from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from palisade.common.caller import AssertionSigner
+from palisade.common.event_catalogue import PUBLISHED_EVENT_TYPES
 from palisade.common.logs import request_id_var, safe_request_id
 from palisade.gateway import link_pages, whoami
 from palisade.gateway.access import (
@@ -111,7 +112,13 @@ class Gateway:
         self._max_body = max_body_bytes
         self._cors = frozenset(cors_origins)
         # The generated routes and, in this one place, the routes the gateway answers itself.
-        self._openapi_body = json.dumps(openapi_document(routes, [whoami.OPERATION])).encode()
+        # The webhooks section only when the webhooks service is behind this gateway.
+        webhook_types = (
+            PUBLISHED_EVENT_TYPES if any(r.audience == "webhooks" for r in routes) else None
+        )
+        self._openapi_body = json.dumps(
+            openapi_document(routes, [whoami.OPERATION], webhook_types)
+        ).encode()
         self._calls = {
             route.full_method: upstreams.channels[route.audience].unary_unary(
                 route.full_method,

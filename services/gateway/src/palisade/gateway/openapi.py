@@ -11,13 +11,15 @@ LocalOperation; the error responses are the same Problem documents for both kind
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from palisade.common.event_catalogue import PublishedEventType
+from palisade.gateway import openapi_webhooks
 from palisade.gateway.problems import PROBLEM_TYPE
 from palisade.gateway.routes import Route
 from palisade.gateway.transcode import is_query_field
@@ -212,8 +214,13 @@ def _query_schema(field: FieldDescriptor) -> dict[str, Any]:
     return dict(_SCALARS[field.type])
 
 
-def openapi_document(routes: list[Route], local: Sequence[LocalOperation] = ()) -> dict[str, Any]:
-    """The document for the proto routes plus the gateway's own (local) operations."""
+def openapi_document(
+    routes: list[Route],
+    local: Sequence[LocalOperation] = (),
+    webhook_types: Mapping[str, PublishedEventType] | None = None,
+) -> dict[str, Any]:
+    """The document for the proto routes plus the gateway's own (local) operations, and, given
+    webhook_types, the 3.1 `webhooks` section: what an endpoint receives for each type."""
     schemas = _Schemas()
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
@@ -228,12 +235,19 @@ def openapi_document(routes: list[Route], local: Sequence[LocalOperation] = ()) 
             if name in schemas.components:
                 raise ValueError(f"schema {name} is already defined")
             schemas.components[name] = schema
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "Palisade API", "version": "1"},
         "paths": paths,
-        "components": {
-            "schemas": schemas.components,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
     }
+    if webhook_types:
+        document["webhooks"] = openapi_webhooks.webhooks_section(webhook_types)
+        for name, schema in openapi_webhooks.SCHEMAS.items():
+            if name in schemas.components:
+                raise ValueError(f"schema {name} is already defined")
+            schemas.components[name] = schema
+    document["components"] = {
+        "schemas": schemas.components,
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+    }
+    return document

@@ -5,56 +5,32 @@ event type there becomes subscribable here without a second list to keep in step
 events (sign-ins, credential changes, keys, team changes) and resource events
 (visitor.created, chat.message.created, …), plus webhook.test, which only SendTestEvent makes.
 
-A few types are left out on purpose: bookkeeping that is no business event for a receiver,
-or that fires on every request and would only be noise or load.
+A few types are left out on purpose (`webhooks_excluded` in events.proto, with the reason
+beside each): bookkeeping that is no business event for a receiver, or that fires on every
+request and would only be noise or load. palisade.common.event_catalogue reads the list, for
+this service and for the gateway's OpenAPI document alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from types import MappingProxyType
 
-from palisade_api.audit.v1 import events_pb2
-
-TEST_EVENT_TYPE = "webhook.test"
-MAX_EVENT_TYPES = 100
-
-# Not published: why, per type.
-UNPUBLISHED = frozenset(
-    {
-        "session.refreshed",  # every access-token refresh: high volume, no news
-        "notice.sent",  # the record that a security email went out, not an event of its own
-        "auth.recent_auth_required",  # a step-up prompt, not an action
-        "apikey.recent_auth_required",  # same
-        "session.mfa_required",  # the middle of a sign-in; its outcome is the event
-        "mfa.totp_enrollment_started",  # an unconfirmed start; mfa.totp_enabled is the event
-        "email.verification_sent",  # mail bookkeeping
-    }
+from palisade.common.event_catalogue import (
+    PUBLISHED_EVENT_TYPES,
+    TEST_EVENT_TYPE,
+    WEBHOOKS_EXCLUDED,
+    PublishedEventType,
 )
 
+__all__ = ["EVENT_TYPES", "MAX_EVENT_TYPES", "TEST_EVENT_TYPE", "UNPUBLISHED", "EventType"]
 
-@dataclass(frozen=True, slots=True)
-class EventType:
-    type: str
-    description: str
+MAX_EVENT_TYPES = 100
 
-
-def _load() -> Mapping[str, EventType]:
-    types: dict[str, EventType] = {}
-    for value in events_pb2.EventType.DESCRIPTOR.values:
-        if value.number == 0:
-            continue
-        option = value.GetOptions().Extensions[events_pb2.event_type]
-        if option.name and option.name not in UNPUBLISHED:
-            types[option.name] = EventType(option.name, option.description)
-    if TEST_EVENT_TYPE not in types:
-        raise ValueError(f"events.proto has no {TEST_EVENT_TYPE}")
-    return MappingProxyType(dict(sorted(types.items())))
-
-
+EventType = PublishedEventType
+# Not published: catalogue entries with webhooks_excluded (events.proto says why, per type).
+UNPUBLISHED: frozenset[str] = WEBHOOKS_EXCLUDED
 # Sorted by type, the order the API lists them in.
-EVENT_TYPES: Mapping[str, EventType] = _load()
+EVENT_TYPES: Mapping[str, EventType] = PUBLISHED_EVENT_TYPES
 
 
 def is_published(event_type: str) -> bool:
