@@ -44,11 +44,11 @@ async def history(keys, key_id: str) -> list[tuple[str, str, str, str]]:
     return [(e.type, e.actor, e.ip, e.device) for e in events.events]
 
 
-def crypto_as_apikeys(keys) -> CryptoClient:
+def crypto_as_apikeys(keys, service: str = "apikeys") -> CryptoClient:
     channel = insecure_channel(keys.settings.crypto_target)
     keys.extra.setdefault("channels", []).append(channel)  # type: ignore[union-attr]
     return CryptoClient(
-        channel=channel, identity=ServiceIdentity(name="apikeys", signer=keys.signer("apikeys"))
+        channel=channel, identity=ServiceIdentity(name=service, signer=keys.signer(service))
     )
 
 
@@ -127,7 +127,8 @@ async def test_a_copy_of_the_rows_is_unreadable_once_the_subject_is_shredded(key
         ]
         assert len(await crypto.decrypt(items)) == 2  # the premise: the copy opens today
 
-        assert await crypto.shred_subject(f"user:{ALICE}")  # what account deletion does
+        # What account deletion does: auth's call (crypto lets only auth shred a user: subject).
+        assert await crypto_as_apikeys(keys, "auth").shred_subject(f"user:{ALICE}")
 
         with pytest.raises(SubjectErased):
             await crypto.decrypt(items)

@@ -12,7 +12,7 @@ from palisade.common.grpc_client import ServiceIdentity, insecure_channel
 
 pytestmark = pytest.mark.postgres
 
-ADA = "user:usr_0123456789abcdef0123456789abcdef"
+ADA = "visitor:vis_0123456789abcdef0123456789abcdef"  # visitors owns (may shred) visitor:
 
 
 def _aad(field: str) -> bytes:

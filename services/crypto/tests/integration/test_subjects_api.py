@@ -19,7 +19,7 @@ from sqlalchemy import MetaData, event, select
 from palisade.common.aad import associated_data
 from palisade.common.errors import ERROR_CODE_METADATA_KEY
 from palisade.crypto.subject_store import DatabaseSubjectStore, subject_keys
-from palisade.crypto.subjects import unwrap_secret
+from palisade.crypto.subjects import SHREDDER_OF_KIND, unwrap_secret
 from palisade_api.crypto.v1 import crypto_pb2 as pb
 
 from .conftest import CryptoHarness, crypto_settings, running_crypto
@@ -66,9 +66,11 @@ async def _decrypt(
     )
 
 
-async def _shred(crypto: CryptoHarness, subject: str, service: str = "visitors") -> bool:
+async def _shred(crypto: CryptoHarness, subject: str, service: str | None = None) -> bool:
+    """ShredSubject as `service`, by default the one that owns the subject's kind."""
+    owner = service or SHREDDER_OF_KIND.get(subject.partition(":")[0], "visitors")
     reply = await crypto.stub.ShredSubject(
-        pb.ShredSubjectRequest(subject=subject), metadata=crypto.metadata(service)
+        pb.ShredSubjectRequest(subject=subject), metadata=crypto.metadata(owner)
     )
     return reply.shredded
 
@@ -147,6 +149,30 @@ async def test_only_services_may_shred(crypto) -> None:
 
 
 # -- shredding --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("subject", "owner"),
+    [(ADA, "auth"), (VISITOR, "visitors"), ("apikey:key_0123456789abcdef", "apikeys")],
+)
+async def test_only_the_owner_of_a_subjects_kind_may_shred_it(crypto, subject, owner) -> None:
+    """Encrypt may name any subject, ShredSubject only the owning service's: a compromised or
+    buggy webhooks (or apikeys, or audit) cannot destroy a visitor's or a person's PII."""
+    await crypto.stub.Encrypt(
+        pb.EncryptRequest(
+            items=[pb.EncryptItem(plaintext=b"x", associated_data=_aad("r_1"), subject=subject)]
+        ),
+        metadata=crypto.metadata(),
+    )
+    for other in sorted({"auth", "visitors", "apikeys", "audit", "webhooks"} - {owner}):
+        error = await _refused(_shred(crypto, subject, service=other))
+        assert (error.code(), _code(error)) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "subject_not_owned",
+        ), other
+    [row] = await _rows(crypto)
+    assert row.shredded_at is None
+    assert await _shred(crypto, subject, service=owner) is True
 
 
 async def test_shred_erases_every_copy_and_version_and_nothing_else(crypto) -> None:

@@ -191,7 +191,7 @@ async def test_a_server_without_subject_keys_refuses_subjects(make_crypto):
     with pytest.raises(InvalidArgument):
         await crypto.service.encrypt([(SECRET, _aad())], [ADA])
     with pytest.raises(InvalidArgument):
-        await crypto.service.shred_subject(ADA, actor="test")
+        await crypto.service.shred_subject(ADA, actor="auth")
     assert (await crypto.service.encrypt([(SECRET, _aad())], [""]))[1] == 1
 
 
@@ -325,7 +325,7 @@ async def test_a_shred_racing_a_first_encryption_leaves_the_subject_erased(crypt
         subject = f"visitor:vis_{round_}"
         outcome = await asyncio.gather(
             crypto.service.encrypt([(SECRET, _aad())], [subject]),
-            crypto.service.shred_subject(subject, actor="test"),
+            crypto.service.shred_subject(subject, actor="visitors"),
             return_exceptions=True,
         )
         assert outcome[1] is True
@@ -413,7 +413,7 @@ async def test_move_secrets_forward_before_retiring(crypto):
     for subject in (ADA, BOB, VISITOR):
         await crypto.service.encrypt([(SECRET, _aad())], [subject])
     crypto.rotate_data()
-    await crypto.service.shred_subject(VISITOR, actor="test")
+    await crypto.service.shred_subject(VISITOR, actor="visitors")
     sweep = await move_secrets_forward(crypto.subjects, crypto.keyring.data, 2, page=1)
     assert (sweep.moved, sweep.unreadable, sweep.remaining) == (2, 0, 0)
     assert (await _row(crypto, ADA)).wrap_version == 2

@@ -74,6 +74,13 @@ class InvalidSubject(InvalidArgument):
     )
 
 
+class SubjectNotOwned(PermissionDenied):
+    # Shredding is irreversible and the owning service's decision (after its own checks), so a
+    # subject's kind names the one service that may shred it.
+    code = "subject_not_owned"
+    default_message = "only the service that owns a subject's kind may shred it"
+
+
 class UnknownSubjectKey(NotFound):
     code = "unknown_subject_key"
     default_message = "ciphertext names a subject key this service does not have"

@@ -48,6 +48,7 @@ from palisade.crypto.subjects import (
     SubjectRecord,
     SubjectSecret,
     SubjectStore,
+    check_shredder,
     check_subject,
     new_record,
     rewrapped,
@@ -230,7 +231,10 @@ class CryptoService:
         return out, stale, primary.version
 
     async def shred_subject(self, subject: str, *, actor: str) -> bool:
-        """Destroys the subject's secret (see subjects.shred_subject); False if it already was."""
+        """Destroys the subject's secret (see subjects.shred_subject); False if it already was.
+        `actor` is the calling service: only the owner of the subject's kind may
+        (PERMISSION_DENIED subject_not_owned, before anything is touched)."""
+        check_shredder(subject, actor)
         store = self._require_subjects()
         shredded = await shred_subject(store, subject, now=self._clock.now(), actor=actor)
         self._metrics.subject_shreds.labels("shredded" if shredded else "already_shredded").inc()

@@ -52,7 +52,7 @@ from palisade.crypto.envelope import (
     open_envelope,
     seal_with,
 )
-from palisade.crypto.errors import InvalidSubject
+from palisade.crypto.errors import InvalidSubject, SubjectNotOwned
 from palisade.crypto.keyring import KEY_BYTES, KeyVersion, VersionedKeys
 
 log = logging.getLogger("palisade.crypto.subjects")
@@ -72,6 +72,19 @@ def check_subject(subject: str) -> str:
     if len(subject) > MAX_SUBJECT_CHARS or not _SUBJECT.fullmatch(subject):
         raise InvalidSubject()
     return subject
+
+
+# Which service may shred each kind of subject (ShredSubject, by the verified caller assertion's
+# issuer): auth deletes accounts, visitors erases visitors, apikeys owns its keys' history.
+# Encrypt may name any subject (one person's data spread over services must all die with one
+# shred); only the shred is reserved. The operator's CLI may shred any subject.
+SHREDDER_OF_KIND = {"user": "auth", "visitor": "visitors", "apikey": "apikeys"}
+
+
+def check_shredder(subject: str, service: str) -> None:
+    """SubjectNotOwned unless `service` owns the (well-formed) subject's kind."""
+    if SHREDDER_OF_KIND.get(subject_kind(check_subject(subject))) != service:
+        raise SubjectNotOwned()
 
 
 def subject_kind(subject: str) -> str:
