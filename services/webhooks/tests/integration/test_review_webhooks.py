@@ -19,6 +19,7 @@ from palisade.common.outbox import SecurityEvent
 from palisade.webhooks import store as store_module
 from palisade.webhooks.model import new_endpoint_id
 from palisade.webhooks.tables import endpoints
+from palisade_api.webhooks.v1 import webhooks_pb2 as pb
 
 from .conftest import new_workspace
 from .delivery_support import (
@@ -140,3 +141,69 @@ async def test_the_endpoint_limit_holds_for_parallel_creations(
             count = (await conn.execute(mine)).scalar_one()
         assert sorted(results) == [False, True]
         assert count == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="retries of an event type the endpoint has since unsubscribed from are still "
+    "sent (for about a day)",
+)
+async def test_an_unsubscribed_type_is_not_delivered_by_its_retries(
+    webhooks_factory: Any, sqlite_url: str, hooks: Receiver, connector: Any
+) -> None:
+    """A workspace takes the security events off an endpoint (the receiver moved somewhere less
+    trusted, say). Deliveries of those events already queued keep their retry schedule and
+    reach the receiver afterwards, up to ~27 hours later: events of a type it no longer
+    subscribes to. They should be dropped (or failed) instead of sent."""
+    async with webhooks_factory(
+        sqlite_url, allowed_networks=LOCAL_NETWORKS, delivery_timeout_seconds=2.0
+    ) as local:
+        ws = new_workspace()
+        created = await local.create(
+            ws, url=hooks.url("/hook"), event_types=(LOGIN, "chat.message.created")
+        )
+        hooks.plan("/hook", 503)
+        await queue_events(local, streamed(workspace=ws, type=LOGIN))
+        runtime = runtime_of(local, connector)
+        assert await runtime.worker.drain() == 1  # 503: to be retried in ~5 s
+        await local.stub.UpdateWebhook(
+            pb.UpdateWebhookRequest(id=created.webhook.id, event_types=["chat.message.created"]),
+            metadata=local.person(ws),
+        )
+        local.clock.advance(timedelta(minutes=10))
+        await runtime.worker.drain()
+        assert [json.loads(r.body)["type"] for r in hooks.requests] == [LOGIN]
+
+
+async def test_proxy_variables_in_the_environment_are_not_honoured(
+    webhooks_factory: Any,
+    sqlite_url: str,
+    hooks: Receiver,
+    connector: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Checked sound (no xfail): with HTTP(S)_PROXY/ALL_PROXY pointing at a local "proxy" (a
+    second receiver), the delivery goes straight to the checked address; the proxy, which
+    would dial whatever the Host says and so void the address checks, sees nothing."""
+    async with (
+        receiver() as proxy,
+        webhooks_factory(
+            sqlite_url, allowed_networks=LOCAL_NETWORKS, delivery_timeout_seconds=2.0
+        ) as local,
+    ):
+        local.resolver.add("receiver.example", ["127.0.0.1"])
+        ws = new_workspace()
+        await local.create(
+            ws, url=f"http://receiver.example:{hooks.port}/hook", event_types=(LOGIN,)
+        )
+        await queue_events(local, streamed(workspace=ws))
+        # Set only now: gRPC's channels honour these too (their connections are made by now).
+        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        runtime = runtime_of(local, connector)
+        assert await runtime.worker.drain() == 1
+        assert [r.path for r in hooks.requests] == ["/hook"]
+        assert proxy.requests == []
+        assert connector.dialled == [("127.0.0.1", hooks.port)]
