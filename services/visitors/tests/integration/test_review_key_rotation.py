@@ -1,4 +1,6 @@
-"""Review findings (issue 14): key rotation on real rows.
+"""Review findings (issue 14): key rotation on real rows. Both fixed: visitors reports its data
+key versions (ReportDataVersions) and crypto's data-key retire refuses below a reported one;
+a lone unreadable row in a rewrap batch is counted as failed.
 
 1. `palisade-crypto keys retire --below N` (data keys) checks only that no subject secret is
    still wrapped below N; it knows nothing of the envelopes the visitors table holds under the old
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from palisade.visitors.maintenance import KeyMaintenance
@@ -50,25 +51,41 @@ async def _rotate(harness) -> None:
     await harness.until_crypto(lambda c: c.keyring.current.data.primary == 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="data-key retire is not refused while visitor rows are still under the old version",
-)
 async def test_review_retiring_a_data_key_before_the_rewrap_is_refused(harness) -> None:
     ws = new_workspace()
     old = (await harness.create(harness.person(ws), name="Old")).id
     await _rotate(harness)
     retired = await asyncio.to_thread(harness.crypto_cli, "keys", "retire", "--below", "2")
-    if retired.returncode == 0:
-        await harness.until_crypto(lambda c: c.keyring.current.data.min_version == 2)
-    # Refused, or (if it went ahead) harmless: the visitor still reads.
-    assert (
-        retired.returncode == 3
-        or (
-            await harness.stub.GetVisitor(pb.GetVisitorRequest(id=old), metadata=harness.person(ws))
-        ).name
-        == "Old"
+    # Refused, naming the service whose rows still use v1; nothing retired.
+    assert retired.returncode == 3, retired.stdout
+    assert "'visitors'" in retired.stderr
+    assert "v1" in retired.stderr
+    got = await harness.stub.GetVisitor(pb.GetVisitorRequest(id=old), metadata=harness.person(ws))
+    assert got.name == "Old"
+    # After the rewrap walk (which reports v2 only) the retire goes ahead, and the visitor reads.
+    result = await _job(harness, batch_rows=10).rewrap()
+    assert result.moved == 1
+    retired = await asyncio.to_thread(harness.crypto_cli, "keys", "retire", "--below", "2")
+    assert retired.returncode == 0, retired.stderr
+    await harness.until_crypto(lambda c: c.keyring.current.data.min_version == 2)
+    got = await harness.stub.GetVisitor(pb.GetVisitorRequest(id=old), metadata=harness.person(ws))
+    assert got.name == "Old"
+
+
+async def test_review_a_row_the_walk_could_not_move_keeps_the_retire_refused(harness) -> None:
+    ws = new_workspace()
+    ids = [(await harness.create(harness.person(ws), name=f"V{n}")).id for n in range(2)]
+    await _rotate(harness)
+    envelope = bytearray((await harness.row(ids[0])).name_ct)
+    envelope[-1] ^= 1
+    await harness.execute(
+        "UPDATE visitors SET name_ct = :ct WHERE id = :id", ct=bytes(envelope), id=ids[0]
     )
+    result = await _job(harness, batch_rows=10).rewrap()
+    assert (result.moved, result.failed) == (1, 1)
+    retired = await asyncio.to_thread(harness.crypto_cli, "keys", "retire", "--below", "2")
+    assert retired.returncode == 3
+    assert "'visitors'" in retired.stderr
 
 
 async def test_review_an_unreadable_row_alone_in_a_batch_is_counted_not_fatal(harness) -> None:

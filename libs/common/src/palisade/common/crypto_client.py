@@ -27,6 +27,7 @@ from palisade_api.crypto.v1 import crypto_pb2_grpc
 _SERVICE = "/" + pb.DESCRIPTOR.services_by_name["CryptoService"].full_name + "/"
 _ENCRYPT, _DECRYPT, _BLIND_INDEX = (_SERVICE + m for m in ("Encrypt", "Decrypt", "BlindIndex"))
 _REPORT_INDEX_VERSIONS = _SERVICE + "ReportIndexVersions"
+_REPORT_DATA_VERSIONS = _SERVICE + "ReportDataVersions"
 _SHRED_SUBJECT = _SERVICE + "ShredSubject"
 _REWRAP, _KEY_STATUS = _SERVICE + "Rewrap", _SERVICE + "KeyStatus"
 
@@ -321,6 +322,19 @@ class CryptoClient:
             await self._stub.ReportIndexVersions(
                 request,
                 metadata=self._identity.metadata("crypto", _REPORT_INDEX_VERSIONS),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _translate(error) from None
+
+    async def report_data_versions(self, versions_in_use: Sequence[int]) -> None:
+        """Tells crypto which data key versions this service's stored envelopes still use
+        (`palisade-crypto keys retire --below N` refuses while one is below N)."""
+        request = pb.ReportDataVersionsRequest(versions_in_use=sorted(set(versions_in_use)))
+        try:
+            await self._stub.ReportDataVersions(
+                request,
+                metadata=self._identity.metadata("crypto", _REPORT_DATA_VERSIONS),
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as error:

@@ -107,6 +107,21 @@ async def _index_retire_blockers(settings: CryptoSettings, below: int) -> list[s
     )
 
 
+async def _data_retire_blockers(settings: CryptoSettings, below: int) -> list[str]:
+    """Why retiring data versions below `below` would strand a reporting service's envelopes
+    (see palisade.crypto.data_consumers); an unreachable database is a reason too."""
+    from palisade.crypto.data_consumers import data_reports, data_retire_blockers
+
+    engine = _engine(settings)
+    try:
+        reports = await data_reports(engine)
+    except Exception as exc:
+        return [f"the crypto database is unreachable ({type(exc).__name__}): cannot check"]
+    finally:
+        await engine.dispose()
+    return data_retire_blockers(below, reports)
+
+
 async def _move_subject_secrets(
     settings: CryptoSettings, keyring: Keyring, below: int
 ) -> list[str]:
@@ -184,6 +199,15 @@ def _keys_command(args: argparse.Namespace, settings: CryptoSettings) -> int:
         else:
             keyring = read_keyring(path)
             keyring.data.retired_below(args.below)  # refused (the primary?) before any work
+            reasons = asyncio.run(_data_retire_blockers(settings, args.below))
+            if reasons:
+                print(
+                    f"refused: data key versions below v{args.below} are still in use:",
+                    file=sys.stderr,
+                )
+                for reason in reasons:
+                    print(f"  {reason}", file=sys.stderr)
+                return 3
             reasons = asyncio.run(_move_subject_secrets(settings, keyring, args.below))
             if reasons:
                 print(

@@ -21,6 +21,7 @@ from palisade.common.grpc_server import RunningServer, run_server
 from palisade.common.migrations import upgrade
 from palisade.common.tasks import cancel_and_wait
 from palisade.crypto.config import SERVICE_NAME, CryptoSettings
+from palisade.crypto.data_consumers import DataConsumers
 from palisade.crypto.index_consumers import IndexConsumers
 from palisade.crypto.keyring import Keyring
 from palisade.crypto.keyring_file import KeyringHolder, create_keyring
@@ -104,7 +105,11 @@ async def serve_crypto(
         await service.sync_usage()  # know every replica's totals before the first encryption
 
         def add_servicers(server: grpc.aio.Server) -> list[str]:
-            servicer = CryptoServicer(service, IndexConsumers(engine=engine, clock=clock))
+            servicer = CryptoServicer(
+                service,
+                IndexConsumers(engine=engine, clock=clock),
+                DataConsumers(engine=engine, clock=clock),
+            )
             crypto_pb2_grpc.add_CryptoServiceServicer_to_server(servicer, server)
             return [crypto_pb2.DESCRIPTOR.services_by_name["CryptoService"].full_name]
 

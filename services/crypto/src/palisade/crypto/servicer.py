@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from palisade.common.caller import require_service_caller
 from palisade.common.errors import InvalidArgument
+from palisade.crypto.data_consumers import DataConsumers
 from palisade.crypto.index_consumers import IndexConsumers
 from palisade.crypto.normalize import Normalization
 from palisade.crypto.service import CryptoService, IndexRequest, IndexToken, KeyVersionInfo
@@ -28,9 +29,15 @@ _NORMALIZATIONS = {
 
 
 class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
-    def __init__(self, service: CryptoService, consumers: IndexConsumers | None = None) -> None:
+    def __init__(
+        self,
+        service: CryptoService,
+        consumers: IndexConsumers | None = None,
+        data_consumers: DataConsumers | None = None,
+    ) -> None:
         self._service = service
         self._consumers = consumers  # who asks for blind indexes (see index_consumers.py)
+        self._data_consumers = data_consumers  # data-version reports (see data_consumers.py)
 
     async def Encrypt(self, request: pb.EncryptRequest, context: Context) -> pb.EncryptResponse:
         caller = require_service_caller()
@@ -116,6 +123,15 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
             raise InvalidArgument("this server keeps no index-consumer records")
         await self._consumers.report(caller.issuer, list(request.versions_in_use))
         return pb.ReportIndexVersionsResponse()
+
+    async def ReportDataVersions(
+        self, request: pb.ReportDataVersionsRequest, context: Context
+    ) -> pb.ReportDataVersionsResponse:
+        caller = require_service_caller()
+        if self._data_consumers is None:
+            raise InvalidArgument("this server keeps no data-version reports")
+        await self._data_consumers.report(caller.issuer, list(request.versions_in_use))
+        return pb.ReportDataVersionsResponse()
 
     async def ShredSubject(
         self, request: pb.ShredSubjectRequest, context: Context

@@ -12,7 +12,9 @@ clearing committed (an interrupted erasure) has its erasure finished here.
 Reindex recomputes blind-index tokens under the primary index key. Tokens are HMACs of the
 normalized plaintext, so this needs the plaintext: one Decrypt and one BlindIndex per batch,
 then crypto is told which index versions rows still use (ReportIndexVersions), which is what
-`palisade-crypto keys retire --index` checks.
+`palisade-crypto keys retire --index` checks. Likewise each full rewrap walk (the background job
+or `palisade-visitors rewrap`) ends by reporting the data key versions rows still use
+(ReportDataVersions), which `palisade-crypto keys retire --below N` checks.
 """
 
 from __future__ import annotations
@@ -124,7 +126,10 @@ class KeyMaintenance:
             await pacer.done(len(rows))
         # The walk is over: the next one (a row a stale replica wrote, a failed one) starts over.
         await self._store.save_cursor(REWRAP_JOB, target, "", self._clock.now())
-        await self.refresh_metrics()
+        counts = await self.refresh_metrics()
+        # What `palisade-crypto keys retire --below N` checks: the versions rows still use
+        # (failed rows included: retiring theirs would make them unreadable for good).
+        await self._crypto.report_data_versions(sorted(counts))
         return PassResult(moved, erased, failed, target)
 
     async def _rewrap_rows(self, rows: list[StoredVisitor]) -> tuple[int, int, int]:

@@ -8,12 +8,14 @@ unreachable the client raises Unavailable before anything is stored.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from palisade.common.clock import Clock
 from palisade.common.crypto_client import CryptoClient, IndexInput, Normalization
+from palisade.common.errors import PalisadeError
 from palisade.common.page_tokens import PageTokens
 from palisade.common.page_tokens import scope as token_scope
 from palisade.visitors.access import source_of
@@ -31,6 +33,8 @@ from palisade.visitors.pii import (
     subject_of,
 )
 from palisade.visitors.store import VisitorStore
+
+log = logging.getLogger("palisade.visitors.service")
 
 _ID_PREFIX = "vis_"
 _FIND_SCOPE = "palisade.visitors.v1.VisitorsService/FindVisitors"
@@ -63,6 +67,8 @@ class VisitorsService:
         self._crypto = crypto
         self._clock = clock
         self._tokens = page_tokens
+        # Data key versions this process has told crypto its rows use (see _report_version).
+        self._reported_data_versions: set[int] = set()
         self._erasures = Erasures(store=store, crypto=crypto, clock=clock)
 
     async def create(self, scope: Scope, *, name: str, email: str, phone: str) -> Visitor:
@@ -106,6 +112,8 @@ class VisitorsService:
         )
         event = visitor_event("visitor.created", row, scope.actor, self._clock)  # ids only
         await self._store.insert(row, event)
+        if sealed.key_version not in self._reported_data_versions:
+            await self._report_data_versions()
         return Visitor(
             id=row.id,
             test=row.test,
@@ -164,6 +172,19 @@ class VisitorsService:
             return
         await self._crypto.shred_subject(subject_of(row.id))
         await self._erasures.finish(row, scope.actor)
+
+    async def _report_data_versions(self) -> None:
+        """The first row this process stores under a data key version: crypto is told every
+        version rows use (ReportDataVersions, what `keys retire --below N` checks) at once,
+        not only after the next rewrap walk. One call per version per process; a failure is
+        logged, never fails the write (the next row or walk reports again)."""
+        try:
+            versions = await self._store.data_versions_in_use()
+            await self._crypto.report_data_versions(versions)
+        except PalisadeError as exc:
+            log.warning("data key versions not reported to crypto", extra={"reason": exc.code})
+            return
+        self._reported_data_versions.update(versions)
 
     async def _row(self, scope: Scope, visitor_id: str) -> StoredVisitor:
         row = None

@@ -186,6 +186,15 @@ class VisitorStore:
             )
             return {int(v): int(n) for v, n in rows}
 
+    async def data_versions_in_use(self) -> list[int]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(visitors.c.data_key_version)
+                .where(visitors.c.data_key_version.isnot(None))
+                .distinct()
+            )
+            return sorted(int(v) for (v,) in rows)
+
     async def index_versions_in_use(self) -> list[int]:
         async with self._engine.connect() as conn:
             rows = await conn.execute(
