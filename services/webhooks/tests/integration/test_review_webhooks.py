@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from palisade.common.outbox import SecurityEvent
 from palisade.webhooks import store as store_module
 from palisade.webhooks.model import new_endpoint_id
+from palisade.webhooks.store import new_delivery_values, queue_delivery
 from palisade.webhooks.tables import endpoints
 from palisade_api.webhooks.v1 import webhooks_pb2 as pb
 
@@ -26,6 +27,7 @@ from .delivery_support import (
     HANG,
     LOCAL_NETWORKS,
     Receiver,
+    delivery_of,
     queue_events,
     receiver,
     runtime_of,
@@ -207,3 +209,42 @@ async def test_proxy_variables_in_the_environment_are_not_honoured(
         assert [r.path for r in hooks.requests] == ["/hook"]
         assert proxy.requests == []
         assert connector.dialled == [("127.0.0.1", hooks.port)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a delivery whose every attempt crashes is re-claimed after each lease forever "
+    "(never failed, as delivery/store.py promises)",
+)
+async def test_a_delivery_that_crashes_every_attempt_ends_as_failed(
+    webhooks_factory: Any, sqlite_url: str, hooks: Receiver, connector: Any
+) -> None:
+    """delivery/store.py: "an attempt that crashed still counts (a delivery that crashes its
+    worker every time ends as failed instead of looping)". The count is kept, but only a
+    settle ever ends a delivery, and a crashing attempt never settles: the row is claimed again
+    each time its lease lapses, with no bound. Here the crash is a message id that cannot be
+    signed (put in the table directly; the intake never makes one), standing in for any
+    exception between the claim and the settle."""
+    async with webhooks_factory(
+        sqlite_url, allowed_networks=LOCAL_NETWORKS, delivery_timeout_seconds=2.0
+    ) as local:
+        ws = new_workspace()
+        created = await local.create(ws, url=hooks.url("/hook"), event_types=(LOGIN,))
+        values = new_delivery_values(
+            endpoint_id=created.webhook.id,
+            workspace_id=ws,
+            event_id="not.signable",
+            event_type=LOGIN,
+            payload='{"type":"session.login_succeeded","timestamp":"x","data":{}}',
+            now=local.clock.now(),
+        )
+        async with local.server.engine.begin() as conn:
+            assert await queue_delivery(conn, values)
+        runtime = runtime_of(local, connector)
+        schedule_attempts = len(local.settings.retry_schedule) + 1
+        for _ in range(schedule_attempts + 3):
+            await runtime.worker.drain()
+            local.clock.advance(timedelta(seconds=local.settings.claim_lease_seconds + 1))
+        row = await delivery_of(local, created.webhook.id, "not.signable")
+        assert row.attempts <= schedule_attempts
+        assert row.state == "failed"
