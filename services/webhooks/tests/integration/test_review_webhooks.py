@@ -248,3 +248,39 @@ async def test_a_delivery_that_crashes_every_attempt_ends_as_failed(
         row = await delivery_of(local, created.webhook.id, "not.signable")
         assert row.attempts <= schedule_attempts
         assert row.state == "failed"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an endpoint whose envelopes no longer open is retried every 5 s forever, nothing "
+    "counted or shown in the delivery log",
+)
+async def test_an_unreadable_endpoint_shows_in_the_delivery_log(
+    webhooks_factory: Any, sqlite_url: str, hooks: Receiver, connector: Any
+) -> None:
+    """The worker treats every failure to open an endpoint's URL and secrets as crypto being
+    away: the claim is released, uncounted, for 5 s. A permanent failure (an envelope that no
+    longer opens: a damaged row, a key version gone) then loops every 5 s for ever, a crypto
+    call each time, never failing, never disabling the endpoint, with nothing in the delivery
+    log to say why. Here the URL's envelope has one byte changed."""
+    async with webhooks_factory(
+        sqlite_url, allowed_networks=LOCAL_NETWORKS, delivery_timeout_seconds=2.0
+    ) as local:
+        ws = new_workspace()
+        created = await local.create(ws, url=hooks.url("/hook"), event_types=(LOGIN,))
+        [row] = [r for r in await local.endpoint_rows() if r.id == created.webhook.id]
+        damaged = bytes(row.url_ct[:-1]) + bytes([row.url_ct[-1] ^ 1])
+        async with local.server.engine.begin() as conn:
+            await conn.execute(
+                endpoints.update().where(endpoints.c.id == row.id).values(url_ct=damaged)
+            )
+        event = streamed(workspace=ws)
+        await queue_events(local, event)
+        runtime = runtime_of(local, connector)
+        for _ in range(10):
+            await runtime.worker.drain()
+            local.clock.advance(timedelta(seconds=6))
+        delivery = await delivery_of(local, created.webhook.id, event.event.id)
+        assert hooks.requests == []
+        assert delivery.attempts >= 1
+        assert delivery.last_error is not None
