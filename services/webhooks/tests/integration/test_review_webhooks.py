@@ -200,12 +200,13 @@ async def test_proxy_variables_in_the_environment_are_not_honoured(
         )
         await queue_events(local, streamed(workspace=ws))
         # Set only now: gRPC's channels honour these too (their connections are made by now).
-        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
-            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.port}")
-        monkeypatch.delenv("NO_PROXY", raising=False)
-        monkeypatch.delenv("no_proxy", raising=False)
-        runtime = runtime_of(local, connector)
-        assert await runtime.worker.drain() == 1
+        with monkeypatch.context() as env:
+            for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+                env.setenv(name, f"http://127.0.0.1:{proxy.port}")
+            env.delenv("NO_PROXY", raising=False)
+            env.delenv("no_proxy", raising=False)
+            runtime = runtime_of(local, connector)
+            assert await runtime.worker.drain() == 1
         assert [r.path for r in hooks.requests] == ["/hook"]
         assert proxy.requests == []
         assert connector.dialled == [("127.0.0.1", hooks.port)]
