@@ -20,11 +20,6 @@ from palisade.webhooks.egress.resolver import DEFAULT_LOOKUP_THREADS, SystemReso
 from palisade.webhooks.egress.urls import check_webhook_url
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="url_not_allowed tells 'does not resolve' from 'resolves inside the network': "
-    "an internal DNS oracle",
-)
 async def test_an_internal_name_and_a_missing_name_are_refused_alike(resolver: Any) -> None:
     """Anyone with webhooks:manage can ask the service to resolve any name. If an internal
     name (say postgres.default.svc.cluster.local) is refused with one message and a name that

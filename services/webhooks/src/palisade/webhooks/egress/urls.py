@@ -199,9 +199,12 @@ async def resolve_destination(
     return addresses
 
 
-_REFUSAL_MESSAGES = {
-    "plain_http": "url must use https (plain http only reaches allowlisted networks)",
-}
+# One answer for a host that does not resolve and one that resolves inside the network: anyone
+# with webhooks:manage can name any host, and two answers would map the cluster's private DNS
+# (which internal names exist) from outside. Plain http keeps its own message: it is given only
+# when every address is public (or allowlisted), which tells nothing about the inside.
+_NOT_ALLOWED_MESSAGE = "url's host must resolve, and only to public addresses"
+_PLAIN_HTTP_MESSAGE = "url must use https (plain http only reaches allowlisted networks)"
 
 
 async def check_webhook_url(
@@ -218,12 +221,9 @@ async def check_webhook_url(
         async with asyncio.timeout(resolve_seconds):
             await resolve_destination(url, policy=policy, resolver=resolver)
     except (ResolutionFailed, TimeoutError):
-        raise UrlNotAllowed("url's host does not resolve to any address") from None
+        raise UrlNotAllowed(_NOT_ALLOWED_MESSAGE) from None
     except DestinationRefused as refused:
-        raise UrlNotAllowed(
-            _REFUSAL_MESSAGES.get(
-                refused.reason,
-                "url must not lead to a loopback, private, link-local or other internal address",
-            )
-        ) from None
+        if refused.reason == "plain_http":
+            raise UrlNotAllowed(_PLAIN_HTTP_MESSAGE) from None
+        raise UrlNotAllowed(_NOT_ALLOWED_MESSAGE) from None
     return url
