@@ -8,6 +8,7 @@ sleeps for a time rule.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -218,3 +219,36 @@ async def test_a_hanging_receiver_blocks_no_other_endpoint(local, hooks, connect
         assert (row.state, row.last_error, row.last_status) == ("pending", "timeout", None)
         assert (await delivery_of(local, fast.webhook.id, item.event.id)).state == "succeeded"
     assert sample(runtime.registry, "palisade_webhooks_attempts_total", result="timeout") == 3
+
+
+async def test_one_workspace_holds_at_most_half_the_slots(
+    webhooks_factory, sqlite_url, hooks, connector
+) -> None:
+    """4 slots, 2 per endpoint: a workspace with two hanging endpoints gets 2 slots, and
+    another workspace's delivery goes out at once beside them."""
+    async with webhooks_factory(
+        sqlite_url,
+        allowed_networks=LOCAL_NETWORKS,
+        delivery_timeout_seconds=4.0,
+        worker_concurrency=4,
+        per_endpoint_concurrency=2,
+    ) as local:
+        noisy = new_workspace()
+        for path in ("/noisy-1", "/noisy-2"):
+            await local.create(noisy, url=hooks.url(path), event_types=(LOGIN,))
+            hooks.plan(path, HANG, HANG)
+        await queue_events(local, *(streamed(workspace=noisy) for _ in range(2)))
+        local.clock.advance(1)
+        quiet = new_workspace()
+        await local.create(quiet, url=hooks.url("/quiet"), event_types=(LOGIN,))
+        await queue_events(local, streamed(workspace=quiet))
+        runtime = runtime_of(local, connector)
+        drain = asyncio.create_task(runtime.worker.drain())
+        try:
+            await hooks.until(3, within=2.0)  # well before the hanging ones time out
+            assert len(hooks.to("/quiet")) == 1
+            assert len(hooks.requests) == 3  # the noisy workspace: 2 slots of 4
+        finally:
+            await drain
+        # Once those timed out, the noisy workspace's other two went too.
+        assert len(hooks.requests) == 5

@@ -145,11 +145,6 @@ async def test_the_endpoint_limit_holds_for_parallel_creations(
         assert count == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="retries of an event type the endpoint has since unsubscribed from are still "
-    "sent (for about a day)",
-)
 async def test_an_unsubscribed_type_is_not_delivered_by_its_retries(
     webhooks_factory: Any, sqlite_url: str, hooks: Receiver, connector: Any
 ) -> None:
@@ -212,11 +207,6 @@ async def test_proxy_variables_in_the_environment_are_not_honoured(
         assert connector.dialled == [("127.0.0.1", hooks.port)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a delivery whose every attempt crashes is re-claimed after each lease forever "
-    "(never failed, as delivery/store.py promises)",
-)
 async def test_a_delivery_that_crashes_every_attempt_ends_as_failed(
     webhooks_factory: Any, sqlite_url: str, hooks: Receiver, connector: Any
 ) -> None:
@@ -251,11 +241,6 @@ async def test_a_delivery_that_crashes_every_attempt_ends_as_failed(
         assert row.state == "failed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an endpoint whose envelopes no longer open is retried every 5 s forever, nothing "
-    "counted or shown in the delivery log",
-)
 async def test_an_unreadable_endpoint_shows_in_the_delivery_log(
     webhooks_factory: Any, sqlite_url: str, hooks: Receiver, connector: Any
 ) -> None:

@@ -18,6 +18,7 @@ from delivery_attempts, which records every attempt that finished.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,12 +29,16 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from palisade.webhooks.model import PENDING, SUCCEEDED
+from palisade.webhooks.catalogue import TEST_EVENT_TYPE
+from palisade.webhooks.model import FAILED, PENDING, SUCCEEDED
 from palisade.webhooks.tables import deliveries, delivery_attempts, endpoints
 
 # How many due rows one claim looks at per row it may take: rows of endpoints already at their
 # concurrency cap are passed over in favour of the next endpoint's.
 _WINDOW_FACTOR = 4
+# last_error of deliveries the claim gives up without an attempt.
+EXHAUSTED = "attempts_exhausted"
+UNSUBSCRIBED = "unsubscribed"
 
 
 @dataclass(frozen=True)
@@ -109,12 +114,25 @@ class DeliveryStore:
         limit: int,
         per_endpoint: int,
         busy: Mapping[str, int],
+        per_workspace: int | None = None,
+        busy_workspaces: Mapping[str, int] | None = None,
+        max_attempts: int | None = None,
     ) -> list[ClaimedDelivery]:
-        """Up to limit due deliveries, at most per_endpoint of one endpoint counting those the
-        caller has in flight (busy), oldest due first."""
+        """Up to limit due deliveries, oldest due first: at most per_endpoint of one endpoint
+        and per_workspace of one workspace, counting those the caller has in flight (busy,
+        busy_workspaces).
+
+        Given up in the same transaction instead of claimed (state failed, no attempt made):
+        a delivery whose round already used max_attempts (attempts that crashed before they
+        could settle: "attempts_exhausted"), and one of a type its endpoint no longer
+        subscribes to ("unsubscribed"; webhook.test, sent to one endpoint on request, always
+        goes)."""
         if limit < 1 or per_endpoint < 1:
             return []
+        workspace_cap = per_workspace or limit
+        in_flight = dict(busy_workspaces or {})
         saturated = [endpoint for endpoint, n in busy.items() if n >= per_endpoint]
+        full = [ws for ws, n in in_flight.items() if n >= workspace_cap]
         d = deliveries
         query = (
             select(
@@ -126,6 +144,7 @@ class DeliveryStore:
                 d.c.payload,
                 d.c.attempts,
                 d.c.schedule_base,
+                endpoints.c.event_types,
             )
             .join(endpoints, endpoints.c.id == d.c.endpoint_id)
             .where(
@@ -139,6 +158,8 @@ class DeliveryStore:
         )
         if saturated:
             query = query.where(d.c.endpoint_id.not_in(saturated))
+        if full:
+            query = query.where(d.c.workspace_id.not_in(full))
         token = f"{self._worker}/{uuid.uuid4().hex}"
         async with self._engine.begin() as conn:
             if conn.dialect.name == "postgresql":
@@ -146,13 +167,32 @@ class DeliveryStore:
             rows = (await conn.execute(query)).all()
             taken: dict[str, int] = dict(busy)
             picked = []
+            given_up: dict[str, list[str]] = {EXHAUSTED: [], UNSUBSCRIBED: []}
             for row in rows:
+                if max_attempts is not None and row.attempts - row.schedule_base >= max_attempts:
+                    given_up[EXHAUSTED].append(row.id)
+                    continue
+                if row.event_type != TEST_EVENT_TYPE and row.event_type not in json.loads(
+                    row.event_types
+                ):
+                    given_up[UNSUBSCRIBED].append(row.id)
+                    continue
                 if taken.get(row.endpoint_id, 0) >= per_endpoint:
                     continue
+                if in_flight.get(row.workspace_id, 0) >= workspace_cap:
+                    continue
                 taken[row.endpoint_id] = taken.get(row.endpoint_id, 0) + 1
+                in_flight[row.workspace_id] = in_flight.get(row.workspace_id, 0) + 1
                 picked.append(row)
                 if len(picked) == limit:
                     break
+            for reason, ids in given_up.items():
+                if ids:
+                    await conn.execute(
+                        update(d)
+                        .where(d.c.id.in_(ids))
+                        .values(state=FAILED, next_attempt_at=None, last_error=reason)
+                    )
             if picked:
                 await conn.execute(
                     update(d)

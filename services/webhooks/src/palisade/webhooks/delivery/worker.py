@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 import time
@@ -30,6 +31,8 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from palisade.common.clock import Clock
+from palisade.common.db import database_unavailable
+from palisade.common.errors import Unavailable
 from palisade.common.relay_loop import Wakeup
 from palisade.common.tasks import cancel_and_wait
 from palisade.webhooks.delivery.metrics import DeliveryMetrics
@@ -51,6 +54,10 @@ TARGET_RETRY_SECONDS = 5.0
 # `enabled`, so a disabled endpoint gets nothing new.
 TARGET_CACHE_SECONDS = 1.0
 _TARGET_CACHE_MAX = 10_000
+# A delivery's last_error when no request was sent: its endpoint's URL or secrets would not
+# open, or the worker itself failed on it.
+ENDPOINT_UNREADABLE = "endpoint_unreadable"
+INTERNAL_ERROR = "internal_error"
 # Outcomes written per settling transaction at most.
 _SETTLE_BATCH = 100
 
@@ -123,6 +130,10 @@ class DeliveryWorker:
         self._notifier = notifier
         self._wakeup = Wakeup()
         self._busy: Counter[str] = Counter()
+        self._busy_workspaces: Counter[str] = Counter()
+        # One workspace (its many endpoints hanging, say) holds at most half the slots, so
+        # the others' deliveries always have room.
+        self._per_workspace = max(per_endpoint, concurrency // 2)
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_claim_full = False
         self._settling: list[
@@ -203,9 +214,13 @@ class DeliveryWorker:
             limit=limit,
             per_endpoint=self._per_endpoint,
             busy=self._busy,
+            per_workspace=self._per_workspace,
+            busy_workspaces=self._busy_workspaces,
+            max_attempts=self._schedule.max_attempts,
         )
         for claim in claims:
             self._busy[claim.endpoint_id] += 1
+            self._busy_workspaces[claim.workspace_id] += 1
             task = asyncio.create_task(self._attempt(claim), name=f"webhook-attempt-{claim.id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -217,13 +232,23 @@ class DeliveryWorker:
         try:
             await self._attempt_once(claim)
         except Exception:
-            # The lease runs out and the delivery is attempted again.
-            log.exception("webhook attempt %s could not be settled", claim.id)
+            log.exception("webhook attempt %s failed inside the worker", claim.id)
+            try:
+                # Counted and scheduled like a failed answer, so a delivery that breaks the
+                # worker every time ends as failed; if even this fails, the lease runs out
+                # and the claim gives the row up once its attempts are spent (store.claim).
+                await self._fail_without_sending(claim, INTERNAL_ERROR)
+            except Exception:
+                log.exception("webhook attempt %s could not be settled", claim.id)
         finally:
             self._metrics.in_flight.dec()
-            self._busy[claim.endpoint_id] -= 1
-            if self._busy[claim.endpoint_id] <= 0:
-                del self._busy[claim.endpoint_id]
+            for busy, key in (
+                (self._busy, claim.endpoint_id),
+                (self._busy_workspaces, claim.workspace_id),
+            ):
+                busy[key] -= 1
+                if busy[key] <= 0:
+                    del busy[key]
 
     async def _settle(
         self, claim: ClaimedDelivery, outcome: Settlement, now: datetime
@@ -276,11 +301,18 @@ class DeliveryWorker:
         try:
             target = await self._target(claim.endpoint_id)
         except Exception as exc:
-            # Crypto (or the database) away: no attempt was made, so none is counted; the
-            # delivery waits a little instead of spinning against the outage.
-            log.warning("webhook target of %s unavailable: %s", claim.id, type(exc).__name__)
-            retry_at = self._clock.now() + timedelta(seconds=TARGET_RETRY_SECONDS)
-            await self._store.release(claim, retry_at=retry_at)
+            if isinstance(exc, Unavailable) or database_unavailable(exc):
+                # Crypto (or the database) away: no attempt was made, so none is counted;
+                # the delivery waits a little instead of spinning against the outage.
+                log.warning("webhook target of %s unavailable: %s", claim.id, type(exc).__name__)
+                retry_at = self._clock.now() + timedelta(seconds=TARGET_RETRY_SECONDS)
+                await self._store.release(claim, retry_at=retry_at)
+                return
+            # An envelope that does not open (a damaged row, a key gone): that will not get
+            # better by itself, so it is a failed attempt like any other, counted, on the
+            # schedule and in the delivery log.
+            log.warning("webhook target of %s unreadable: %s", claim.id, type(exc).__name__)
+            await self._fail_without_sending(claim, ENDPOINT_UNREADABLE)
             return
         if target is None or not target.enabled or not target.secrets:
             # Deleted or disabled since the claim: nothing to send; the row stays as it was
@@ -302,6 +334,19 @@ class DeliveryWorker:
             await self._disable(claim.endpoint_id, GONE)
         elif failing_since is not None and now - failing_since >= self._disable_after:
             await self._disable(claim.endpoint_id, FAILING)
+
+    async def _fail_without_sending(self, claim: ClaimedDelivery, error: str) -> None:
+        now = self._clock.now()
+        result = AttemptResult(status=0, error=error, retry_after=None, elapsed=0.0)
+        self._metrics.attempts.labels(error).inc()
+        outcome, label = self._outcome(claim, result, now, now)
+        if error == INTERNAL_ERROR and outcome.state == PENDING:
+            # As if the worker had died mid-attempt: tried again once a lease would have run
+            # out, not hours later, and given up when the schedule's attempts are spent.
+            retry_at = now + timedelta(seconds=self._lease)
+            outcome = dataclasses.replace(outcome, next_attempt_at=retry_at)
+        await self._settle(claim, outcome, now)
+        self._metrics.deliveries.labels(label).inc()
 
     def _outcome(
         self, claim: ClaimedDelivery, result: AttemptResult, started: datetime, now: datetime
