@@ -37,11 +37,6 @@ async def test_an_internal_name_and_a_missing_name_are_refused_alike(resolver: A
     assert internal.value.message == missing.value.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the 8 shared lookup threads: a few slow-DNS hosts (anyone can register one) "
-    "stall every other endpoint's lookup",
-)
 async def test_slow_name_servers_do_not_stall_other_lookups(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -72,6 +67,38 @@ async def test_slow_name_servers_do_not_stall_other_lookups(
         # the slow ones.
         found = await asyncio.wait_for(resolver.resolve("fast.example", 443), 2.0)
         assert [str(a) for a in found] == ["127.0.0.1"]
+    finally:
+        release.set()
+        resolver.close()
+
+
+async def test_many_slow_names_of_one_zone_hold_only_that_zones_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A wildcard on a name server that never answers gives any number of distinct names
+    (a.slow.example, b.slow.example, ...): they share their zone's few threads, so the pool
+    still has threads for other zones, and a further name of the slow zone waits (and can be
+    given up) instead of taking one."""
+    release = threading.Event()
+    started: list[str] = []
+
+    def fake_getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        started.append(host)
+        if host.endswith(".slow.example"):
+            release.wait(10.0)
+            raise socket.gaierror(socket.EAI_AGAIN, "timed out")
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(resolver_module.socket, "getaddrinfo", fake_getaddrinfo)
+    resolver = SystemResolver(threads=3, per_zone=2)
+    try:
+        for name in ("a", "b", "c", "d", "e"):
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(resolver.resolve(f"{name}.slow.example", 443), 0.05)
+        assert sorted(started) == ["a.slow.example", "b.slow.example"]
+        for host in ("one.fast.example", "two.other.example"):
+            found = await asyncio.wait_for(resolver.resolve(host, 443), 2.0)
+            assert [str(a) for a in found] == ["127.0.0.1"]
     finally:
         release.set()
         resolver.close()

@@ -111,7 +111,6 @@ async def serve_webhooks(
     inject their own so no name is ever resolved and nothing leaves loopback; run_background
     (default settings.worker_enabled): False for tests that drive the worker themselves."""
     clock = clock or SystemClock()
-    resolver = resolver or SystemResolver()
     keys = open_service_keys(settings, SERVICE_NAME, now=clock.timestamp(), edges=edges)
     page_tokens = PageTokens(
         load_page_token_key(
@@ -121,6 +120,16 @@ async def serve_webhooks(
     )
     policy = AddressPolicy(allowed_networks=settings.allowed_networks)
     async with AsyncExitStack() as stack:
+        if resolver is None:
+            # Two pools: CreateWebhook calls naming slow hosts must not hold the threads the
+            # deliveries resolve with, nor deliveries those of creation's checks.
+            checks, deliveries = SystemResolver(), SystemResolver()
+            stack.callback(checks.close)
+            stack.callback(deliveries.close)
+            creation_resolver: Resolver = checks
+            delivery_resolver: Resolver = deliveries
+        else:
+            creation_resolver = delivery_resolver = resolver
         database_url = resolve_database_url(
             settings.database_url, data_dir=settings.data_dir, service=SERVICE_NAME
         )
@@ -140,7 +149,7 @@ async def serve_webhooks(
             crypto=crypto,
             clock=clock,
             policy=policy,
-            resolver=resolver,
+            resolver=creation_resolver,
             page_tokens=page_tokens,
             url_resolve_seconds=settings.url_resolve_seconds,
         )
@@ -162,7 +171,7 @@ async def serve_webhooks(
             clock=clock,
             registry=registry,
             policy=policy,
-            resolver=resolver,
+            resolver=delivery_resolver,
             connector=connector,
         )
         run = settings.worker_enabled if run_background is None else run_background
