@@ -83,11 +83,6 @@ async def test_one_workspace_cannot_take_every_worker_slot(
             await drain
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the per-workspace endpoint limit is a count then an insert with no lock: "
-    "parallel creations on Postgres exceed it",
-)
 async def test_the_endpoint_limit_holds_for_parallel_creations(
     webhooks_factory: Any, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

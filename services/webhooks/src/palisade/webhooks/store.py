@@ -17,11 +17,12 @@ For the delivery worker and the intake (see tables.py for the columns and the cl
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -82,6 +83,32 @@ async def _lock_endpoint(conn: AsyncConnection, workspace_id: str, endpoint_id: 
     return found.first() is not None
 
 
+# First key of the two-key advisory locks that serialise one workspace's endpoint creations
+# (two-key locks never collide with the one-key locks other code takes; any fixed number).
+_CREATION_LOCK_CLASS = 0x57480001
+
+
+def _workspace_lock_key(workspace_id: str) -> int:
+    """A stable signed 32-bit number for the workspace (two sharing one only queue up)."""
+    digest = hashlib.sha256(workspace_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big", signed=True)
+
+
+async def _lock_workspace_endpoints(conn: AsyncConnection, workspace_id: str) -> None:
+    """Creations of one workspace one at a time, to the end of the transaction, so the count
+    before the insert is the count the insert is made at: under READ COMMITTED two parallel
+    creations would both see the last free place and both take it. No endpoint row exists to
+    lock FOR UPDATE when the workspace has none, hence an advisory lock. SQLite needs none:
+    every transaction there starts with BEGIN IMMEDIATE (palisade.common.db), one writer at
+    a time."""
+    if conn.dialect.name != "postgresql":
+        return
+    await conn.execute(
+        text("SELECT pg_advisory_xact_lock(:cls, :key)"),
+        {"cls": _CREATION_LOCK_CLASS, "key": _workspace_lock_key(workspace_id)},
+    )
+
+
 async def queue_delivery(conn: AsyncConnection, values: Mapping[str, Any]) -> bool:
     """One pending delivery (every column of `deliveries`), in the caller's transaction; False
     when its (endpoint_id, event_id) is queued already (a re-fed event never doubles)."""
@@ -114,6 +141,7 @@ class WebhookStore:
         """The endpoint, its secret and its event; False (nothing written) when the workspace
         has max_per_workspace endpoints already."""
         async with self._engine.begin() as conn:
+            await _lock_workspace_endpoints(conn, values["workspace_id"])
             count = await conn.execute(
                 select(func.count())
                 .select_from(endpoints)
