@@ -221,11 +221,12 @@ async def test_a_hanging_receiver_blocks_no_other_endpoint(local, hooks, connect
     assert sample(runtime.registry, "palisade_webhooks_attempts_total", result="timeout") == 3
 
 
-async def test_one_workspace_holds_at_most_half_the_slots(
+async def test_one_workspace_holds_at_most_its_share_of_the_slots(
     webhooks_factory, sqlite_url, hooks, connector
 ) -> None:
-    """4 slots, 2 per endpoint: a workspace with two hanging endpoints gets 2 slots, and
-    another workspace's delivery goes out at once beside them."""
+    """4 slots, 2 per endpoint: a workspace with two hanging endpoints gets 2 slots (a
+    quarter of them, but at least one endpoint's), and another workspace's delivery goes out
+    at once beside them."""
     async with webhooks_factory(
         sqlite_url,
         allowed_networks=LOCAL_NETWORKS,
@@ -252,3 +253,36 @@ async def test_one_workspace_holds_at_most_half_the_slots(
             await drain
         # Once those timed out, the noisy workspace's other two went too.
         assert len(hooks.requests) == 5
+
+
+async def test_the_per_workspace_share_is_a_setting(
+    webhooks_factory, sqlite_url, hooks, connector
+) -> None:
+    """per_workspace_concurrency=1: of a workspace's two hanging endpoints only one attempt is
+    in flight, whatever the per-endpoint and total slots would allow."""
+    async with webhooks_factory(
+        sqlite_url,
+        allowed_networks=LOCAL_NETWORKS,
+        delivery_timeout_seconds=2.0,
+        worker_concurrency=8,
+        per_endpoint_concurrency=2,
+        per_workspace_concurrency=1,
+    ) as local:
+        noisy = new_workspace()
+        for path in ("/noisy-1", "/noisy-2"):
+            await local.create(noisy, url=hooks.url(path), event_types=(LOGIN,))
+            hooks.plan(path, HANG)
+        await queue_events(local, streamed(workspace=noisy))
+        local.clock.advance(1)
+        quiet = new_workspace()
+        await local.create(quiet, url=hooks.url("/quiet"), event_types=(LOGIN,))
+        await queue_events(local, streamed(workspace=quiet))
+        runtime = runtime_of(local, connector)
+        drain = asyncio.create_task(runtime.worker.drain())
+        try:
+            await hooks.until(2, within=1.5)
+            assert len(hooks.to("/quiet")) == 1
+            assert len(hooks.requests) == 2  # one noisy attempt, not two
+        finally:
+            await drain
+        assert len(hooks.requests) == 3

@@ -43,18 +43,17 @@ async def hooks() -> AsyncIterator[Receiver]:
         yield running
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker slots are bounded per endpoint only: one workspace's hanging endpoints "
-    "take every slot and stall all other workspaces",
-)
 async def test_one_workspace_cannot_take_every_worker_slot(
     webhooks_factory: Any, sqlite_url: str, hooks: Receiver, connector: Any
 ) -> None:
     """With the defaults (32 slots, 2 per endpoint) 16 endpoints of one workspace on a receiver
     that never answers (100 are allowed) hold every slot for the whole 15 s deadline, round
     after round; here 4 slots and 2 hanging endpoints show the same. Another workspace's
-    delivery, due a second later, must still go out while they hang."""
+    delivery, due a second later, must still go out while they hang.
+
+    (As first written this waited for 5 requests, 4 hanging ones and the quiet one, which 4
+    slots can never have in flight at once: what is asserted is that the quiet delivery goes
+    out while the noisy workspace holds its share, and not all, of the slots.)"""
     async with webhooks_factory(
         sqlite_url,
         allowed_networks=LOCAL_NETWORKS,
@@ -75,10 +74,11 @@ async def test_one_workspace_cannot_take_every_worker_slot(
         runtime = runtime_of(local, connector)
         drain = asyncio.create_task(runtime.worker.drain())
         try:
-            # 4 hanging attempts of the noisy workspace, then the quiet one's: well before the
-            # hanging ones time out.
-            await hooks.until(5, within=2.0)
+            # The noisy workspace's share of hanging attempts, and the quiet one's: well
+            # before the hanging ones time out.
+            await hooks.until(3, within=2.0)
             assert len(hooks.to("/quiet")) == 1
+            assert len(hooks.requests) < 1 + 4  # the noisy workspace did not get every slot
         finally:
             await drain
 

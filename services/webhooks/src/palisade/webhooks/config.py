@@ -60,10 +60,12 @@ class WebhooksSettings(CommonSettings):
     # An endpoint whose every attempt has failed for this long is disabled ("failing") and
     # the workspace's owners are emailed once.
     disable_after_failing_seconds: float = Field(default=5 * 86_400.0, gt=0)
-    # Attempts in flight at once: in the whole process, and per endpoint (so one slow
-    # receiver cannot take every slot).
+    # Attempts in flight at once: in the whole process, per endpoint (so one slow receiver
+    # cannot take every slot) and per workspace (so one workspace's many hanging endpoints
+    # cannot either; None: a quarter of the slots, at least per_endpoint_concurrency).
     worker_concurrency: int = Field(default=32, ge=1, le=1024)
     per_endpoint_concurrency: int = Field(default=2, ge=1, le=64)
+    per_workspace_concurrency: int | None = Field(default=None, ge=1, le=1024)
     # Due deliveries claimed per query, the lease each claim holds (a worker that dies
     # mid-attempt leaves the row to another after it; longer than an attempt's deadline),
     # and how often the queue is polled when it had nothing due.

@@ -101,6 +101,7 @@ def build_runtime(
         metrics=metrics,
         concurrency=settings.worker_concurrency,
         per_endpoint=settings.per_endpoint_concurrency,
+        per_workspace=settings.per_workspace_concurrency,
         batch_size=settings.claim_batch_size,
         lease_seconds=settings.claim_lease_seconds,
         poll_seconds=settings.worker_poll_seconds,

@@ -104,6 +104,7 @@ class DeliveryWorker:
         metrics: DeliveryMetrics,
         concurrency: int = 32,
         per_endpoint: int = 2,
+        per_workspace: int | None = None,
         batch_size: int = 50,
         lease_seconds: float = 60.0,
         poll_seconds: float = 0.5,
@@ -131,9 +132,10 @@ class DeliveryWorker:
         self._wakeup = Wakeup()
         self._busy: Counter[str] = Counter()
         self._busy_workspaces: Counter[str] = Counter()
-        # One workspace (its many endpoints hanging, say) holds at most half the slots, so
-        # the others' deliveries always have room.
-        self._per_workspace = max(per_endpoint, concurrency // 2)
+        # One workspace (its many endpoints hanging, say) holds at most its share of the
+        # slots (by default a quarter, and at least one endpoint's), so the others'
+        # deliveries always have room.
+        self._per_workspace = per_workspace or max(per_endpoint, concurrency // 4)
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_claim_full = False
         self._settling: list[
