@@ -64,7 +64,9 @@ async def test_crud_with_a_secret_key_and_with_a_session(suite: Suite) -> None:
         assert (status, body) == (200, created)
         assert headers["Cache-Control"] == "no-store"
     by_person = await create_visitor(suite, token, name="Grace Hopper")
-    assert set(by_person) == {"id", "name", "createdAt"}
+    assert set(by_person) == {"id", "name", "createdAt", "source"}
+    # Who created each: a person from the dashboard, a secret key from the API.
+    assert (by_person["source"], created["source"]) == ("dashboard", "api")
     assert [v["id"] for v in await find(suite, token, _q(email="ada.lovelace@example.com"))] == [
         created["id"]
     ]
@@ -346,3 +348,28 @@ async def test_crypto_down_refuses_visitor_writes_and_reads_but_not_chats(suite:
     assert (status, [m["body"] for m in listed["messages"]]) == (200, ["still here"])
     status, _, _ = await suite.json_call("GET", "/v1/chats/search?q=still", token=key)
     assert status == 200
+
+
+async def test_the_lookup_pages_over_http(suite: Suite) -> None:
+    token = await owner(suite)
+    key = await api_key(suite, token)
+    made = {(await create_visitor(suite, key, email="page@example.com"))["id"] for _ in range(3)}
+    status, first, _ = await suite.json_call(
+        "GET", f"/v1/visitors?{_q(email='page@example.com', pageSize='2')}", token=key
+    )
+    assert status == 200
+    assert len(first["visitors"]) == 2
+    status, rest, _ = await suite.json_call(
+        "GET",
+        f"/v1/visitors?{_q(email='page@example.com', pageToken=first['nextPageToken'])}",
+        token=key,
+    )
+    assert status == 200
+    assert "nextPageToken" not in rest
+    assert {v["id"] for v in first["visitors"] + rest["visitors"]} == made
+    status, refused, _ = await suite.json_call(
+        "GET",
+        f"/v1/visitors?{_q(email='other@example.com', pageToken=first['nextPageToken'])}",
+        token=key,
+    )
+    assert (status, refused["code"]) == (400, "invalid_page_token")
