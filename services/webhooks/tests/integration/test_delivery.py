@@ -194,6 +194,33 @@ async def test_retry_after_is_honoured_when_longer(local, hooks, connector) -> N
     assert 300 * 0.8 <= wait <= 300 * 1.2
 
 
+async def test_retry_after_is_capped_on_the_rounds_whole_span(local, hooks, connector) -> None:
+    """A receiver answering every attempt with a day's Retry-After: the first wait is a day,
+    the second what is left of the schedule's span from the round's first attempt, and the
+    attempt at the span's end ends the delivery (not six days of one-day waits)."""
+    ws = new_workspace()
+    created = await endpoint(local, hooks, ws)
+    day = (429, {"Retry-After": "86400"})
+    hooks.plan("/hook", day, day, day, day)
+    event = streamed(workspace=ws)
+    await queue_events(local, event)
+    runtime = runtime_of(local, connector)
+    first = local.clock.now()
+    span = timedelta(seconds=sum(local.settings.retry_schedule))
+    assert await runtime.worker.drain() == 1
+    row = await delivery_of(local, created.webhook.id, event.event.id)
+    assert row.next_attempt_at == first + timedelta(days=1)
+    local.clock.advance(timedelta(days=1))
+    assert await runtime.worker.drain() == 1
+    row = await delivery_of(local, created.webhook.id, event.event.id)
+    assert row.next_attempt_at == first + span
+    local.clock.advance(row.next_attempt_at - local.clock.now())
+    assert await runtime.worker.drain() == 1
+    row = await delivery_of(local, created.webhook.id, event.event.id)
+    assert (row.state, row.attempts, row.next_attempt_at) == ("failed", 3, None)
+    assert len(hooks.requests) == 3
+
+
 async def test_a_hanging_receiver_blocks_no_other_endpoint(local, hooks, connector) -> None:
     ws = new_workspace()
     slow = await endpoint(local, hooks, ws, "/slow")

@@ -52,6 +52,9 @@ class ClaimedDelivery:
     attempt: int  # this attempt's number, from 1
     round_attempt: int  # its number in the current round of the schedule (manual retries)
     token: str  # settle under it
+    # When the round's first recorded attempt started; None for the round's first attempt.
+    # Retry-After is capped on the total from here (delivery/schedule.py).
+    round_started_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,13 @@ class DeliveryStore:
         saturated = [endpoint for endpoint, n in busy.items() if n >= per_endpoint]
         full = [ws for ws, n in in_flight.items() if n >= workspace_cap]
         d = deliveries
+        a = delivery_attempts
+        round_started = (
+            select(func.min(a.c.started_at))
+            .where(a.c.delivery_id == d.c.id, a.c.number > d.c.schedule_base)
+            .correlate(d)
+            .scalar_subquery()
+        )
         query = (
             select(
                 d.c.id,
@@ -145,6 +155,7 @@ class DeliveryStore:
                 d.c.attempts,
                 d.c.schedule_base,
                 endpoints.c.event_types,
+                round_started.label("round_started_at"),
             )
             .join(endpoints, endpoints.c.id == d.c.endpoint_id)
             .where(
@@ -214,6 +225,7 @@ class DeliveryStore:
                 attempt=int(row.attempts) + 1,
                 round_attempt=int(row.attempts) + 1 - int(row.schedule_base),
                 token=token,
+                round_started_at=row.round_started_at,
             )
             for row in picked
         ]

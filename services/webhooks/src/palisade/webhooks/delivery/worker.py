@@ -367,7 +367,14 @@ class DeliveryWorker:
             return settled(SUCCEEDED, None), "succeeded"
         if result.status == 410 and result.error is None:
             return settled(FAILED, None), GONE
-        wait = self._schedule.next_wait(claim.round_attempt, result.retry_after)
+        # Retry-After is capped on the round's total: from its first attempt (this one, when
+        # none is recorded before it).
+        round_start = claim.round_started_at or started
+        wait = self._schedule.next_wait(
+            claim.round_attempt,
+            result.retry_after,
+            elapsed=(now - round_start).total_seconds(),
+        )
         if wait is None:
             return settled(FAILED, None), "failed"
         return settled(PENDING, now + timedelta(seconds=wait)), "retrying"
