@@ -13,6 +13,12 @@ from palisade.common.logs import request_id_var
 Metadata = tuple[tuple[str, str], ...]
 
 
+# Internal channels never go through a proxy named in the environment (grpc_proxy, https_proxy,
+# http_proxy): those are for the outside world (say, an egress proxy a deployment sets), and a
+# proxy would see every caller assertion and could send the call anywhere. gRPC honours them
+# unless this channel argument turns proxying off (no_proxy cannot name IP ranges).
+_CLIENT_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.enable_http_proxy", 0)]
+
 # gRPC's default reconnect backoff grows to 2 minutes: after a long outage of the peer, a
 # relay's channel would sit out that long after the peer is back. Ours stays within seconds.
 _RECONNECT_OPTIONS = [
@@ -24,13 +30,13 @@ _RECONNECT_OPTIONS = [
 
 def insecure_channel(target: str) -> grpc.aio.Channel:
     """A channel inside the cluster (mTLS, where used, is the mesh's job, not ours)."""
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return grpc.aio.insecure_channel(target, options=_CLIENT_OPTIONS)
 
 
 def relay_channel(target: str) -> grpc.aio.Channel:
     """insecure_channel for a background relay that waits out its peer's outages: it
     connects lazily (the service starts before the peer is up) and reconnects quickly."""
-    return grpc.aio.insecure_channel(target, options=[*CHANNEL_OPTIONS, *_RECONNECT_OPTIONS])
+    return grpc.aio.insecure_channel(target, options=[*_CLIENT_OPTIONS, *_RECONNECT_OPTIONS])
 
 
 class ServiceIdentity:
