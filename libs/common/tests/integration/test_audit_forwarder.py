@@ -355,3 +355,30 @@ async def test_a_hole_left_by_a_rollback_is_passed_after_the_grace_period(pg_rig
     now[0] = 5.0
     assert (await forwarder.forward_once()).forwarded == 2
     assert pg_rig.fake.stored_ids == after
+
+
+async def test_a_commit_that_emitted_wakes_the_forwarder_before_its_poll(rig) -> None:
+    """With an hour's poll interval, an emitted event still reaches audit at once: the commit
+    rings the forwarder (outbox.OUTBOX_WAKE_FLAG on the pooled connection) as
+    forwarding_to_audit wires it."""
+    from palisade.common.audit_forwarder import woken_or_polled
+    from palisade.common.outbox import OUTBOX_WAKE_FLAG
+    from palisade.common.relay_loop import Wakeup
+
+    wakeup = Wakeup()
+    forwarder = rig.forwarder(
+        poll_seconds=3600.0, idle_wait=lambda seconds: woken_or_polled(wakeup, seconds)
+    )
+    async with wakeup.ring_on_checkin(rig.engine, OUTBOX_WAKE_FLAG), forwarder.running():
+        first = await rig.emit(1)
+        await _until_stored(rig, first)
+        # Now idle (drained), waiting out its hour: the next commit must cut the wait short.
+        second = await rig.emit(2)
+        await _until_stored(rig, first + second)
+    assert rig.fake.stored_ids == first + second
+
+
+async def _until_stored(rig: Rig, ids: list[str], within: float = 10.0) -> None:
+    async with asyncio.timeout(within):
+        while rig.fake.stored_ids != ids:  # noqa: ASYNC110 (the fake records; no event to await)
+            await asyncio.sleep(0.01)

@@ -136,8 +136,16 @@ def _clip(value: Any) -> Any:
     return value[:_MAX_DETAIL_LENGTH] if isinstance(value, str) else value
 
 
+# Set on the pooled connection of a transaction that emitted: when the connection goes back
+# to the pool (after the commit) the service's audit forwarder is woken at once instead of at
+# its next poll (palisade.common.relay_loop.Wakeup.ring_on_checkin), so an event reaches the log
+# (and the webhooks it feeds) within milliseconds, not a poll interval.
+OUTBOX_WAKE_FLAG = "palisade.outbox.emitted"
+
+
 async def emit(conn: AsyncConnection, table: Table, event: SecurityEvent) -> None:
     """Adds the event to the caller's open transaction (one INSERT, no network)."""
+    conn.info[OUTBOX_WAKE_FLAG] = True
     await conn.execute(
         insert(table).values(
             event_id=event.event_id,
