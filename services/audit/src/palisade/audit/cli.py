@@ -292,7 +292,7 @@ async def export(
 
 def init_keys(settings: AuditSettings, out: TextIO, clock: Clock) -> int:
     from palisade.audit.checkpoints.signing_keys import create_signing_keys
-    from palisade.audit.queries.page_tokens import load_page_token_key
+    from palisade.common.page_tokens import load_page_token_key
 
     signing = settings.resolved_signing_key_file()
     made = create_signing_keys(signing, clock.now())

@@ -16,6 +16,7 @@ from palisade.audit.checkpoints.service import Checkpointer
 from palisade.audit.checkpoints.signing_keys import SigningKeyHolder, create_signing_keys
 from palisade.audit.checkpoints.witness import WitnessFile
 from palisade.audit.config import SERVICE_NAME, AuditSettings
+from palisade.audit.errors import InvalidPageToken
 from palisade.audit.ingest.directory import (
     AuthWorkspaceDirectory,
     CachedWorkspaceDirectory,
@@ -25,7 +26,6 @@ from palisade.audit.ingest.service import Ingestor
 from palisade.audit.metrics import AuditMetrics
 from palisade.audit.model import CheckpointRecord
 from palisade.audit.pii import PiiVault
-from palisade.audit.queries.page_tokens import PageTokens, load_page_token_key
 from palisade.audit.queries.service import EventQueries
 from palisade.audit.queries.stream import EventStream, StreamNotifier
 from palisade.audit.retention import Purger
@@ -42,6 +42,7 @@ from palisade.common.geo import Locator, MaxMindLocator, NullLocator
 from palisade.common.grpc_client import ServiceIdentity, insecure_channel
 from palisade.common.grpc_server import RunningServer, run_server
 from palisade.common.migrations import upgrade
+from palisade.common.page_tokens import PageTokens, load_page_token_key
 from palisade_api.audit.v1 import audit_pb2, audit_pb2_grpc
 
 log = logging.getLogger("palisade.audit.server")
@@ -96,7 +97,8 @@ async def serve_audit(
         tokens = PageTokens(
             load_page_token_key(
                 settings.resolved_page_token_key_file(), create=settings.create_missing_keys
-            )
+            ),
+            invalid=InvalidPageToken,
         )
 
         signer = AssertionSigner(keys=keys, clock=clock, ttl_seconds=settings.assertion_ttl_seconds)

@@ -17,9 +17,9 @@ from palisade.audit.errors import InvalidFilter, InvalidRange, UnknownEventTypeF
 from palisade.audit.ingest.validation import ACTOR, SUBJECT
 from palisade.audit.model import StoredEvent
 from palisade.audit.pii import PiiVault, RevealedPii
-from palisade.audit.queries.page_tokens import PageTokens, scope
 from palisade.audit.store import AuditStore, select_events, stored_event
 from palisade.audit.tables import PRINCIPAL_CHARS, events
+from palisade.common.page_tokens import PageTokens, scope
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
@@ -118,7 +118,7 @@ class EventQueries:
         size = page_size(requested)
         where = list(conditions)
         if token:
-            moment, position = self._tokens.read(token, bound)
+            moment, position = self._tokens.read_int(token, bound)
             where.append(
                 or_(
                     events.c.occurred_at < moment,
