@@ -6,7 +6,7 @@ and the filters it was issued for. A token changed by hand, made up, or presente
 caller, in another workspace or with other filters fails the MAC and is refused with the
 service's own invalid_page_token error, which the caller injects (common knows no service's
 errors). The key lives in a file beside the signing keys (every replica shares it), never in
-the database. Same format and approach as audit's page tokens.
+the database. Audit, visitors, chats and webhooks all page with it.
 """
 
 from __future__ import annotations
