@@ -31,6 +31,7 @@ from palisade.apikeys.model import (
     RateLimit,
 )
 from palisade.apikeys.tables import NAME_CHARS
+from palisade.common.origins import is_browser_origin
 
 MAX_ORIGINS = 20
 MAX_OVERLAP_SECONDS = 7 * 24 * 3600
@@ -38,15 +39,6 @@ MAX_OVERLAP_SECONDS = 7 * 24 * 3600
 # inside what the gateway's limiter represents exactly.
 MAX_RPM = 1_000_000
 MAX_BURST = 100_000
-# scheme://host[:port], nothing else: the exact form browsers send in the Origin header.
-# A host is a lowercase DNS name (LDH labels) or a bracketed IPv6 literal; ports 1-65535.
-_ORIGIN = re.compile(
-    r"(?P<scheme>https?)://"
-    r"(?P<host>(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
-    r"|\[[0-9a-f:.]+\])"
-    r"(?::(?P<port>[1-9][0-9]{0,4}))?"
-)
-_MAX_ORIGIN_CHARS = 300
 _UNPRINTABLE_NAME = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -67,16 +59,9 @@ def check_scopes(key_type: str, scopes: Sequence[str]) -> tuple[str, ...]:
 
 
 def check_origin(origin: str) -> str:
-    if len(origin) > _MAX_ORIGIN_CHARS or not origin.isascii():
-        raise InvalidOrigin()
-    found = _ORIGIN.fullmatch(origin)
-    if found is None or len(found.group("host")) > 253:
-        raise InvalidOrigin()
-    port = found.group("port")
-    if port is not None and int(port) > 65535:
-        raise InvalidOrigin()
-    # Browsers leave a scheme's default port out of Origin: with it, the key would never match.
-    if (found.group("scheme"), port) in (("http", "80"), ("https", "443")):
+    # The exact form browsers send in the Origin header (palisade.common.origins, the rule the
+    # gateway's CORS follows too): with anything else, the key would never match.
+    if not is_browser_origin(origin):
         raise InvalidOrigin()
     return origin
 
