@@ -9,7 +9,6 @@ with a `backend` fixture of their own, parametrized by backend.
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 from deferred_signing import DeferredSigning
+from ports import port_for_later
 from sqlalchemy import text
 
 from palisade.apikeys.config import ApiKeysSettings
@@ -42,10 +42,9 @@ USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/1
 
 
 def free_port() -> int:
-    """A port nothing listens on right now (for a service started later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on right now (for a service started later), from below the
+    ephemeral range so no client connection takes it first (ports.port_for_later)."""
+    return port_for_later()
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], *, seconds: float = 10.0) -> None:
