@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
 from datetime import UTC, datetime
 
+from ports import port_for_later
 from sqlalchemy import MetaData, select, text
 
 from palisade.audit.cli import main
@@ -25,9 +25,9 @@ from .audit_support import user_id
 
 
 def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port for a server started later: below the ephemeral range, so no client
+    connection takes it first (ports.port_for_later)."""
+    return port_for_later()
 
 
 async def _drain(forwarder: AuditForwarder) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import grpc
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from ports import port_for_later
 from sqlalchemy.engine import make_url
 
 from palisade.common.aad import associated_data
@@ -32,9 +32,9 @@ _CRYPTO = "/palisade.crypto.v1.CryptoService"
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port for a server started later: below the ephemeral range, so no client
+    connection takes it first (ports.port_for_later)."""
+    return port_for_later()
 
 
 async def _wait_serving(port: int, process: asyncio.subprocess.Process) -> None:

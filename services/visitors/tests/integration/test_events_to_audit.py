@@ -8,12 +8,12 @@ validate() (catalogue, emitters, actor and subject forms), deduplicating by even
 from __future__ import annotations
 
 import asyncio
-import socket
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
 import grpc
+from ports import port_for_later
 from prometheus_client import CollectorRegistry
 
 from palisade.audit.ingest.validation import validate
@@ -51,9 +51,9 @@ class RecordingAudit(audit_pb2_grpc.AuditServiceServicer):
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port for a server started later: below the ephemeral range, so no client
+    connection takes it first (ports.port_for_later)."""
+    return port_for_later()
 
 
 @asynccontextmanager

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -24,6 +23,7 @@ import grpc
 import pytest
 from deferred_signing import DeferredSigning
 from google.protobuf.timestamp_pb2 import Timestamp
+from ports import port_for_later
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
@@ -97,9 +97,9 @@ class Audit:
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port for a server started later: below the ephemeral range, so no client
+    connection takes it first (ports.port_for_later)."""
+    return port_for_later()
 
 
 @asynccontextmanager
