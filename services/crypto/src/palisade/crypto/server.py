@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from palisade.common.caller import AssertionVerifier
 from palisade.common.clock import Clock, SystemClock
 from palisade.common.db import create_engine, resolve_database_url
+from palisade.common.direct_reads import DirectReads
 from palisade.common.edge_keys import open_service_keys
 from palisade.common.edges import EDGES, Edge
 from palisade.common.grpc_server import RunningServer, run_server
@@ -45,6 +46,7 @@ class CryptoServer:
     keyring: KeyringHolder
     registry: CollectorRegistry
     engine: AsyncEngine
+    reads: DirectReads
 
 
 async def _periodically(interval: float, action: str, step: Callable[[], Awaitable[None]]) -> None:
@@ -83,6 +85,11 @@ async def serve_crypto(
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
     )
+    # Subject-key reads (every Decrypt and Encrypt naming a subject) skip the engine on
+    # Postgres; as many connections as the engine may hold.
+    reads = DirectReads.open(
+        engine, pool_size=settings.database_pool_size + settings.database_max_overflow
+    )
     try:
         if settings.migrate_on_start:
             await upgrade(engine, MIGRATIONS_PACKAGE)
@@ -100,7 +107,7 @@ async def serve_crypto(
             metrics=metrics,
             clock=clock,
             auto_rotate=settings.auto_rotate,
-            subjects=DatabaseSubjectStore(engine=engine),
+            subjects=DatabaseSubjectStore(engine=engine, reads=reads),
         )
         await service.sync_usage()  # know every replica's totals before the first encryption
 
@@ -130,9 +137,10 @@ async def serve_crypto(
                 ),
             ]
             try:
-                yield CryptoServer(running, service, holder, registry, engine)
+                yield CryptoServer(running, service, holder, registry, engine, reads)
             finally:
                 for task in tasks:
                     await cancel_and_wait(task)
     finally:
+        await reads.close()
         await engine.dispose()
