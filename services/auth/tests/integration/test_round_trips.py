@@ -10,6 +10,7 @@ revocation relay) that happen to run meanwhile.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -196,3 +197,24 @@ async def test_transactions_never_get_an_autocommit_connection(auth) -> None:
     for _ in range(3):
         async with server.sessions._store.transaction() as tx:
             assert not tx.conn.sync_connection.connection.driver_connection.autocommit
+
+
+async def test_concurrent_get_me_share_decrypt_calls_and_each_sees_only_itself(auth) -> None:
+    """Concurrent GetMe calls' Decrypts travel together (palisade.common.decrypt_batches):
+    fewer RPCs than requests, and never anyone else's email or name in an answer."""
+    people = [f"batch-{i}@example.com" for i in range(12)]
+    grants = []
+    for email in people:
+        await auth.sign_up(email)
+        grants.append(await auth.validate((await auth.login(email)).access_token))
+    batches = auth.servers[0].sessions._crypto.decrypt_batches
+    assert batches is not None  # auth's client shares Decrypt calls
+    sent_before = batches.batches_sent
+    for _ in range(3):
+        answers = await asyncio.gather(
+            *(auth.stub.GetMe(pb.GetMeRequest(), metadata=auth.as_user(g)) for g in grants)
+        )
+        assert [(a.email, a.user_id) for a in answers] == [
+            (email, g.user_id) for email, g in zip(people, grants, strict=True)
+        ]
+    assert batches.batches_sent - sent_before < 3 * len(people)

@@ -14,6 +14,7 @@ from typing import Any, Literal, cast, overload
 
 import grpc
 
+from palisade.common.decrypt_batches import DecryptBatches
 from palisade.common.errors import (
     ERROR_CODE_METADATA_KEY,
     InvalidArgument,
@@ -116,11 +117,20 @@ def _translate(error: grpc.aio.AioRpcError) -> PalisadeError:
 
 class CryptoClient:
     def __init__(
-        self, *, channel: grpc.aio.Channel, identity: ServiceIdentity, timeout: float = 5.0
+        self,
+        *,
+        channel: grpc.aio.Channel,
+        identity: ServiceIdentity,
+        timeout: float = 5.0,
+        batch_decrypts: bool = False,
     ) -> None:
+        """batch_decrypts: concurrent decrypt() calls (those not tolerating erased subjects)
+        share Decrypt RPCs (palisade.common.decrypt_batches), for a service whose hot reads
+        each decrypt a few fields."""
         self._stub = crypto_pb2_grpc.CryptoServiceStub(channel)
         self._identity = identity
         self._timeout = timeout
+        self.decrypt_batches = DecryptBatches(self._decrypt_strict) if batch_decrypts else None
 
     async def encrypt(self, items: Sequence[EncryptInput], *, subject: str = "") -> list[bytes]:
         """Envelopes for (plaintext, associated data) pairs, in order.
@@ -227,6 +237,28 @@ class CryptoClient:
         """
         if not items:
             return []
+        if not tolerate_erased:
+            if self.decrypt_batches is not None:
+                return await self.decrypt_batches.decrypt(items)
+            return await self._decrypt_strict(items)
+        return await self._decrypt_tolerant(items)
+
+    async def _decrypt_strict(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+        reply = await self._decrypt_call(items, tolerate_erased=False)
+        if len(reply.plaintexts) != len(items):
+            raise CryptoFailure()
+        return list(reply.plaintexts)
+
+    async def _decrypt_tolerant(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes | None]:
+        reply = await self._decrypt_call(items, tolerate_erased=True)
+        erased = list(reply.erased)
+        if len(erased) != len(reply.plaintexts):  # a crypto that ignored the flag
+            raise CryptoFailure()
+        return [None if gone else p for p, gone in zip(reply.plaintexts, erased, strict=True)]
+
+    async def _decrypt_call(
+        self, items: Sequence[tuple[bytes, bytes]], *, tolerate_erased: bool
+    ) -> pb.DecryptResponse:
         request = pb.DecryptRequest(
             items=[pb.DecryptItem(ciphertext=c, associated_data=a) for c, a in items],
             tolerate_erased=tolerate_erased,
@@ -237,12 +269,7 @@ class CryptoClient:
             )
         except grpc.aio.AioRpcError as error:
             raise _translate(error) from None
-        if not tolerate_erased:
-            return list(reply.plaintexts)
-        erased = list(reply.erased)
-        if len(erased) != len(reply.plaintexts):  # a crypto that ignored the flag
-            raise CryptoFailure()
-        return [None if gone else p for p, gone in zip(reply.plaintexts, erased, strict=True)]
+        return reply
 
     async def shred_subject(self, subject: str) -> bool:
         """Destroys the subject's key: every envelope made for it, wherever it was copied,

@@ -207,7 +207,10 @@ async def serve_auth(
         signer = AssertionSigner(keys=keys, clock=clock, ttl_seconds=settings.assertion_ttl_seconds)
         signer.require_edge("crypto")  # fail at start, not on the first request
         crypto = CryptoClient(
-            channel=channel, identity=ServiceIdentity(name=SERVICE_NAME, signer=signer)
+            channel=channel,
+            identity=ServiceIdentity(name=SERVICE_NAME, signer=signer),
+            # GET /v1/me and the other hot reads decrypt two or three fields each.
+            batch_decrypts=True,
         )
         hasher = PasswordHasher(
             memory_kib=settings.argon2_memory_kib,
