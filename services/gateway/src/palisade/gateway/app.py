@@ -57,6 +57,8 @@ from palisade.gateway.transcode import BadRequest, build_request, render
 from palisade_api.common.v1 import access_pb2
 
 log = logging.getLogger("palisade.gateway")
+# Distinct (peer, X-Forwarded-For) pairs whose client IP is kept (see GatewayApp._client_ips).
+_CLIENT_IPS_KEPT = 4096
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ROUTE_TEMPLATE = web.RequestKey("route_template", str)
 RATE_LIMIT = web.RequestKey("rate_limit", Decision)
@@ -108,6 +110,10 @@ class Gateway:
         self._edge = edge
         self._metrics = metrics
         self._trusted = trusted_proxies
+        # client_ip() answers by (peer, X-Forwarded-For) alone, and a client sends the same
+        # pair on every request of a connection: parsed once, then looked up. Emptied when full
+        # (a flood of distinct pairs costs a parse each, as without the memo).
+        self._client_ips: dict[tuple[str, str | None], str] = {}
         self._timeout = timeout
         self._max_body = max_body_bytes
         self._cors = frozenset(cors_origins)
@@ -366,8 +372,14 @@ class Gateway:
     def _client_ip(self, request: web.Request) -> str:
         peer = request.remote or ""
         # Every X-Forwarded-For line: some proxies add a line instead of appending to one.
-        forwarded = ", ".join(request.headers.getall("X-Forwarded-For", [])) or None
-        return client_ip(peer, forwarded, self._trusted)
+        forwarded = ", ".join(request.headers.getall("X-Forwarded-For", ())) or None
+        pair = (peer, forwarded)
+        found = self._client_ips.get(pair)
+        if found is None:
+            if len(self._client_ips) >= _CLIENT_IPS_KEPT:
+                self._client_ips.clear()
+            found = self._client_ips[pair] = client_ip(peer, forwarded, self._trusted)
+        return found
 
     def _caller_metadata(
         self,

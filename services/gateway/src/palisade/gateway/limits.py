@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 
 from palisade.common.client_text import client_bucket
 from palisade.gateway.rate_limit import (
@@ -75,6 +76,12 @@ class RateLimitPolicy:
         await self.spend((subject,), fail_open=fail_open)
 
 
+# Subjects are immutable and checked when made (a policy-name regex): made once per caller and
+# limit, not on every request. Bounded; an entry is rebuilt after eviction, never wrong.
+_SUBJECTS_CACHED = 65_536
+
+
+@lru_cache(maxsize=_SUBJECTS_CACHED)
 def key_subjects(
     key_id: str, limit: Limit, created_by: str, publishable: bool, user_limit: Limit
 ) -> tuple[Subject, ...]:
@@ -85,5 +92,6 @@ def key_subjects(
     )
 
 
+@lru_cache(maxsize=_SUBJECTS_CACHED)
 def person_subjects(user_id: str, user_limit: Limit) -> tuple[Subject, ...]:
     return (Subject("user", f"user:{user_id}", user_limit),)

@@ -23,7 +23,9 @@ partition key (pk) is sent.
 
 from __future__ import annotations
 
-from palisade.gateway.rate_limit.model import Decision
+from functools import lru_cache
+
+from palisade.gateway.rate_limit.model import Decision, Subject
 
 WINDOW_SECONDS = 60
 
@@ -37,18 +39,25 @@ def _sf_string(value: str) -> str:
 def rate_limit_headers(decision: Decision) -> dict[str, str]:
     """RateLimit-Policy and RateLimit header fields (draft-ietf-httpapi-ratelimit-headers-11,
     Structured Field syntax), plus Retry-After when refused."""
-    policies: list[str] = []
-    seen: set[str] = set()
-    for subject in decision.subjects or (decision.policy,):
-        if subject.name not in seen:
-            seen.add(subject.name)
-            rpm = subject.limit.requests_per_minute
-            policies.append(f"{_sf_string(subject.name)};q={rpm};w={WINDOW_SECONDS}")
     window = decision.reset_seconds if decision.allowed else decision.retry_after_seconds
     headers = {
-        "RateLimit-Policy": ", ".join(policies),
+        "RateLimit-Policy": _policy_field(decision.subjects or (decision.policy,)),
         "RateLimit": f"{_sf_string(decision.policy.name)};r={decision.remaining};t={window}",
     }
     if not decision.allowed:
         headers["Retry-After"] = str(decision.retry_after_seconds)
     return headers
+
+
+# The same few subject tuples answer most requests (they are cached where they are made, see
+# limits.py), and this field depends on nothing else.
+@lru_cache(maxsize=4096)
+def _policy_field(subjects: tuple[Subject, ...]) -> str:
+    policies: list[str] = []
+    seen: set[str] = set()
+    for subject in subjects:
+        if subject.name not in seen:
+            seen.add(subject.name)
+            rpm = subject.limit.requests_per_minute
+            policies.append(f"{_sf_string(subject.name)};q={rpm};w={WINDOW_SECONDS}")
+    return ", ".join(policies)

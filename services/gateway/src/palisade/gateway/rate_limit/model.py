@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 # Bounds that keep every GCRA quantity an exact integer number of microseconds below 2**53, so
@@ -36,13 +37,15 @@ class Limit:
         _positive_int("requests_per_minute", self.requests_per_minute, MAX_REQUESTS_PER_MINUTE)
         _positive_int("burst", self.burst, MAX_BURST)
 
-    @property
+    # Cached: read on every check. (cached_property writes the instance's __dict__ directly,
+    # which a frozen dataclass allows; the value depends only on the frozen fields.)
+    @cached_property
     def interval_us(self) -> int:
         """The GCRA emission interval T = 60 s / rpm, rounded UP to whole microseconds, so the
         enforced rate is never above the configured one (off by < 1 us per request)."""
         return -(-60_000_000 // self.requests_per_minute)
 
-    @property
+    @cached_property
     def tolerance_us(self) -> int:
         """The GCRA delay tolerance tau = T * (burst - 1): how far ahead of now the theoretical
         arrival time may run and still admit a request."""
