@@ -16,8 +16,9 @@ Item = tuple[bytes, bytes]
 
 
 class FakeCrypto:
-    """Decrypts b"sealed:<x>" to b"<x>" when its associated data is b"aad:<x>"; b"erased:…"
-    raises SubjectErased, b"bad:…" CryptoFailure, naming the item's position in the call.
+    """Decrypts b"sealed:<x>" to b"<x>" when its associated data is b"aad:<x>", tolerating
+    erased subjects as the batches ask: b"erased:…" answers None; b"bad:…" (or a wrong
+    associated data) raises CryptoFailure naming the item's position in the call.
     Every call waits for `gate` (when set), so tests decide when a batch comes back."""
 
     def __init__(self) -> None:
@@ -26,18 +27,19 @@ class FakeCrypto:
         self.gate: asyncio.Event | None = None
         self.outage = False
 
-    async def decrypt(self, items: Sequence[Item]) -> list[bytes]:
+    async def decrypt(self, items: Sequence[Item]) -> list[bytes | None]:
         self.calls.append(list(items))
         self.request_ids.append(request_id_var.get())
         if self.gate is not None:
             await self.gate.wait()
         if self.outage:
             raise Unavailable("the crypto service is unavailable")
-        out = []
+        out: list[bytes | None] = []
         for index, (envelope, aad) in enumerate(items):
             kind, _, value = envelope.partition(b":")
             if kind == b"erased":
-                raise SubjectErased(f"item {index}: the data subject has been erased")
+                out.append(None)
+                continue
             if kind == b"bad" or aad != b"aad:" + value:
                 raise CryptoFailure(f"item {index}")
             out.append(value)
@@ -60,10 +62,10 @@ async def test_a_lone_call_goes_at_once_and_alone() -> None:
 async def test_calls_made_while_a_batch_is_out_go_together_and_each_gets_its_own() -> None:
     crypto = FakeCrypto()
     crypto.gate = asyncio.Event()
-    batches = DecryptBatches(crypto.decrypt)
+    batches = DecryptBatches(crypto.decrypt, max_in_flight=1)
     first = asyncio.create_task(batches.decrypt(sealed("first")))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    for _ in range(3):
+        await asyncio.sleep(0)
     assert len(crypto.calls) == 1  # in flight
     later = [asyncio.create_task(batches.decrypt(sealed(f"u{i}", f"v{i}"))) for i in range(20)]
     await asyncio.sleep(0)
@@ -105,8 +107,29 @@ async def test_a_refused_item_is_its_callers_answer_alone() -> None:
     assert str(gone.value).startswith("item 1:")  # its own numbering, not the batch's
     with pytest.raises(CryptoFailure):
         await tampered
-    # The batch, then each of its four callers on its own.
+    # The batch, refused for the tampered item, then each of its four callers on its own.
     assert [len(c) for c in crypto.calls] == [1, 6, 2, 2, 1, 1]
+
+
+async def test_an_erased_item_is_its_callers_answer_without_a_second_round_trip() -> None:
+    crypto = FakeCrypto()
+    crypto.gate = asyncio.Event()
+    batches = DecryptBatches(crypto.decrypt)
+    blocker = asyncio.create_task(batches.decrypt(sealed("x")))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    good = asyncio.create_task(batches.decrypt(sealed("mine")))
+    erased = asyncio.create_task(batches.decrypt([*sealed("ok", "ok2"), (b"erased:z", b"")]))
+    other = asyncio.create_task(batches.decrypt(sealed("last")))
+    await asyncio.sleep(0)
+    crypto.gate.set()
+    await blocker
+    assert await good == [b"mine"]
+    assert await other == [b"last"]
+    with pytest.raises(SubjectErased) as gone:
+        await erased
+    assert str(gone.value).startswith("item 2:")
+    assert [len(c) for c in crypto.calls] == [1, 5]
 
 
 async def test_a_refusal_in_a_batch_of_one_is_not_sent_twice() -> None:
@@ -152,9 +175,10 @@ async def test_a_caller_that_gives_up_is_left_out_or_ignored() -> None:
 async def test_bounds_split_batches_and_a_large_call_goes_alone() -> None:
     crypto = FakeCrypto()
     crypto.gate = asyncio.Event()
-    batches = DecryptBatches(crypto.decrypt, max_items=4, max_bytes=10_000)
+    batches = DecryptBatches(crypto.decrypt, max_items=4, max_bytes=10_000, max_in_flight=1)
     blocker = asyncio.create_task(batches.decrypt(sealed("x")))
-    await asyncio.sleep(0)
+    for _ in range(3):
+        await asyncio.sleep(0)
     small = [asyncio.create_task(batches.decrypt(sealed(f"a{i}", f"b{i}"))) for i in range(5)]
     large = asyncio.create_task(batches.decrypt(sealed(*(f"c{i}" for i in range(5)))))
     await asyncio.sleep(0)
@@ -180,7 +204,7 @@ async def test_a_batch_carries_its_first_callers_request_id() -> None:
 
 
 async def test_a_short_answer_fails_the_batch_rather_than_shifting_plaintexts() -> None:
-    async def short(items: Sequence[Item]) -> list[bytes]:
+    async def short(items: Sequence[Item]) -> list[bytes | None]:
         return [b"only-one"]
 
     batches = DecryptBatches(short)
@@ -191,7 +215,7 @@ async def test_a_short_answer_fails_the_batch_rather_than_shifting_plaintexts() 
 
 
 async def test_invalid_argument_of_one_caller_is_not_anothers() -> None:
-    async def picky(items: Sequence[Item]) -> list[bytes]:
+    async def picky(items: Sequence[Item]) -> list[bytes | None]:
         if any(envelope == b"" for envelope, _ in items):
             raise InvalidArgument("item 0: empty")
         return [envelope for envelope, _ in items]
@@ -212,9 +236,11 @@ async def test_stopping_the_sender_leaves_nobody_waiting() -> None:
     await asyncio.sleep(0)
     second = asyncio.create_task(batches.decrypt(sealed("b")))
     await asyncio.sleep(0)
-    sender = batches._sender
-    assert sender is not None
-    sender.cancel()
+    await asyncio.sleep(0)
+    in_flight = list(batches._in_flight)
+    assert len(in_flight) == 2  # two batches may be out at once
+    for task in in_flight:
+        task.cancel()
     results = await asyncio.gather(first, second, return_exceptions=True)
     assert all(isinstance(r, Unavailable) for r in results)
-    assert batches._sender is None
+    assert not batches._in_flight

@@ -1,7 +1,7 @@
 """Review of DecryptBatches (palisade.common.decrypt_batches): adversarial cases.
 
-The xfail(strict=True) tests demonstrate defects found in review: they pass while the defect
-is there and fail loudly once it is fixed (then drop the mark). The plain tests pin properties
+The first group of tests demonstrated defects found in review (strict xfails until the fixes
+landed; now plain regression tests). The plain tests pin properties
 that were checked and hold. No test waits on a timer: gates are events, and "has it settled"
 means the loop was given turns (asyncio.sleep(0)) after every task that could act had ended.
 """
@@ -28,14 +28,16 @@ def sealed(*values: str) -> list[Item]:
     return [(b"sealed:" + v.encode(), b"aad:" + v.encode()) for v in values]
 
 
-def open_all(items: Sequence[Item]) -> list[bytes]:
-    """What a correct crypto answers: b"sealed:<x>" (with b"aad:<x>") opens to b"<x>";
-    b"erased:..." is refused naming its position in the call."""
-    out = []
+def open_all(items: Sequence[Item]) -> list[bytes | None]:
+    """What a correct crypto answers to a batch tolerating erased subjects (as the batches
+    send them): b"sealed:<x>" (with b"aad:<x>") opens to b"<x>"; b"erased:..." answers None;
+    anything else is refused naming its position in the call."""
+    out: list[bytes | None] = []
     for index, (envelope, aad) in enumerate(items):
         kind, _, value = envelope.partition(b":")
         if kind == b"erased":
-            raise SubjectErased(f"item {index}: the data subject has been erased")
+            out.append(None)
+            continue
         if kind != b"sealed" or aad != b"aad:" + value:
             raise CryptoFailure(f"item {index}")
         out.append(value)
@@ -62,7 +64,7 @@ class GatedCrypto:
         self.calls: list[tuple[list[Item], asyncio.Event]] = []
         self.arrived = asyncio.Event()
 
-    async def decrypt(self, items: Sequence[Item]) -> list[bytes]:
+    async def decrypt(self, items: Sequence[Item]) -> list[bytes | None]:
         gate = asyncio.Event()
         self.calls.append((list(items), gate))
         self.arrived.set()
@@ -70,18 +72,9 @@ class GatedCrypto:
         return open_all(items)
 
 
-# ---------------------------------------------------------------- findings (xfail, strict)
+# ---------------------------------------------------------------- review findings, fixed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "review: the batch is flattened from each caller's own items list at send time but "
-        "split by len(waiter.items) read again when the answer comes: a caller (cancelled "
-        "while in flight) that clears or reuses its list shifts every later caller's slice, "
-        "so another request receives its plaintexts"
-    ),
-)
 async def test_a_caller_reusing_its_list_after_giving_up_does_not_shift_others() -> None:
     crypto = GatedCrypto()
     batches = DecryptBatches(crypto.decrypt)
@@ -100,30 +93,20 @@ async def test_a_caller_reusing_its_list_after_giving_up_does_not_shift_others()
     assert await staying == [b"bob-email@example.com"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "review: _alone() catches Exception only; grpc.aio raises asyncio.CancelledError "
-        "for a call cancelled locally (channel closed), so a re-asked caller's future is "
-        "never resolved and that request waits forever"
-    ),
-)
 async def test_a_re_ask_ending_in_cancelled_error_still_answers_its_caller() -> None:
-    async def send(items: Sequence[Item]) -> list[bytes]:
+    async def send(items: Sequence[Item]) -> list[bytes | None]:
         if len(items) > 1:
-            raise SubjectErased("item 1: the data subject has been erased")  # the batch
-        if items == sealed("a"):
+            raise CryptoFailure("item 1")  # the batch is refused: each caller asked again
+        if items == tuple(sealed("a")):
             raise asyncio.CancelledError()  # what grpc.aio raises once the channel closed
         return open_all(items)
 
     batches = DecryptBatches(send)
     first = asyncio.create_task(batches.decrypt(sealed("a")))
     second = asyncio.create_task(batches.decrypt(sealed("b")))
-    await settle(1)
-    sender = batches._sender
-    assert sender is not None
+    batch = await _batch_out(batches)
     assert await second == [b"b"]
-    await asyncio.wait([sender])
+    await asyncio.wait([batch])
     await settle()
     try:
         assert first.done(), "the caller whose re-ask was cancelled is still waiting"
@@ -133,82 +116,68 @@ async def test_a_re_ask_ending_in_cancelled_error_still_answers_its_caller() -> 
         await stop([first])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "review: cancelling the sender while it re-asks callers one by one (after a "
-        "refusal) cancels the gather of _alone() calls, whose futures are never resolved; "
-        "_send_all's finally only answers callers still queued, not those of this batch"
-    ),
-)
+async def _batch_out(batches: DecryptBatches) -> asyncio.Task[None]:
+    """The one batch task, once the batches have made it (it may not have run yet)."""
+    for _ in range(20):
+        if batches._in_flight:
+            break
+        await asyncio.sleep(0)
+    [batch] = list(batches._in_flight)
+    return batch
+
+
 async def test_stopping_the_sender_during_re_asks_leaves_nobody_waiting() -> None:
     crypto = GatedCrypto()
     batches = DecryptBatches(crypto.decrypt)
     callers = [
         asyncio.create_task(batches.decrypt(sealed("a"))),
-        asyncio.create_task(batches.decrypt([(b"erased:z", b"aad:z")])),
+        asyncio.create_task(batches.decrypt([(b"bad:z", b"aad:z")])),
     ]
+    batch = await _batch_out(batches)
     await settle()
-    sender = batches._sender
-    assert sender is not None
     crypto.calls[0][1].set()  # the batch is refused: each caller is asked again alone
     await settle()
     assert len(crypto.calls) == 3  # the two re-asks are in flight
-    sender.cancel()
-    await asyncio.wait([sender])
+    batch.cancel()
+    await asyncio.wait([batch])
     await settle()
     try:
         assert all(c.done() for c in callers), "callers of a re-asked batch left waiting"
         results = await asyncio.gather(*callers, return_exceptions=True)
         assert all(isinstance(r, Unavailable) for r in results)
+        assert not batches._in_flight
     finally:
         await stop(callers)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "review: _send_all's try/finally never runs when the sender task is cancelled "
-        "before its first step, so _sender stays set (checked with `is None`, not done()): "
-        "that caller and every later decrypt() of the client wait forever"
-    ),
-)
 async def test_a_sender_cancelled_before_it_ran_does_not_wedge_the_client() -> None:
     crypto = GatedCrypto()
     batches = DecryptBatches(crypto.decrypt)
     first = asyncio.create_task(batches.decrypt(sealed("a")))
-    await settle(1)  # `first` ran: it made the sender, which has not had a turn yet
-    sender = batches._sender
-    assert sender is not None
+    batch = await _batch_out(batches)  # made, and not run yet
     assert not crypto.calls
-    sender.cancel()
-    await asyncio.wait([sender])
+    batch.cancel()
+    await asyncio.wait([batch])
     later = asyncio.create_task(batches.decrypt(sealed("b")))
     await settle()
     for _, gate in crypto.calls:
         gate.set()
     await settle()
     try:
-        assert first.done(), "the caller whose sender was cancelled is still waiting"
-        assert later.done(), "a later call finds the dead sender and waits forever"
+        assert first.done(), "the caller whose batch was cancelled is still waiting"
+        with pytest.raises(Unavailable):
+            await first
+        assert later.done(), "a later call waits forever"
+        assert await later == [b"b"]
     finally:
         await stop([first, later])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "review: the sender task keeps the context (request id) of whoever started it for "
-        "as long as calls keep coming: later batches and every per-caller re-ask carry a "
-        "request id that is none of their callers' (crypto's logs of an erased subject or "
-        "tampered item are attributed to another request)"
-    ),
-)
 async def test_each_rpc_carries_the_request_id_of_one_of_its_own_callers() -> None:
     seen: list[tuple[list[Item], str | None]] = []
     gate = asyncio.Event()
 
-    async def send(items: Sequence[Item]) -> list[bytes]:
+    async def send(items: Sequence[Item]) -> list[bytes | None]:
         seen.append((list(items), request_id_var.get()))
         if len(seen) == 1:
             await gate.wait()
@@ -224,7 +193,7 @@ async def test_each_rpc_carries_the_request_id_of_one_of_its_own_callers() -> No
     await settle()
     later = [
         asyncio.create_task(call("req-second", sealed("b"))),
-        asyncio.create_task(call("req-erased", [(b"erased:z", b"aad:z")])),
+        asyncio.create_task(call("req-refused", [(b"bad:z", b"aad:z")])),
     ]
     await settle()
     gate.set()
@@ -232,25 +201,16 @@ async def test_each_rpc_carries_the_request_id_of_one_of_its_own_callers() -> No
     await asyncio.gather(*later, return_exceptions=True)
     by_items = {tuple(items): rid for items, rid in seen}
     assert by_items[tuple(sealed("b"))] == "req-second"  # its re-ask
-    assert by_items[((b"erased:z", b"aad:z"),)] == "req-erased"
+    assert by_items[((b"bad:z", b"aad:z"),)] == "req-refused"
     batch_ids = [rid for items, rid in seen if len(items) == 2]
     assert batch_ids
-    assert batch_ids[0] in {"req-second", "req-erased"}
+    assert batch_ids[0] in {"req-second", "req-refused"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "review: one batch in flight per client: a Decrypt stuck until its deadline (a "
-        "wedged crypto replica, a slow subject-key read) holds back every decrypt of the "
-        "auth process made meanwhile; each caller may wait up to twice (three times with a "
-        "re-ask) the client's timeout, where before only the stuck request waited"
-    ),
-)
 async def test_a_stuck_batch_does_not_hold_back_callers_that_came_later() -> None:
     stuck = asyncio.Event()
 
-    async def send(items: Sequence[Item]) -> list[bytes]:
+    async def send(items: Sequence[Item]) -> list[bytes | None]:
         if items == sealed("stuck"):
             await stuck.wait()  # this RPC's replica is wedged until its deadline
         return open_all(items)
@@ -317,12 +277,13 @@ async def test_many_callers_under_random_timing_only_ever_get_their_own(seed: in
             assert str(error).startswith("item ")
         else:
             assert task.result() == want
-    assert batches._sender is None
+    await settle()
+    assert not batches._in_flight
     assert not batches._waiting
 
 
 async def test_each_refused_caller_gets_its_own_numbering_and_no_other_callers_error() -> None:
-    async def send(items: Sequence[Item]) -> list[bytes]:
+    async def send(items: Sequence[Item]) -> list[bytes | None]:
         return open_all(items)
 
     batches = DecryptBatches(send)
@@ -348,7 +309,7 @@ async def test_each_refused_caller_gets_its_own_numbering_and_no_other_callers_e
 async def test_a_send_raising_an_unexpected_exception_is_a_503_for_each(caplog) -> None:
     calls = 0
 
-    async def broken(items: Sequence[Item]) -> list[bytes]:
+    async def broken(items: Sequence[Item]) -> list[bytes | None]:
         nonlocal calls
         calls += 1
         if calls == 1:
@@ -366,11 +327,12 @@ async def test_a_send_raising_an_unexpected_exception_is_a_503_for_each(caplog) 
     assert "failed unexpectedly" in caplog.text
     assert calls == 1  # not re-asked per caller: an unknown failure is not a refusal
     assert await batches.decrypt(sealed("back")) == [b"back"]  # the client still works
-    assert batches._sender is None
+    await settle()
+    assert not batches._in_flight
 
 
 async def test_a_send_answering_more_items_than_asked_fails_the_batch_never_shifts() -> None:
-    async def generous(items: Sequence[Item]) -> list[bytes]:
+    async def generous(items: Sequence[Item]) -> list[bytes | None]:
         return [b"someone-elses-pii", *open_all(items)]
 
     batches = DecryptBatches(generous)
@@ -385,7 +347,7 @@ async def test_an_outage_while_queued_callers_wait_fails_each_and_nobody_hangs()
     crypto = GatedCrypto()
     down = True
 
-    async def send(items: Sequence[Item]) -> list[bytes]:
+    async def send(items: Sequence[Item]) -> list[bytes | None]:
         if len(crypto.calls) == 0:
             return await crypto.decrypt(items)
         if down:
@@ -408,10 +370,10 @@ async def test_an_outage_while_queued_callers_wait_fails_each_and_nobody_hangs()
 async def test_a_refusal_on_re_ask_that_is_an_outage_is_that_callers_alone() -> None:
     """After a refusal, each caller's own answer, even an outage on its re-ask."""
 
-    async def send(items: Sequence[Item]) -> list[bytes]:
+    async def send(items: Sequence[Item]) -> list[bytes | None]:
         if len(items) > 1:
             raise InvalidArgument("item 1: bad")
-        if items == sealed("b"):
+        if list(items) == sealed("b"):
             raise Unavailable("gone meanwhile")
         return open_all(items)
 
@@ -426,7 +388,7 @@ async def test_a_refusal_on_re_ask_that_is_an_outage_is_that_callers_alone() -> 
 async def test_no_plaintext_is_kept_by_the_batcher_after_the_calls() -> None:
     marker = "PII-7f3a9c"
 
-    async def send(items: Sequence[Item]) -> list[bytes]:
+    async def send(items: Sequence[Item]) -> list[bytes | None]:
         await asyncio.sleep(0)
         return open_all(items)
 
@@ -455,5 +417,6 @@ async def test_no_plaintext_is_kept_by_the_batcher_after_the_calls() -> None:
             continue
         todo.extend(gc.get_referents(obj))
     assert found == []
-    assert batches._sender is None
+    await settle()
+    assert not batches._in_flight
     assert batches._waiting == []

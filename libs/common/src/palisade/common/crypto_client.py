@@ -21,6 +21,7 @@ from palisade.common.errors import (
     PalisadeError,
     Unavailable,
 )
+from palisade.common.errors import SubjectErased as SubjectErased  # where callers import it
 from palisade.common.grpc_client import ServiceIdentity
 from palisade_api.crypto.v1 import crypto_pb2 as pb
 from palisade_api.crypto.v1 import crypto_pb2_grpc
@@ -88,15 +89,6 @@ class CryptoFailure(PalisadeError):
     default_message = "stored data failed an integrity check"
 
 
-class SubjectErased(PalisadeError):
-    """The data belongs to a subject whose key was shredded: it is gone for good, by design
-    (an account or visitor was deleted). Not an integrity fault: treat the value as absent."""
-
-    status = grpc.StatusCode.FAILED_PRECONDITION
-    code = "subject_erased"
-    default_message = "the data subject has been erased"
-
-
 def _error_code(error: grpc.aio.AioRpcError) -> str | None:
     pairs: Any = error.trailing_metadata() or ()  # grpc-stubs types it as one entry
     for key, value in pairs:
@@ -130,7 +122,7 @@ class CryptoClient:
         self._stub = crypto_pb2_grpc.CryptoServiceStub(channel)
         self._identity = identity
         self._timeout = timeout
-        self.decrypt_batches = DecryptBatches(self._decrypt_strict) if batch_decrypts else None
+        self.decrypt_batches = DecryptBatches(self._decrypt_tolerant) if batch_decrypts else None
 
     async def encrypt(self, items: Sequence[EncryptInput], *, subject: str = "") -> list[bytes]:
         """Envelopes for (plaintext, associated data) pairs, in order.

@@ -59,3 +59,13 @@ class Unavailable(PalisadeError):
     status = grpc.StatusCode.UNAVAILABLE
     code = "unavailable"
     default_message = "a dependency is unavailable"
+
+
+class SubjectErased(PalisadeError):
+    """The data belongs to a subject whose key was shredded: it is gone for good, by design
+    (an account or visitor was deleted). Not an integrity fault: treat the value as absent.
+    (Raised by the crypto client; here so that the client's helpers can raise it too.)"""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    code = "subject_erased"
+    default_message = "the data subject has been erased"
