@@ -208,24 +208,50 @@ async def test_each_rpc_carries_the_request_id_of_one_of_its_own_callers() -> No
 
 
 async def test_a_stuck_batch_does_not_hold_back_callers_that_came_later() -> None:
+    """A batch out longer than the patience (a wedged replica) lets a second one go."""
     stuck = asyncio.Event()
 
     async def send(items: Sequence[Item]) -> list[bytes | None]:
-        if items == sealed("stuck"):
+        if list(items) == sealed("stuck"):
             await stuck.wait()  # this RPC's replica is wedged until its deadline
         return open_all(items)
 
-    batches = DecryptBatches(send)
+    batches = DecryptBatches(send, patience_seconds=0.01)
     first = asyncio.create_task(batches.decrypt(sealed("stuck")))
     await settle()
     later = asyncio.create_task(batches.decrypt(sealed("fine")))
-    await settle()
     try:
-        assert later.done(), "a healthy call waits behind the stuck one"
-        assert later.result() == [b"fine"]
+        # Answered while the first is still stuck (the patience's timer sends it).
+        assert await asyncio.wait_for(later, timeout=10) == [b"fine"]
+        assert not first.done()
     finally:
         stuck.set()
         await asyncio.gather(first, later, return_exceptions=True)
+    assert await first == [b"stuck"]
+
+
+async def test_within_the_patience_later_callers_wait_for_the_batch_out() -> None:
+    """The normal case: the batch out comes back in time, and everyone who came meanwhile
+    goes in the next one (no second batch beside it)."""
+    gate = asyncio.Event()
+    calls: list[list[Item]] = []
+
+    async def send(items: Sequence[Item]) -> list[bytes | None]:
+        calls.append(list(items))
+        if len(calls) == 1:
+            await gate.wait()
+        return open_all(items)
+
+    batches = DecryptBatches(send, patience_seconds=3600)
+    first = asyncio.create_task(batches.decrypt(sealed("first")))
+    await settle()
+    later = [asyncio.create_task(batches.decrypt(sealed(f"l{i}"))) for i in range(5)]
+    await settle()
+    assert len(calls) == 1
+    gate.set()
+    assert await first == [b"first"]
+    assert await asyncio.gather(*later) == [[f"l{i}".encode()] for i in range(5)]
+    assert [len(c) for c in calls] == [1, 5]
 
 
 # ---------------------------------------------------------------- properties that hold

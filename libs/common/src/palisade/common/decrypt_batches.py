@@ -3,11 +3,12 @@
 Each RPC costs both ends far more CPU than the AES-GCM work it carries (about 0.8 ms for a
 unary round trip in Python gRPC, against microseconds per field), and the busiest reads
 (`GET /v1/me`: two fields) each made one. Here calls are gathered for one turn of the event
-loop and sent as one Decrypt; while MAX_IN_FLIGHT batches are out, later calls wait for one
-to come back and then go together. Nothing waits on a timer: an idle service sends every
-call alone and at once, and the busier crypto is, the larger the batches (as a database's
-group commit does). Two batches may be out at once, so one slow or stuck RPC (a wedged
-replica, until its deadline) does not hold back every decrypt of the process.
+loop and sent as one Decrypt; while a batch is out, later calls wait for it to come back and
+then go together. Nothing waits on a timer: an idle service sends every call alone and at
+once, and the busier crypto is, the larger the batches (as a database's group commit does).
+Only when the batch out has been out longer than PATIENCE_SECONDS (far above a normal round
+trip of a few milliseconds) does a second one go meanwhile, so one slow or stuck RPC (a wedged
+replica, until its deadline) holds back the others by that much at most.
 
 What a caller gets is exactly what its own call would have given:
 - its own plaintexts, split off by position from its own copy of its items (the items of
@@ -52,6 +53,7 @@ TolerantDecrypt = Callable[[Sequence[Item]], Awaitable[list[bytes | None]]]
 MAX_BATCH_ITEMS = 256
 MAX_BATCH_BYTES = 1024 * 1024
 MAX_IN_FLIGHT = 2
+PATIENCE_SECONDS = 0.05
 
 
 @dataclass
@@ -85,16 +87,20 @@ class DecryptBatches:
         max_items: int = MAX_BATCH_ITEMS,
         max_bytes: int = MAX_BATCH_BYTES,
         max_in_flight: int = MAX_IN_FLIGHT,
+        patience_seconds: float = PATIENCE_SECONDS,
     ) -> None:
-        if max_in_flight < 1:
-            raise ValueError("at least one batch must be allowed in flight")
+        if max_in_flight < 1 or patience_seconds < 0:
+            raise ValueError("at least one batch in flight, and a patience of zero or more")
         self._send = send
         self._max_items = max_items
         self._max_bytes = max_bytes
         self._max_in_flight = max_in_flight
+        self._patience = patience_seconds
         self._waiting: list[_Waiter] = []
-        self._in_flight: dict[asyncio.Task[None], list[_Waiter]] = {}
+        # Each batch out, with its callers and when it went (the loop's clock).
+        self._in_flight: dict[asyncio.Task[None], tuple[list[_Waiter], float]] = {}
         self._kick_scheduled = False
+        self._patience_timer: asyncio.TimerHandle | None = None
         self.batches_sent = 0  # RPCs this object made (tests and benchmarks read it)
 
     async def decrypt(self, items: Sequence[Item]) -> list[bytes]:
@@ -120,18 +126,30 @@ class DecryptBatches:
         return _own_answer(plaintexts)
 
     def _kick(self) -> None:
-        """Sends what waits, as long as fewer than max_in_flight batches are out."""
+        """Sends what waits: at once when nothing is out; besides the batches out only once
+        they have all been out longer than the patience (a timer comes back then)."""
         self._kick_scheduled = False
+        loop = asyncio.get_running_loop()
         while self._waiting and len(self._in_flight) < self._max_in_flight:
+            if self._in_flight:
+                due = max(started for _, started in self._in_flight.values()) + self._patience
+                if loop.time() < due:
+                    if self._patience_timer is None:
+                        self._patience_timer = loop.call_at(due, self._patience_over)
+                    return
             batch = self._take()
             if not batch:
                 continue
             task = asyncio.create_task(self._send_batch(batch), context=batch[0].context)
-            self._in_flight[task] = batch
+            self._in_flight[task] = (batch, loop.time())
             task.add_done_callback(self._batch_done)
 
+    def _patience_over(self) -> None:
+        self._patience_timer = None
+        self._kick()
+
     def _batch_done(self, task: asyncio.Task[None]) -> None:
-        batch = self._in_flight.pop(task, [])
+        batch, _ = self._in_flight.pop(task, ([], 0.0))
         # Whatever ended the batch (cancelled before or while it ran, an error the code did
         # not foresee), nobody of it may be left waiting.
         if not task.cancelled() and task.exception() is not None:
