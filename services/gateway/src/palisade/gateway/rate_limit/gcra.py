@@ -105,29 +105,14 @@ def _remaining(now: int, tat: int, limit: Limit) -> int:
 def decide(now: int, subjects: tuple[Subject, ...], outcome: Outcome) -> Decision:
     """The Decision for the TATs an admission produced (the same for every backend)."""
     if len(subjects) == 1 and outcome.allowed:  # most checks: the one subject is the policy
-        subject, tat = subjects[0], outcome.tats[0]
-        return Decision(
-            allowed=True,
-            policy=subject,
-            remaining=_remaining(now, tat, subject.limit),
-            reset_seconds=_ceil_seconds(tat - now),
-            retry_after_seconds=0,
-            subjects=subjects,
-        )
+        return _admitted(now, subjects, subjects[0], outcome.tats[0])
     rows = list(zip(subjects, outcome.tats, strict=True))
     if outcome.allowed:
         # Most constrained: fewest remaining, then longest until full; first on a tie.
         subject, tat = min(
             rows, key=lambda row: (_remaining(now, row[1], row[0].limit), now - row[1])
         )
-        return Decision(
-            allowed=True,
-            policy=subject,
-            remaining=_remaining(now, tat, subject.limit),
-            reset_seconds=_ceil_seconds(tat - now),
-            retry_after_seconds=0,
-            subjects=subjects,
-        )
+        return _admitted(now, subjects, subject, tat)
     # The request waits for the slowest refusing subject; the others already admit and nothing
     # was spent, so that wait is exact.
     subject, tat = max(rows, key=lambda row: row[1] - row[0].limit.tolerance_us)
@@ -137,5 +122,16 @@ def decide(now: int, subjects: tuple[Subject, ...], outcome: Outcome) -> Decisio
         remaining=0,
         reset_seconds=_ceil_seconds(tat - now),
         retry_after_seconds=max(1, _ceil_seconds(tat - subject.limit.tolerance_us - now)),
+        subjects=subjects,
+    )
+
+
+def _admitted(now: int, subjects: tuple[Subject, ...], policy: Subject, tat: int) -> Decision:
+    return Decision(
+        allowed=True,
+        policy=policy,
+        remaining=_remaining(now, tat, policy.limit),
+        reset_seconds=_ceil_seconds(tat - now),
+        retry_after_seconds=0,
         subjects=subjects,
     )
