@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
+from redis.asyncio.connection import AbstractConnection as RedisConnection
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
@@ -38,6 +39,8 @@ class RoundTrips:
     # BEGIN ... COMMIT/ROLLBACK pairs actually sent (autocommit reads send none).
     transactions: Counter[str] = field(default_factory=Counter)
     crypto_calls: Counter[str] = field(default_factory=Counter)
+    # Commands or pipelines sent to Redis (each one network round trip).
+    redis_trips: Counter[str] = field(default_factory=Counter)
 
     def of(self, method: str) -> tuple[int, int, dict[str, int]]:
         calls = {
@@ -49,6 +52,7 @@ class RoundTrips:
         self.statements.clear()
         self.transactions.clear()
         self.crypto_calls.clear()
+        self.redis_trips.clear()
 
 
 class _CountingStub:
@@ -71,7 +75,7 @@ class _CountingStub:
 
 
 @pytest.fixture
-def trips(auth) -> Iterator[RoundTrips]:
+def trips(auth, monkeypatch: pytest.MonkeyPatch) -> Iterator[RoundTrips]:
     counted = RoundTrips()
     server = auth.servers[0]
     engines = [server.engine.sync_engine]
@@ -86,6 +90,15 @@ def trips(auth) -> Iterator[RoundTrips]:
         return await original_fetch(sql, params, first_only)
 
     reads._fetch = counted_fetch
+    original_send = RedisConnection.send_packed_command
+
+    async def counted_send(self: RedisConnection, *args: object, **kwargs: object) -> None:
+        method = _method()
+        if method is not None:
+            counted.redis_trips[method] += 1  # one command, or one whole pipeline
+        await original_send(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RedisConnection, "send_packed_command", counted_send)
 
     def on_statement(conn: Connection, *_: object) -> None:
         method = _method()
@@ -218,3 +231,21 @@ async def test_concurrent_get_me_share_decrypt_calls_and_each_sees_only_itself(a
             (email, g.user_id) for email, g in zip(people, grants, strict=True)
         ]
     assert batches.batches_sent - sent_before < 3 * len(people)
+
+
+async def test_login_is_one_read_one_transaction_one_blind_index_and_two_redis_calls(
+    auth, trips
+) -> None:
+    """A password login (no second factor, a known network) outside its hash: the user by
+    blind index as a direct read (no lock: the hash is checked again, locked); then one
+    transaction: lock the user row with the verified hash (reading its disabled state), the
+    second-factor and first-workspace look, the session, its access and refresh tokens, the
+    event and the known network. Redis: the throttle's look-and-count before the hash, and its
+    reset after it."""
+    await auth.sign_up("login@example.com")
+    await auth.login("login@example.com")  # Redis scripts loaded, the network known
+    trips.clear()
+    tokens = await auth.login("login@example.com")
+    assert tokens.access_token
+    assert trips.of("Login") == (8, 1, {"BlindIndex": 1})
+    assert trips.redis_trips["Login"] == 2

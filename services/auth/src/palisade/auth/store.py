@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Column,
@@ -25,12 +25,14 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    bindparam,
     insert,
     select,
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import Select
 
 from palisade.common.db import UTCDateTime, transaction_conflict
 from palisade.common.direct_reads import DirectReads
@@ -99,6 +101,40 @@ class UserRow:
     disabled: bool
     email_verified: bool = False  # users.email_verified_at is set
     deleted: bool = False  # users.deleted_at is set (then disabled is too)
+
+
+@dataclass(frozen=True)
+class LockedUser:
+    """What lock_password read of the user row, under the lock it took: the state
+    require_enabled (accounts/account_state.py) would read again under the same lock."""
+
+    disabled: bool
+    deleted: bool
+
+
+# Statements on the login path, built once with named parameters (no per-login construction).
+_USER_BY_EMAIL_INDEX: dict[int, Select[Any]] = {}
+_PASSWORD_CHECK = select(users.c.disabled_at, users.c.deleted_at).where(
+    users.c.id == bindparam("user_id"), users.c.password_hash == bindparam("verified_hash")
+)
+_PASSWORD_CHECK_SHARED = _PASSWORD_CHECK.with_for_update(read=True)
+_PASSWORD_CHECK_EXCLUSIVE = _PASSWORD_CHECK.with_for_update(key_share=True)
+
+
+def user_by_email_index_statement(count: int) -> Select[Any]:
+    """SELECT users WHERE email_index IN (:t0 .. :t<count-1>): one prebuilt statement per
+    number of index tokens (a handful: one per usable index key), fit for a direct read
+    (named parameters, no expanding IN). Parameters: email_index_params(tokens)."""
+    statement = _USER_BY_EMAIL_INDEX.get(count)
+    if statement is None:
+        statement = _USER_BY_EMAIL_INDEX[count] = select(users).where(
+            users.c.email_index.in_([bindparam(f"t{i}") for i in range(count)])
+        )
+    return statement
+
+
+def email_index_params(tokens: Sequence[str]) -> dict[str, str]:
+    return {f"t{i}": token for i, token in enumerate(tokens)}
 
 
 class AuthTransaction:
@@ -193,24 +229,28 @@ class AuthTransaction:
             )
         ).scalar_one_or_none()
 
-    async def lock_password(self, user_id: str, verified_hash: str, *, exclusive: bool) -> bool:
-        """Whether the user's hash is still the one a password was verified against; if so,
-        the row stays locked until this transaction ends, so a password change waits for
-        (and then sees) what this transaction writes, e.g. a new session.
+    async def lock_password(
+        self, user_id: str, verified_hash: str, *, exclusive: bool
+    ) -> LockedUser | None:
+        """Whether the user's hash is still the one a password was verified against (None if
+        not); if so, the row stays locked until this transaction ends, so a password change
+        waits for (and then sees) what this transaction writes, e.g. a new session. The row's
+        disabled and deleted state comes from the same statement, read under that lock (what
+        require_enabled would read again: SessionManager.start takes it instead).
 
         Shared lock for plain logins (they don't wait on each other), exclusive when the caller
         is about to write the row (a re-hash). SQLite: its BEGIN IMMEDIATE already serializes.
         """
-        query = select(users.c.id).where(
-            users.c.id == user_id, users.c.password_hash == verified_hash
-        )
-        if self._locks:
-            query = (
-                query.with_for_update(key_share=True)
-                if exclusive
-                else query.with_for_update(read=True)
-            )
-        return (await self._conn.execute(query)).first() is not None
+        if not self._locks:
+            query = _PASSWORD_CHECK
+        else:
+            query = _PASSWORD_CHECK_EXCLUSIVE if exclusive else _PASSWORD_CHECK_SHARED
+        row = (
+            await self._conn.execute(query, {"user_id": user_id, "verified_hash": verified_hash})
+        ).first()
+        if row is None:
+            return None
+        return LockedUser(disabled=row[0] is not None, deleted=row[1] is not None)
 
     async def replace_password_hash(
         self, user_id: str, old_hash: str, new_hash: str, now: datetime, *, changed: bool
@@ -229,6 +269,22 @@ class AuthTransaction:
             .values(**values)
         )
         return int(result.rowcount) == 1
+
+
+def user_from(row: Sequence[Any]) -> UserRow:
+    """A row of user_by_email_index_statement() as a direct read returns it (a tuple in the
+    table's column order)."""
+    m = dict(zip(users.c.keys(), row, strict=True))
+    return UserRow(
+        id=m["id"],
+        email_index=m["email_index"],
+        email_ct=bytes(m["email_ct"]),
+        name_ct=bytes(m["name_ct"]),
+        password_hash=m["password_hash"],
+        disabled=m["disabled_at"] is not None,
+        email_verified=m["email_verified_at"] is not None,
+        deleted=m["deleted_at"] is not None,
+    )
 
 
 def _user(row: object) -> UserRow:

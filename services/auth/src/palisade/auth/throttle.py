@@ -73,6 +73,24 @@ class FailureCounts(Protocol):
         """Takes one back off each key's count (not below zero): an attempt that succeeded."""
         ...
 
+    async def acquire_waivable(
+        self,
+        counters: list[tuple[str, int, int]],
+        now: float,
+        *,
+        known: tuple[str, int],
+        waived: str,
+    ) -> float:
+        """acquire(), without the counter keyed `waived` if the (key, window) `known` has
+        counted anything within its window: that look and the acquire in one atomic step."""
+        ...
+
+    async def settle(
+        self, *, clear: list[str], give_back: list[str], add: list[tuple[str, int]], now: float
+    ) -> None:
+        """clear(clear), then give_back(give_back), then add_failure(add, now): one step."""
+        ...
+
 
 class CounterLimiter:
     """Checks and bumps decaying counters: the one rule behind every throttle here."""
@@ -108,6 +126,31 @@ class CounterLimiter:
 
     async def give_back(self, counters: list[Counter]) -> None:
         await self._counts.give_back([c.key for c in counters])
+
+    async def acquire_waivable(
+        self, counters: list[Counter], *, known: Counter, waived: str
+    ) -> None:
+        """acquire(), leaving out the counter keyed `waived` if `known` is active (see
+        active()), decided in the same atomic step (one round trip)."""
+        wait = await self._counts.acquire_waivable(
+            [(c.key, c.limit, c.window) for c in counters],
+            self._clock.timestamp(),
+            known=(known.key, known.window),
+            waived=waived,
+        )
+        if wait > 0:
+            raise Throttled(int(wait + 0.999))
+
+    async def settle(
+        self, *, clear: list[Counter], give_back: list[Counter], hit: list[Counter]
+    ) -> None:
+        """clear(clear), give_back(give_back) and hit(hit), in one step (one round trip)."""
+        await self._counts.settle(
+            clear=[c.key for c in clear],
+            give_back=[c.key for c in give_back],
+            add=[(c.key, c.window) for c in hit],
+            now=self._clock.timestamp(),
+        )
 
     async def active(self, counter: Counter) -> bool:
         """Whether the counter has counted anything within its window."""
@@ -171,18 +214,30 @@ class LoginThrottle:
 
         A client that logged in to the account before skips the account-wide cap (strangers
         spending it must not lock the owner out), not the per-IP and per-(account, IP) ones.
+        Whether it is known is looked at in the same atomic step as the counting (one round
+        trip; the same look for any account, existing or not).
         """
-        known = await self.is_known_client(account_key, ip)
-        await self._limiter.acquire(self._counters(account_key, ip, known=known))
+        known = self._known_client(account_key, ip)
+        counters = self._counters(account_key, ip, known=False)
+        if known is None:  # no client bucket: never known
+            await self._limiter.acquire(counters)
+            return
+        await self._limiter.acquire_waivable(
+            counters, known=known, waived=f"thr:acct:{account_key}"
+        )
 
     async def accepted(self, account_key: str, ip: str | None) -> None:
         """After acquire(), the password was right: the account's counts reset, and the IP
         gets this attempt back (its earlier failures stay: an attacker's IP can't launder them
-        by logging in to its own account). The client is known to the account from now on."""
+        by logging in to its own account). The client is known to the account from now on.
+        All in one step (one round trip)."""
         counters = self._counters(account_key, ip, known=False)
-        await self._limiter.clear([c for c in counters if not c.key.startswith("thr:ip:")])
-        await self._limiter.give_back([c for c in counters if c.key.startswith("thr:ip:")])
-        await self._remember_client(account_key, ip)
+        known = self._known_client(account_key, ip)
+        await self._limiter.settle(
+            clear=[c for c in counters if not c.key.startswith("thr:ip:")],
+            give_back=[c for c in counters if c.key.startswith("thr:ip:")],
+            hit=[] if known is None else [known],
+        )
 
     async def _remember_client(self, account_key: str, ip: str | None) -> None:
         known = self._known_client(account_key, ip)
@@ -265,6 +320,28 @@ class MemoryFailureCounts:
             if failures > 0:
                 self._counts[key] = (failures - 1, last)
 
+    async def acquire_waivable(
+        self,
+        counters: list[tuple[str, int, int]],
+        now: float,
+        *,
+        known: tuple[str, int],
+        waived: str,
+    ) -> float:
+        # No await inside but the ones below, which never suspend: atomic on the event loop.
+        key, window = known
+        count, last = self._counts.get(key, (0, 0.0))
+        if count > 0 and now - last < window:
+            counters = [c for c in counters if c[0] != waived]
+        return await self.acquire(counters, now)
+
+    async def settle(
+        self, *, clear: list[str], give_back: list[str], add: list[tuple[str, int]], now: float
+    ) -> None:
+        await self.clear(clear)
+        await self.give_back(give_back)
+        await self.add_failure(add, now)
+
 
 # Atomic per key: restart the count if the last failure is older than the window.
 _ADD_FAILURE = """
@@ -314,6 +391,61 @@ return 1
 """
 
 
+# _ACQUIRE, leaving out the waived key (ARGV[2]) if KEYS[1] (the "known" record) has counted
+# within its window (ARGV[3]). KEYS[2..] are the counters, ARGV[4..] their (limit, window).
+_ACQUIRE_WAIVABLE = """
+local now = tonumber(ARGV[1])
+local known_f = tonumber(redis.call('HGET', KEYS[1], 'f') or '0')
+local known_t = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
+local known = known_f > 0 and now - known_t < tonumber(ARGV[3])
+local wait = 0
+local current = {}
+for i = 2, #KEYS do
+  local key = KEYS[i]
+  if not (known and key == ARGV[2]) then
+    local limit = tonumber(ARGV[2 * i])
+    local window = tonumber(ARGV[2 * i + 1])
+    local failures = tonumber(redis.call('HGET', key, 'f') or '0')
+    local last = tonumber(redis.call('HGET', key, 't') or '0')
+    if now - last >= window then failures = 0 end
+    if failures >= limit and window - (now - last) > wait then wait = window - (now - last) end
+    current[i] = failures
+  end
+end
+if wait > 0 then return tostring(wait) end
+for i = 2, #KEYS do
+  if current[i] ~= nil then
+    local window = tonumber(ARGV[2 * i + 1])
+    redis.call('HSET', KEYS[i], 'f', current[i] + 1, 't', ARGV[1])
+    redis.call('EXPIRE', KEYS[i], window * 2)
+  end
+end
+return '0'
+"""
+
+# Clear KEYS[1..ARGV[2]], give one back on the next ARGV[3] keys, and add a failure (as
+# _ADD_FAILURE) to the rest, whose windows are ARGV[4..].
+_SETTLE = """
+local now = tonumber(ARGV[1])
+local cleared = tonumber(ARGV[2])
+local given = tonumber(ARGV[3])
+for i = 1, cleared do redis.call('DEL', KEYS[i]) end
+for i = cleared + 1, cleared + given do
+  local failures = tonumber(redis.call('HGET', KEYS[i], 'f') or '0')
+  if failures > 0 then redis.call('HSET', KEYS[i], 'f', failures - 1) end
+end
+for i = cleared + given + 1, #KEYS do
+  local window = tonumber(ARGV[3 + i - cleared - given])
+  local last = tonumber(redis.call('HGET', KEYS[i], 't') or '0')
+  local failures = tonumber(redis.call('HGET', KEYS[i], 'f') or '0')
+  if now - last >= window then failures = 0 end
+  redis.call('HSET', KEYS[i], 'f', failures + 1, 't', ARGV[1])
+  redis.call('EXPIRE', KEYS[i], window * 2)
+end
+return 1
+"""
+
+
 class RedisFailureCounts:
     def __init__(self, redis: Redis, *, prefix: str = "palisade:auth:") -> None:
         self._redis = redis
@@ -321,6 +453,8 @@ class RedisFailureCounts:
         self._add = redis.register_script(_ADD_FAILURE)
         self._acquire = redis.register_script(_ACQUIRE)
         self._give_back = redis.register_script(_GIVE_BACK)
+        self._acquire_waivable = redis.register_script(_ACQUIRE_WAIVABLE)
+        self._settle = redis.register_script(_SETTLE)
 
     async def read(self, keys: list[str]) -> list[tuple[int, float]]:
         pipe = self._redis.pipeline(transaction=False)
@@ -346,3 +480,30 @@ class RedisFailureCounts:
     async def give_back(self, keys: list[str]) -> None:
         if keys:
             await self._give_back(keys=[self._prefix + k for k in keys])
+
+    async def acquire_waivable(
+        self,
+        counters: list[tuple[str, int, int]],
+        now: float,
+        *,
+        known: tuple[str, int],
+        waived: str,
+    ) -> float:
+        known_key, known_window = known
+        args: list[float | str] = [now, self._prefix + waived, known_window]
+        for _, limit, window in counters:
+            args += [limit, window]
+        keys = [self._prefix + known_key, *(self._prefix + k for k, _, _ in counters)]
+        wait = await self._acquire_waivable(keys=keys, args=args)
+        return float(wait)
+
+    async def settle(
+        self, *, clear: list[str], give_back: list[str], add: list[tuple[str, int]], now: float
+    ) -> None:
+        keys = [*clear, *give_back, *(k for k, _ in add)]
+        if not keys:
+            return
+        await self._settle(
+            keys=[self._prefix + k for k in keys],
+            args=[now, len(clear), len(give_back), *(w for _, w in add)],
+        )

@@ -14,7 +14,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from palisade.auth.errors import AccountDisabled, InvalidCredentials
-from palisade.auth.store import AuthTransaction, users
+from palisade.auth.store import AuthTransaction, LockedUser, users
 
 
 async def require_enabled(tx: AuthTransaction, user_id: str) -> None:
@@ -27,4 +27,13 @@ async def require_enabled(tx: AuthTransaction, user_id: str) -> None:
     if row is None or row.deleted_at is not None:  # a deleted account is gone for good
         raise InvalidCredentials()
     if row.disabled_at is not None:
+        raise AccountDisabled()
+
+
+def check_enabled(locked: LockedUser) -> None:
+    """require_enabled for a caller that already holds the user row's lock and read its state
+    in the statement that took it (AuthTransaction.lock_password): the same answers."""
+    if locked.deleted:
+        raise InvalidCredentials()
+    if locked.disabled:
         raise AccountDisabled()

@@ -13,6 +13,8 @@ import uuid
 from dataclasses import dataclass
 from typing import NoReturn
 
+from sqlalchemy import bindparam, select
+
 from palisade.auth.accounts.address_proof import retire_email_changes
 from palisade.auth.accounts.profile_read import read_profile
 from palisade.auth.accounts.verification import (
@@ -31,13 +33,21 @@ from palisade.auth.mail.templates import (
     unverified_account_email,
 )
 from palisade.auth.mfa.login import LoginResult, MfaLogins
-from palisade.auth.mfa.store import MfaRecords
+from palisade.auth.mfa.store import MfaRecords, totp_credentials
 from palisade.auth.passwords.hashing import PasswordHasher
 from palisade.auth.passwords.policy import check_length, check_new_password
-from palisade.auth.sessions.manager import ClientInfo, SessionManager
+from palisade.auth.sessions.manager import ClientInfo, SessionManager, SignInFacts
 from palisade.auth.sessions.new_networks import remember_network
 from palisade.auth.sessions.revocation import RevocationNotice
-from palisade.auth.store import AuthStore, DuplicateEmail, UserRow
+from palisade.auth.store import (
+    AuthStore,
+    DuplicateEmail,
+    UserRow,
+    email_index_params,
+    memberships,
+    user_by_email_index_statement,
+    user_from,
+)
 from palisade.auth.subjects import user_subject
 from palisade.auth.throttle import LoginThrottle
 from palisade.common.aad import associated_data
@@ -55,6 +65,20 @@ MAX_NAME_LENGTH = 200
 # A password is checked against the hash it was read with; if that hash changes before the
 # session is stored (a re-hash or a change racing it), it is read and checked again, this often.
 _VERIFY_ROUNDS = 3
+# After a login has locked the user row: whether a second factor is due (what
+# MfaLogins.required reads: a confirmed TOTP credential) and the user's first workspace (what
+# SessionManager.sign_in starts the session in, AuthTransaction.primary_membership), as one
+# statement instead of two.
+_LOGIN_FACTS = select(
+    select(totp_credentials.c.confirmed_at.is_not(None))
+    .where(totp_credentials.c.user_id == bindparam("user_id"))
+    .scalar_subquery(),
+    select(memberships.c.workspace_id)
+    .where(memberships.c.user_id == bindparam("user_id"))
+    .order_by(memberships.c.created_at, memberships.c.workspace_id)
+    .limit(1)
+    .scalar_subquery(),
+)
 
 
 def normalize_email(email: str) -> str:
@@ -288,8 +312,11 @@ class Accounts:
         await self._throttle.acquire(account_key, client.ip)  # counted before the hash
         result: LoginResult | None = None
         for _ in range(_VERIFY_ROUNDS):
-            async with self._store.transaction() as tx:
-                user = await tx.user_by_email_index(tokens)
+            # No lock needed: the hash is checked again, locked, before the session is made.
+            found = await self._store.reads.one(
+                user_by_email_index_statement(len(tokens)), email_index_params(tokens)
+            )
+            user = None if found is None else user_from(found)
             if user is None:
                 await self._hasher.burn(password)
                 await self._fail(account_key, client, user, "unknown_user")
@@ -316,13 +343,18 @@ class Accounts:
         re-hashed meanwhile: verify again). The check holds the user row until commit, so a
         password change that follows sees, and ends, the session made here."""
         async with self._store.transaction() as tx:
-            if not await tx.lock_password(user.id, user.password_hash, exclusive=bool(new_hash)):
+            locked = await tx.lock_password(user.id, user.password_hash, exclusive=bool(new_hash))
+            if locked is None:
                 return None
             if new_hash is not None:
                 await tx.replace_password_hash(
                     user.id, user.password_hash, new_hash, self._clock.now(), changed=False
                 )
-            if await self._mfa.required(tx, user.id):
+            # MfaLogins.required and the first workspace, in one statement after the lock.
+            totp_confirmed, workspace_id = (
+                await tx.conn.execute(_LOGIN_FACTS, {"user_id": user.id})
+            ).one()
+            if totp_confirmed:
                 return await self._mfa.begin(
                     tx,
                     user_id=user.id,
@@ -337,6 +369,7 @@ class Accounts:
                 client=client,
                 method="password",
                 details={"rehashed": new_hash is not None},
+                facts=SignInFacts(locked=locked, workspace_id=workspace_id),
             )
 
     async def _fail(

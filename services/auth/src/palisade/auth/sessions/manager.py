@@ -19,7 +19,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from palisade.auth.accounts.account_state import require_enabled
+from palisade.auth.accounts.account_state import check_enabled, require_enabled
 from palisade.auth.accounts.restrictions import DEFAULT as DEFAULT_RESTRICTIONS
 from palisade.auth.accounts.restrictions import UnverifiedRestrictions
 from palisade.auth.errors import (
@@ -45,7 +45,7 @@ from palisade.auth.sessions.store import (
     session_from,
 )
 from palisade.auth.sessions.tokens import TokenKind, check_token, new_token, token_hash
-from palisade.auth.store import AuthStore, AuthTransaction
+from palisade.auth.store import AuthStore, AuthTransaction, LockedUser
 from palisade.common.aad import associated_data
 from palisade.common.clock import Clock
 from palisade.common.crypto_client import CryptoClient
@@ -72,6 +72,16 @@ class IssuedTokens:
     refresh_token: str
     expires_in: int
     session_id: str
+
+
+@dataclass(frozen=True)
+class SignInFacts:
+    """What a login already read in its transaction, after taking the user row's lock, so
+    sign_in does not read it again: the user's state from the locking statement itself, and
+    the first workspace (None: no membership)."""
+
+    locked: LockedUser
+    workspace_id: str | None
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,7 @@ class SessionManager:
         remember_me: bool,
         client: ClientInfo,
         continues: SessionRow | None = None,
+        locked: LockedUser | None = None,
     ) -> IssuedTokens:
         """Creates a session (a token family) inside the caller's transaction.
 
@@ -124,9 +135,15 @@ class SessionManager:
         (a workspace switch): the new session keeps its login time, absolute expiry and
         remember-me, so moving between workspaces never counts as a fresh login (recent auth)
         nor lengthens a session.
+
+        locked: the user's state as this transaction read it in the statement that locked the
+        user row (AuthTransaction.lock_password), checked instead of being read again.
         """
         # Under a share lock on the user row: a disable racing this login ends its session.
-        await require_enabled(tx, user_id)
+        if locked is None:
+            await require_enabled(tx, user_id)
+        else:
+            check_enabled(locked)
         now = self._clock.now()
         policy = self._policy
         if continues is not None:
@@ -170,14 +187,25 @@ class SessionManager:
         client: ClientInfo,
         method: str,
         details: Mapping[str, str | int | bool | None] | None = None,
+        facts: SignInFacts | None = None,
     ) -> IssuedTokens:
-        """The end of every login: a session in the user's first workspace, and its event."""
-        membership = await tx.primary_membership(user_id)
-        if membership is None:
+        """The end of every login: a session in the user's first workspace, and its event.
+        facts: what the caller already read under the user row's lock (a password login)."""
+        if facts is None:
+            membership = await tx.primary_membership(user_id)
+            workspace = None if membership is None else membership[0]
+        else:
+            workspace = facts.workspace_id
+        if workspace is None:
             raise InvalidCredentials()
-        workspace_id = membership[0]
+        workspace_id = workspace
         issued = await self.start(
-            tx, user_id=user_id, workspace_id=workspace_id, remember_me=remember_me, client=client
+            tx,
+            user_id=user_id,
+            workspace_id=workspace_id,
+            remember_me=remember_me,
+            client=client,
+            locked=None if facts is None else facts.locked,
         )
         await tx.emit(
             SecurityEvent(
