@@ -15,10 +15,11 @@ import secrets
 
 import grpc
 import pytest
+from grpc_harness import code_of
 
 from palisade_api.visitors.v1 import visitors_pb2 as pb
 
-from .conftest import ALL_SCOPES, code_of, new_workspace
+from .conftest import ALL_SCOPES, new_workspace
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 

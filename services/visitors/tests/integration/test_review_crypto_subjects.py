@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from grpc_harness import code_of
 
 from palisade.common.caller import AssertionSigner
 from palisade.common.edge_keys import KeySource, read_document
@@ -21,7 +22,7 @@ from palisade.visitors.pii import subject_of
 from palisade_api.crypto.v1 import crypto_pb2, crypto_pb2_grpc
 from palisade_api.visitors.v1 import visitors_pb2 as pb
 
-from .conftest import code_of, new_workspace
+from .conftest import new_workspace
 
 SHRED = "/palisade.crypto.v1.CryptoService/ShredSubject"
 

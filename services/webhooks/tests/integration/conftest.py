@@ -17,15 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from deferred_signing import DeferredSigning
+from grpc_harness import embedded_crypto_settings, refused
 from sqlalchemy import select, text
 
 from palisade.common.caller import AssertionSigner
 from palisade.common.clock import ManualClock
 from palisade.common.edge_keys import KeySource, read_document
-from palisade.crypto.config import CryptoSettings
 from palisade.crypto.server import CryptoServer, serve_crypto
 from palisade.webhooks.config import WebhooksSettings
 from palisade.webhooks.server import WebhooksServer, serve_webhooks
@@ -39,13 +38,6 @@ PUBLIC_ADDRESS = "93.184.216.34"  # only ever an answer of the fake resolver: ne
 
 def new_workspace() -> str:
     return f"ws_{secrets.token_hex(16)}"
-
-
-def code_of(error: grpc.aio.AioRpcError) -> str | None:
-    for key, value in error.trailing_metadata() or ():
-        if key == "palisade-error-code":
-            return str(value)
-    return None
 
 
 @dataclass
@@ -128,25 +120,7 @@ class Harness:
         async with self.server.engine.begin() as conn:
             await conn.execute(text(sql), params)
 
-    @staticmethod
-    async def refused(call: Any, status: grpc.StatusCode, code: str) -> grpc.aio.AioRpcError:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call
-        assert caught.value.code() == status, caught.value
-        assert code_of(caught.value) == code
-        return caught.value
-
-
-def _crypto_settings(tmp_path: Path) -> CryptoSettings:
-    return CryptoSettings(
-        data_dir=tmp_path,
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'crypto.db'}",
-        grpc_port=0,
-        metrics_port=0,
-        keyring_reload_seconds=0.05,
-        usage_sync_seconds=3600,
-        shutdown_grace_seconds=1,
-    )
+    refused = staticmethod(refused)
 
 
 @pytest.fixture
@@ -164,7 +138,7 @@ def webhooks_factory(
         @asynccontextmanager
         async def running() -> AsyncIterator[Harness]:
             clock = ManualClock(datetime.now(UTC).replace(microsecond=0))
-            crypto_settings = _crypto_settings(tmp_path)
+            crypto_settings = embedded_crypto_settings(tmp_path)
             async with AsyncExitStack() as stack:
                 crypto_stack = AsyncExitStack()
                 stack.push_async_callback(crypto_stack.aclose)
