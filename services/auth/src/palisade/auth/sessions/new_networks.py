@@ -149,6 +149,19 @@ Index(
 )
 
 
+# Built once (every login runs it; the values come as execute parameters).
+_REMEMBER_NETWORK_PG = (
+    pg_insert(known_networks)
+    .on_conflict_do_nothing(index_elements=["user_id", "network_key"])
+    .returning(known_networks.c.user_id)
+)
+_REMEMBER_NETWORK_SQLITE = (
+    sqlite_insert(known_networks)
+    .on_conflict_do_nothing(index_elements=["user_id", "network_key"])
+    .returning(known_networks.c.user_id)
+)
+
+
 def network_of(ip: str | None) -> str | None:
     """The network an address is compared by: an IPv4 address itself, an IPv6 address's /64
     (an IPv4-mapped IPv6 address as its IPv4 address); None for no or an unreadable address."""
@@ -177,15 +190,10 @@ async def remember_network(
         return None
     key = keys.known_network_key(user_id, network)
     values = {"user_id": user_id, "network_key": key, "first_seen_at": now}
-    dialect_insert = pg_insert if tx.conn.dialect.name == "postgresql" else sqlite_insert
-    added = (
-        await tx.conn.execute(
-            dialect_insert(known_networks)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=["user_id", "network_key"])
-            .returning(known_networks.c.user_id)
-        )
-    ).first()
+    statement = (
+        _REMEMBER_NETWORK_PG if tx.conn.dialect.name == "postgresql" else _REMEMBER_NETWORK_SQLITE
+    )
+    added = (await tx.conn.execute(statement, values)).first()
     if added is None:
         return False
     others = await tx.conn.execute(

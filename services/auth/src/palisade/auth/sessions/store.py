@@ -144,6 +144,10 @@ REFRESH_TOKEN_AND_SESSION = (
     .where(refresh_tokens.c.token_hash == bindparam("token_hash"))
 )
 _REFRESH_TOKEN_AND_SESSION_LOCKED = REFRESH_TOKEN_AND_SESSION.with_for_update()
+# The inserts every login makes, built once (their values come as execute parameters).
+_INSERT_SESSION = insert(sessions)
+_INSERT_REFRESH_TOKEN = insert(refresh_tokens)
+_INSERT_ACCESS_TOKEN = insert(access_tokens)
 
 
 def session_from(row: Sequence[Any]) -> SessionRow:
@@ -177,30 +181,33 @@ class SessionRecords:
         # Client-supplied: bounded to the columns (Postgres refuses longer values).
         values["ip"] = clip_optional(row.ip, IP_CHARS)
         values["device"] = clip_optional(row.device, DEVICE_CHARS)
-        await self._conn.execute(insert(sessions).values(**values, revoked_reason=None))
+        values["revoked_reason"] = None
+        await self._conn.execute(_INSERT_SESSION, values)
 
     async def insert_refresh_token(
         self, *, token_hash: bytes, session_id: str, now: datetime, expires_at: datetime
     ) -> None:
         await self._conn.execute(
-            insert(refresh_tokens).values(
-                token_hash=token_hash,
-                session_id=session_id,
-                created_at=now,
-                expires_at=expires_at,
-            )
+            _INSERT_REFRESH_TOKEN,
+            {
+                "token_hash": token_hash,
+                "session_id": session_id,
+                "created_at": now,
+                "expires_at": expires_at,
+            },
         )
 
     async def insert_access_token(
         self, *, token_hash: bytes, session_id: str, now: datetime, expires_at: datetime
     ) -> None:
         await self._conn.execute(
-            insert(access_tokens).values(
-                token_hash=token_hash,
-                session_id=session_id,
-                created_at=now,
-                expires_at=expires_at,
-            )
+            _INSERT_ACCESS_TOKEN,
+            {
+                "token_hash": token_hash,
+                "session_id": session_id,
+                "created_at": now,
+                "expires_at": expires_at,
+            },
         )
 
     async def lock_refresh_token(
