@@ -235,11 +235,12 @@ class Gateway:
         return problem(500)
 
     def _cors_headers(self, request: web.Request, response: web.StreamResponse) -> None:
-        origin = request.get(KEY_ORIGIN)  # a publishable key's page, checked against the key
-        if origin is None:
-            origin = request.headers.get("Origin")
-            if not origin or origin not in self._cors:
-                return
+        origin = request.headers.get("Origin")
+        if not origin:  # most requests (and KEY_ORIGIN is only ever set from this header)
+            return
+        # A publishable key's page, checked against the key; else the operator's list.
+        if request.get(KEY_ORIGIN) is None and origin not in self._cors:
+            return
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Vary"] = "Origin"
         response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS

@@ -44,7 +44,11 @@ class LocalRateLimiter:
         self._drop_full(now)
         outcome = admit(now, [s.limit for s in chosen], [self._tats.get(s.id) for s in chosen])
         if outcome.allowed:
-            new = sum(1 for s in chosen if s.id not in self._tats)
+            tats = self._tats
+            if len(chosen) == 1:  # most checks: no generator for one subject
+                new = 0 if chosen[0].id in tats else 1
+            else:
+                new = sum(1 for s in chosen if s.id not in tats)
             if len(self._tats) + new > self._max:
                 raise RateLimiterUnavailable("the in-process rate-limit table is full")
             for subject, tat in zip(chosen, outcome.tats, strict=True):

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 # Bounds that keep every GCRA quantity an exact integer number of microseconds below 2**53, so
 # the Lua script (whose numbers are doubles) and Python compute bit-for-bit the same answers:
@@ -67,9 +67,9 @@ class Subject:
             raise ValueError("a subject needs an id")
 
 
-@dataclass(frozen=True)
-class Decision:
-    """The answer to one check."""
+class Decision(NamedTuple):
+    """The answer to one check. (A NamedTuple: made on every request, at half the cost of a
+    frozen dataclass.)"""
 
     allowed: bool
     # The subject whose state the headers describe: the one that refused (the longest wait if
