@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,3 +157,33 @@ def hashing_only_rate(
     for worker in workers:
         worker.join()
     return threads * per_thread / (time.perf_counter() - start)
+
+
+def crypto_and_auth(
+    stack: ExitStack, data_dir: Path, auth_env: dict[str, str] | None = None
+) -> tuple[RunningService, RunningService]:
+    """Crypto and auth as processes, each on a fresh Postgres database of its own, auth
+    pointed at crypto (auth_env adds to auth's environment); stopped when `stack` closes."""
+    crypto_db = stack.enter_context(fresh_postgres_database())
+    auth_db = stack.enter_context(fresh_postgres_database())
+    crypto = stack.enter_context(
+        running_service(
+            "palisade.crypto",
+            "PALISADE_CRYPTO_",
+            data_dir,
+            {"PALISADE_CRYPTO_DATABASE_URL": crypto_db},
+        )
+    )
+    auth = stack.enter_context(
+        running_service(
+            "palisade.auth",
+            "PALISADE_AUTH_",
+            data_dir,
+            {
+                "PALISADE_AUTH_DATABASE_URL": auth_db,
+                "PALISADE_AUTH_CRYPTO_TARGET": f"127.0.0.1:{crypto.port}",
+                **(auth_env or {}),
+            },
+        )
+    )
+    return crypto, auth

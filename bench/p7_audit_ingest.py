@@ -35,6 +35,7 @@ from sqlalchemy.engine import make_url
 
 from bench.common import (
     POSTGRES_ADMIN_URL,
+    crypto_and_auth,
     fresh_postgres_database,
     print_table,
     running_service,
@@ -239,30 +240,15 @@ def main() -> dict[str, float]:
     emit_us = _emit_cost()
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         data_dir = Path(tmp)
-        crypto_db = stack.enter_context(fresh_postgres_database())
-        auth_db = stack.enter_context(fresh_postgres_database())
         audit_db = stack.enter_context(fresh_postgres_database())
-        crypto = stack.enter_context(
-            running_service(
-                "palisade.crypto",
-                "PALISADE_CRYPTO_",
-                data_dir,
-                {"PALISADE_CRYPTO_DATABASE_URL": crypto_db},
-            )
-        )
-        auth = stack.enter_context(
-            running_service(
-                "palisade.auth",
-                "PALISADE_AUTH_",
-                data_dir,
-                {
-                    "PALISADE_AUTH_DATABASE_URL": auth_db,
-                    "PALISADE_AUTH_CRYPTO_TARGET": f"127.0.0.1:{crypto.port}",
-                    # Auth's own events are not part of this measurement.
-                    "PALISADE_AUTH_AUDIT_TARGET": "127.0.0.1:9",
-                    "PALISADE_AUTH_LOG_LEVEL": "ERROR",
-                },
-            )
+        crypto, auth = crypto_and_auth(
+            stack,
+            data_dir,
+            {
+                # Auth's own events are not part of this measurement.
+                "PALISADE_AUTH_AUDIT_TARGET": "127.0.0.1:9",
+                "PALISADE_AUTH_LOG_LEVEL": "ERROR",
+            },
         )
         audit = stack.enter_context(
             running_service(

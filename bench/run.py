@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import (
     cpu_budget,
+    login_cpu,
     p1_token_cache,
     p2_cached_auth,
     p3_forwarded,
@@ -37,6 +38,7 @@ BENCHMARKS = [
     p6_crypto_batch,
     p7_audit_ingest,
     cpu_budget,
+    login_cpu,
     p10_peer,
     p11_visitors,
     p12_webhooks,
