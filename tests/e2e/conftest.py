@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from ports import port_for_later
 from smtp_catcher import SmtpCatcher, serve_smtp_catcher
 
 from palisade.apikeys.config import ApiKeysSettings
@@ -342,32 +343,8 @@ async def suite(
 
 
 def _free_port() -> int:
-    """A port nothing listens on right now (for a service started later).
-
-    Taken below the kernel's ephemeral range: bind(0) hands out a port from that range, and
-    so does every outgoing connection for its source port, so between this check and the
-    service's bind one of the machine's many client connections (gRPC, Postgres, Redis) could
-    take it ("Failed to bind", seen with several suites running at once)."""
-    import random
-    import socket
-
-    try:
-        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
-        ephemeral_low = int(text.split()[0])
-    except (OSError, ValueError, IndexError):
-        ephemeral_low = 32768
-    low = max(1024, ephemeral_low - 12000)
-    for _ in range(100):
-        port = random.randrange(low, ephemeral_low)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port for a service started later (ports.port_for_later)."""
+    return port_for_later()
 
 
 async def wait_for_feeds(gateway: GatewayServer) -> None:
