@@ -23,11 +23,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.common import (
     REDIS_URL,
-    fresh_postgres_database,
+    crypto_and_auth,
     hashing_only_rate,
     percentile,
     print_table,
-    service_process,
 )
 from palisade.auth.config import AuthSettings
 from palisade.common.caller import AssertionSigner
@@ -172,29 +171,15 @@ def main() -> dict[str, float]:
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         data_dir = Path(tmp)
-        crypto_db = stack.enter_context(fresh_postgres_database())
-        auth_db = stack.enter_context(fresh_postgres_database())
-        crypto_port = stack.enter_context(
-            service_process(
-                "palisade.crypto",
-                "PALISADE_CRYPTO_",
-                data_dir,
-                {"PALISADE_CRYPTO_DATABASE_URL": crypto_db},
-            )
+        _, auth = crypto_and_auth(
+            stack,
+            data_dir,
+            {
+                "PALISADE_AUTH_REDIS_URL": REDIS_URL,
+                "PALISADE_AUTH_THROTTLE_ACCOUNT_FAILURES": "100",
+            },
         )
-        auth_port = stack.enter_context(
-            service_process(
-                "palisade.auth",
-                "PALISADE_AUTH_",
-                data_dir,
-                {
-                    "PALISADE_AUTH_DATABASE_URL": auth_db,
-                    "PALISADE_AUTH_REDIS_URL": REDIS_URL,
-                    "PALISADE_AUTH_CRYPTO_TARGET": f"127.0.0.1:{crypto_port}",
-                    "PALISADE_AUTH_THROTTLE_ACCOUNT_FAILURES": "100",
-                },
-            )
-        )
+        auth_port = auth.port
         gateway = Gateway(data_dir)
 
         async def run() -> tuple[dict[str, float], dict[str, float]]:

@@ -24,7 +24,7 @@ async def refused(call: Any, status: grpc.StatusCode, code: str) -> grpc.aio.Aio
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
     assert caught.value.code() == status, caught.value
-    assert code_of(caught.value) == code
+    assert code_of(caught.value) == code, caught.value
     return caught.value
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 from deferred_signing import DeferredSigning
+from grpc_harness import refused
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 
@@ -131,14 +132,7 @@ class Harness:
             )
             return [r[0] for r in rows]
 
-    @staticmethod
-    async def refused(call: Any, status: grpc.StatusCode, code: str) -> grpc.aio.AioRpcError:
-        """Awaits call, which must fail with status and the stable error code."""
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call
-        assert caught.value.code() == status, caught.value
-        assert code_of(caught.value) == code
-        return caught.value
+    refused = staticmethod(refused)
 
     async def send_notices(self) -> int:
         return await self.server.notice_relay.run_once()
@@ -246,10 +240,3 @@ async def keys(apikeys_factory, database_url: str) -> AsyncIterator[Harness]:
 async def keys_sqlite(apikeys_factory, sqlite_url: str) -> AsyncIterator[Harness]:
     async with apikeys_factory(sqlite_url) as harness:
         yield harness
-
-
-def code_of(error: grpc.aio.AioRpcError) -> str | None:
-    for key, value in error.trailing_metadata() or ():
-        if key == "palisade-error-code":
-            return str(value)
-    return None

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_harness import code_of
 
 from palisade.common.api_key_format import lookup_hash
 from palisade_api.apikeys.v1 import apikeys_pb2 as pb
@@ -16,10 +17,6 @@ def _ts(moment) -> Timestamp:
     ts = Timestamp()
     ts.FromDatetime(moment)
     return ts
-
-
-def code_of(error: grpc.aio.AioRpcError) -> str | None:
-    return dict(error.trailing_metadata() or ()).get("palisade-error-code")
 
 
 async def test_create_shows_the_key_once_and_lists_prefix_and_last4(keys) -> None:

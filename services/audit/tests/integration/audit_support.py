@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 from deferred_signing import DeferredSigning
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_harness import refused
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 
@@ -192,17 +192,7 @@ class Harness:
             )
             return [(int(r[0]), str(r[1])) for r in rows]
 
-    @staticmethod
-    async def refused(call: Any, status: grpc.StatusCode, code: str) -> grpc.aio.AioRpcError:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call
-        assert caught.value.code() == status, caught.value
-        assert code_of(caught.value) == code, caught.value
-        return caught.value
-
-
-def code_of(error: grpc.aio.AioRpcError) -> str | None:
-    return trailer(error, "palisade-error-code")
+    refused = staticmethod(refused)
 
 
 def trailer(error: grpc.aio.AioRpcError, key: str) -> str | None:
